@@ -1,0 +1,261 @@
+// Raindrop's driver script: the first thing evaluated in every extension sandbox.
+//
+// In the spirit of CouchDB's couchjs `main.js`, this file owns the JavaScript side of the
+// contract between the Rust host and an extension: it defines the globals an extension sees
+// (`extension`, `emit_schema`, `log`, and one function per host native registered in Rust) and
+// returns a control object through which the host describes the extension and runs batches of
+// documents through its handler.
+//
+// It runs once per sandbox global, before the extension's own file, so each extension gets its
+// own copy: an extension that patches `Array.prototype.push` or replaces `emit_schema` only
+// affects itself. Builtins are captured up front for the same reason.
+//
+// The host places a `__rd_host` object on the global before evaluating this script; it is taken
+// here and deleted, so extension code never sees the raw natives:
+//   __rd_host.log(level, text)        write to the daemon's log, tagged with the extension id
+//   __rd_host.begin()                 a handler call starts now (the watchdog's clock)
+//   __rd_host.call(name, json) -> json  call a Rust host function registered by name
+//   __rd_host.natives                 the names of those host functions
+//
+// The script's completion value is the control object (see the end of this file).
+(function (host) {
+  "use strict";
+  const stringify = JSON.stringify;
+  const parse = JSON.parse;
+  const isArray = Array.isArray;
+  const StringCtor = String;
+  const ErrorCtor = Error;
+  const hostLog = host.log;
+  const hostBegin = host.begin;
+  const hostCall = host.call;
+  const CATEGORIES = ["provider", "extender", "smart"];
+
+  let declaration = null; // what `extension({...})` declared, validated
+  let declarationError = null; // the first problem found with it
+  let emitted = null; // JSON texts of the items emitted by the running handler
+  let laterValues = null; // values given to process_later by the running handler
+  let partial = null; // per-document outcomes of the batch being run
+
+  // "file:line" of the caller `depth` frames above the function calling this.
+  function callerSite(depth) {
+    const lines = StringCtor(new ErrorCtor().stack || "").split("\n");
+    const frame = lines[depth + 1] || "";
+    const at = frame.lastIndexOf("@");
+    return at >= 0 ? frame.slice(at + 1) : frame;
+  }
+
+  function fail(site, message) {
+    const e = new ErrorCtor(message);
+    e.site = site;
+    throw e;
+  }
+
+  function describeError(e) {
+    if (e !== null && typeof e === "object") {
+      const out = {
+        name: StringCtor(e.name || "Error"),
+        message: StringCtor(e.message !== undefined ? e.message : e),
+        file: e.fileName !== undefined ? StringCtor(e.fileName) : null,
+        line: typeof e.lineNumber === "number" ? e.lineNumber : null,
+        column: typeof e.columnNumber === "number" ? e.columnNumber : null,
+        stack: e.stack !== undefined ? StringCtor(e.stack) : null,
+      };
+      return out;
+    }
+    let message;
+    try {
+      message = StringCtor(e);
+    } catch (_) {
+      message = "(an unprintable value was thrown)";
+    }
+    return { name: "Throw", message: "uncaught " + typeof e + ": " + message,
+             file: null, line: null, column: null, stack: null };
+  }
+
+  function formatArg(v) {
+    if (typeof v === "string") return v;
+    try {
+      const s = stringify(v);
+      return s === undefined ? StringCtor(v) : s;
+    } catch (_) {
+      return StringCtor(v);
+    }
+  }
+
+  function extension(d) {
+    const site = callerSite(1);
+    if (declaration !== null || declarationError !== null) {
+      declarationError = declarationError || site + ": extension() called more than once";
+      return;
+    }
+    try {
+      declaration = validate(d, site);
+    } catch (e) {
+      declarationError = (e.site || site) + ": " + e.message;
+    }
+  }
+
+  function validate(d, site) {
+    if (d === null || typeof d !== "object") fail(site, "extension() needs an object");
+    const id = d.id;
+    if (typeof id !== "string" || id.length === 0) fail(site, "extension id must be a non-empty string");
+    let schemas = d.source_schemas;
+    if (schemas === undefined || schemas === null) schemas = null;
+    else if (!isArray(schemas) || schemas.some((s) => typeof s !== "string"))
+      fail(site, "source_schemas must be an array of schema id strings");
+    const category = d.category === undefined ? "provider" : d.category;
+    if (CATEGORIES.indexOf(category) < 0)
+      fail(site, "category must be one of " + CATEGORIES.join(", ") + ", not " + formatArg(category));
+    const confidence = d.confidence === undefined ? 0 : d.confidence;
+    if (typeof confidence !== "number" || !isFinite(confidence))
+      fail(site, "confidence must be a number");
+    if (typeof d.handler !== "function") fail(site, "handler must be a function");
+    if (d.filter !== undefined && typeof d.filter !== "function") fail(site, "filter must be a function");
+    if (d.later_handler !== undefined && typeof d.later_handler !== "function")
+      fail(site, "later_handler must be a function");
+    if (schemas === null && d.filter === undefined)
+      fail(site, "an extension without source_schemas needs a filter function");
+    let limit = null;
+    if (d.time_limit_ms !== undefined) {
+      limit = d.time_limit_ms;
+      if (typeof limit !== "number" || !(limit > 0)) fail(site, "time_limit_ms must be a positive number");
+    }
+    return {
+      id, source_schemas: schemas, category, confidence, time_limit_ms: limit,
+      uses_dependencies: !!d.uses_dependencies,
+      handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
+    };
+  }
+
+  function emit_schema(schema_id, items, opts) {
+    if (emitted === null) throw new ErrorCtor("emit_schema() may only be called while a handler runs");
+    if (typeof schema_id !== "string" || schema_id.length === 0)
+      throw new TypeError("emit_schema: schema_id must be a non-empty string");
+    if (items === undefined) items = null;
+    if (items !== null && (typeof items !== "object" || isArray(items)))
+      throw new TypeError("emit_schema: items must be an object or null");
+    const item = { schema_id, items };
+    if (opts !== undefined && opts !== null) {
+      if (typeof opts !== "object") throw new TypeError("emit_schema: opts must be an object");
+      if (opts.rd_key !== undefined) item.rd_key = opts.rd_key;
+      if (opts.attachments !== undefined) item.attachments = opts.attachments;
+      if (opts.deps !== undefined) item.deps = opts.deps;
+      if (opts.rd_source !== undefined) item.rd_source = opts.rd_source;
+    }
+    // Serialised now, so a handler that later mutates `items` does not change what it emitted,
+    // and a value JSON cannot hold fails here, at the line that emitted it.
+    emitted.push(stringify(item));
+  }
+
+  function log() {
+    const parts = [];
+    for (let i = 0; i < arguments.length; i++) parts.push(formatArg(arguments[i]));
+    hostLog("info", parts.join(" "));
+  }
+
+  function process_later(value) {
+    if (laterValues === null) throw new ErrorCtor("process_later() may only be called while a handler runs");
+    laterValues.push(value);
+  }
+
+  function defineGlobal(name, value) {
+    Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+  }
+
+  function callNative(name, args) {
+    const answer = parse(hostCall(name, stringify(args)));
+    if (answer.error !== undefined) {
+      const e = new ErrorCtor(name + ": " + answer.error);
+      throw e;
+    }
+    return answer.ok;
+  }
+
+  defineGlobal("extension", extension);
+  defineGlobal("emit_schema", emit_schema);
+  defineGlobal("log", log);
+  defineGlobal("process_later", process_later);
+  for (const name of host.natives) {
+    defineGlobal(name, function () {
+      return callNative(name, Array.prototype.slice.call(arguments));
+    });
+  }
+
+  // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:
+  // {"ok":[items…],"later":[…]} or {"error":{…}}.
+  function runOne(fn, arg) {
+    emitted = [];
+    laterValues = [];
+    hostBegin();
+    try {
+      fn(arg);
+      let text = '{"ok":[' + emitted.join(",") + "]";
+      if (laterValues.length > 0) text += ',"later":' + stringify(laterValues);
+      return text + "}";
+    } catch (e) {
+      let err;
+      try {
+        err = stringify({ error: describeError(e) });
+      } catch (_) {
+        err = '{"error":{"name":"Error","message":"the handler threw a value that cannot be described"}}';
+      }
+      return err;
+    } finally {
+      emitted = null;
+      laterValues = null;
+    }
+  }
+
+  return {
+    // JSON text describing the declared extension, or throws naming file:line.
+    describe() {
+      if (declarationError !== null) throw new ErrorCtor(declarationError);
+      if (declaration === null) throw new ErrorCtor("the file never calls extension({...})");
+      const d = declaration;
+      return stringify({
+        id: d.id, source_schemas: d.source_schemas, category: d.category,
+        confidence: d.confidence, time_limit_ms: d.time_limit_ms,
+        uses_dependencies: d.uses_dependencies,
+        has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,
+        site: d.site,
+      });
+    },
+    // Runs the handler over an array of documents; returns the JSON text of an array with one
+    // outcome per document. If the host stops the call (time limit), `partial()` gives the
+    // outcomes of the documents that finished.
+    run(docs) {
+      partial = [];
+      const handler = declaration.handler;
+      for (let i = 0; i < docs.length; i++) partial.push(runOne(handler, docs[i]));
+      const text = "[" + partial.join(",") + "]";
+      partial = null;
+      return text;
+    },
+    // Runs the later_handler with the values collected by process_later.
+    runLater(values) {
+      return "[" + runOne(declaration.later_handler, values) + "]";
+    },
+    // Asks the optional filter about each [id, rev, schema_id]; JSON array of booleans or errors.
+    filter(keys) {
+      const out = [];
+      for (let i = 0; i < keys.length; i++) {
+        hostBegin();
+        try {
+          out.push(!!declaration.filter(keys[i][0], keys[i][1], keys[i][2]));
+        } catch (e) {
+          out.push({ error: describeError(e) });
+        }
+      }
+      return stringify(out);
+    },
+    partial() {
+      const done = partial === null ? [] : partial;
+      partial = null;
+      return "[" + done.join(",") + "]";
+    },
+  };
+})((function () {
+  const h = globalThis.__rd_host;
+  delete globalThis.__rd_host;
+  return h;
+})());

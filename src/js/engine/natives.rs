@@ -1,0 +1,156 @@
+//! The Rust functions SpiderMonkey calls: the three natives of `__rd_host` and the interrupt and
+//! out-of-memory callbacks.
+//!
+//! They reach the rest of Raindrop through the thread's installed [`Host`]. Each native runs its
+//! body under `catch_unwind`: a panic becomes a JS `Error`, never an unwind through C++.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr::NonNull;
+
+use mozjs::context::{JSContext, RawJSContext};
+use mozjs::conversions::ToJSValConvertible;
+use mozjs::jsapi::{CallArgs, JS_ReportErrorUTF8, Value};
+use mozjs::jsval::UndefinedValue;
+use mozjs::rooted;
+
+use super::Host;
+
+thread_local! {
+    static HOST: RefCell<Option<Box<dyn Host>>> = RefCell::new(None);
+    /// The id (or file) of the extension whose code is running, for tagging.
+    static CURRENT: RefCell<String> = const { RefCell::new(String::new()) };
+    static OOM: Cell<bool> = const { Cell::new(false) };
+}
+
+pub(super) fn host_installed() -> bool {
+    HOST.with(|h| h.borrow().is_some())
+}
+
+pub(super) fn install_host(host: Box<dyn Host>) {
+    HOST.with(|h| *h.borrow_mut() = Some(host));
+}
+
+pub(super) fn uninstall_host() {
+    HOST.with(|h| h.borrow_mut().take());
+}
+
+pub(super) fn set_current(ext: &str) {
+    CURRENT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.clear();
+        c.push_str(ext);
+    });
+}
+
+/// Returns whether an out-of-memory was signalled since the last call, and clears the flag.
+pub(super) fn take_oom() -> bool {
+    OOM.with(|o| o.replace(false))
+}
+
+pub(super) fn native_names() -> Vec<String> {
+    HOST.with(|h| h.borrow().as_ref().map(|h| h.native_names()).unwrap_or_default())
+}
+
+fn with_host<R>(f: impl FnOnce(&dyn Host, &str) -> R) -> Option<R> {
+    HOST.with(|h| {
+        let h = h.borrow();
+        let host = h.as_deref()?;
+        Some(CURRENT.with(|c| f(host, &c.borrow())))
+    })
+}
+
+/// The engine asks this whenever an interrupt was requested (by the watchdog, or internally):
+/// `false` ends the running script with an uncatchable termination.
+pub(super) unsafe extern "C" fn interrupt_callback(_cx: *mut RawJSContext) -> bool {
+    catch_unwind(|| !with_host(|h, _| h.should_interrupt()).unwrap_or(false)).unwrap_or(true)
+}
+
+pub(super) unsafe extern "C" fn oom_callback(_cx: *mut RawJSContext, _data: *mut std::ffi::c_void) {
+    OOM.with(|o| o.set(true));
+}
+
+/// Runs a native's body with panics caught; `Err(message)` is thrown as a JS `Error`.
+///
+/// # Safety
+/// `raw`, `argc` and `vp` must be the arguments SpiderMonkey passed to a `JSNative`.
+unsafe fn guarded(
+    raw: *mut RawJSContext,
+    argc: u32,
+    vp: *mut Value,
+    name: &str,
+    body: impl FnOnce(&mut JSContext, &CallArgs) -> Result<(), String>,
+) -> bool {
+    let Some(raw) = NonNull::new(raw) else { return false };
+    // SAFETY: SpiderMonkey passes the live context of this thread to the native.
+    let mut cx = unsafe { JSContext::from_ptr(raw) };
+    // SAFETY: `vp`/`argc` come straight from the engine for this call.
+    let args = unsafe { CallArgs::from_vp(vp, argc) };
+    let result = catch_unwind(AssertUnwindSafe(|| body(&mut cx, &args)));
+    let message = match result {
+        Ok(Ok(())) => return true,
+        Ok(Err(message)) => message,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            format!("{name}: internal error (panic: {what})")
+        }
+    };
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    // SAFETY: reporting an error on this thread's context, with a "%s" format.
+    unsafe { JS_ReportErrorUTF8(cx.raw_cx(), c"%s".as_ptr(), message.as_ptr()) };
+    false
+}
+
+/// Converts argument `i` to a Rust string (JS `String(arg)` semantics).
+unsafe fn arg_string(cx: &mut JSContext, args: &CallArgs, i: u32) -> Result<String, String> {
+    // SAFETY: the handle belongs to this call's arguments, which the engine keeps rooted.
+    let v = unsafe { mozjs::rust::Handle::from_raw(args.get(i)) };
+    // SAFETY: ToString may GC; its result is rooted at once.
+    rooted!(&in(cx) let s = unsafe { mozjs::rust::ToString(cx, v) });
+    let s = NonNull::new(s.get()).ok_or_else(|| "cannot convert an argument to a string".to_string())?;
+    // SAFETY: `s` is a live, rooted string.
+    Ok(unsafe { mozjs::conversions::jsstr_to_string(cx, s) })
+}
+
+pub(super) unsafe extern "C" fn js_log(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
+    // SAFETY: called by SpiderMonkey as a JSNative.
+    unsafe {
+        guarded(raw, argc, vp, "log", |cx, args| {
+            let level = arg_string(cx, args, 0)?;
+            let text = arg_string(cx, args, 1)?;
+            with_host(|h, ext| h.log(ext, &level, &text));
+            args.rval().set(UndefinedValue());
+            Ok(())
+        })
+    }
+}
+
+pub(super) unsafe extern "C" fn js_begin(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
+    // SAFETY: called by SpiderMonkey as a JSNative.
+    unsafe {
+        guarded(raw, argc, vp, "begin", |_cx, args| {
+            with_host(|h, _| h.begin_call());
+            args.rval().set(UndefinedValue());
+            Ok(())
+        })
+    }
+}
+
+pub(super) unsafe extern "C" fn js_call(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
+    // SAFETY: called by SpiderMonkey as a JSNative.
+    unsafe {
+        guarded(raw, argc, vp, "call", |cx, args| {
+            let name = arg_string(cx, args, 0)?;
+            let json = arg_string(cx, args, 1)?;
+            let answer = with_host(|h, ext| h.call_native(ext, &name, &json))
+                .ok_or_else(|| "no host is installed".to_string())?;
+            answer.to_jsval(cx, mozjs::rust::MutableHandle::from_raw(args.rval()));
+            Ok(())
+        })
+    }
+}

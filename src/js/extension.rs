@@ -1,0 +1,149 @@
+//! Extensions as files: finding them in a folder, their declarations, and their fingerprints.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// One extension's source, as read from its `.js` file.
+#[derive(Debug, Clone)]
+pub struct ExtensionSource {
+    /// Where it was read from; also the file name JS errors and stacks report.
+    pub path: PathBuf,
+    pub source: String,
+}
+
+impl ExtensionSource {
+    pub fn read(path: &Path) -> Result<ExtensionSource, ExtensionError> {
+        let source = std::fs::read_to_string(path)
+            .map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
+        Ok(ExtensionSource { path: path.to_path_buf(), source })
+    }
+
+    pub fn from_string(name: &str, source: &str) -> ExtensionSource {
+        ExtensionSource { path: PathBuf::from(name), source: source.to_string() }
+    }
+
+    /// The name shown in errors: the path as given.
+    pub fn file_name(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// A fingerprint of the code that runs for this extension: its source and the driver's.
+    /// Outputs record it, so editing an extension (or upgrading the driver) reprocesses.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&[super::engine::DRIVER_SOURCE.as_bytes(), self.source.as_bytes()])
+    }
+}
+
+/// Every `*.js` file directly in `dir`, sorted by name so every runtime loads them alike.
+pub fn read_dir(dir: &Path) -> Result<Vec<ExtensionSource>, ExtensionError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;
+    let mut paths = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "js") && path.is_file() {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    paths.iter().map(|p| ExtensionSource::read(p)).collect()
+}
+
+/// What `extension({...})` declared, as validated by the driver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Declaration {
+    pub id: String,
+    /// `None`: the extension chooses with its `filter` function.
+    pub source_schemas: Option<Vec<String>>,
+    pub category: Category,
+    pub confidence: f64,
+    /// Overrides the pool's per-call time limit.
+    pub time_limit_ms: Option<f64>,
+    #[serde(default)]
+    pub uses_dependencies: bool,
+    #[serde(default)]
+    pub has_filter: bool,
+    #[serde(default)]
+    pub has_later_handler: bool,
+    /// `file:line` of the `extension(` call.
+    #[serde(default)]
+    pub site: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Provider,
+    Extender,
+    Smart,
+}
+
+impl std::fmt::Display for Category {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Category::Provider => "provider",
+            Category::Extender => "extender",
+            Category::Smart => "smart",
+        })
+    }
+}
+
+/// An extension as the pool loaded it: its declaration, or why it has none.
+#[derive(Debug, Clone)]
+pub struct LoadedExtension {
+    pub source: ExtensionSource,
+    pub declaration: Result<Declaration, String>,
+}
+
+impl LoadedExtension {
+    pub fn id(&self) -> Option<&str> {
+        self.declaration.as_ref().ok().map(|d| d.id.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtensionError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+/// A short, stable hex digest (FNV-1a, 128 bits) of the given byte strings.
+pub fn fingerprint(parts: &[&[u8]]) -> String {
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h = OFFSET;
+    for part in parts {
+        for b in part.iter().chain(&[0xff]) {
+            h ^= *b as u128;
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    format!("{h:032x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprint_changes_with_any_byte_and_with_part_boundaries() {
+        let a = fingerprint(&[b"abc", b"def"]);
+        assert_eq!(a, fingerprint(&[b"abc", b"def"]));
+        assert_ne!(a, fingerprint(&[b"abc", b"deg"]));
+        assert_ne!(a, fingerprint(&[b"abcd", b"ef"]));
+    }
+
+    #[test]
+    fn read_dir_takes_only_js_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("rd-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("b.js"), "b").unwrap();
+        std::fs::write(dir.join("a.js"), "a").unwrap();
+        std::fs::write(dir.join("notes.txt"), "x").unwrap();
+        let got: Vec<_> = read_dir(&dir).unwrap().into_iter().map(|s| s.source).collect();
+        assert_eq!(got, vec!["a", "b"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

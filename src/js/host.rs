@@ -1,0 +1,79 @@
+//! Host functions: Rust functions that extensions call as plain synchronous JS globals.
+//!
+//! A host function takes its arguments as JSON values and returns a JSON value or an error
+//! message, which the driver throws as a JS `Error`. The engine crosses into Rust once per call
+//! with JSON text, so a host function never sees engine types. A call that blocks (on the store,
+//! say) blocks only the runtime that made it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+/// What a host function knows about its caller.
+pub struct HostCall<'a> {
+    /// The id of the extension whose code made the call.
+    pub extension_id: &'a str,
+}
+
+type HostFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync;
+
+/// The host functions every sandbox gets, by global name.
+#[derive(Clone, Default)]
+pub struct HostFunctions {
+    functions: BTreeMap<String, Arc<HostFn>>,
+}
+
+impl HostFunctions {
+    pub fn new() -> HostFunctions {
+        HostFunctions::default()
+    }
+
+    /// Registers `f` as the global function `name` in every sandbox.
+    pub fn register(
+        &mut self,
+        name: &str,
+        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.functions.insert(name.to_string(), Arc::new(f));
+        self
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.functions.keys().cloned().collect()
+    }
+
+    /// Calls `name` with a JSON array of arguments; answers `{"ok":…}` or `{"error":"…"}`.
+    pub(crate) fn call_json(&self, extension_id: &str, name: &str, args_json: &str) -> String {
+        let answer = match self.functions.get(name) {
+            None => Err(format!("no host function named {name}")),
+            Some(f) => match serde_json::from_str::<Vec<Value>>(args_json) {
+                Err(e) => Err(format!("arguments are not JSON: {e}")),
+                Ok(args) => f(&HostCall { extension_id }, args),
+            },
+        };
+        let body = match answer {
+            Ok(v) => serde_json::json!({ "ok": v }),
+            Err(e) => serde_json::json!({ "error": e }),
+        };
+        body.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_json_wraps_results_and_errors() {
+        let mut h = HostFunctions::new();
+        h.register("add", |_, args| {
+            let a = args.first().and_then(Value::as_f64).ok_or("need numbers")?;
+            let b = args.get(1).and_then(Value::as_f64).ok_or("need numbers")?;
+            Ok(serde_json::json!(a + b))
+        });
+        assert_eq!(h.call_json("x", "add", "[1,2]"), r#"{"ok":3.0}"#);
+        assert_eq!(h.call_json("x", "add", "[1]"), r#"{"error":"need numbers"}"#);
+        assert_eq!(h.call_json("x", "nope", "[]"), r#"{"error":"no host function named nope"}"#);
+    }
+}

@@ -1,0 +1,17 @@
+//! JavaScript extensions: the runtime pool and everything it needs.
+//!
+//! - [`engine`]: the only code that touches SpiderMonkey (one runtime, its sandboxes).
+//! - [`pool`]: worker threads, one runtime each, fed batches over crossbeam channels.
+//! - [`watchdog`]: stops handler calls that run past their time limit.
+//! - [`extension`]: extension files, declarations and fingerprints.
+//! - [`host`]: Rust functions registered for extensions to call.
+
+pub mod engine;
+pub mod extension;
+pub mod host;
+pub mod pool;
+pub mod watchdog;
+
+pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
+pub use host::{HostCall, HostFunctions};
+pub use pool::{Batch, BatchResult, DocOutcome, EmittedItem, Emission, FailureKind, HandlerError, JsPool, PoolConfig};

@@ -1,0 +1,525 @@
+//! The pool: N worker threads, each owning one SpiderMonkey runtime with every extension loaded,
+//! fed batches of documents over one shared crossbeam queue.
+//!
+//! A batch names one extension and carries documents as JSON text; the worker hands the whole
+//! batch to the extension's sandbox in one call and gets back one outcome per document. Whatever
+//! an extension does (throws, loops, exhausts its heap) ends as a [`HandlerError`] for that one
+//! document; the worker recycles its runtime if the heap filled up, and the pool keeps serving.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::engine::{CallFailure, JsRuntime, RuntimeLimits, SandboxId};
+use super::extension::{Declaration, ExtensionSource, LoadedExtension};
+use super::host::HostFunctions;
+use super::watchdog::{WatchSlot, Watchdog};
+
+/// How a pool is set up.
+#[derive(Clone)]
+pub struct PoolConfig {
+    /// Worker threads, each with one runtime.
+    pub threads: usize,
+    /// Default time limit for one handler call; an extension may set its own.
+    pub time_limit: Duration,
+    /// Cap on each runtime's GC heap.
+    pub heap_bytes: u32,
+    /// Host functions defined in every sandbox.
+    pub host_functions: HostFunctions,
+}
+
+impl PoolConfig {
+    pub fn new(threads: usize) -> PoolConfig {
+        PoolConfig {
+            threads: threads.max(1),
+            time_limit: Duration::from_secs(5),
+            heap_bytes: 512 << 20,
+            host_functions: HostFunctions::new(),
+        }
+    }
+}
+
+/// Documents for one extension's handler.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Index into [`JsPool::extensions`].
+    pub ext: usize,
+    /// Each document as JSON text.
+    pub docs: Vec<Arc<str>>,
+    /// Echoed back in the result, for the caller's bookkeeping.
+    pub tag: u64,
+}
+
+/// One outcome per document of a [`Batch`], in order.
+#[derive(Debug)]
+pub struct BatchResult {
+    pub tag: u64,
+    pub ext: usize,
+    pub outcomes: Vec<DocOutcome>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DocOutcome {
+    Emitted(Emission),
+    Failed(HandlerError),
+}
+
+/// What one handler call emitted.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct Emission {
+    #[serde(rename = "ok")]
+    pub items: Vec<EmittedItem>,
+    /// Values given to `process_later`.
+    #[serde(default)]
+    pub later: Vec<Value>,
+}
+
+/// One `emit_schema(schema_id, items, opts)` call.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+pub struct EmittedItem {
+    pub schema_id: String,
+    pub items: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rd_key: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attachments: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deps: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rd_source: Option<Value>,
+}
+
+/// Why a handler call produced nothing.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HandlerError {
+    pub kind: FailureKind,
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub stack: Option<String>,
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// The handler threw.
+    Exception,
+    /// The handler ran past its time limit and was stopped.
+    TimeLimit,
+    /// The runtime's heap cap was reached.
+    OutOfMemory,
+    /// The document could not be handed to JS (not JSON).
+    BadInput,
+    /// What the handler emitted could not be read back (e.g. a lone surrogate).
+    BadOutput,
+    /// The extension did not load.
+    NotLoaded,
+}
+
+impl HandlerError {
+    fn new(kind: FailureKind, message: impl Into<String>) -> HandlerError {
+        HandlerError { kind, message: message.into(), file: None, line: None, stack: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot start the JS pool: {0}")]
+    Start(String),
+}
+
+enum Job {
+    Run(Batch, Sender<BatchResult>),
+}
+
+/// The running pool. Dropping it stops and joins every worker.
+pub struct JsPool {
+    jobs: Option<Sender<Job>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    extensions: Vec<LoadedExtension>,
+    _watchdog: Watchdog,
+}
+
+struct Shared {
+    sources: Vec<ExtensionSource>,
+    config: PoolConfig,
+}
+
+impl JsPool {
+    /// Starts `config.threads` workers and loads every extension into each. Extensions that
+    /// fail to load are listed with their error; the others work.
+    pub fn start(sources: Vec<ExtensionSource>, config: PoolConfig) -> Result<JsPool, PoolError> {
+        let watchdog = Watchdog::start().map_err(|e| PoolError::Start(e.to_string()))?;
+        let shared = Arc::new(Shared { sources, config });
+        let (job_tx, job_rx) = bounded::<Job>(shared.config.threads * 4);
+        let mut workers = Vec::new();
+        let mut ready = Vec::new();
+        for i in 0..shared.config.threads {
+            let (ready_tx, ready_rx) = bounded(1);
+            let (shared, jobs, slot) = (shared.clone(), job_rx.clone(), watchdog.slot());
+            let handle = std::thread::Builder::new()
+                .name(format!("js-{i}"))
+                .stack_size(16 << 20)
+                .spawn(move || worker_main(&shared, slot, jobs, ready_tx))
+                .map_err(|e| PoolError::Start(e.to_string()))?;
+            workers.push(handle);
+            ready.push(ready_rx);
+        }
+        let mut declarations = None;
+        for r in ready {
+            let decls = r
+                .recv()
+                .map_err(|_| PoolError::Start("a JS worker died while starting".into()))?
+                .map_err(PoolError::Start)?;
+            declarations.get_or_insert(decls);
+        }
+        let extensions = shared
+            .sources
+            .iter()
+            .cloned()
+            .zip(declarations.unwrap_or_default())
+            .map(|(source, declaration)| LoadedExtension { source, declaration })
+            .collect();
+        Ok(JsPool { jobs: Some(job_tx), workers, extensions, _watchdog: watchdog })
+    }
+
+    /// Every extension, in load order, with its declaration or load error.
+    pub fn extensions(&self) -> &[LoadedExtension] {
+        &self.extensions
+    }
+
+    /// Index of the loaded extension with this id.
+    pub fn find(&self, id: &str) -> Option<usize> {
+        self.extensions.iter().position(|e| e.id() == Some(id))
+    }
+
+    /// Queues a batch; its result arrives on `reply`. Blocks while the queue is full.
+    pub fn submit(&self, batch: Batch, reply: &Sender<BatchResult>) {
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Run(batch, reply.clone()));
+        }
+    }
+
+    /// Runs one batch and waits for its result.
+    pub fn run(&self, ext: usize, docs: Vec<Arc<str>>) -> BatchResult {
+        let (tx, rx) = bounded(1);
+        let n = docs.len();
+        self.submit(Batch { ext, docs, tag: 0 }, &tx);
+        rx.recv().unwrap_or_else(|_| BatchResult {
+            tag: 0,
+            ext,
+            outcomes: vec![DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "the JS pool is gone")); n],
+        })
+    }
+}
+
+impl Drop for JsPool {
+    fn drop(&mut self) {
+        self.jobs.take(); // workers see the queue close and exit
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The engine's view of this worker: logs, the watchdog clock, host functions.
+struct WorkerHost {
+    slot: Arc<WatchSlot>,
+    functions: HostFunctions,
+}
+
+impl super::engine::Host for WorkerHost {
+    fn log(&self, ext: &str, level: &str, text: &str) {
+        match level {
+            "error" => tracing::error!(target: "raindrop::ext", ext, "{text}"),
+            "warn" => tracing::warn!(target: "raindrop::ext", ext, "{text}"),
+            "debug" => tracing::debug!(target: "raindrop::ext", ext, "{text}"),
+            _ => tracing::info!(target: "raindrop::ext", ext, "{text}"),
+        }
+    }
+    fn begin_call(&self) {
+        self.slot.begin_call();
+    }
+    fn should_interrupt(&self) -> bool {
+        self.slot.should_stop()
+    }
+    fn native_names(&self) -> Vec<String> {
+        self.functions.names()
+    }
+    fn call_native(&self, ext: &str, name: &str, args_json: &str) -> String {
+        self.functions.call_json(ext, name, args_json)
+    }
+}
+
+/// A worker's runtime with every extension loaded into it.
+struct Loaded {
+    rt: JsRuntime,
+    sandboxes: Vec<Option<SandboxId>>,
+}
+
+struct Worker<'a> {
+    shared: &'a Shared,
+    slot: Arc<WatchSlot>,
+    loaded: Option<Loaded>,
+    declarations: Vec<Result<Declaration, String>>,
+}
+
+fn worker_main(
+    shared: &Shared,
+    slot: Arc<WatchSlot>,
+    jobs: Receiver<Job>,
+    ready: Sender<Result<Vec<Result<Declaration, String>>, String>>,
+) {
+    let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new() };
+    if let Err(e) = worker.load() {
+        let _ = ready.send(Err(e));
+        return;
+    }
+    let _ = ready.send(Ok(worker.declarations.clone()));
+    for job in jobs {
+        match job {
+            Job::Run(batch, reply) => {
+                // A panic here is a bug in Raindrop, not in an extension: fail the batch, rebuild
+                // the runtime, keep serving.
+                let tag = batch.tag;
+                let ext = batch.ext;
+                let n = batch.docs.len();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&batch)));
+                let outcomes = result.unwrap_or_else(|_| {
+                    worker.recycle();
+                    vec![DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
+                });
+                let _ = reply.send(BatchResult { tag, ext, outcomes });
+            }
+        }
+    }
+    worker.loaded = None;
+}
+
+impl Worker<'_> {
+    /// Creates the runtime and loads every extension into it.
+    fn load(&mut self) -> Result<(), String> {
+        // Only one runtime may exist per thread: drop the old one first.
+        self.loaded = None;
+        self.slot.set_interrupter(None);
+        let host = WorkerHost { slot: self.slot.clone(), functions: self.shared.config.host_functions.clone() };
+        let limits = RuntimeLimits { heap_bytes: self.shared.config.heap_bytes };
+        let mut rt = JsRuntime::new(Box::new(host), limits).map_err(|e| e.to_string())?;
+        self.slot.set_interrupter(Some(rt.interrupter()));
+        let mut sandboxes = Vec::new();
+        let mut declarations = Vec::new();
+        let mut seen_ids: Vec<(String, String)> = Vec::new();
+        for source in &self.shared.sources {
+            let file = source.file_name();
+            // Loading runs top-level extension code: it gets the default time limit too.
+            self.slot.arm(self.shared.config.time_limit);
+            let loaded = rt.load(&file, &source.source);
+            self.slot.disarm();
+            let decl = loaded.map_err(|e| e.to_string()).and_then(|(id, json)| {
+                let decl: Declaration = serde_json::from_str(&json)
+                    .map_err(|e| format!("{file}: the driver described the extension badly: {e}"))?;
+                if let Some((_, other)) = seen_ids.iter().find(|(i, _)| *i == decl.id) {
+                    return Err(format!("{}: extension id {} is already declared in {other}", decl.site, decl.id));
+                }
+                seen_ids.push((decl.id.clone(), file.clone()));
+                Ok((id, decl))
+            });
+            match decl {
+                Ok((id, decl)) => {
+                    sandboxes.push(Some(id));
+                    declarations.push(Ok(decl));
+                }
+                Err(e) => {
+                    sandboxes.push(None);
+                    declarations.push(Err(e));
+                }
+            }
+        }
+        self.loaded = Some(Loaded { rt, sandboxes });
+        self.declarations = declarations;
+        Ok(())
+    }
+
+    fn recycle(&mut self) {
+        tracing::debug!("recycling a JS runtime");
+        if let Err(e) = self.load() {
+            tracing::error!("cannot recreate a JS runtime: {e}");
+        }
+    }
+
+    fn run(&mut self, batch: &Batch) -> Vec<DocOutcome> {
+        let decl = match self.declarations.get(batch.ext) {
+            Some(Ok(d)) => d.clone(),
+            Some(Err(e)) => return fail_all(batch.docs.len(), FailureKind::NotLoaded, e),
+            None => return fail_all(batch.docs.len(), FailureKind::NotLoaded, "no such extension"),
+        };
+        let limit = decl
+            .time_limit_ms
+            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
+            .unwrap_or(self.shared.config.time_limit);
+        let mut outcomes = Vec::with_capacity(batch.docs.len());
+        let mut rest: &[Arc<str>] = &batch.docs;
+        while !rest.is_empty() {
+            let Some(Loaded { rt, sandboxes }) = self.loaded.as_mut() else {
+                outcomes.extend(fail_all(rest.len(), FailureKind::Exception, "the JS runtime could not be recreated"));
+                break;
+            };
+            let Some(sandbox) = sandboxes[batch.ext] else {
+                return fail_all(batch.docs.len(), FailureKind::NotLoaded, "the extension did not load");
+            };
+            let json = json_array(rest);
+            self.slot.arm(limit);
+            let call = rt.call(sandbox, &decl.id, c"run", Some(&json));
+            self.slot.disarm();
+            let mut out_of_memory = call.out_of_memory;
+            match call.result {
+                Ok(text) => {
+                    outcomes.extend(parse_outcomes(&text, rest.len(), out_of_memory));
+                    rest = &[];
+                }
+                Err(CallFailure::Threw(e)) if e.message.starts_with("invalid input") && !out_of_memory => {
+                    if rest.len() == 1 {
+                        outcomes.push(DocOutcome::Failed(HandlerError::new(FailureKind::BadInput, e.message)));
+                    } else {
+                        // Find the bad document by handing them over one at a time.
+                        for doc in rest {
+                            let single = Batch { ext: batch.ext, docs: vec![doc.clone()], tag: 0 };
+                            outcomes.extend(self.run(&single));
+                        }
+                    }
+                    rest = &[];
+                }
+                Err(failure) => {
+                    // Stopped (or failed outside the per-document try) part-way: keep the
+                    // outcomes of the documents that finished, fail the one that was running,
+                    // and go on with the rest.
+                    let (kind, message) = match failure {
+                        CallFailure::Interrupted if !out_of_memory => {
+                            (FailureKind::TimeLimit, format!("the handler ran past its time limit of {} ms and was stopped", limit.as_millis()))
+                        }
+                        _ if out_of_memory => (FailureKind::OutOfMemory, "the handler ran out of memory (the runtime's heap cap)".to_string()),
+                        CallFailure::Threw(e) => (FailureKind::Exception, e.to_string()),
+                        CallFailure::Interrupted => unreachable!("handled above"),
+                    };
+                    if out_of_memory {
+                        rt.collect_garbage();
+                    }
+                    let partial = rt.call(sandbox, &decl.id, c"partial", None);
+                    out_of_memory |= partial.out_of_memory;
+                    let done = match partial.result {
+                        Ok(text) => parse_outcomes(&text, usize::MAX, false),
+                        Err(_) => Vec::new(),
+                    };
+                    let finished = done.len().min(rest.len() - 1);
+                    outcomes.extend(done.into_iter().take(finished));
+                    outcomes.push(DocOutcome::Failed(HandlerError::new(kind, message)));
+                    rest = &rest[finished + 1..];
+                }
+            }
+            if out_of_memory {
+                self.recycle();
+            }
+        }
+        outcomes
+    }
+}
+
+fn fail_all(n: usize, kind: FailureKind, message: &str) -> Vec<DocOutcome> {
+    vec![DocOutcome::Failed(HandlerError::new(kind, message)); n]
+}
+
+fn json_array(docs: &[Arc<str>]) -> String {
+    let mut json = String::with_capacity(docs.iter().map(|d| d.len() + 1).sum::<usize>() + 2);
+    json.push('[');
+    for (i, d) in docs.iter().enumerate() {
+        if i > 0 {
+            json.push(',');
+        }
+        json.push_str(d);
+    }
+    json.push(']');
+    json
+}
+
+#[derive(Deserialize)]
+struct JsError {
+    #[serde(default)]
+    message: String,
+    file: Option<String>,
+    line: Option<u32>,
+    stack: Option<String>,
+}
+
+/// Reads the driver's per-document outcomes. `expected` is the number of documents (or
+/// `usize::MAX` for a partial run); each outcome is read on its own, so one bad emission fails
+/// only its own document.
+fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOutcome> {
+    let raw: Vec<&RawValue> = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let n = if expected == usize::MAX { 0 } else { expected };
+            return fail_all(n, FailureKind::BadOutput, &format!("cannot read the handler's output: {e}"));
+        }
+    };
+    let mut out: Vec<DocOutcome> = raw
+        .into_iter()
+        .map(|one| {
+            #[derive(Deserialize)]
+            struct Outcome {
+                error: Option<JsError>,
+            }
+            match serde_json::from_str::<Outcome>(one.get()) {
+                Ok(Outcome { error: Some(e) }) => {
+                    let kind = if out_of_memory && e.message.contains("out of memory") {
+                        FailureKind::OutOfMemory
+                    } else {
+                        FailureKind::Exception
+                    };
+                    DocOutcome::Failed(HandlerError { kind, message: e.message, file: e.file, line: e.line, stack: e.stack })
+                }
+                _ => match serde_json::from_str::<Emission>(one.get()) {
+                    Ok(emission) => DocOutcome::Emitted(emission),
+                    Err(e) => DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, format!("the handler emitted something that is not valid JSON text: {e}"))),
+                },
+            }
+        })
+        .collect();
+    if expected != usize::MAX && out.len() != expected {
+        out = fail_all(expected, FailureKind::BadOutput, "the driver returned the wrong number of outcomes");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_read_one_by_one() {
+        let text = r#"[{"ok":[{"schema_id":"a","items":{"x":1}}]},{"error":{"message":"boom","file":"f.js","line":3}},{"ok":[{"schema_id":"b","items":{"s":"\ud800"}}]}]"#;
+        let out = parse_outcomes(text, 3, false);
+        assert!(matches!(&out[0], DocOutcome::Emitted(e) if e.items[0].schema_id == "a"));
+        assert!(matches!(&out[1], DocOutcome::Failed(e) if e.message == "boom" && e.line == Some(3)));
+        assert!(matches!(&out[2], DocOutcome::Failed(e) if e.kind == FailureKind::BadOutput), "{:?}", out[2]);
+    }
+
+    #[test]
+    fn a_wrong_count_fails_every_document() {
+        let out = parse_outcomes(r#"[{"ok":[]}]"#, 2, false);
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|o| matches!(o, DocOutcome::Failed(_))));
+    }
+}

@@ -1,0 +1,7 @@
+//! Raindrop: a daemon that hosts JavaScript back-end extensions in embedded SpiderMonkey.
+//!
+//! See `docs/ARCHITECTURE.md` for the map. `unsafe` is denied everywhere but `js::engine`.
+
+#![deny(unsafe_code)]
+
+pub mod js;
