@@ -4,4 +4,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod config;
+mod digest;
 pub mod js;
+pub mod store;

@@ -10,7 +10,7 @@ use clap::Subcommand;
 
 use raindrop::js::{extension, DocOutcome, ExtensionSource, JsPool, PoolConfig};
 
-use super::Cli;
+use super::Settings;
 
 #[derive(Subcommand, Debug)]
 pub enum ExtCommand {
@@ -30,15 +30,15 @@ pub enum ExtCommand {
     },
 }
 
-pub fn run(cli: &Cli, cmd: &ExtCommand) -> anyhow::Result<ExitCode> {
+pub fn run(settings: &Settings, cmd: &ExtCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        ExtCommand::List { json } => list(cli, *json),
+        ExtCommand::List { json } => list(settings, *json),
         ExtCommand::Run { file, doc } => run_one(file, doc),
     }
 }
 
-fn list(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
-    let sources = extension::read_dir(&cli.extensions)?;
+fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let sources = extension::read_dir(&settings.extensions)?;
     let pool = JsPool::start(sources, PoolConfig::new(1))?;
     let mut out = std::io::stdout().lock();
     let mut failed = false;

@@ -5,7 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod db;
 mod ext;
+
+use raindrop::config::{self, FileConfig};
+use raindrop::store::{self, Store, StoreSpec};
 
 /// Raindrop hosts JavaScript back-end extensions in embedded SpiderMonkey.
 #[derive(Parser, Debug)]
@@ -15,9 +19,18 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
-    /// Folder of extension `.js` files.
-    #[arg(long, global = true, env = "RAINDROP_EXTENSIONS", default_value = "js-extensions")]
-    pub extensions: PathBuf,
+    /// The configuration file (default: ~/.config/raindrop/config.toml, if present).
+    #[arg(long, global = true, env = "RAINDROP_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// The database: a path for the embedded store, or an http(s):// CouchDB URL
+    /// (default: the embedded store in ~/.local/share/raindrop/raindrop-data).
+    #[arg(long, global = true, env = "RAINDROP_DB")]
+    pub db: Option<String>,
+
+    /// Folder of extension `.js` files (default: js-extensions).
+    #[arg(long, global = true, env = "RAINDROP_EXTENSIONS")]
+    pub extensions: Option<PathBuf>,
 
     /// JS worker threads, each with its own SpiderMonkey runtime (default: number of cores).
     #[arg(long, global = true, env = "RAINDROP_JS_THREADS")]
@@ -32,6 +45,32 @@ pub enum Command {
     /// Work on extensions: list them, run one on a document.
     #[command(subcommand)]
     Ext(ext::ExtCommand),
+    /// Inspect and edit the database directly.
+    #[command(subcommand)]
+    Db(db::DbCommand),
+}
+
+/// Flags, environment and config file, resolved (flags and environment win).
+pub struct Settings {
+    pub store: StoreSpec,
+    pub extensions: PathBuf,
+    pub js_threads: usize,
+}
+
+impl Settings {
+    fn resolve(cli: &Cli) -> anyhow::Result<Settings> {
+        let file: FileConfig = config::load(cli.config.as_deref())?;
+        Ok(Settings {
+            store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
+            extensions: cli.extensions.clone().or(file.extensions).unwrap_or_else(|| PathBuf::from("js-extensions")),
+            js_threads: cli.js_threads.or(file.js_threads).unwrap_or_else(num_cpus::get).max(1),
+        })
+    }
+
+    pub fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+        tracing::info!(db = %self.store.describe(), "opening the store");
+        Ok(store::open(&self.store)?)
+    }
 }
 
 pub fn init_logging(verbose: u8) {
@@ -46,14 +85,10 @@ pub fn init_logging(verbose: u8) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-impl Cli {
-    pub fn js_threads(&self) -> usize {
-        self.js_threads.unwrap_or_else(num_cpus::get).max(1)
-    }
-}
-
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::resolve(&cli)?;
     match &cli.command {
-        Command::Ext(cmd) => ext::run(&cli, cmd),
+        Command::Ext(cmd) => ext::run(&settings, cmd),
+        Command::Db(cmd) => db::run(&settings, cmd),
     }
 }

@@ -31,7 +31,7 @@ impl ExtensionSource {
     /// A fingerprint of the code that runs for this extension: its source and the driver's.
     /// Outputs record it, so editing an extension (or upgrading the driver) reprocesses.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&[super::engine::DRIVER_SOURCE.as_bytes(), self.source.as_bytes()])
+        crate::digest::digest(&[super::engine::DRIVER_SOURCE.as_bytes(), self.source.as_bytes()])
     }
 }
 
@@ -109,31 +109,9 @@ pub enum ExtensionError {
     Read { path: PathBuf, source: std::io::Error },
 }
 
-/// A short, stable hex digest (FNV-1a, 128 bits) of the given byte strings.
-pub fn fingerprint(parts: &[&[u8]]) -> String {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    let mut h = OFFSET;
-    for part in parts {
-        for b in part.iter().chain(&[0xff]) {
-            h ^= *b as u128;
-            h = h.wrapping_mul(PRIME);
-        }
-    }
-    format!("{h:032x}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fingerprint_changes_with_any_byte_and_with_part_boundaries() {
-        let a = fingerprint(&[b"abc", b"def"]);
-        assert_eq!(a, fingerprint(&[b"abc", b"def"]));
-        assert_ne!(a, fingerprint(&[b"abc", b"deg"]));
-        assert_ne!(a, fingerprint(&[b"abcd", b"ef"]));
-    }
 
     #[test]
     fn read_dir_takes_only_js_files_in_name_order() {

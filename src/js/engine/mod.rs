@@ -16,6 +16,8 @@
 mod natives;
 mod process;
 
+pub use process::shutdown;
+
 use std::ffi::CStr;
 use std::ptr::{self, NonNull};
 
@@ -137,6 +139,7 @@ pub struct JsRuntime {
     sandboxes: Vec<Sandbox>,
     rt: Runtime,
     utf16: Vec<u16>,
+    _child: process::ChildGuard,
 }
 
 impl JsRuntime {
@@ -151,6 +154,7 @@ impl JsRuntime {
         // SAFETY: the parent runtime lives on the js-engine thread for the rest of the process,
         // so it outlives this child.
         let mut rt = unsafe { Runtime::create_with_parent(token) };
+        let child = process::ChildGuard::new();
         natives::install_host(host);
         let cx = rt.cx();
         // SAFETY: plain JSAPI calls on this thread's live context; the callbacks are
@@ -160,7 +164,7 @@ impl JsRuntime {
             JS_AddInterruptCallback(cx, Some(natives::interrupt_callback));
             SetOutOfMemoryCallback(cx, Some(natives::oom_callback), ptr::null_mut());
         }
-        Ok(JsRuntime { sandboxes: Vec::new(), rt, utf16: Vec::new() })
+        Ok(JsRuntime { sandboxes: Vec::new(), rt, utf16: Vec::new(), _child: child })
     }
 
     /// Creates a sandbox, evaluates the driver and then `source` (reported as `file_name`) in
@@ -256,7 +260,7 @@ impl JsRuntime {
     pub fn call(&mut self, id: SandboxId, ext: &str, method: &CStr, arg_json: Option<&str>) -> CallResult {
         natives::set_current(ext);
         natives::take_oom();
-        let JsRuntime { sandboxes, rt, utf16 } = self;
+        let JsRuntime { sandboxes, rt, utf16, .. } = self;
         let sandbox = &sandboxes[id.0];
         let cx = rt.cx();
         // SAFETY: the sandbox's global and control object are rooted by their

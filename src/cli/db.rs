@@ -1,0 +1,156 @@
+//! `raindrop db …`: debug commands that work the same on both stores.
+
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::Value;
+
+use raindrop::store::{Doc, Seq, WriteResult};
+
+use super::Settings;
+
+#[derive(Subcommand, Debug)]
+pub enum DbCommand {
+    /// Database summary: document counts, update sequence, backend.
+    Info,
+    /// Print one document.
+    Get {
+        id: String,
+        /// Inline attachment bodies (base64).
+        #[arg(long)]
+        attachments: bool,
+    },
+    /// Write one document from JSON text or @file; a conflict exits non-zero.
+    Put { doc: String },
+    /// Print the changes feed, one JSON line per change, then the last sequence.
+    Changes {
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Include each document.
+        #[arg(long)]
+        docs: bool,
+    },
+    /// Bulk-write a file of JSON lines (one document per line; `-` for stdin).
+    Load { file: String },
+    /// Print every live document as one JSON line, optionally only those of one schema.
+    Dump {
+        #[arg(long)]
+        schema: Option<String>,
+    },
+}
+
+pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
+    let store = settings.open_store()?;
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        DbCommand::Info => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&store.info()?)?)?;
+        }
+        DbCommand::Get { id, attachments } => match store.get(id, *attachments)? {
+            Some(doc) => writeln!(out, "{}", serde_json::to_string_pretty(&doc)?)?,
+            None => {
+                eprintln!("error: no document {id}");
+                return Ok(ExitCode::from(1));
+            }
+        },
+        DbCommand::Put { doc } => {
+            let text = match doc.strip_prefix('@') {
+                Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
+                None => doc.clone(),
+            };
+            let doc: Doc = serde_json::from_str(&text).context("the document is not a JSON object")?;
+            match store.bulk_write(vec![doc])?.pop() {
+                Some(WriteResult::Ok { id, rev }) => writeln!(out, "{}", serde_json::json!({"ok": true, "id": id, "rev": rev}))?,
+                Some(WriteResult::Conflict { id }) => {
+                    eprintln!("error: conflict: {id} has changed (give its current _rev to update it)");
+                    return Ok(ExitCode::from(1));
+                }
+                Some(WriteResult::Error { id, reason }) => {
+                    eprintln!("error: {id}: {reason}");
+                    return Ok(ExitCode::from(1));
+                }
+                None => anyhow::bail!("the store returned no result"),
+            }
+        }
+        DbCommand::Changes { since, limit, docs } => {
+            let since = since.as_deref().map(Seq::from_raw).unwrap_or_else(Seq::zero);
+            let page = store.changes(&since, *limit, *docs)?;
+            for c in &page.changes {
+                let mut line = serde_json::json!({"seq": c.seq.as_str(), "id": c.id, "rev": c.rev});
+                if c.deleted {
+                    line["deleted"] = Value::Bool(true);
+                }
+                if let Some(doc) = &c.doc {
+                    line["doc"] = Value::Object(doc.clone());
+                }
+                writeln!(out, "{line}")?;
+            }
+            writeln!(out, "{}", serde_json::json!({"last_seq": page.last_seq.as_str()}))?;
+        }
+        DbCommand::Load { file } => return load(&*store, file),
+        DbCommand::Dump { schema } => {
+            let mut since = Seq::zero();
+            loop {
+                let page = store.changes(&since, 1000, true)?;
+                if page.changes.is_empty() {
+                    break;
+                }
+                for c in page.changes {
+                    let Some(doc) = c.doc.filter(|_| !c.deleted) else { continue };
+                    if let Some(s) = schema {
+                        if doc.get("rd_schema_id").and_then(Value::as_str) != Some(s) {
+                            continue;
+                        }
+                    }
+                    writeln!(out, "{}", serde_json::to_string(&doc)?)?;
+                }
+                since = page.last_seq;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load(store: &dyn raindrop::store::Store, file: &str) -> anyhow::Result<ExitCode> {
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
+    };
+    let (mut written, mut failed) = (0u64, 0u64);
+    let mut batch = Vec::new();
+    let mut flush = |batch: &mut Vec<Doc>| -> anyhow::Result<()> {
+        for r in store.bulk_write(std::mem::take(batch))? {
+            match r {
+                WriteResult::Ok { .. } => written += 1,
+                WriteResult::Conflict { id } => {
+                    failed += 1;
+                    eprintln!("conflict: {id}");
+                }
+                WriteResult::Error { id, reason } => {
+                    failed += 1;
+                    eprintln!("error: {id}: {reason}");
+                }
+            }
+        }
+        Ok(())
+    };
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {file}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let doc: Doc = serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?;
+        batch.push(doc);
+        if batch.len() >= 1000 {
+            flush(&mut batch)?;
+        }
+    }
+    flush(&mut batch)?;
+    eprintln!("{written} written, {failed} refused");
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

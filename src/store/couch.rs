@@ -1,0 +1,515 @@
+//! CouchDB over HTTP (blocking `reqwest`), for CouchDB 3.x and PouchDB Server.
+//!
+//! The only module that knows CouchDB's wire format. Credentials come from the URL's user info
+//! or from `RAINDROP_DB_USER` / `RAINDROP_DB_PASSWORD`; they are sent as basic auth and never
+//! appear in a message: every error names the database by its URL with the credentials removed.
+//! Connection errors and 5xx answers are retried with exponential backoff, a bounded number of
+//! times; a changes read that fails is simply asked again from the same `since`, so a server
+//! restart in the middle of a read loses nothing.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use reqwest::blocking::{Client, RequestBuilder, Response};
+use reqwest::StatusCode;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+
+/// How hard to try before calling the server unavailable.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub first_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { attempts: 8, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+    }
+}
+
+/// A CouchDB database.
+pub struct CouchStore {
+    client: Client,
+    /// `http://host:port/db` without credentials: safe to print.
+    db_url: String,
+    user: Option<String>,
+    password: Option<String>,
+    retry: RetryPolicy,
+}
+
+/// A URL with its credentials removed, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(an unparsable URL)".to_string(),
+    }
+}
+
+/// Percent-encodes a document id for a URL path, keeping the `/` of `_design/` and `_local/`.
+fn encode_id(id: &str) -> String {
+    for prefix in ["_design/", "_local/"] {
+        if let Some(rest) = id.strip_prefix(prefix) {
+            return format!("{prefix}{}", encode_component(rest));
+        }
+    }
+    encode_component(id)
+}
+
+fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+impl CouchStore {
+    /// Connects to the database at `url` (`http[s]://[user[:password]@]host:port/db`) and
+    /// creates it if it does not exist.
+    pub fn open(url: &str, retry: RetryPolicy) -> Result<CouchStore, StoreError> {
+        let parsed = url::Url::parse(url)
+            .map_err(|e| StoreError::BadRequest(format!("{} is not a database URL: {e}", redact(url))))?;
+        if parsed.path().trim_matches('/').is_empty() {
+            return Err(StoreError::BadRequest(format!("{} names no database (add /dbname)", redact(url))));
+        }
+        let user = Some(percent_decode(parsed.username()))
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("RAINDROP_DB_USER").ok().filter(|u| !u.is_empty()));
+        let password = parsed
+            .password()
+            .map(percent_decode)
+            .or_else(|| std::env::var("RAINDROP_DB_PASSWORD").ok());
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(None::<Duration>)
+            .build()
+            .map_err(|e| StoreError::Unavailable { location: redact(url), reason: e.to_string() })?;
+        let store = CouchStore { client, db_url: redact(url), user, password, retry };
+        store.ensure_db()?;
+        Ok(store)
+    }
+
+    fn url(&self, path: &str) -> String {
+        if path.is_empty() {
+            self.db_url.clone()
+        } else {
+            format!("{}/{path}", self.db_url)
+        }
+    }
+
+    fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let rb = self.client.request(method, self.url(path));
+        match &self.user {
+            Some(u) => rb.basic_auth(u, self.password.as_deref()),
+            None => rb,
+        }
+    }
+
+    fn unavailable(&self, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable { location: self.db_url.clone(), reason: reason.to_string() }
+    }
+
+    fn protocol(&self, reason: impl std::fmt::Display) -> StoreError {
+        StoreError::Protocol { location: self.db_url.clone(), reason: reason.to_string() }
+    }
+
+    /// Sends a request, retrying connection errors and 5xx answers with backoff. Answers with
+    /// other statuses come back as they are, for the caller to interpret.
+    fn send(&self, make: impl Fn() -> RequestBuilder) -> Result<Response, StoreError> {
+        let mut backoff = self.retry.first_backoff;
+        let mut last_error = String::new();
+        for attempt in 1..=self.retry.attempts.max(1) {
+            match make().send() {
+                Ok(resp) if resp.status().is_server_error() => {
+                    last_error = format!("the server answered {}", resp.status());
+                }
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    return Err(StoreError::Unauthorized { location: self.db_url.clone(), user: self.user.clone() });
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) => last_error = describe_reqwest(&e),
+            }
+            if attempt < self.retry.attempts {
+                tracing::debug!(location = %self.db_url, attempt, "retrying after: {last_error}");
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(self.retry.max_backoff);
+            }
+        }
+        Err(self.unavailable(format!("{last_error} (after {} attempts)", self.retry.attempts)))
+    }
+
+    /// Reads a JSON body, turning HTML error pages and garbage into a clear error.
+    fn json<T: for<'de> Deserialize<'de>>(&self, resp: Response) -> Result<T, StoreError> {
+        let status = resp.status();
+        let ctype = resp.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let body = resp.bytes().map_err(|e| self.unavailable(describe_reqwest(&e)))?;
+        serde_json::from_slice(&body).map_err(|e| {
+            let preview: String = String::from_utf8_lossy(&body[..body.len().min(120)]).chars().filter(|c| !c.is_control()).collect();
+            self.protocol(format!("status {status}, content type {ctype:?}, not the JSON expected ({e}): {preview:?}"))
+        })
+    }
+
+    /// Fails with the server's own error for an unexpected status.
+    fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, StoreError> {
+        if ok.contains(&resp.status()) {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let v: Value = self.json(resp).unwrap_or(Value::Null);
+        let reason = v.get("reason").and_then(Value::as_str).unwrap_or("");
+        let error = v.get("error").and_then(Value::as_str).unwrap_or("");
+        match status {
+            StatusCode::CONFLICT => Err(StoreError::Conflict { id: reason.to_string() }),
+            StatusCode::FORBIDDEN => Err(StoreError::Unauthorized { location: self.db_url.clone(), user: self.user.clone() }),
+            _ => Err(StoreError::BadRequest(format!("{} answered {status}: {error} {reason}", self.db_url))),
+        }
+    }
+
+    fn ensure_db(&self) -> Result<(), StoreError> {
+        let resp = self.send(|| self.request(reqwest::Method::HEAD, ""))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            let resp = self.send(|| self.request(reqwest::Method::PUT, ""))?;
+            // 412: someone else created it meanwhile.
+            self.expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED, StatusCode::PRECONDITION_FAILED])?;
+        } else {
+            self.expect(resp, &[StatusCode::OK])?;
+        }
+        Ok(())
+    }
+
+    fn read_changes(&self, query: &[(&str, String)], body_timeout: Option<Duration>) -> Result<ChangesPage, StoreError> {
+        #[derive(Deserialize)]
+        struct Rev {
+            rev: String,
+        }
+        #[derive(Deserialize)]
+        struct Row {
+            seq: Value,
+            id: String,
+            changes: Vec<Rev>,
+            #[serde(default)]
+            deleted: bool,
+            doc: Option<Doc>,
+        }
+        #[derive(Deserialize)]
+        struct Page {
+            results: Vec<Row>,
+            last_seq: Value,
+        }
+        let resp = self.send(|| {
+            let rb = self.request(reqwest::Method::GET, "_changes").query(query);
+            match body_timeout {
+                Some(t) => rb.timeout(t),
+                None => rb,
+            }
+        })?;
+        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let page: Page = self.json(resp)?;
+        let changes = page
+            .results
+            .into_iter()
+            .map(|r| Change {
+                seq: seq_from_json(&r.seq),
+                rev: r.changes.into_iter().next().map(|c| c.rev).unwrap_or_default(),
+                id: r.id,
+                deleted: r.deleted,
+                doc: r.doc,
+            })
+            .collect();
+        Ok(ChangesPage { changes, last_seq: seq_from_json(&page.last_seq) })
+    }
+
+    fn changes_query(since: &Seq, limit: usize, include_docs: bool) -> Vec<(&'static str, String)> {
+        let mut q = vec![("limit", limit.max(1).to_string()), ("style", "main_only".to_string())];
+        if !since.is_zero() {
+            q.push(("since", since.as_str().to_string()));
+        }
+        if include_docs {
+            q.push(("include_docs", "true".to_string()));
+        }
+        q
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A sequence as CouchDB gave it: strings verbatim, numbers in their JSON form.
+fn seq_from_json(v: &Value) -> Seq {
+    match v {
+        Value::String(s) => Seq::from_raw(s.clone()),
+        other => Seq::from_raw(other.to_string()),
+    }
+}
+
+fn describe_reqwest(e: &reqwest::Error) -> String {
+    // reqwest's messages include the URL; ours never carries credentials, but keep only the
+    // cause chain to stay short.
+    let mut msg = if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+impl Store for CouchStore {
+    fn info(&self) -> Result<DbInfo, StoreError> {
+        let resp = self.send(|| self.request(reqwest::Method::GET, ""))?;
+        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let v: Value = self.json(resp)?;
+        Ok(DbInfo {
+            db_name: v.get("db_name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            doc_count: v.get("doc_count").and_then(Value::as_u64).unwrap_or(0),
+            doc_del_count: v.get("doc_del_count").and_then(Value::as_u64).unwrap_or(0),
+            update_seq: v.get("update_seq").map(|s| seq_from_json(s).to_string()).unwrap_or_default(),
+            backend: "couchdb",
+            location: self.db_url.clone(),
+        })
+    }
+
+    fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError> {
+        let path = encode_id(id);
+        let resp = self.send(|| {
+            let rb = self.request(reqwest::Method::GET, &path);
+            if attachments {
+                rb.query(&[("attachments", "true")]).header("Accept", "application/json")
+            } else {
+                rb
+            }
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &[StatusCode::OK])?;
+        Ok(Some(self.json(resp)?))
+    }
+
+    fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            doc: Option<Doc>,
+        }
+        #[derive(Deserialize)]
+        struct Rows {
+            rows: Vec<Row>,
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let body = json!({ "keys": chunk });
+            let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
+            let resp = self.expect(resp, &[StatusCode::OK])?;
+            let rows: Rows = self.json(resp)?;
+            if rows.rows.len() != chunk.len() {
+                return Err(self.protocol("_all_docs returned a different number of rows than keys"));
+            }
+            out.extend(rows.rows.into_iter().map(|r| r.doc));
+        }
+        Ok(out)
+    }
+
+    fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            id: Option<String>,
+            rev: Option<String>,
+            error: Option<String>,
+            reason: Option<String>,
+        }
+        let mut results = Vec::with_capacity(docs.len());
+        // Batches keep each request to a sensible size (and below server limits).
+        let mut start = 0;
+        while start < docs.len() {
+            let mut end = start;
+            let mut bytes = 0usize;
+            while end < docs.len() && (end == start || (end - start < 2000 && bytes < 16 << 20)) {
+                bytes += serde_json::to_string(&docs[end]).map(|s| s.len()).unwrap_or(0);
+                end += 1;
+            }
+            let batch = &docs[start..end];
+            let body = serde_json::to_vec(&json!({ "docs": batch })).map_err(|e| StoreError::BadRequest(e.to_string()))?;
+            let resp = self.send(|| {
+                self.request(reqwest::Method::POST, "_bulk_docs")
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+            })?;
+            let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+            let rows: Vec<Row> = self.json(resp)?;
+            if rows.len() != batch.len() {
+                return Err(self.protocol("_bulk_docs returned a different number of results than documents"));
+            }
+            for (row, doc) in rows.into_iter().zip(batch) {
+                let id = row.id.or_else(|| doc.get("_id").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
+                results.push(match (row.rev, row.error.as_deref()) {
+                    (Some(rev), None) => WriteResult::Ok { id, rev },
+                    (_, Some("conflict")) => WriteResult::Conflict { id },
+                    (_, Some(err)) => WriteResult::Error { id, reason: format!("{err}: {}", row.reason.unwrap_or_default()) },
+                    (None, None) => WriteResult::Error { id, reason: "the server gave neither a rev nor an error".into() },
+                });
+            }
+            start = end;
+        }
+        Ok(results)
+    }
+
+    fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
+        let q = Self::changes_query(since, limit, include_docs);
+        self.read_changes(&q, Some(Duration::from_secs(300)))
+    }
+
+    fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)
+        -> Result<ChangesPage, StoreError> {
+        let mut q = Self::changes_query(since, limit, include_docs);
+        q.push(("feed", "longpoll".to_string()));
+        q.push(("timeout", timeout.as_millis().max(1).to_string()));
+        // The heartbeat keeps idle connections alive through proxies; the client-side timeout
+        // is generous but bounded, so a server that vanishes silently is noticed.
+        q.push(("heartbeat", "10000".to_string()));
+        self.read_changes(&q, Some(timeout + Duration::from_secs(60)))
+    }
+
+    fn put_attachment(&self, id: &str, rev: &str, name: &str, content_type: &str, data: &[u8])
+        -> Result<String, StoreError> {
+        let path = format!("{}/{}", encode_id(id), encode_component(name));
+        let resp = self.send(|| {
+            self.request(reqwest::Method::PUT, &path)
+                .query(&[("rev", rev)])
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(data.to_vec())
+        })?;
+        if resp.status() == StatusCode::CONFLICT || resp.status() == StatusCode::NOT_FOUND {
+            return Err(StoreError::Conflict { id: id.to_string() });
+        }
+        let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+        let v: Value = self.json(resp)?;
+        v.get("rev").and_then(Value::as_str).map(str::to_string).ok_or_else(|| self.protocol("no rev in the attachment answer"))
+    }
+
+    fn get_attachment(&self, id: &str, name: &str) -> Result<Option<Attachment>, StoreError> {
+        let path = format!("{}/{}", encode_id(id), encode_component(name));
+        let resp = self.send(|| self.request(reqwest::Method::GET, &path))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let content_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        let data = resp.bytes().map_err(|e| self.unavailable(describe_reqwest(&e)))?.to_vec();
+        Ok(Some(Attachment { content_type, data }))
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let path = format!("_local/{}", encode_component(id));
+        let resp = self.send(|| self.request(reqwest::Method::GET, &path))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let mut v: Map<String, Value> = self.json(resp)?;
+        Ok(v.remove("body"))
+    }
+
+    fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError> {
+        let path = format!("_local/{}", encode_component(id));
+        // _local documents still carry a rev on CouchDB: read it, then write; retry a race.
+        for _ in 0..5 {
+            let resp = self.send(|| self.request(reqwest::Method::GET, &path))?;
+            let rev = if resp.status() == StatusCode::NOT_FOUND {
+                None
+            } else {
+                let v: Value = self.json(self.expect(resp, &[StatusCode::OK])?)?;
+                v.get("_rev").and_then(Value::as_str).map(str::to_string)
+            };
+            let mut doc = json!({ "body": body });
+            if let Some(rev) = rev {
+                doc["_rev"] = Value::String(rev);
+            }
+            let resp = self.send(|| self.request(reqwest::Method::PUT, &path).json(&doc))?;
+            if resp.status() == StatusCode::CONFLICT {
+                continue;
+            }
+            self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+            return Ok(());
+        }
+        Err(StoreError::Conflict { id: format!("_local/{id}") })
+    }
+
+    fn destroy(&self) -> Result<(), StoreError> {
+        let resp = self.send(|| self.request(reqwest::Method::DELETE, ""))?;
+        self.expect(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
+        Ok(())
+    }
+}
+
+/// Inline attachment data for a document written through `_bulk_docs`.
+pub fn inline_attachment(content_type: &str, data: &[u8]) -> Value {
+    json!({ "content_type": content_type, "data": base64::engine::general_purpose::STANDARD.encode(data) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_credentials() {
+        assert_eq!(redact("http://bob:s3cret@127.0.0.1:5984/db"), "http://127.0.0.1:5984/db");
+        assert!(!redact("http://bob:s3cret@h/db").contains("s3cret"));
+    }
+
+    #[test]
+    fn ids_are_encoded_for_paths() {
+        assert_eq!(encode_id("rc!email.abc=!rd.msg.body"), "rc%21email.abc%3D%21rd.msg.body");
+        assert_eq!(encode_id("_design/x y"), "_design/x%20y");
+        assert_eq!(encode_id("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded() {
+        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
+        assert_eq!(percent_decode("plain%"), "plain%");
+    }
+
+    #[test]
+    fn sequences_keep_their_text() {
+        assert_eq!(seq_from_json(&json!(12)).as_str(), "12");
+        assert_eq!(seq_from_json(&json!("12-g1AAA")).as_str(), "12-g1AAA");
+    }
+}

@@ -1,0 +1,471 @@
+//! The embedded store: one SQLite file (WAL mode), the default when no CouchDB is configured.
+//!
+//! Why SQLite rather than redb: its write-ahead log gives crash-safe commits with concurrent
+//! readers and one writer out of the box, the file can be inspected with standard tools, and the
+//! indexes the work queue needs later (by schema, by key) are plain SQL. The `bundled` feature
+//! compiles it in, so there is nothing to install.
+//!
+//! Layout: `docs` holds the latest revision of each document, keyed by its sequence number (so a
+//! changes read is a range scan and an update moves the document to the end of the feed);
+//! tombstones stay there as `deleted = 1`. `attachments` holds bodies by (document, name);
+//! `local` holds checkpoint documents, which never enter the feed.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{Map, Value};
+
+use super::{rev, Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS docs (
+    seq     INTEGER PRIMARY KEY,
+    id      TEXT NOT NULL UNIQUE,
+    rev     TEXT NOT NULL,
+    deleted INTEGER NOT NULL,
+    has_att INTEGER NOT NULL,
+    body    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    doc_id       TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    length       INTEGER NOT NULL,
+    digest       TEXT NOT NULL,
+    revpos       INTEGER NOT NULL,
+    data         BLOB NOT NULL,
+    PRIMARY KEY (doc_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS local (
+    id   TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+/// An embedded database in one file.
+pub struct EmbeddedStore {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    /// The last committed sequence, for waking waiting changes readers.
+    committed: Mutex<i64>,
+    wake: Condvar,
+}
+
+impl EmbeddedStore {
+    /// Opens the database at `path`, creating it (and its folder) if needed.
+    pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(path, e))?;
+        }
+        let writer = connect(path)?;
+        writer.execute_batch(SCHEMA).map_err(|e| err(path, e))?;
+        let last: i64 = writer
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
+            .map_err(|e| err(path, e))?;
+        Ok(EmbeddedStore {
+            path: path.to_path_buf(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            committed: Mutex::new(last),
+            wake: Condvar::new(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn e(&self, e: impl std::fmt::Display) -> StoreError {
+        err(&self.path, e)
+    }
+
+    /// Runs `f` on a reader connection (WAL: readers do not block the writer or each other).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => connect(&self.path)?,
+        };
+        let result = f(&conn).map_err(|e| self.e(e));
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        result
+    }
+
+    fn last_seq(&self) -> i64 {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Embedded { path: path.display().to_string(), reason: e.to_string() }
+}
+
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(|e| err(path, e))?;
+    // WAL + synchronous=FULL: every commit is durable once it returns, readers run beside the
+    // writer, and a crash leaves the last committed state.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF;",
+    )
+    .map_err(|e| err(path, e))?;
+    Ok(conn)
+}
+
+fn parse_seq(seq: &Seq) -> Result<i64, StoreError> {
+    if seq.is_zero() {
+        return Ok(0);
+    }
+    seq.as_str()
+        .parse()
+        .map_err(|_| StoreError::BadRequest(format!("{seq:?} is not a sequence of this database")))
+}
+
+/// Builds a document from its stored row.
+fn assemble(
+    conn: &Connection,
+    id: &str,
+    rev: &str,
+    deleted: bool,
+    has_att: bool,
+    body: &str,
+    attachments: bool,
+) -> rusqlite::Result<Doc> {
+    let mut doc = Map::new();
+    doc.insert("_id".into(), Value::String(id.to_string()));
+    doc.insert("_rev".into(), Value::String(rev.to_string()));
+    if deleted {
+        doc.insert("_deleted".into(), Value::Bool(true));
+    }
+    if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(body) {
+        doc.extend(fields);
+    }
+    if has_att {
+        let mut stmt = conn.prepare_cached(
+            "SELECT name, content_type, length, digest, revpos, CASE WHEN ?2 THEN data ELSE NULL END
+             FROM attachments WHERE doc_id = ?1 ORDER BY name",
+        )?;
+        let mut atts = Map::new();
+        let rows = stmt.query_map(params![id, attachments], |r| {
+            let name: String = r.get(0)?;
+            let mut a = Map::new();
+            a.insert("content_type".into(), Value::String(r.get(1)?));
+            a.insert("length".into(), Value::from(r.get::<_, i64>(2)?));
+            a.insert("digest".into(), Value::String(r.get(3)?));
+            a.insert("revpos".into(), Value::from(r.get::<_, i64>(4)?));
+            match r.get::<_, Option<Vec<u8>>>(5)? {
+                Some(data) => {
+                    a.insert("data".into(), Value::String(base64::engine::general_purpose::STANDARD.encode(data)));
+                }
+                None => {
+                    a.insert("stub".into(), Value::Bool(true));
+                }
+            }
+            Ok((name, Value::Object(a)))
+        })?;
+        for row in rows {
+            let (name, a) = row?;
+            atts.insert(name, a);
+        }
+        doc.insert("_attachments".into(), Value::Object(atts));
+    }
+    Ok(doc)
+}
+
+/// Checks an id the way CouchDB does: non-empty, and `_` only for design documents.
+fn check_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("a document id cannot be empty".into());
+    }
+    if id.starts_with('_') && !id.starts_with("_design/") {
+        return Err(format!("only design documents may have ids starting with '_': {id}"));
+    }
+    Ok(())
+}
+
+/// One document of a bulk write, checked and split into what is stored.
+struct Incoming {
+    id: String,
+    rev: Option<String>,
+    deleted: bool,
+    body: String,
+    /// `None`: the document has no `_attachments` member (all existing ones are dropped).
+    attachments: Option<Map<String, Value>>,
+}
+
+fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
+    let id = match doc.remove("_id") {
+        Some(Value::String(s)) => s,
+        None => super::new_doc_id(),
+        Some(other) => return Err((other.to_string(), "_id must be a string".into())),
+    };
+    check_id(&id).map_err(|e| (id.clone(), e))?;
+    let rev = match doc.remove("_rev") {
+        Some(Value::String(s)) => Some(s),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err((id, "_rev must be a string".into())),
+    };
+    let deleted = matches!(doc.remove("_deleted"), Some(Value::Bool(true)));
+    let attachments = match doc.remove("_attachments") {
+        Some(Value::Object(m)) => Some(m),
+        None | Some(Value::Null) => None,
+        Some(_) => return Err((id, "_attachments must be an object".into())),
+    };
+    if let Some(bad) = doc.keys().find(|k| k.starts_with('_')) {
+        return Err((id.clone(), format!("bad special document member: {bad}")));
+    }
+    let body = if deleted { "{}".to_string() } else { Value::Object(doc).to_string() };
+    Ok(Incoming { id, rev, deleted, body, attachments })
+}
+
+impl Store for EmbeddedStore {
+    fn info(&self) -> Result<DbInfo, StoreError> {
+        let (live, dead): (i64, i64) = self.read(|c| {
+            c.query_row("SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM docs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+        })?;
+        Ok(DbInfo {
+            db_name: self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            doc_count: live as u64,
+            doc_del_count: dead as u64,
+            update_seq: self.last_seq().to_string(),
+            backend: "embedded",
+            location: self.path.display().to_string(),
+        })
+    }
+
+    fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError> {
+        self.read(|c| {
+            let row = c
+                .prepare_cached("SELECT rev, has_att, body FROM docs WHERE id = ?1 AND deleted = 0")?
+                .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))
+                .optional()?;
+            row.map(|(rev, has_att, body)| assemble(c, id, &rev, false, has_att, &body, attachments)).transpose()
+        })
+    }
+
+    fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT rev, has_att, body FROM docs WHERE id = ?1 AND deleted = 0")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = stmt
+                    .query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, String>(2)?)))
+                    .optional()?;
+                out.push(row.map(|(rev, has_att, body)| assemble(c, id, &rev, false, has_att, &body, false)).transpose()?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction().map_err(|e| self.e(e))?;
+        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
+        let mut results = Vec::with_capacity(docs.len());
+        for doc in docs {
+            let incoming = match split_incoming(doc) {
+                Ok(i) => i,
+                Err((id, reason)) => {
+                    results.push(WriteResult::Error { id, reason });
+                    continue;
+                }
+            };
+            match write_one(&tx, incoming, seq + 1).map_err(|e| self.e(e))? {
+                Ok(result) => {
+                    seq += 1;
+                    results.push(result);
+                }
+                Err(result) => results.push(result),
+            }
+        }
+        tx.commit().map_err(|e| self.e(e))?;
+        drop(conn);
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.wake.notify_all();
+        Ok(results)
+    }
+
+    fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
+        let since_n = parse_seq(since)?;
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        let changes = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, id, rev, deleted, has_att, CASE WHEN ?3 THEN body ELSE NULL END
+                 FROM docs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![since_n, limit, include_docs], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?,
+                    r.get::<_, bool>(4)?, r.get::<_, Option<String>>(5)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, id, rev, deleted, has_att, body) = row?;
+                let doc = match body {
+                    Some(body) => Some(assemble(c, &id, &rev, deleted, has_att, &body, false)?),
+                    None => None,
+                };
+                out.push(Change { seq: Seq::from_raw(seq.to_string()), id, rev, deleted, doc });
+            }
+            Ok(out)
+        })?;
+        let last_seq = changes.last().map(|c| c.seq.clone()).unwrap_or_else(|| since.clone());
+        Ok(ChangesPage { changes, last_seq })
+    }
+
+    fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)
+        -> Result<ChangesPage, StoreError> {
+        let deadline = Instant::now() + timeout;
+        let since_n = parse_seq(since)?;
+        loop {
+            let page = self.changes(since, limit, include_docs)?;
+            let now = Instant::now();
+            if !page.changes.is_empty() || now >= deadline {
+                return Ok(page);
+            }
+            // Woken by a commit in this process; the periodic recheck also sees commits made
+            // by another process on the same file.
+            let guard = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+            if *guard <= since_n {
+                let slice = (deadline - now).min(Duration::from_millis(250));
+                let _ = self.wake.wait_timeout(guard, slice);
+            }
+        }
+    }
+
+    fn put_attachment(&self, id: &str, rev: &str, name: &str, content_type: &str, data: &[u8])
+        -> Result<String, StoreError> {
+        let mut doc = self.get(id, false)?.ok_or_else(|| StoreError::Conflict { id: id.to_string() })?;
+        if doc.get("_rev").and_then(Value::as_str) != Some(rev) {
+            return Err(StoreError::Conflict { id: id.to_string() });
+        }
+        let atts = doc.entry("_attachments").or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(m) = atts {
+            m.insert(name.to_string(), serde_json::json!({
+                "content_type": content_type,
+                "data": base64::engine::general_purpose::STANDARD.encode(data),
+            }));
+        }
+        match self.bulk_write(vec![doc])?.pop() {
+            Some(WriteResult::Ok { rev, .. }) => Ok(rev),
+            Some(WriteResult::Conflict { id }) => Err(StoreError::Conflict { id }),
+            Some(WriteResult::Error { reason, .. }) => Err(StoreError::BadRequest(reason)),
+            None => Err(self.e("no result for the attachment write")),
+        }
+    }
+
+    fn get_attachment(&self, id: &str, name: &str) -> Result<Option<Attachment>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT a.content_type, a.data FROM attachments a JOIN docs d ON d.id = a.doc_id
+                 WHERE a.doc_id = ?1 AND a.name = ?2 AND d.deleted = 0",
+            )?
+            .query_row([id, name], |r| Ok(Attachment { content_type: r.get(0)?, data: r.get(1)? }))
+            .optional()
+        })
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        let body: Option<String> = self.read(|c| {
+            c.prepare_cached("SELECT body FROM local WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()
+        })?;
+        body.map(|b| serde_json::from_str(&b).map_err(|e| self.e(e))).transpose()
+    }
+
+    fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached("INSERT INTO local (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body")
+            .and_then(|mut s| s.execute(params![id, body.to_string()]))
+            .map_err(|e| self.e(e))?;
+        Ok(())
+    }
+
+    fn destroy(&self) -> Result<(), StoreError> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.execute_batch("DELETE FROM docs; DELETE FROM attachments; DELETE FROM local;").map_err(|e| self.e(e))?;
+        drop(conn);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            let _ = std::fs::remove_file(p);
+        }
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+        Ok(())
+    }
+}
+
+/// Writes one document inside the bulk transaction. `Ok(Err(_))` is a per-document refusal.
+fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
+    let existing: Option<(String, bool)> = tx
+        .prepare_cached("SELECT rev, deleted FROM docs WHERE id = ?1")?
+        .query_row([&doc.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let prev_rev = match (&existing, &doc.rev) {
+        (None, None) => None,
+        (None, Some(_)) => return Ok(Err(WriteResult::Conflict { id: doc.id })),
+        // A deleted document may be recreated without a rev; its history continues.
+        (Some((cur, true)), None) => Some(cur.clone()),
+        (Some((cur, _)), Some(given)) if cur == given => Some(cur.clone()),
+        (Some(_), _) => return Ok(Err(WriteResult::Conflict { id: doc.id })),
+    };
+    let generation = prev_rev.as_deref().map_or(0, rev::generation) + 1;
+
+    // Attachments: new data is stored, stubs keep what is there, the rest is removed.
+    let mut keep: Vec<String> = Vec::new();
+    let mut digests: Vec<String> = Vec::new();
+    if let (false, Some(atts)) = (doc.deleted, &doc.attachments) {
+        for (name, att) in atts {
+            let content_type = att.get("content_type").and_then(Value::as_str).unwrap_or("application/octet-stream");
+            match att.get("data").and_then(Value::as_str) {
+                Some(b64) => {
+                    let data = match base64::engine::general_purpose::STANDARD.decode(b64) {
+                        Ok(d) => d,
+                        Err(e) => return Ok(Err(WriteResult::Error { id: doc.id, reason: format!("attachment {name} is not base64: {e}") })),
+                    };
+                    let digest = format!("fnv128-{}", crate::digest::digest(&[&data]));
+                    tx.prepare_cached(
+                        "INSERT INTO attachments (doc_id, name, content_type, length, digest, revpos, data)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                         ON CONFLICT(doc_id, name) DO UPDATE SET content_type = excluded.content_type,
+                           length = excluded.length, digest = excluded.digest, revpos = excluded.revpos, data = excluded.data",
+                    )?
+                    .execute(params![doc.id, name, content_type, data.len() as i64, digest, generation as i64, data])?;
+                    digests.push(digest);
+                }
+                None => {
+                    let digest: Option<String> = tx
+                        .prepare_cached("SELECT digest FROM attachments WHERE doc_id = ?1 AND name = ?2")?
+                        .query_row(params![doc.id, name], |r| r.get(0))
+                        .optional()?;
+                    match digest {
+                        Some(d) => digests.push(d),
+                        None => return Ok(Err(WriteResult::Error { id: doc.id, reason: format!("attachment {name} is a stub for nothing stored") })),
+                    }
+                }
+            }
+            keep.push(name.clone());
+        }
+    }
+    if existing.is_some() {
+        let mut stmt = tx.prepare_cached("SELECT name FROM attachments WHERE doc_id = ?1")?;
+        let stored: Vec<String> = stmt.query_map([&doc.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        for name in stored.iter().filter(|n| !keep.contains(n)) {
+            tx.prepare_cached("DELETE FROM attachments WHERE doc_id = ?1 AND name = ?2")?.execute(params![doc.id, name])?;
+        }
+    }
+
+    let digest_refs: Vec<&str> = digests.iter().map(String::as_str).collect();
+    let new_rev = rev::next(prev_rev.as_deref(), doc.deleted, doc.body.as_bytes(), &digest_refs);
+    tx.prepare_cached(
+        "INSERT INTO docs (seq, id, rev, deleted, has_att, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, rev = excluded.rev, deleted = excluded.deleted,
+           has_att = excluded.has_att, body = excluded.body",
+    )?
+    .execute(params![seq, doc.id, new_rev, doc.deleted, !keep.is_empty(), doc.body])?;
+    Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
+}

@@ -1,0 +1,167 @@
+//! The document store: one [`Store`] trait, two backends that pass the same conformance suite.
+//!
+//! - [`embedded`]: a single SQLite file (the default; nothing to install).
+//! - [`couch`]: CouchDB 3.x (or PouchDB Server) over HTTP.
+//!
+//! Documents are JSON objects in CouchDB's shape (`_id`, `_rev`, `_deleted`, `_attachments`).
+//! Sequence values are opaque: callers hand back exactly what a changes page gave them.
+//! Only `couch.rs` knows CouchDB's wire format; only `embedded.rs` knows SQL.
+
+pub mod couch;
+pub mod embedded;
+mod rev;
+mod spec;
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use spec::{open, StoreSpec};
+
+/// A document: a JSON object with CouchDB's underscore fields.
+pub type Doc = Map<String, Value>;
+
+/// An opaque position in a database's changes feed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Seq(String);
+
+impl Seq {
+    /// The start of the feed.
+    pub fn zero() -> Seq {
+        Seq(String::new())
+    }
+    pub fn from_raw(s: impl Into<String>) -> Seq {
+        Seq(s.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn is_zero(&self) -> bool {
+        self.0.is_empty() || self.0 == "0"
+    }
+}
+
+impl std::fmt::Display for Seq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "0" } else { &self.0 })
+    }
+}
+
+/// One entry of the changes feed: the document's latest revision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub seq: Seq,
+    pub id: String,
+    pub rev: String,
+    pub deleted: bool,
+    /// The document, when asked for (`None` for a tombstone's body on some servers).
+    pub doc: Option<Doc>,
+}
+
+/// A page of the changes feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangesPage {
+    pub changes: Vec<Change>,
+    /// Where the next page starts: hand it back as `since`.
+    pub last_seq: Seq,
+}
+
+/// The result of writing one document in a bulk write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    Ok { id: String, rev: String },
+    /// The document changed since the `_rev` given (or exists when none was given).
+    Conflict { id: String },
+    /// Rejected for another reason (bad id, forbidden, …).
+    Error { id: String, reason: String },
+}
+
+impl WriteResult {
+    pub fn id(&self) -> &str {
+        match self {
+            WriteResult::Ok { id, .. } | WriteResult::Conflict { id } | WriteResult::Error { id, .. } => id,
+        }
+    }
+}
+
+/// Database summary.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DbInfo {
+    pub db_name: String,
+    pub doc_count: u64,
+    pub doc_del_count: u64,
+    pub update_seq: String,
+    /// `embedded` or `couchdb`.
+    pub backend: &'static str,
+    /// Where it lives (a path, or a URL without credentials).
+    pub location: String,
+}
+
+/// An attachment's bytes and type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attachment {
+    pub content_type: String,
+    pub data: Vec<u8>,
+}
+
+/// What every backend does. Implementations are `Send + Sync`: one store is shared by threads.
+pub trait Store: Send + Sync {
+    fn info(&self) -> Result<DbInfo, StoreError>;
+
+    /// The current revision of `id`, or `None` if it does not exist or is deleted.
+    /// With `attachments`, attachment bodies are inlined as base64 `data`; otherwise stubs.
+    fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError>;
+
+    /// Several documents by id, in the order asked; `None` for missing or deleted ones.
+    fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError>;
+
+    /// Writes each document (a new one without `_rev`, an update with the current `_rev`, a
+    /// delete with `_deleted: true`); one result per document, in order. Inline attachments
+    /// (`_attachments.{name}.data` in base64) are stored; stubs keep the existing ones.
+    fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError>;
+
+    /// Changes after `since`, at most `limit`, oldest first, without waiting.
+    fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError>;
+
+    /// Like [`Store::changes`], but when there is nothing after `since`, waits up to `timeout`
+    /// for a change.
+    fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)
+        -> Result<ChangesPage, StoreError>;
+
+    /// Adds or replaces attachment `name` on revision `rev` of `id`; returns the new revision.
+    fn put_attachment(&self, id: &str, rev: &str, name: &str, content_type: &str, data: &[u8])
+        -> Result<String, StoreError>;
+
+    fn get_attachment(&self, id: &str, name: &str) -> Result<Option<Attachment>, StoreError>;
+
+    /// A checkpoint document: never in the changes feed, never replicated.
+    fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError>;
+
+    /// Writes a checkpoint document (last write wins).
+    fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError>;
+
+    /// Deletes the whole database.
+    fn destroy(&self) -> Result<(), StoreError>;
+}
+
+/// What went wrong talking to a store. Messages never include a password.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database at {location} is unreachable: {reason}")]
+    Unavailable { location: String, reason: String },
+    #[error("the database at {location} refused the credentials{user}", user = .user.as_deref().map(|u| format!(" for user {u}")).unwrap_or_default())]
+    Unauthorized { location: String, user: Option<String> },
+    #[error("the database at {location} gave an answer Raindrop cannot read: {reason}")]
+    Protocol { location: String, reason: String },
+    #[error("document {id} has an update conflict")]
+    Conflict { id: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("the embedded store at {path} failed: {reason}")]
+    Embedded { path: String, reason: String },
+}
+
+/// Makes an id for a document written without one.
+pub fn new_doc_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}

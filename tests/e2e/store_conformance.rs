@@ -1,0 +1,236 @@
+//! One conformance suite, run against both stores: the embedded SQLite store and a real
+//! PouchDB Server (CouchDB protocol) on loopback.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use raindrop::store::couch::{inline_attachment, CouchStore, RetryPolicy};
+use raindrop::store::embedded::EmbeddedStore;
+use raindrop::store::{Doc, Seq, Store, WriteResult};
+use serde_json::{json, Value};
+
+use crate::support::{PouchServer, TempDir};
+
+/// A store under test plus whatever keeps it alive.
+pub struct Fixture {
+    pub store: Arc<dyn Store>,
+    _dir: Option<TempDir>,
+    _server: Option<PouchServer>,
+}
+
+pub fn embedded() -> Fixture {
+    let dir = TempDir::new("store");
+    let store = EmbeddedStore::open(&dir.path().join("db")).unwrap();
+    Fixture { store: Arc::new(store), _dir: Some(dir), _server: None }
+}
+
+pub fn pouchdb() -> Fixture {
+    let server = PouchServer::start();
+    let store = CouchStore::open(&server.db_url("conformance"), RetryPolicy::default()).unwrap();
+    Fixture { store: Arc::new(store), _dir: None, _server: Some(server) }
+}
+
+fn doc(v: Value) -> Doc {
+    v.as_object().unwrap().clone()
+}
+
+fn ok_rev(r: &WriteResult) -> String {
+    match r {
+        WriteResult::Ok { rev, .. } => rev.clone(),
+        other => panic!("expected ok, got {other:?}"),
+    }
+}
+
+fn write1(s: &dyn Store, d: Value) -> WriteResult {
+    s.bulk_write(vec![doc(d)]).unwrap().pop().unwrap()
+}
+
+/// All changes from the start, following pages of `limit`.
+fn all_changes(s: &dyn Store, limit: usize) -> Vec<raindrop::store::Change> {
+    let mut since = Seq::zero();
+    let mut out = Vec::new();
+    loop {
+        let page = s.changes(&since, limit, false).unwrap();
+        if page.changes.is_empty() {
+            return out;
+        }
+        assert!(page.changes.len() <= limit);
+        out.extend(page.changes);
+        since = page.last_seq;
+    }
+}
+
+fn crud_with_revisions(s: &dyn Store) {
+    let r1 = ok_rev(&write1(s, json!({"_id": "a", "n": 1})));
+    assert!(r1.starts_with("1-"), "{r1}");
+    let got = s.get("a", false).unwrap().unwrap();
+    assert_eq!(got["n"], 1);
+    assert_eq!(got["_rev"], r1.as_str());
+    let r2 = ok_rev(&write1(s, json!({"_id": "a", "_rev": r1, "n": 2})));
+    assert!(r2.starts_with("2-"), "{r2}");
+    assert_eq!(s.get("a", false).unwrap().unwrap()["n"], 2);
+    let r3 = ok_rev(&write1(s, json!({"_id": "a", "_rev": r2, "_deleted": true})));
+    assert!(r3.starts_with("3-"));
+    assert!(s.get("a", false).unwrap().is_none());
+    assert!(s.get("never", false).unwrap().is_none());
+    // A deleted document can be created again, without a rev.
+    let r4 = ok_rev(&write1(s, json!({"_id": "a", "n": 4})));
+    assert!(r4.starts_with("4-"), "{r4}");
+    let info = s.info().unwrap();
+    assert_eq!(info.doc_count, 1);
+}
+
+fn conflicts(s: &dyn Store) {
+    let r1 = ok_rev(&write1(s, json!({"_id": "c", "v": 1})));
+    // No rev for an existing document, and a stale rev, are both conflicts.
+    assert_eq!(write1(s, json!({"_id": "c", "v": 2})), WriteResult::Conflict { id: "c".into() });
+    let r2 = ok_rev(&write1(s, json!({"_id": "c", "_rev": r1, "v": 2})));
+    assert_eq!(write1(s, json!({"_id": "c", "_rev": r1, "v": 3})), WriteResult::Conflict { id: "c".into() });
+    // Per-document results in one bulk write.
+    let res = s.bulk_write(vec![doc(json!({"_id": "c", "_rev": r2, "v": 3})), doc(json!({"_id": "c", "_rev": r2, "v": 4})), doc(json!({"_id": "d"}))]).unwrap();
+    assert!(matches!(res[0], WriteResult::Ok { .. }));
+    assert_eq!(res[1], WriteResult::Conflict { id: "c".into() });
+    assert!(matches!(res[2], WriteResult::Ok { .. }));
+    assert_eq!(s.get("c", false).unwrap().unwrap()["v"], 3);
+}
+
+fn tombstones_in_the_feed(s: &dyn Store) {
+    let r = ok_rev(&write1(s, json!({"_id": "t", "x": 1})));
+    write1(s, json!({"_id": "u"}));
+    ok_rev(&write1(s, json!({"_id": "t", "_rev": r, "_deleted": true})));
+    let changes = all_changes(s, 100);
+    // Each document appears once, at its latest change; the deletion is last.
+    assert_eq!(changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), vec!["u", "t"]);
+    assert!(changes[1].deleted && !changes[0].deleted);
+    assert!(changes[1].rev.starts_with("2-"));
+}
+
+fn since_paging_with_limit(s: &dyn Store) {
+    let docs: Vec<Doc> = (0..25).map(|i| doc(json!({"_id": format!("p{i:02}"), "i": i}))).collect();
+    s.bulk_write(docs).unwrap();
+    let changes = all_changes(s, 7);
+    let ids: Vec<_> = changes.iter().map(|c| c.id.clone()).collect();
+    let expected: Vec<_> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(ids, expected);
+    // Handing back a page's last seq continues exactly after it.
+    let page = s.changes(&Seq::zero(), 10, true).unwrap();
+    let next = s.changes(&page.last_seq, 10, true).unwrap();
+    assert_eq!(next.changes[0].id, "p10");
+    assert_eq!(next.changes[0].doc.as_ref().unwrap()["i"], 10);
+    let end = s.changes(&all_changes(s, 100).last().unwrap().seq, 10, false).unwrap();
+    assert!(end.changes.is_empty());
+}
+
+fn waiting_feed_wakes_on_write(s: &Arc<dyn Store>) {
+    write1(&**s, json!({"_id": "w0"}));
+    let since = s.changes(&Seq::zero(), 100, false).unwrap().last_seq;
+    let writer = s.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        write1(&*writer, json!({"_id": "w1"}));
+    });
+    let start = Instant::now();
+    let page = s.wait_changes(&since, 10, false, Duration::from_secs(20)).unwrap();
+    let waited = start.elapsed();
+    t.join().unwrap();
+    assert_eq!(page.changes.len(), 1, "{page:?}");
+    assert_eq!(page.changes[0].id, "w1");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(10), "{waited:?}");
+    // With nothing new, it times out with an empty page and the same position.
+    let idle = s.wait_changes(&page.last_seq, 10, false, Duration::from_millis(300)).unwrap();
+    assert!(idle.changes.is_empty());
+}
+
+fn unicode_ids(s: &dyn Store) {
+    let ids = ["caf\u{e9}", "\u{6771}\u{4eac}/\u{65e5}\u{672c}", "emoji-\u{1f600}", "rc!email.WyJhIiwgImIiXQ==!rd.msg.body", "sp ace?&#%"];
+    for id in ids {
+        ok_rev(&write1(s, json!({"_id": id, "v": id})));
+        let got = s.get(id, false).unwrap().unwrap_or_else(|| panic!("{id} not found"));
+        assert_eq!(got["_id"], id);
+        assert_eq!(got["v"], id);
+    }
+    let many = s.get_many(&ids.iter().map(|s| s.to_string()).chain(["missing".to_string()]).collect::<Vec<_>>()).unwrap();
+    assert_eq!(many.len(), 6);
+    assert!(many[..5].iter().all(Option::is_some) && many[5].is_none());
+}
+
+fn eight_megabyte_document(s: &dyn Store) {
+    let big: String = "\u{e9}abcdefghij\u{1f600}".repeat(8 * 1024 * 1024 / 16);
+    assert!(big.len() >= 8 * 1024 * 1024);
+    ok_rev(&write1(s, json!({"_id": "big", "text": big})));
+    let got = s.get("big", false).unwrap().unwrap();
+    assert_eq!(got["text"].as_str().unwrap(), big);
+}
+
+fn binary_attachments(s: &dyn Store) {
+    let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    let mut d = doc(json!({"_id": "att", "x": 1}));
+    d.insert("_attachments".into(), json!({ "raw": inline_attachment("application/octet-stream", &data) }));
+    let r1 = ok_rev(&write1(s, Value::Object(d)));
+    let got = s.get_attachment("att", "raw").unwrap().unwrap();
+    assert_eq!(got.data, data);
+    // Stubs when not asked for bodies; inline base64 when asked.
+    let stub = s.get("att", false).unwrap().unwrap();
+    assert_eq!(stub["_attachments"]["raw"]["stub"], true);
+    let full = s.get("att", true).unwrap().unwrap();
+    let b64 = full["_attachments"]["raw"]["data"].as_str().unwrap();
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b64).unwrap(), data);
+    // put_attachment adds one; an update that keeps the stubs keeps the attachments.
+    let r2 = s.put_attachment("att", &r1, "second", "text/plain", b"\x00\xffhello").unwrap();
+    assert_eq!(s.get_attachment("att", "second").unwrap().unwrap().data, b"\x00\xffhello");
+    let mut d = s.get("att", false).unwrap().unwrap();
+    assert_eq!(d["_rev"], r2.as_str());
+    d.insert("x".into(), json!(2));
+    ok_rev(&s.bulk_write(vec![d]).unwrap()[0]);
+    assert_eq!(s.get_attachment("att", "raw").unwrap().unwrap().data, data);
+    assert!(s.get_attachment("att", "nope").unwrap().is_none());
+    assert!(matches!(s.put_attachment("att", &r1, "x", "text/plain", b"x"), Err(raindrop::store::StoreError::Conflict { .. })));
+}
+
+fn bulk_write_10000(s: &dyn Store) {
+    let docs: Vec<Doc> = (0..10_000).map(|i| doc(json!({"_id": format!("bulk{i:05}"), "i": i, "pad": "x".repeat(100)}))).collect();
+    let res = s.bulk_write(docs).unwrap();
+    assert_eq!(res.len(), 10_000);
+    assert!(res.iter().all(|r| matches!(r, WriteResult::Ok { .. })));
+    assert_eq!(s.info().unwrap().doc_count, 10_000);
+    let changes = all_changes(s, 2500);
+    assert_eq!(changes.len(), 10_000);
+    let ids: std::collections::HashSet<_> = changes.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(ids.len(), 10_000);
+}
+
+fn checkpoint_documents(s: &dyn Store) {
+    assert!(s.get_local("ckpt").unwrap().is_none());
+    s.put_local("ckpt", &json!({"seq": "5"})).unwrap();
+    s.put_local("ckpt", &json!({"seq": "9", "note": "\u{e9}"})).unwrap();
+    assert_eq!(s.get_local("ckpt").unwrap().unwrap(), json!({"seq": "9", "note": "\u{e9}"}));
+    // Checkpoints never show in the feed or the counts.
+    assert!(all_changes(s, 100).is_empty());
+    assert_eq!(s.info().unwrap().doc_count, 0);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[test] fn $name() { let f = super::embedded(); super::$name(&*f.store); } )*
+            #[test] fn waiting_feed_wakes_on_write() { let f = super::embedded(); super::waiting_feed_wakes_on_write(&f.store); }
+        }
+        mod pouchdb {
+            $( #[test] fn $name() { let f = super::pouchdb(); super::$name(&*f.store); } )*
+            #[test] fn waiting_feed_wakes_on_write() { let f = super::pouchdb(); super::waiting_feed_wakes_on_write(&f.store); }
+        }
+    };
+}
+
+conformance!(
+    crud_with_revisions,
+    conflicts,
+    tombstones_in_the_feed,
+    since_paging_with_limit,
+    unicode_ids,
+    eight_megabyte_document,
+    binary_attachments,
+    bulk_write_10000,
+    checkpoint_documents,
+);
