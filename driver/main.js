@@ -28,6 +28,15 @@
   const hostLog = host.log;
   const hostBegin = host.begin;
   const hostCall = host.call;
+  // Array methods called as functions, so an extension that patches Array.prototype (in its
+  // own realm) cannot break the driver's bookkeeping.
+  const uncurry = (f) => Function.prototype.call.bind(f);
+  const push = uncurry(Array.prototype.push);
+  const join = uncurry(Array.prototype.join);
+  const slice = uncurry(Array.prototype.slice);
+  const indexOf = uncurry(Array.prototype.indexOf);
+  const numberIsFinite = Number.isFinite;
+  const defineProperty = Object.defineProperty;
   const CATEGORIES = ["provider", "extender", "smart"];
 
   let declaration = null; // what `extension({...})` declared, validated
@@ -101,13 +110,17 @@
     if (typeof id !== "string" || id.length === 0) fail(site, "extension id must be a non-empty string");
     let schemas = d.source_schemas;
     if (schemas === undefined || schemas === null) schemas = null;
-    else if (!isArray(schemas) || schemas.some((s) => typeof s !== "string"))
-      fail(site, "source_schemas must be an array of schema id strings");
+    else {
+      let ok = isArray(schemas);
+      for (let i = 0; ok && i < schemas.length; i++) ok = typeof schemas[i] === "string";
+      if (!ok) fail(site, "source_schemas must be an array of schema id strings");
+      schemas = slice(schemas);
+    }
     const category = d.category === undefined ? "provider" : d.category;
-    if (CATEGORIES.indexOf(category) < 0)
-      fail(site, "category must be one of " + CATEGORIES.join(", ") + ", not " + formatArg(category));
+    if (indexOf(CATEGORIES, category) < 0)
+      fail(site, "category must be one of " + join(CATEGORIES, ", ") + ", not " + formatArg(category));
     const confidence = d.confidence === undefined ? 0 : d.confidence;
-    if (typeof confidence !== "number" || !isFinite(confidence))
+    if (typeof confidence !== "number" || !numberIsFinite(confidence))
       fail(site, "confidence must be a number");
     if (typeof d.handler !== "function") fail(site, "handler must be a function");
     if (d.filter !== undefined && typeof d.filter !== "function") fail(site, "filter must be a function");
@@ -144,22 +157,22 @@
     }
     // Serialised now, so a handler that later mutates `items` does not change what it emitted,
     // and a value JSON cannot hold fails here, at the line that emitted it.
-    emitted.push(stringify(item));
+    push(emitted, stringify(item));
   }
 
   function log() {
     const parts = [];
-    for (let i = 0; i < arguments.length; i++) parts.push(formatArg(arguments[i]));
-    hostLog("info", parts.join(" "));
+    for (let i = 0; i < arguments.length; i++) push(parts, formatArg(arguments[i]));
+    hostLog("info", join(parts, " "));
   }
 
   function process_later(value) {
     if (laterValues === null) throw new ErrorCtor("process_later() may only be called while a handler runs");
-    laterValues.push(value);
+    push(laterValues, value);
   }
 
   function defineGlobal(name, value) {
-    Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+    defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
   }
 
   function callNative(name, args) {
@@ -177,7 +190,7 @@
   defineGlobal("process_later", process_later);
   for (const name of host.natives) {
     defineGlobal(name, function () {
-      return callNative(name, Array.prototype.slice.call(arguments));
+      return callNative(name, slice(arguments));
     });
   }
 
@@ -189,7 +202,7 @@
     hostBegin();
     try {
       fn(arg);
-      let text = '{"ok":[' + emitted.join(",") + "]";
+      let text = '{"ok":[' + join(emitted, ",") + "]";
       if (laterValues.length > 0) text += ',"later":' + stringify(laterValues);
       return text + "}";
     } catch (e) {
@@ -226,8 +239,8 @@
     run(docs) {
       partial = [];
       const handler = declaration.handler;
-      for (let i = 0; i < docs.length; i++) partial.push(runOne(handler, docs[i]));
-      const text = "[" + partial.join(",") + "]";
+      for (let i = 0; i < docs.length; i++) push(partial, runOne(handler, docs[i]));
+      const text = "[" + join(partial, ",") + "]";
       partial = null;
       return text;
     },
@@ -241,9 +254,9 @@
       for (let i = 0; i < keys.length; i++) {
         hostBegin();
         try {
-          out.push(!!declaration.filter(keys[i][0], keys[i][1], keys[i][2]));
+          push(out, !!declaration.filter(keys[i][0], keys[i][1], keys[i][2]));
         } catch (e) {
-          out.push({ error: describeError(e) });
+          push(out, { error: describeError(e) });
         }
       }
       return stringify(out);
@@ -251,7 +264,7 @@
     partial() {
       const done = partial === null ? [] : partial;
       partial = null;
-      return "[" + done.join(",") + "]";
+      return "[" + join(done, ",") + "]";
     },
   };
 })((function () {

@@ -366,6 +366,30 @@ impl Worker<'_> {
             Some(Err(e)) => return fail_all(batch.docs.len(), FailureKind::NotLoaded, e),
             None => return fail_all(batch.docs.len(), FailureKind::NotLoaded, "no such extension"),
         };
+        // JS would accept a lone surrogate escape; Raindrop's documents are valid Unicode, so
+        // such a document is refused here and the others go ahead.
+        if !batch.docs.iter().any(|d| has_lone_surrogate(d)) {
+            return self.run_valid(&decl, batch);
+        }
+        let mut outcomes = Vec::with_capacity(batch.docs.len());
+        let mut good = Vec::new();
+        for doc in &batch.docs {
+            if has_lone_surrogate(doc) {
+                if !good.is_empty() {
+                    outcomes.extend(self.run_valid(&decl, &Batch { ext: batch.ext, docs: std::mem::take(&mut good), tag: 0 }));
+                }
+                outcomes.push(DocOutcome::Failed(HandlerError::new(FailureKind::BadInput, "the document contains a lone surrogate (invalid Unicode)")));
+            } else {
+                good.push(doc.clone());
+            }
+        }
+        if !good.is_empty() {
+            outcomes.extend(self.run_valid(&decl, &Batch { ext: batch.ext, docs: good, tag: 0 }));
+        }
+        outcomes
+    }
+
+    fn run_valid(&mut self, decl: &Declaration, batch: &Batch) -> Vec<DocOutcome> {
         let limit = decl
             .time_limit_ms
             .map(|ms| Duration::from_secs_f64(ms / 1000.0))
@@ -435,6 +459,44 @@ impl Worker<'_> {
         }
         outcomes
     }
+}
+
+/// Whether JSON text holds a `\\uXXXX` escape of a surrogate that is not part of a pair.
+fn has_lone_surrogate(json: &str) -> bool {
+    if !(json.contains("\\ud") || json.contains("\\uD")) {
+        return false;
+    }
+    let b = json.as_bytes();
+    let hex = |i: usize| -> Option<u32> { std::str::from_utf8(b.get(i..i + 4)?).ok().and_then(|h| u32::from_str_radix(h, 16).ok()) };
+    let mut pending_high = false;
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' {
+            if b.get(i + 1) == Some(&b'u') {
+                let Some(cp) = hex(i + 2) else { return false };
+                match cp {
+                    0xD800..=0xDBFF if pending_high => return true,
+                    0xD800..=0xDBFF => pending_high = true,
+                    0xDC00..=0xDFFF if !pending_high => return true,
+                    0xDC00..=0xDFFF => pending_high = false,
+                    _ if pending_high => return true,
+                    _ => {}
+                }
+                i += 6;
+            } else {
+                if pending_high {
+                    return true;
+                }
+                i += 2;
+            }
+            continue;
+        }
+        if pending_high {
+            return true;
+        }
+        i += 1;
+    }
+    pending_high
 }
 
 fn fail_all(n: usize, kind: FailureKind, message: &str) -> Vec<DocOutcome> {
@@ -514,6 +576,17 @@ mod tests {
         assert!(matches!(&out[0], DocOutcome::Emitted(e) if e.items[0].schema_id == "a"));
         assert!(matches!(&out[1], DocOutcome::Failed(e) if e.message == "boom" && e.line == Some(3)));
         assert!(matches!(&out[2], DocOutcome::Failed(e) if e.kind == FailureKind::BadOutput), "{:?}", out[2]);
+    }
+
+    #[test]
+    fn lone_surrogates_are_found_and_pairs_are_not() {
+        assert!(!has_lone_surrogate(r#"{"a":"plain"}"#));
+        assert!(!has_lone_surrogate(r#"{"a":"\ud83d\ude00"}"#));
+        assert!(!has_lone_surrogate(r#"{"a":"\\ud800"}"#));
+        assert!(has_lone_surrogate(r#"{"a":"\ud800"}"#));
+        assert!(has_lone_surrogate(r#"{"a":"\udc00x"}"#));
+        assert!(has_lone_surrogate(r#"{"a":"\ud800\n"}"#));
+        assert!(has_lone_surrogate(r#"{"a":"\ud800\u0041"}"#));
     }
 
     #[test]

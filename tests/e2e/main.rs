@@ -1,0 +1,8 @@
+//! End-to-end tests: the real SpiderMonkey, real servers on loopback, the real binary.
+//! One test binary; one module per topic.
+
+mod cli;
+mod js_pool;
+mod store_conformance;
+mod store_faults;
+mod support;
