@@ -275,6 +275,8 @@ struct Worker<'a> {
     slot: Arc<WatchSlot>,
     loaded: Option<Loaded>,
     declarations: Vec<Result<Declaration, String>>,
+    /// The batch's JSON text, reused so each batch does not allocate (and fault in) anew.
+    json: String,
 }
 
 fn worker_main(
@@ -283,7 +285,7 @@ fn worker_main(
     jobs: Receiver<Job>,
     ready: Sender<Result<Vec<Result<Declaration, String>>, String>>,
 ) {
-    let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new() };
+    let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new(), json: String::new() };
     if let Err(e) = worker.load() {
         let _ = ready.send(Err(e));
         return;
@@ -404,9 +406,9 @@ impl Worker<'_> {
             let Some(sandbox) = sandboxes[batch.ext] else {
                 return fail_all(batch.docs.len(), FailureKind::NotLoaded, "the extension did not load");
             };
-            let json = json_array(rest);
+            json_array(rest, &mut self.json);
             self.slot.arm(limit);
-            let call = rt.call(sandbox, &decl.id, c"run", Some(&json));
+            let call = rt.call(sandbox, &decl.id, c"run", Some(&self.json));
             self.slot.disarm();
             let mut out_of_memory = call.out_of_memory;
             match call.result {
@@ -463,10 +465,11 @@ impl Worker<'_> {
 
 /// Whether JSON text holds a `\\uXXXX` escape of a surrogate that is not part of a pair.
 fn has_lone_surrogate(json: &str) -> bool {
-    if !(json.contains("\\ud") || json.contains("\\uD")) {
+    let b = json.as_bytes();
+    // Fast path: no `\\u` followed by d/D anywhere (one SIMD scan for backslashes).
+    if !memchr::memchr_iter(b'\\', b).any(|i| b.get(i + 1) == Some(&b'u') && matches!(b.get(i + 2), Some(b'd' | b'D'))) {
         return false;
     }
-    let b = json.as_bytes();
     let hex = |i: usize| -> Option<u32> { std::str::from_utf8(b.get(i..i + 4)?).ok().and_then(|h| u32::from_str_radix(h, 16).ok()) };
     let mut pending_high = false;
     let mut i = 0;
@@ -503,8 +506,9 @@ fn fail_all(n: usize, kind: FailureKind, message: &str) -> Vec<DocOutcome> {
     vec![DocOutcome::Failed(HandlerError::new(kind, message)); n]
 }
 
-fn json_array(docs: &[Arc<str>]) -> String {
-    let mut json = String::with_capacity(docs.iter().map(|d| d.len() + 1).sum::<usize>() + 2);
+fn json_array(docs: &[Arc<str>], json: &mut String) {
+    json.clear();
+    json.reserve(docs.iter().map(|d| d.len() + 1).sum::<usize>() + 2);
     json.push('[');
     for (i, d) in docs.iter().enumerate() {
         if i > 0 {
@@ -513,7 +517,6 @@ fn json_array(docs: &[Arc<str>]) -> String {
         json.push_str(d);
     }
     json.push(']');
-    json
 }
 
 #[derive(Deserialize)]
@@ -525,10 +528,42 @@ struct JsError {
     stack: Option<String>,
 }
 
+/// One document's outcome as the driver writes it: `{"ok":[…],"later":[…]}` or `{"error":{…}}`.
+#[derive(Deserialize)]
+struct OneOutcome {
+    ok: Option<Vec<EmittedItem>>,
+    #[serde(default)]
+    later: Vec<Value>,
+    error: Option<JsError>,
+}
+
+impl OneOutcome {
+    fn into_outcome(self, out_of_memory: bool) -> DocOutcome {
+        match (self.ok, self.error) {
+            (_, Some(e)) => {
+                let kind = if out_of_memory && e.message.contains("out of memory") {
+                    FailureKind::OutOfMemory
+                } else {
+                    FailureKind::Exception
+                };
+                DocOutcome::Failed(HandlerError { kind, message: e.message, file: e.file, line: e.line, stack: e.stack })
+            }
+            (Some(items), None) => DocOutcome::Emitted(Emission { items, later: self.later }),
+            (None, None) => DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, "the driver gave an empty outcome")),
+        }
+    }
+}
+
 /// Reads the driver's per-document outcomes. `expected` is the number of documents (or
 /// `usize::MAX` for a partial run); each outcome is read on its own, so one bad emission fails
 /// only its own document.
 fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOutcome> {
+    // The common case in one pass; per-document reading only when something is wrong.
+    if let Ok(all) = serde_json::from_str::<Vec<OneOutcome>>(text) {
+        if expected == usize::MAX || all.len() == expected {
+            return all.into_iter().map(|o| o.into_outcome(out_of_memory)).collect();
+        }
+    }
     let raw: Vec<&RawValue> = match serde_json::from_str(text) {
         Ok(raw) => raw,
         Err(e) => {
@@ -538,25 +573,12 @@ fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOu
     };
     let mut out: Vec<DocOutcome> = raw
         .into_iter()
-        .map(|one| {
-            #[derive(Deserialize)]
-            struct Outcome {
-                error: Option<JsError>,
-            }
-            match serde_json::from_str::<Outcome>(one.get()) {
-                Ok(Outcome { error: Some(e) }) => {
-                    let kind = if out_of_memory && e.message.contains("out of memory") {
-                        FailureKind::OutOfMemory
-                    } else {
-                        FailureKind::Exception
-                    };
-                    DocOutcome::Failed(HandlerError { kind, message: e.message, file: e.file, line: e.line, stack: e.stack })
-                }
-                _ => match serde_json::from_str::<Emission>(one.get()) {
-                    Ok(emission) => DocOutcome::Emitted(emission),
-                    Err(e) => DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, format!("the handler emitted something that is not valid JSON text: {e}"))),
-                },
-            }
+        .map(|one| match serde_json::from_str::<OneOutcome>(one.get()) {
+            Ok(o) => o.into_outcome(out_of_memory),
+            Err(e) => DocOutcome::Failed(HandlerError::new(
+                FailureKind::BadOutput,
+                format!("the handler emitted something that is not valid JSON text: {e}"),
+            )),
         })
         .collect();
     if expected != usize::MAX && out.len() != expected {
