@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns the original Raindrop test mail into `rd.msg.email`-shaped JSON lines for
-fixtures/sample-emails.jsonl: the sample input of `scripts/run.sh` until the mail issue brings
+fixtures/sample-emails.jsonl (raw schema items for `raindrop add-schemas`): the sample input of `scripts/run.sh` until the mail issue brings
 Raindrop's own MIME import. Run from the repository root with the shared corpus beside it."""
 import email, email.policy, json, pathlib, sys
 
@@ -18,7 +18,6 @@ for path in sorted(corpus.glob("*/*.rfc822.txt")):
         body = ""
     msgid = (msg.get("message-id") or path.name).strip().strip("<>")
     out.append({
-        "_id": "sample!" + path.parent.name + "/" + path.name,
         "rd_key": ["email", msgid],
         "rd_schema_id": "rd.msg.email",
         "headers": headers,

@@ -7,4 +7,5 @@
 pub mod config;
 mod digest;
 pub mod js;
+pub mod pipeline;
 pub mod store;

@@ -12,6 +12,8 @@ fn main() -> ExitCode {
     cli::init_logging(args.verbose);
     match cli::run(args) {
         Ok(code) => code,
+        // A closed pipe (`raindrop db dump | head`) is the reader's choice, not a failure.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)

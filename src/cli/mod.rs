@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod ext;
+mod process;
 
 use raindrop::config::{self, FileConfig};
 use raindrop::store::{self, Store, StoreSpec};
@@ -48,6 +49,29 @@ pub enum Command {
     /// Inspect and edit the database directly.
     #[command(subcommand)]
     Db(db::DbCommand),
+    /// Run the extensions over every new document until nothing is left to do.
+    Process(process::ProcessArgs),
+    /// The headless daemon: follow the feed and process continuously.
+    Run(process::ProcessArgs),
+    /// Re-run an extension (or all) over all its sources.
+    Reprocess {
+        #[arg(long)]
+        ext: Option<String>,
+    },
+    /// Withdraw everything an extension (or all) produced, without re-running.
+    Unprocess {
+        #[arg(long)]
+        ext: Option<String>,
+    },
+    /// Re-run the sources whose handlers failed (their rd.core.error documents go).
+    RetryErrors,
+    /// Backlog and per-extension counts of processed sources and errors.
+    Status,
+    /// Write raw schema items from JSON-lines files ({rd_key, rd_schema_id, …fields}).
+    AddSchemas {
+        #[arg(required = true)]
+        files: Vec<String>,
+    },
 }
 
 /// Flags, environment and config file, resolved (flags and environment win).
@@ -90,5 +114,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Ext(cmd) => ext::run(&settings, cmd),
         Command::Db(cmd) => db::run(&settings, cmd),
+        Command::Process(args) => process::process(&settings, args),
+        Command::Run(args) => process::process(&settings, &process::ProcessArgs { continuous: true, ..args.clone() }),
+        Command::Reprocess { ext } => process::forget(&settings, ext.as_deref(), false, false, true),
+        Command::Unprocess { ext } => process::forget(&settings, ext.as_deref(), true, false, false),
+        Command::RetryErrors => process::forget(&settings, None, false, true, true),
+        Command::Status => process::status(&settings),
+        Command::AddSchemas { files } => process::add_schemas(&settings, files),
     }
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod js_pool;
+mod pipeline;
 mod store_conformance;
 mod store_faults;
 mod support;

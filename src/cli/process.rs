@@ -1,0 +1,183 @@
+//! `raindrop process`, `run`, `reprocess`, `unprocess`, `retry-errors`, `status`,
+//! `add-schemas`: the work queue from the command line.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+
+use raindrop::js::{extension, HostFunctions, JsPool, PoolConfig};
+use raindrop::pipeline::{self, Pipeline, RunOptions, Stats};
+use raindrop::store::{Store, WriteResult};
+
+use super::Settings;
+
+#[derive(Args, Debug, Clone)]
+pub struct ProcessArgs {
+    /// Keep following the feed after it is drained.
+    #[arg(long)]
+    pub continuous: bool,
+    /// Stop at the first handler error (it is still recorded).
+    #[arg(long)]
+    pub stop_on_error: bool,
+    /// Take only slice K of N of the source documents (e.g. 0/2), with its own checkpoint.
+    #[arg(long, value_parser = parse_worker)]
+    pub worker: Option<(u64, u64)>,
+    /// Changes read per page.
+    #[arg(long, default_value_t = 500)]
+    pub page_size: usize,
+}
+
+fn parse_worker(s: &str) -> Result<(u64, u64), String> {
+    let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 0/2")?;
+    let (k, n): (u64, u64) = (k.parse().map_err(|_| "K must be a number")?, n.parse().map_err(|_| "N must be a number")?);
+    if n == 0 || k >= n {
+        return Err("need 0 <= K < N".into());
+    }
+    Ok((k, n))
+}
+
+impl ProcessArgs {
+    fn options(&self) -> RunOptions {
+        RunOptions { page_size: self.page_size.max(1), continuous: self.continuous, stop_on_error: self.stop_on_error, worker: self.worker }
+    }
+}
+
+/// The store, a pool with every extension and the store-backed natives, and the pipeline.
+fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
+    let store = settings.open_store()?;
+    let sources = extension::read_dir(&settings.extensions)?;
+    let mut config = PoolConfig::new(settings.js_threads);
+    let mut host = HostFunctions::new();
+    pipeline::register_natives(&mut host, store.clone());
+    config.host_functions = host;
+    let pool = JsPool::start(sources, config)?;
+    for e in pool.extensions() {
+        if let Err(err) = &e.declaration {
+            eprintln!("warning: not loaded: {err}");
+        }
+    }
+    Ok((store.clone(), Pipeline::new(store, Arc::new(pool))))
+}
+
+/// Prints progress: a line rewritten in place on a terminal, plain lines otherwise.
+fn progress_printer() -> impl FnMut(&Stats) {
+    let started = Instant::now();
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
+    move |s: &Stats| {
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        let line = format!(
+            "{} changes read, {} handler runs ({:.0}/s), {} skipped up to date, {} written, {} removed, {} errors",
+            s.changes_read, s.handler_calls, s.handler_calls as f64 / secs, s.skipped_up_to_date, s.docs_written, s.docs_removed, s.errors
+        );
+        let mut err = std::io::stderr().lock();
+        if tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+            let _ = err.flush();
+        } else if last_line.elapsed().as_secs() >= 2 {
+            let _ = writeln!(err, "{line}");
+            last_line = Instant::now();
+        }
+    }
+}
+
+fn finish(stats: &Stats, started: Instant) {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+    eprintln!(
+        "done in {:.2}s: {} changes read, {} handler runs, {} skipped up to date, {} documents written, {} removed, {} errors",
+        started.elapsed().as_secs_f64(), stats.changes_read, stats.handler_calls, stats.skipped_up_to_date, stats.docs_written, stats.docs_removed, stats.errors
+    );
+}
+
+pub fn process(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (_store, pipeline) = start(settings)?;
+    let stats = pipeline.run(&args.options(), progress_printer())?;
+    finish(&stats, started);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `reprocess` / `unprocess` / `retry-errors`: forget some processing state, then (except for
+/// unprocess) process again.
+pub fn forget(settings: &Settings, ext: Option<&str>, remove: bool, only_errors: bool, rerun: bool) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (store, pipeline) = start(settings)?;
+    let changed = pipeline::forget(&*store, ext, remove, only_errors)?;
+    eprintln!("{changed} source(s) to run again");
+    let options = RunOptions::default();
+    pipeline.reset_checkpoint(&options)?;
+    if rerun {
+        let stats = pipeline.run(&options, progress_printer())?;
+        finish(&stats, started);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = settings.open_store()?;
+    let info = store.info()?;
+    let counts = pipeline::extension_counts(&*store)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "database: {} ({}), {} documents, update seq {}", info.location, info.backend, info.doc_count, info.update_seq)?;
+    let checkpoint = store.get_local("raindrop-pipeline")?;
+    let since = checkpoint.as_ref().and_then(|c| c.get("seq")).and_then(|s| s.as_str()).map(raindrop::store::Seq::from_raw).unwrap_or_else(raindrop::store::Seq::zero);
+    let mut backlog = 0u64;
+    let mut cursor = since;
+    loop {
+        let page = store.changes(&cursor, 5000, false)?;
+        if page.changes.is_empty() {
+            break;
+        }
+        backlog += page.changes.len() as u64;
+        cursor = page.last_seq;
+    }
+    writeln!(out, "backlog: {backlog} change(s) not yet processed")?;
+    writeln!(out, "{:<48} {:>10} {:>8}", "extension", "processed", "errors")?;
+    for (ext, (processed, errors)) in counts {
+        writeln!(out, "{ext:<48} {processed:>10} {errors:>8}")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<ExitCode> {
+    let store = settings.open_store()?;
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for file in files {
+        let reader: Box<dyn BufRead> = if file == "-" {
+            Box::new(std::io::stdin().lock())
+        } else {
+            Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
+        };
+        let mut batch = Vec::new();
+        for (n, line) in reader.lines().enumerate() {
+            let line = line.with_context(|| format!("cannot read {file}"))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            batch.push(serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?);
+        }
+        for chunk in batch.chunks(1000) {
+            for r in pipeline::add_schemas(&*store, chunk.to_vec())? {
+                match r {
+                    WriteResult::Ok { .. } => ok += 1,
+                    WriteResult::Conflict { id } => {
+                        refused += 1;
+                        eprintln!("{file}: conflict on {id}");
+                    }
+                    WriteResult::Error { id, reason } => {
+                        refused += 1;
+                        eprintln!("{file}: {id}: {reason}");
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("{ok} schema document(s) written, {refused} refused");
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}

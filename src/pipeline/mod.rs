@@ -1,0 +1,628 @@
+//! The work queue: one changes-feed reader hands each changed document to every extension that
+//! wants its schema (in batches, across the JS pool), merges what they emit into schema
+//! documents, and writes them back, where they cascade to further extensions.
+//!
+//! Bookkeeping lives in the store, beside the data:
+//! - a *state document* per source (`rdstate!<source id>`) records, per extension, the source
+//!   revision and code fingerprint it last ran on and the documents it produced. A source is
+//!   skipped when both match (so a second run writes nothing, and an edited extension re-runs);
+//!   outputs no longer emitted are removed. State documents are written in the same bulk write
+//!   as the outputs, after them.
+//! - a checkpoint (`_local` document) holds the feed position, advanced only after a page's
+//!   writes are done, and the extensions' fingerprints: when they change, the feed is read from
+//!   the start again (unchanged extensions skip cheaply).
+//!
+//! A crash at any moment leaves a state from which the next run converges to the same documents:
+//! a page is either checkpointed after its writes, or re-read; re-running a source produces the
+//! same merged documents, which are not written again when they are already there.
+//!
+//! Invariant: the pipeline talks to the store only through the `Store` trait and to JS only
+//! through the pool; it does not know which store it has.
+
+pub mod model;
+mod natives;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::js::{Batch, Category, DocOutcome, EmittedItem, HandlerError, JsPool};
+use crate::store::{Change, Doc, Seq, Store, StoreError, WriteResult};
+use model::SchemaItem;
+
+pub use natives::register_natives;
+
+/// Prefix of state documents' ids.
+const STATE_PREFIX: &str = "rdstate!";
+/// How many times a conflicting write is re-merged before it becomes an error.
+const CONFLICT_RETRIES: usize = 5;
+/// Documents per handler batch.
+const HANDLER_BATCH: usize = 100;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("stopped at the first handler error (--stop-on-error): {0}")]
+    StoppedOnError(String),
+}
+
+/// How a run behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Changes read per page.
+    pub page_size: usize,
+    /// Keep following the feed instead of stopping when it is drained.
+    pub continuous: bool,
+    pub stop_on_error: bool,
+    /// `(k, n)`: take only sources whose id hashes to slice `k` of `n`.
+    pub worker: Option<(u64, u64)>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { page_size: 500, continuous: false, stop_on_error: false, worker: None }
+    }
+}
+
+/// Counters of a run, for progress and the final report.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Stats {
+    pub changes_read: u64,
+    pub handler_calls: u64,
+    pub skipped_up_to_date: u64,
+    pub docs_written: u64,
+    pub docs_removed: u64,
+    pub errors: u64,
+    pub conflicts_retried: u64,
+}
+
+/// What the pipeline knows of one loaded extension.
+#[derive(Debug, Clone)]
+struct Ext {
+    pool_index: usize,
+    id: String,
+    schemas: Vec<String>,
+    provider: bool,
+    confidence: f64,
+    fingerprint: String,
+}
+
+/// One extension to run on one source.
+struct Job {
+    source: usize,
+    ext: usize,
+}
+
+pub struct Pipeline {
+    store: Arc<dyn Store>,
+    pool: Arc<JsPool>,
+    exts: Vec<Ext>,
+}
+
+impl Pipeline {
+    /// A pipeline over the extensions of `pool` that loaded (the others are reported by
+    /// `raindrop ext list`).
+    pub fn new(store: Arc<dyn Store>, pool: Arc<JsPool>) -> Pipeline {
+        let exts = pool
+            .extensions()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                let d = e.declaration.as_ref().ok()?;
+                if d.source_schemas.is_none() {
+                    tracing::warn!(ext = %d.id, "extensions choosing their sources with filter() are not run by the pipeline yet");
+                }
+                Some(Ext {
+                    pool_index: i,
+                    id: d.id.clone(),
+                    schemas: d.source_schemas.clone().unwrap_or_default(),
+                    provider: d.category != Category::Extender,
+                    confidence: d.confidence,
+                    fingerprint: e.source.fingerprint(),
+                })
+            })
+            .collect();
+        Pipeline { store, pool, exts }
+    }
+
+    fn checkpoint_id(options: &RunOptions) -> String {
+        match options.worker {
+            Some((k, n)) => format!("raindrop-pipeline-{k}-of-{n}"),
+            None => "raindrop-pipeline".to_string(),
+        }
+    }
+
+    fn fingerprints(&self) -> Value {
+        Value::Object(self.exts.iter().map(|e| (e.id.clone(), Value::String(e.fingerprint.clone()))).collect())
+    }
+
+    /// Forgets the feed position, so the next run reads the feed from the start.
+    pub fn reset_checkpoint(&self, options: &RunOptions) -> Result<(), StoreError> {
+        self.store.put_local(&Self::checkpoint_id(options), &json!({ "seq": null }))
+    }
+
+    /// Processes the feed from the checkpoint until it is drained (or forever, continuous).
+    /// `progress` is called after every page.
+    pub fn run(&self, options: &RunOptions, mut progress: impl FnMut(&Stats)) -> Result<Stats, PipelineError> {
+        let ckpt_id = Self::checkpoint_id(options);
+        let fingerprints = self.fingerprints();
+        let saved = self.store.get_local(&ckpt_id)?;
+        let mut since = match &saved {
+            Some(c) if c.get("fingerprints") == Some(&fingerprints) => {
+                c.get("seq").and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero)
+            }
+            Some(_) => {
+                tracing::info!("extensions changed since the last run: re-reading the feed from the start");
+                Seq::zero()
+            }
+            None => Seq::zero(),
+        };
+        let mut stats = Stats::default();
+        loop {
+            let page = if options.continuous {
+                self.store.wait_changes(&since, options.page_size, true, Duration::from_secs(30))?
+            } else {
+                self.store.changes(&since, options.page_size, true)?
+            };
+            if page.changes.is_empty() {
+                if options.continuous {
+                    continue;
+                }
+                break;
+            }
+            stats.changes_read += page.changes.len() as u64;
+            let first_error = self.process_page(&page.changes, options, &mut stats)?;
+            since = page.last_seq;
+            self.store.put_local(&ckpt_id, &json!({ "seq": since.as_str(), "fingerprints": fingerprints }))?;
+            progress(&stats);
+            if let (true, Some(e)) = (options.stop_on_error, first_error) {
+                return Err(PipelineError::StoppedOnError(e));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Runs every wanting extension over one page of changes and writes the results. Returns
+    /// the first handler error, if any (it has been recorded as an `rd.core.error` document).
+    fn process_page(&self, changes: &[Change], options: &RunOptions, stats: &mut Stats) -> Result<Option<String>, PipelineError> {
+        // Sources: live schema documents (in this worker's slice) that a provider completed.
+        let mut sources: Vec<&Doc> = Vec::new();
+        let mut deleted: Vec<&str> = Vec::new();
+        for c in changes {
+            if model::schema_of_id(&c.id).is_none() || !in_slice(&c.id, options.worker) {
+                continue;
+            }
+            match (&c.doc, c.deleted) {
+                (_, true) => deleted.push(&c.id),
+                (Some(doc), false) if doc.contains_key("rd_schema_provider") => sources.push(doc),
+                _ => {}
+            }
+        }
+        if sources.is_empty() && deleted.is_empty() {
+            return Ok(None);
+        }
+        let state_ids: Vec<String> = sources
+            .iter()
+            .map(|d| state_id(doc_str(d, "_id")))
+            .chain(deleted.iter().map(|id| state_id(id)))
+            .collect();
+        let mut states: Vec<Option<Doc>> = self.store.get_many(&state_ids)?;
+
+        // Which (source, extension) pairs need running.
+        let mut jobs: Vec<Job> = Vec::new();
+        for (si, src) in sources.iter().enumerate() {
+            let schema = doc_str(src, "rd_schema_id");
+            let rev = doc_str(src, "_rev");
+            for (ei, ext) in self.exts.iter().enumerate() {
+                if !ext.schemas.iter().any(|s| s == schema) {
+                    continue;
+                }
+                let done = states[si].as_ref().and_then(|s| s.get(&ext.id));
+                let up_to_date = done.is_some_and(|d| {
+                    d.get("rev").and_then(Value::as_str) == Some(rev)
+                        && d.get("fingerprint").and_then(Value::as_str) == Some(&ext.fingerprint)
+                });
+                if up_to_date {
+                    stats.skipped_up_to_date += 1;
+                } else {
+                    jobs.push(Job { source: si, ext: ei });
+                }
+            }
+        }
+
+        let outcomes = self.run_jobs(&sources, &jobs);
+        stats.handler_calls += jobs.len() as u64;
+
+        // Turn outcomes into schema items, and note what each (source, extension) produced.
+        let mut items: Vec<SchemaItem> = Vec::new();
+        let mut removals: Vec<(String, String)> = Vec::new(); // (doc id, ext id)
+        let mut first_error = None;
+        let mut new_states: HashMap<usize, Map<String, Value>> = HashMap::new();
+        for (job, outcome) in jobs.iter().zip(outcomes) {
+            let src = sources[job.source];
+            let ext = &self.exts[job.ext];
+            let (produced, error) = match outcome {
+                DocOutcome::Emitted(emission) => self.items_from_emission(src, ext, &emission.items),
+                DocOutcome::Failed(e) => (Vec::new(), Some(e)),
+            };
+            let mut produced = produced;
+            if let Some(e) = &error {
+                stats.errors += 1;
+                tracing::warn!(ext = %ext.id, source = %doc_str(src, "_id"), "handler failed: {e}");
+                first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
+                produced.push(error_item(src, ext, e));
+            }
+            let output_ids: Vec<String> = produced.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
+            let previous: Vec<String> = states[job.source]
+                .as_ref()
+                .and_then(|s| s.get(&ext.id))
+                .and_then(|d| d.get("outputs"))
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+                .unwrap_or_default();
+            for old in previous.iter().filter(|o| !output_ids.contains(o)) {
+                removals.push((old.clone(), ext.id.clone()));
+            }
+            let entry = new_states.entry(job.source).or_default();
+            entry.insert(ext.id.clone(), json!({
+                "rev": doc_str(src, "_rev"),
+                "fingerprint": ext.fingerprint,
+                "outputs": output_ids,
+                "error": error.is_some(),
+            }));
+            items.extend(produced);
+        }
+
+        // Sources that were deleted: their outputs go, and so does their state.
+        let mut state_writes: Vec<Doc> = Vec::new();
+        for (k, id) in deleted.iter().enumerate() {
+            let si = sources.len() + k;
+            if let Some(state) = states[si].take() {
+                for (ext_id, entry) in state.iter().filter(|(k, _)| !k.starts_with('_')) {
+                    for out in entry.get("outputs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                        removals.push((out.to_string(), ext_id.clone()));
+                    }
+                }
+                let mut tomb = Map::new();
+                tomb.insert("_id".into(), Value::String(state_id(id)));
+                tomb.insert("_rev".into(), state.get("_rev").cloned().unwrap_or(Value::Null));
+                tomb.insert("_deleted".into(), Value::Bool(true));
+                state_writes.push(tomb);
+            }
+        }
+        for (si, entries) in new_states {
+            let mut state = states[si].take().unwrap_or_else(|| {
+                let mut m = Map::new();
+                m.insert("_id".into(), Value::String(state_id(doc_str(sources[si], "_id"))));
+                m
+            });
+            state.extend(entries);
+            state_writes.push(state);
+        }
+
+        self.write(items, removals, state_writes, stats)?;
+        Ok(first_error)
+    }
+
+    /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
+    fn run_jobs(&self, sources: &[&Doc], jobs: &[Job]) -> Vec<DocOutcome> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let mut by_ext: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (j, job) in jobs.iter().enumerate() {
+            by_ext.entry(job.ext).or_default().push(j);
+        }
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        for (ext, job_ids) in by_ext {
+            for chunk in job_ids.chunks(HANDLER_BATCH) {
+                let docs = chunk.iter().map(|&j| Arc::from(Value::Object(sources[jobs[j].source].clone()).to_string())).collect();
+                self.pool.submit(Batch { ext: self.exts[ext].pool_index, docs, tag: batches.len() as u64 }, &tx);
+                batches.push(chunk.to_vec());
+            }
+        }
+        drop(tx);
+        let mut outcomes: Vec<Option<DocOutcome>> = (0..jobs.len()).map(|_| None).collect();
+        for result in rx.iter() {
+            for (&j, outcome) in batches[result.tag as usize].iter().zip(result.outcomes) {
+                outcomes[j] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| DocOutcome::Failed(HandlerError {
+                kind: crate::js::FailureKind::Exception,
+                message: "the JS pool returned no outcome".into(),
+                file: None, line: None, stack: None,
+            })))
+            .collect()
+    }
+
+    fn items_from_emission(&self, src: &Doc, ext: &Ext, emitted: &[EmittedItem]) -> (Vec<SchemaItem>, Option<HandlerError>) {
+        let mut out = Vec::new();
+        for e in emitted {
+            let rd_key = e.rd_key.clone().or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
+            if let Err(err) = model::doc_id(&rd_key, &e.schema_id) {
+                let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
+                return (Vec::new(), Some(problem));
+            }
+            out.push(SchemaItem {
+                rd_key,
+                schema_id: e.schema_id.clone(),
+                ext_id: ext.id.clone(),
+                rd_source: Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string())),
+                items: e.items.clone(),
+                deps: e.deps.as_ref().and_then(Value::as_array).cloned().unwrap_or_default(),
+                attachments: e.attachments.as_ref().and_then(Value::as_object).cloned(),
+                provider: ext.provider,
+                confidence: ext.confidence,
+                fingerprint: ext.fingerprint.clone(),
+            });
+        }
+        (out, None)
+    }
+
+    /// Merges items into their documents, removes withdrawn contributions, writes everything
+    /// (state documents last), and re-merges on conflicts a bounded number of times.
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, stats: &mut Stats) -> Result<(), StoreError> {
+        let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
+        for item in items {
+            if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
+                pending_items.entry(id).or_default().push(item);
+            }
+        }
+        let mut pending_removals: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, ext) in removals {
+            if !pending_items.get(&id).is_some_and(|v| v.iter().any(|i| i.ext_id == ext)) {
+                pending_removals.entry(id).or_default().push(ext);
+            }
+        }
+        let mut ids: Vec<String> = pending_items.keys().chain(pending_removals.keys()).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        for attempt in 0..=CONFLICT_RETRIES {
+            let current = self.store.get_many(&ids)?;
+            let mut writes: Vec<Doc> = Vec::new();
+            for (id, existing) in ids.iter().zip(&current) {
+                let mut doc = existing.clone();
+                for ext in pending_removals.get(id).into_iter().flatten() {
+                    doc = doc.and_then(|d| model::remove_contributor(&d, ext));
+                }
+                for item in pending_items.get(id).into_iter().flatten() {
+                    match model::apply_item(doc.as_ref(), item) {
+                        Ok(d) => doc = Some(d),
+                        Err(e) => tracing::error!("cannot merge into {id}: {e}"),
+                    }
+                }
+                match (existing, doc) {
+                    (Some(old), Some(new)) if model::same_content(old, &new) => {}
+                    (Some(old), None) => {
+                        let mut tomb = Map::new();
+                        tomb.insert("_id".into(), Value::String(id.clone()));
+                        tomb.insert("_rev".into(), old.get("_rev").cloned().unwrap_or(Value::Null));
+                        tomb.insert("_deleted".into(), Value::Bool(true));
+                        writes.push(tomb);
+                        stats.docs_removed += 1;
+                    }
+                    (_, Some(new)) => writes.push(new),
+                    (None, None) => {}
+                }
+            }
+            let n_docs = writes.len();
+            if attempt == 0 {
+                writes.extend(states.iter().cloned());
+            }
+            if writes.is_empty() {
+                return Ok(());
+            }
+            let results = self.store.bulk_write(writes)?;
+            let mut conflicted: Vec<String> = Vec::new();
+            for (i, r) in results.iter().enumerate() {
+                match r {
+                    WriteResult::Ok { .. } if i < n_docs => stats.docs_written += 1,
+                    WriteResult::Ok { .. } => {}
+                    WriteResult::Conflict { id } if i < n_docs => conflicted.push(id.clone()),
+                    WriteResult::Conflict { id } => tracing::warn!("state document {id} changed under us; it will be rewritten on the next run"),
+                    WriteResult::Error { id, reason } => tracing::error!("the store refused {id}: {reason}"),
+                }
+            }
+            if conflicted.is_empty() {
+                return Ok(());
+            }
+            stats.conflicts_retried += conflicted.len() as u64;
+            ids = conflicted;
+        }
+        tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
+        Ok(())
+    }
+}
+
+fn doc_str<'a>(doc: &'a Doc, key: &str) -> &'a str {
+    doc.get(key).and_then(Value::as_str).unwrap_or_default()
+}
+
+fn state_id(source_id: &str) -> String {
+    format!("{STATE_PREFIX}{source_id}")
+}
+
+/// Whether document `id` belongs to worker slice `k` of `n` (a stable hash of the id).
+fn in_slice(id: &str, worker: Option<(u64, u64)>) -> bool {
+    match worker {
+        None => true,
+        Some((k, n)) => {
+            let h = crate::digest::digest(&[id.as_bytes()]);
+            u64::from_str_radix(&h[..16], 16).unwrap_or(0) % n == k
+        }
+    }
+}
+
+/// The `rd.core.error` item recording a failed handler against its source.
+fn error_item(src: &Doc, ext: &Ext, e: &HandlerError) -> SchemaItem {
+    let details = json!({
+        "ext_id": ext.id,
+        "kind": e.kind,
+        "message": e.message,
+        "file": e.file,
+        "line": e.line,
+        "stack": e.stack,
+        "source": [doc_str(src, "_id"), doc_str(src, "_rev")],
+    });
+    SchemaItem {
+        rd_key: src.get("rd_key").cloned().unwrap_or(Value::Null),
+        schema_id: "rd.core.error".into(),
+        ext_id: ext.id.clone(),
+        rd_source: Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string())),
+        items: Some(json!({ "error_details": details }).as_object().cloned().unwrap_or_default()),
+        deps: Vec::new(),
+        attachments: None,
+        provider: true,
+        confidence: 0.0,
+        fingerprint: ext.fingerprint.clone(),
+    }
+}
+
+/// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
+/// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
+/// document as raw data, with no source.
+pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Vec<WriteResult>, PipelineError> {
+    let mut items = Vec::new();
+    let mut bad = Vec::new();
+    for (i, mut fields) in raw.into_iter().enumerate() {
+        let rd_key = fields.remove("rd_key").unwrap_or(Value::Null);
+        let schema_id = fields.remove("rd_schema_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let ext_id = fields.remove("rd_ext_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "rd.raw".into());
+        let attachments = fields.remove("_attachments").and_then(|v| v.as_object().cloned());
+        fields.retain(|k, _| !k.starts_with('_'));
+        if schema_id.is_empty() || model::doc_id(&rd_key, &schema_id).is_err() {
+            bad.push(WriteResult::Error { id: format!("line {}", i + 1), reason: "needs rd_key [type, value] and rd_schema_id".into() });
+            continue;
+        }
+        items.push(SchemaItem {
+            rd_key, schema_id, ext_id, rd_source: None, items: Some(fields), deps: Vec::new(),
+            attachments, provider: true, confidence: 0.0, fingerprint: String::new(),
+        });
+    }
+    let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
+    let current = store.get_many(&ids)?;
+    let mut merged: BTreeMap<String, Doc> = BTreeMap::new();
+    for ((id, existing), item) in ids.iter().zip(current).zip(&items) {
+        let base = merged.get(id).cloned().or(existing);
+        if let Ok(doc) = model::apply_item(base.as_ref(), item) {
+            merged.insert(id.clone(), doc);
+        }
+    }
+    let mut results = store.bulk_write(merged.into_values().collect())?;
+    results.extend(bad);
+    Ok(results)
+}
+
+/// Per-extension counts from the state documents: (processed sources, errors).
+pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut since = Seq::zero();
+    loop {
+        let page = store.changes(&since, 1000, true)?;
+        if page.changes.is_empty() {
+            return Ok(counts);
+        }
+        for c in &page.changes {
+            let Some(doc) = c.doc.as_ref().filter(|_| c.id.starts_with(STATE_PREFIX) && !c.deleted) else { continue };
+            for (ext, entry) in doc.iter().filter(|(k, _)| !k.starts_with('_')) {
+                let e = counts.entry(ext.clone()).or_default();
+                e.0 += 1;
+                if entry.get("error").and_then(Value::as_bool).unwrap_or(false) {
+                    e.1 += 1;
+                }
+            }
+        }
+        since = page.last_seq;
+    }
+}
+
+/// Forgets what `ext` (or every extension) did, so the next run re-runs it; with `remove`, its
+/// outputs are also withdrawn (`unprocess`). With `only_errors`, only failed runs are forgotten
+/// (`retry-errors`). Returns how many source states changed.
+pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: bool) -> Result<u64, PipelineError> {
+    let mut since = Seq::zero();
+    let mut changed = 0;
+    let started = Instant::now();
+    loop {
+        let page = store.changes(&since, 500, true)?;
+        if page.changes.is_empty() {
+            break;
+        }
+        let mut removals = Vec::new();
+        let mut writes = Vec::new();
+        for c in &page.changes {
+            let Some(mut doc) = c.doc.clone().filter(|_| c.id.starts_with(STATE_PREFIX) && !c.deleted) else { continue };
+            let keys: Vec<String> = doc.keys().filter(|k| !k.starts_with('_') && ext.is_none_or(|e| e == *k)).cloned().collect();
+            let mut touched = false;
+            for k in keys {
+                let entry = &doc[&k];
+                if only_errors && !entry.get("error").and_then(Value::as_bool).unwrap_or(false) {
+                    continue;
+                }
+                if remove || only_errors {
+                    for out in entry.get("outputs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                        if remove || model::schema_of_id(out) == Some("rd.core.error") {
+                            removals.push((out.to_string(), k.clone()));
+                        }
+                    }
+                }
+                doc.remove(&k);
+                touched = true;
+            }
+            if touched {
+                changed += 1;
+                writes.push(doc);
+            }
+        }
+        if !removals.is_empty() || !writes.is_empty() {
+            let pipeline_less = Remover { store };
+            pipeline_less.apply(removals, writes)?;
+        }
+        since = page.last_seq;
+    }
+    tracing::info!(changed, elapsed = ?started.elapsed(), "forgot processing state");
+    Ok(changed)
+}
+
+/// Withdraws contributions without a pool (for `unprocess` and `retry-errors`).
+struct Remover<'a> {
+    store: &'a dyn Store,
+}
+
+impl Remover<'_> {
+    fn apply(&self, removals: Vec<(String, String)>, states: Vec<Doc>) -> Result<(), StoreError> {
+        let ids: Vec<String> = removals.iter().map(|(id, _)| id.clone()).collect();
+        let current = self.store.get_many(&ids)?;
+        let mut docs: BTreeMap<String, Option<Doc>> = BTreeMap::new();
+        for ((id, ext), existing) in removals.iter().zip(current) {
+            let base = docs.get(id).cloned().unwrap_or(existing);
+            let rev = base.as_ref().and_then(|d| d.get("_rev").cloned());
+            let next = base.and_then(|d| model::remove_contributor(&d, ext));
+            match (next, rev) {
+                (Some(d), _) => {
+                    docs.insert(id.clone(), Some(d));
+                }
+                (None, Some(rev)) => {
+                    let mut tomb = Map::new();
+                    tomb.insert("_id".into(), Value::String(id.clone()));
+                    tomb.insert("_rev".into(), rev);
+                    tomb.insert("_deleted".into(), Value::Bool(true));
+                    docs.insert(id.clone(), Some(tomb));
+                }
+                (None, None) => {}
+            }
+        }
+        let mut writes: Vec<Doc> = docs.into_values().flatten().collect();
+        writes.extend(states);
+        for r in self.store.bulk_write(writes)? {
+            if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
+                tracing::warn!("could not update {id}; run the command again");
+            }
+        }
+        Ok(())
+    }
+}

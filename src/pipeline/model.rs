@@ -1,0 +1,324 @@
+//! The document model, kept from the original Raindrop so its data and tools stay meaningful.
+//!
+//! One document per (`rd_key`, `rd_schema_id`), with id
+//! `rc!<key type>.<base64(json(key value))>!<schema id>` where the JSON is Python's default
+//! `json.dumps` (separators `", "` and `": "`, non-ASCII escaped), so ids match the original's.
+//! Each contributing extension keeps its own entry in `rd_schema_items` (its `rd_source`, its
+//! fields under `schema`, its `rd_deps`, and the fingerprint of the code that wrote it); the
+//! top-level fields are the merge of the contributors in ascending confidence.
+//!
+//! Differences from the original, on purpose: a contributor's fields are always kept under its
+//! `schema` (the original moved a lone contributor's fields to the top level only), so removing
+//! or re-merging contributors never has to guess which top-level field belonged to whom; and
+//! each entry records `rd_fingerprint`, so edited extensions are re-run.
+
+use base64::Engine as _;
+use serde_json::{Map, Value};
+
+use crate::store::Doc;
+
+/// A schema item: what one extension contributes to one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaItem {
+    pub rd_key: Value,
+    pub schema_id: String,
+    pub ext_id: String,
+    /// `[source id, source rev]`, or `None` for raw data.
+    pub rd_source: Option<(String, String)>,
+    /// The fields, or `None` for an assertion schema (e.g. `rd.identity.exists`).
+    pub items: Option<Map<String, Value>>,
+    pub deps: Vec<Value>,
+    /// Attachments as given (`{name: {content_type, data(base64)}}`); stored as `<ext>/<name>`.
+    pub attachments: Option<Map<String, Value>>,
+    /// Whether this item completes (provides) the schema: providers and raw data do.
+    pub provider: bool,
+    pub confidence: f64,
+    pub fingerprint: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("rd_key must be [key type (a string), key value], not {0}")]
+    BadKey(String),
+}
+
+/// Python's `json.dumps(value)` with its default settings.
+pub fn python_json(v: &Value) -> String {
+    let mut out = String::new();
+    write_python_json(v, &mut out);
+    out
+}
+
+fn write_python_json(v: &Value, out: &mut String) {
+    match v {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => {
+            out.push('"');
+            for unit in s.encode_utf16() {
+                match unit {
+                    0x22 => out.push_str("\\\""),
+                    0x5c => out.push_str("\\\\"),
+                    0x0a => out.push_str("\\n"),
+                    0x0d => out.push_str("\\r"),
+                    0x09 => out.push_str("\\t"),
+                    0x08 => out.push_str("\\b"),
+                    0x0c => out.push_str("\\f"),
+                    0x20..=0x7e => out.push(unit as u8 as char),
+                    _ => out.push_str(&format!("\\u{unit:04x}")),
+                }
+            }
+            out.push('"');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_json(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_python_json(&Value::String(k.clone()), out);
+                out.push_str(": ");
+                write_python_json(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// The document id for (`rd_key`, `schema_id`).
+pub fn doc_id(rd_key: &Value, schema_id: &str) -> Result<String, ModelError> {
+    match rd_key.as_array().map(Vec::as_slice) {
+        Some([Value::String(key_type), key_value]) => Ok(format!(
+            "rc!{key_type}.{}!{schema_id}",
+            base64::engine::general_purpose::STANDARD.encode(python_json(key_value))
+        )),
+        _ => Err(ModelError::BadKey(rd_key.to_string())),
+    }
+}
+
+/// The schema id of a document id made by [`doc_id`]; `None` for other documents.
+pub fn schema_of_id(id: &str) -> Option<&str> {
+    let rest = id.strip_prefix("rc!")?;
+    rest.rsplit_once('!').map(|(_, schema)| schema)
+}
+
+/// Adds (or replaces) `item`'s contribution in `existing` (the current document, if any) and
+/// returns the new document. `_id` and `_rev` are kept from `existing`.
+pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
+    let id = doc_id(&item.rd_key, &item.schema_id)?;
+    let mut contributors: Map<String, Value> = existing
+        .and_then(|d| d.get("rd_schema_items"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let mut entry = Map::new();
+    entry.insert(
+        "rd_source".into(),
+        match &item.rd_source {
+            Some((sid, srev)) => Value::Array(vec![Value::String(sid.clone()), Value::String(srev.clone())]),
+            None => Value::Null,
+        },
+    );
+    entry.insert("schema".into(), item.items.clone().map(Value::Object).unwrap_or(Value::Null));
+    if !item.deps.is_empty() {
+        entry.insert("rd_deps".into(), Value::Array(item.deps.clone()));
+    }
+    entry.insert("confidence".into(), Value::from(item.confidence));
+    entry.insert("rd_fingerprint".into(), Value::String(item.fingerprint.clone()));
+    if item.provider {
+        entry.insert("provider".into(), Value::Bool(true));
+    }
+    contributors.insert(item.ext_id.clone(), Value::Object(entry));
+
+    let mut attachments: Map<String, Value> = existing
+        .and_then(|d| d.get("_attachments"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let prefix = format!("{}/", item.ext_id);
+    attachments.retain(|name, _| !name.starts_with(&prefix));
+    if let Some(atts) = &item.attachments {
+        for (name, att) in atts {
+            attachments.insert(format!("{prefix}{name}"), att.clone());
+        }
+    }
+    Ok(aggregate(&id, existing, &item.rd_key, &item.schema_id, contributors, attachments))
+}
+
+/// Removes extension `ext_id`'s contribution; `None` when no contributor is left (the document
+/// should then be deleted).
+pub fn remove_contributor(existing: &Doc, ext_id: &str) -> Option<Doc> {
+    let mut contributors = existing.get("rd_schema_items").and_then(Value::as_object).cloned().unwrap_or_default();
+    contributors.remove(ext_id);
+    if contributors.is_empty() {
+        return None;
+    }
+    let mut attachments = existing.get("_attachments").and_then(Value::as_object).cloned().unwrap_or_default();
+    let prefix = format!("{ext_id}/");
+    attachments.retain(|name, _| !name.starts_with(&prefix));
+    let id = existing.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let rd_key = existing.get("rd_key").cloned().unwrap_or(Value::Null);
+    let schema = existing.get("rd_schema_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    Some(aggregate(&id, Some(existing), &rd_key, &schema, contributors, attachments))
+}
+
+/// Builds a document from its contributors: fields merged in ascending confidence (ties by
+/// extension id, so the result does not depend on arrival order).
+fn aggregate(
+    id: &str,
+    existing: Option<&Doc>,
+    rd_key: &Value,
+    schema_id: &str,
+    contributors: Map<String, Value>,
+    attachments: Map<String, Value>,
+) -> Doc {
+    let mut doc = Map::new();
+    doc.insert("_id".into(), Value::String(id.to_string()));
+    if let Some(rev) = existing.and_then(|d| d.get("_rev")) {
+        doc.insert("_rev".into(), rev.clone());
+    }
+    doc.insert("rd_key".into(), rd_key.clone());
+    doc.insert("rd_schema_id".into(), Value::String(schema_id.to_string()));
+    let mut order: Vec<(&String, &Value)> = contributors.iter().collect();
+    order.sort_by(|a, b| {
+        let ca = a.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
+        let cb = b.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
+        ca.total_cmp(&cb).then_with(|| a.0.cmp(b.0))
+    });
+    let mut provider: Option<&String> = None;
+    for (ext, entry) in &order {
+        if let Some(fields) = entry.get("schema").and_then(Value::as_object) {
+            for (k, v) in fields {
+                doc.insert(k.clone(), v.clone());
+            }
+        }
+        let is_provider = entry.get("provider").and_then(Value::as_bool).unwrap_or(false)
+            || entry.get("rd_source").is_some_and(Value::is_null);
+        if is_provider && provider.is_none() {
+            provider = Some(ext);
+        }
+    }
+    if let Some(p) = provider {
+        doc.insert("rd_schema_provider".into(), Value::String(p.clone()));
+    }
+    doc.insert("rd_schema_items".into(), Value::Object(contributors));
+    if !attachments.is_empty() {
+        doc.insert("_attachments".into(), Value::Object(attachments));
+    }
+    doc
+}
+
+/// Whether two versions of a document say the same thing (ignoring `_rev` and how the store
+/// reports attachments), so an unchanged result is not written again.
+pub fn same_content(a: &Doc, b: &Doc) -> bool {
+    let strip = |d: &Doc| {
+        let mut d = d.clone();
+        d.remove("_rev");
+        if let Some(Value::Object(atts)) = d.get_mut("_attachments") {
+            for att in atts.values_mut() {
+                if let Value::Object(a) = att {
+                    a.retain(|k, _| k == "content_type");
+                }
+            }
+        }
+        d
+    };
+    strip(a) == strip(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn item(ext: &str, confidence: f64, fields: Value) -> SchemaItem {
+        SchemaItem {
+            rd_key: json!(["email", "a@b"]),
+            schema_id: "rd.msg.body".into(),
+            ext_id: ext.into(),
+            rd_source: Some(("src".into(), "1-x".into())),
+            items: fields.as_object().cloned(),
+            deps: vec![],
+            attachments: None,
+            provider: true,
+            confidence,
+            fingerprint: "fp".into(),
+        }
+    }
+
+    #[test]
+    fn ids_match_the_originals() {
+        // From the original's docs: ["acct","INBOX"] encodes with Python's ", " separator.
+        assert_eq!(base64::engine::general_purpose::STANDARD.encode(python_json(&json!(["acct", "INBOX"]))), "WyJhY2N0IiwgIklOQk9YIl0=");
+        assert_eq!(python_json(&json!({"a": [1, "é😀\n"]})), r#"{"a": [1, "\u00e9\ud83d\ude00\n"]}"#);
+        let id = doc_id(&json!(["email", "d3d08a8a534c464881a95b75300e9011@something"]), "rd.msg.body").unwrap();
+        assert_eq!(id, "rc!email.ImQzZDA4YThhNTM0YzQ2NDg4MWE5NWI3NTMwMGU5MDExQHNvbWV0aGluZyI=!rd.msg.body");
+        assert_eq!(schema_of_id(&id), Some("rd.msg.body"));
+        assert_eq!(schema_of_id("sample!x"), None);
+        assert!(doc_id(&json!("nope"), "s").is_err());
+        assert!(doc_id(&json!([1, 2]), "s").is_err());
+    }
+
+    #[test]
+    fn contributors_merge_in_ascending_confidence() {
+        let low = item("ext.low", 0.0, json!({"subject": "low", "only_low": 1}));
+        let high = item("ext.high", 1.0, json!({"subject": "high"}));
+        let d1 = apply_item(None, &high).unwrap();
+        let d2 = apply_item(Some(&d1), &low).unwrap();
+        assert_eq!(d2["subject"], "high");
+        assert_eq!(d2["only_low"], 1);
+        assert_eq!(d2["rd_schema_items"].as_object().unwrap().len(), 2);
+        // The order of arrival does not matter.
+        let d3 = apply_item(Some(&apply_item(None, &low).unwrap()), &high).unwrap();
+        assert!(same_content(&d2, &d3));
+        assert_eq!(d2["rd_schema_provider"], "ext.low");
+    }
+
+    #[test]
+    fn removing_contributors_restores_the_rest_and_deletes_the_last() {
+        let a = item("ext.a", 0.0, json!({"x": 1}));
+        let b = item("ext.b", 1.0, json!({"x": 2, "y": 3}));
+        let both = apply_item(Some(&apply_item(None, &a).unwrap()), &b).unwrap();
+        assert_eq!(both["x"], 2);
+        let only_a = remove_contributor(&both, "ext.b").unwrap();
+        assert_eq!(only_a["x"], 1);
+        assert!(only_a.get("y").is_none());
+        assert!(remove_contributor(&only_a, "ext.a").is_none());
+    }
+
+    #[test]
+    fn extenders_do_not_provide_and_raw_data_does() {
+        let mut ext = item("ext.extender", 0.0, json!({"tag": 1}));
+        ext.provider = false;
+        let d = apply_item(None, &ext).unwrap();
+        assert!(d.get("rd_schema_provider").is_none());
+        let mut raw = item("proto.imap", 0.0, json!({}));
+        raw.provider = false;
+        raw.rd_source = None;
+        let d = apply_item(Some(&d), &raw).unwrap();
+        assert_eq!(d["rd_schema_provider"], "proto.imap");
+    }
+
+    #[test]
+    fn attachments_are_named_for_their_extension() {
+        let mut a = item("ext.a", 0.0, json!({}));
+        a.attachments = json!({"rfc822": {"content_type": "message/rfc822", "data": "aGk="}}).as_object().cloned();
+        let d = apply_item(None, &a).unwrap();
+        assert!(d["_attachments"].get("ext.a/rfc822").is_some());
+        let mut again = a.clone();
+        again.attachments = None;
+        let d2 = apply_item(Some(&d), &again).unwrap();
+        assert!(d2.get("_attachments").is_none(), "an item emitted again without it drops it");
+    }
+}

@@ -1,0 +1,69 @@
+//! Store-backed host functions for extensions: `open_schemas`, `open_attachment`,
+//! `update_documents`. Each blocks only the runtime that calls it.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use super::model;
+use crate::js::HostFunctions;
+use crate::store::{Store, WriteResult};
+
+/// Registers the store-backed functions in `host`.
+pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>) {
+    let s = store.clone();
+    // open_schemas([[rd_key, schema_id], …]) → [doc or null, …]
+    host.register("open_schemas", move |_, args| {
+        let wanted = args.first().and_then(Value::as_array).ok_or("open_schemas needs an array of [rd_key, schema_id] pairs")?;
+        let mut ids = Vec::with_capacity(wanted.len());
+        for pair in wanted {
+            let (key, schema) = match pair.as_array().map(Vec::as_slice) {
+                Some([key, Value::String(schema)]) => (key, schema),
+                _ => return Err(format!("not an [rd_key, schema_id] pair: {pair}")),
+            };
+            ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
+        }
+        let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
+        Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()))
+    });
+    let s = store.clone();
+    // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
+    host.register("open_attachment", move |_, args| {
+        let id = match args.first() {
+            Some(Value::String(id)) => id.clone(),
+            Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),
+            _ => return Err("open_attachment needs a document or its id".into()),
+        };
+        let name = args.get(1).and_then(Value::as_str).ok_or("open_attachment needs an attachment name")?;
+        let base64 = args.get(2).and_then(|o| o.get("encoding")).and_then(Value::as_str) == Some("base64");
+        // A bare name finds the attachment any contributor stored as "<ext>/<name>".
+        let mut full = name.to_string();
+        if !name.contains('/') {
+            if let Some(doc) = s.get(&id, false).map_err(|e| e.to_string())? {
+                if let Some(found) = doc.get("_attachments").and_then(Value::as_object).and_then(|a| {
+                    a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned()
+                }) {
+                    full = found;
+                }
+            }
+        }
+        match s.get_attachment(&id, &full).map_err(|e| e.to_string())? {
+            None => Ok(Value::Null),
+            Some(att) if base64 => Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(att.data))),
+            Some(att) => Ok(Value::String(String::from_utf8_lossy(&att.data).into_owned())),
+        }
+    });
+    let s = store;
+    // update_documents([doc, …]) → [{id, rev} | {id, error}, …]
+    host.register("update_documents", move |_, args| {
+        let docs = args.first().and_then(Value::as_array).ok_or("update_documents needs an array of documents")?;
+        let docs = docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
+        let results = s.bulk_write(docs).map_err(|e| e.to_string())?;
+        Ok(Value::Array(results.into_iter().map(|r| match r {
+            WriteResult::Ok { id, rev } => json!({"id": id, "rev": rev}),
+            WriteResult::Conflict { id } => json!({"id": id, "error": "conflict"}),
+            WriteResult::Error { id, reason } => json!({"id": id, "error": reason}),
+        }).collect()))
+    });
+}

@@ -1,0 +1,189 @@
+//! The work queue end to end through the real binary: a chain of extensions over thousands of
+//! documents on both stores, idempotence, edits, errors, SIGKILL at several points, and two
+//! workers sharing one CouchDB-protocol database.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::{raindrop, PouchServer, TempDir};
+
+const A: &str = r#"extension({ id: "chain.a", source_schemas: ["rd.test.a"],
+  handler(doc) { emit_schema("rd.test.b", { v: doc.v + 1 }); } });"#;
+const B: &str = r#"extension({ id: "chain.b", source_schemas: ["rd.test.b"],
+  handler(doc) { emit_schema("rd.test.c", { v: doc.v * 2 }); } });"#;
+const C: &str = r#"extension({ id: "chain.c", source_schemas: ["rd.test.c"],
+  handler(doc) { if (doc.v === 2 * 778) throw new Error("778 is cursed"); emit_schema("rd.test.d", { v: doc.v - 3, s: "d" }); } });"#;
+
+fn chain_dir(dir: &Path) -> std::path::PathBuf {
+    let ext = dir.join("exts");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::write(ext.join("a.js"), A).unwrap();
+    std::fs::write(ext.join("b.js"), B).unwrap();
+    std::fs::write(ext.join("c.js"), C).unwrap();
+    ext
+}
+
+fn seed_file(dir: &Path, n: usize) -> std::path::PathBuf {
+    let path = dir.join("seed.jsonl");
+    let lines: String = (0..n).map(|i| json!({"rd_key": ["test", i], "rd_schema_id": "rd.test.a", "v": i}).to_string() + "\n").collect();
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+fn rd(db: &str, exts: &Path) -> Command {
+    let mut c = raindrop();
+    c.arg("--db").arg(db).arg("--extensions").arg(exts).args(["--js-threads", "2"]);
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every live document, normalised: revisions (which depend on write history) are blanked.
+fn dump(db: &str, exts: &Path) -> Vec<Value> {
+    let out = rd(db, exts).args(["db", "dump"]).output().unwrap();
+    assert!(out.status.success());
+    let mut docs: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap())).collect();
+    docs.sort_by(|a, b| a["_id"].as_str().cmp(&b["_id"].as_str()));
+    docs
+}
+
+fn normalise(v: Value) -> Value {
+    match v {
+        Value::String(s) if s.split_once('-').is_some_and(|(n, h)| n.parse::<u64>().is_ok() && h.len() == 32) => Value::String("REV".into()),
+        Value::Object(m) => Value::Object(m.into_iter().filter(|(k, _)| k != "_rev").map(|(k, v)| (k, normalise(v))).collect()),
+        Value::Array(a) => Value::Array(a.into_iter().map(normalise).collect()),
+        other => other,
+    }
+}
+
+fn of_schema<'a>(docs: &'a [Value], schema: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["rd_schema_id"] == schema).collect()
+}
+
+fn check_chain(docs: &[Value], n: usize) {
+    let d = of_schema(docs, "rd.test.d");
+    assert_eq!(d.len(), n - 1, "every source but the cursed one reaches rd.test.d");
+    for doc in d {
+        let i = doc["rd_key"][1].as_i64().unwrap();
+        assert_eq!(doc["v"], json!((i + 1) * 2 - 3));
+        assert_eq!(doc["rd_schema_provider"], "chain.c");
+    }
+    let errors = of_schema(docs, "rd.core.error");
+    assert_eq!(errors.len(), 1);
+    let e = &errors[0]["error_details"];
+    assert_eq!(e["ext_id"], "chain.c");
+    assert_eq!(e["message"], "778 is cursed");
+    assert!(e["file"].as_str().unwrap().ends_with("c.js") && e["line"] == 2, "{e}");
+}
+
+fn chain_on(db: &str, dir: &TempDir) {
+    let n = 2000;
+    let exts = chain_dir(dir.path());
+    ok({ let mut c = rd(db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), n)); c });
+    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    assert!(log.contains(&format!("{} handler runs", 3 * n)) && log.contains("1 errors"), "{log}");
+    let first = dump(db, &exts);
+    check_chain(&first, n);
+
+    // Running again over an up-to-date database writes nothing.
+    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    assert!(log.contains("0 documents written"), "{log}");
+    let log = ok({ let mut c = rd(db, &exts); c.arg("reprocess"); c });
+    // reprocess re-runs every handler; unchanged results are not written again.
+    assert!(log.contains("0 documents written") && log.contains(&format!("{} handler runs", 3 * n)), "{log}");
+    let again = dump(db, &exts);
+    if again != first {
+        let diff: Vec<_> = again.iter().zip(&first).filter(|(a, b)| a != b).take(2).collect();
+        panic!("reprocess changed documents ({} vs {}): {diff:?}", again.len(), first.len());
+    }
+
+    // Editing one extension re-runs exactly it: its outputs change, the others are skipped.
+    std::fs::write(exts.join("c.js"), C.replace("s: \"d\"", "s: \"edited\"")).unwrap();
+    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    // Its n outputs change (n - 1 results and the error record, whose fingerprint changed).
+    assert!(log.contains(&format!("{} handler runs", n)) && log.contains(&format!("{} documents written", n)), "{log}");
+    let after = dump(db, &exts);
+    assert!(of_schema(&after, "rd.test.d").iter().all(|d| d["s"] == "edited"));
+    assert_eq!(of_schema(&after, "rd.test.b"), of_schema(&first, "rd.test.b"));
+
+    // Fixing the extension and retrying the error clears it.
+    std::fs::write(exts.join("c.js"), C.replace("if (doc.v === 2 * 778) throw new Error(\"778 is cursed\");", "")).unwrap();
+    ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    let fixed = dump(db, &exts);
+    assert_eq!(of_schema(&fixed, "rd.core.error").len(), 0);
+    assert_eq!(of_schema(&fixed, "rd.test.d").len(), n);
+}
+
+#[test]
+fn a_chain_of_extensions_on_the_embedded_store() {
+    let dir = TempDir::new("chain");
+    chain_on(dir.path().join("db").to_str().unwrap(), &dir);
+}
+
+#[test]
+fn a_chain_of_extensions_on_pouchdb_server() {
+    let dir = TempDir::new("chain-pouch");
+    let server = PouchServer::start();
+    chain_on(&server.db_url("chain"), &dir);
+}
+
+#[test]
+fn sigkill_at_any_moment_ends_in_the_same_database() {
+    let dir = TempDir::new("kill");
+    let exts = chain_dir(dir.path());
+    let seed = seed_file(dir.path(), 3000);
+    let reference = dir.path().join("reference").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&reference, &exts); c.arg("add-schemas").arg(&seed); c });
+    ok({ let mut c = rd(&reference, &exts); c.args(["process", "--page-size", "100"]); c });
+    let expected = dump(&reference, &exts);
+
+    for (round, delays) in [[30u64, 80, 150], [60, 10, 250], [120, 40, 40]].iter().enumerate() {
+        let db = dir.path().join(format!("killed-{round}")).to_string_lossy().into_owned();
+        ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed); c });
+        let mut kills = 0;
+        for delay in delays {
+            let mut child = rd(&db, &exts).args(["process", "--page-size", "100"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(*delay));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+        ok({ let mut c = rd(&db, &exts); c.args(["process", "--page-size", "100"]); c });
+        assert!(kills > 0, "round {round}: no run was killed; use shorter delays");
+        assert_eq!(dump(&db, &exts), expected, "round {round}: the database differs after {kills} kills");
+    }
+}
+
+#[test]
+fn two_workers_on_one_pouchdb_database_equal_one_worker() {
+    let dir = TempDir::new("workers");
+    let server = PouchServer::start();
+    let exts = chain_dir(dir.path());
+    let seed = seed_file(dir.path(), 800);
+    let one = server.db_url("one");
+    let two = server.db_url("two");
+    ok({ let mut c = rd(&one, &exts); c.arg("add-schemas").arg(&seed); c });
+    ok({ let mut c = rd(&one, &exts); c.arg("process"); c });
+    ok({ let mut c = rd(&two, &exts); c.arg("add-schemas").arg(&seed); c });
+    // Two daemons side by side, each on its slice; a slice's outputs can be the other's
+    // sources, so each runs until neither has anything left.
+    for _ in 0..4 {
+        let w0 = rd(&two, &exts).args(["process", "--worker", "0/2"]).stderr(Stdio::piped()).spawn().unwrap();
+        let w1 = rd(&two, &exts).args(["process", "--worker", "1/2"]).stderr(Stdio::piped()).spawn().unwrap();
+        let (o0, o1) = (w0.wait_with_output().unwrap(), w1.wait_with_output().unwrap());
+        assert!(o0.status.success() && o1.status.success(), "{}{}", String::from_utf8_lossy(&o0.stderr), String::from_utf8_lossy(&o1.stderr));
+    }
+    let a = dump(&one, &exts);
+    let b = dump(&two, &exts);
+    check_chain(&b, 800);
+    assert_eq!(a, b);
+}
