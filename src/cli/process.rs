@@ -64,7 +64,7 @@ fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
 }
 
 /// Prints progress: a line rewritten in place on a terminal, plain lines otherwise.
-fn progress_printer() -> impl FnMut(&Stats) {
+fn progress_printer() -> impl FnMut(&Stats) + Send {
     let started = Instant::now();
     let tty = std::io::stderr().is_terminal();
     let mut last_line = Instant::now();

@@ -90,6 +90,15 @@ struct Ext {
     fingerprint: String,
 }
 
+/// What one page of changes leads to: items to merge, contributions to withdraw, and the
+/// sources' new state documents (written last).
+#[derive(Default)]
+struct PageWork {
+    items: Vec<SchemaItem>,
+    removals: Vec<(String, String)>,
+    states: Vec<Doc>,
+}
+
 /// One extension to run on one source.
 struct Job {
     source: usize,
@@ -145,8 +154,13 @@ impl Pipeline {
     }
 
     /// Processes the feed from the checkpoint until it is drained (or forever, continuous).
-    /// `progress` is called after every page.
-    pub fn run(&self, options: &RunOptions, mut progress: impl FnMut(&Stats)) -> Result<Stats, PipelineError> {
+    /// `progress` is called after every page is written.
+    ///
+    /// Two stages overlap: this thread reads a page and runs the extensions over it (on the
+    /// pool) while a writer thread merges and writes the previous page and then advances the
+    /// checkpoint past it. A page read ahead may see a state document the writer has not yet
+    /// updated; that only costs a re-run whose identical result is not written again.
+    pub fn run(&self, options: &RunOptions, progress: impl FnMut(&Stats) + Send) -> Result<Stats, PipelineError> {
         let ckpt_id = Self::checkpoint_id(options);
         let fingerprints = self.fingerprints();
         let saved = self.store.get_local(&ckpt_id)?;
@@ -160,34 +174,83 @@ impl Pipeline {
             }
             None => Seq::zero(),
         };
-        let mut stats = Stats::default();
-        loop {
-            let page = if options.continuous {
-                self.store.wait_changes(&since, options.page_size, true, Duration::from_secs(30))?
-            } else {
-                self.store.changes(&since, options.page_size, true)?
-            };
-            if page.changes.is_empty() {
-                if options.continuous {
-                    continue;
+        let stats = std::sync::Mutex::new(Stats::default());
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq)>(1);
+        let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| -> Result<(), PipelineError> {
+                let mut progress = progress;
+                for (work, seq) in work_rx {
+                    let mut local = Stats::default();
+                    self.write(work.items, work.removals, work.states, &mut local)?;
+                    self.store.put_local(&ckpt_id, &json!({ "seq": seq.as_str(), "fingerprints": fingerprints }))?;
+                    let snapshot = {
+                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                        s.docs_written += local.docs_written;
+                        s.docs_removed += local.docs_removed;
+                        s.conflicts_retried += local.conflicts_retried;
+                        s.clone()
+                    };
+                    progress(&snapshot);
+                    let _ = done_tx.send(());
                 }
-                break;
-            }
-            stats.changes_read += page.changes.len() as u64;
-            let first_error = self.process_page(&page.changes, options, &mut stats)?;
-            since = page.last_seq;
-            self.store.put_local(&ckpt_id, &json!({ "seq": since.as_str(), "fingerprints": fingerprints }))?;
-            progress(&stats);
-            if let (true, Some(e)) = (options.stop_on_error, first_error) {
-                return Err(PipelineError::StoppedOnError(e));
-            }
-        }
-        Ok(stats)
+                Ok(())
+            });
+            let mut read = || -> Result<(), PipelineError> {
+                let mut in_flight = 0usize;
+                loop {
+                    let page = if options.continuous && in_flight == 0 {
+                        self.store.wait_changes(&since, options.page_size, true, Duration::from_secs(30))?
+                    } else {
+                        self.store.changes(&since, options.page_size, true)?
+                    };
+                    while done_rx.try_recv().is_ok() {
+                        in_flight -= 1;
+                    }
+                    if page.changes.is_empty() {
+                        if in_flight > 0 {
+                            // What the writer is writing may cascade: wait for it, then look again.
+                            if done_rx.recv().is_err() {
+                                return Ok(()); // the writer stopped; its error is reported below
+                            }
+                            in_flight -= 1;
+                            continue;
+                        }
+                        if options.continuous {
+                            continue;
+                        }
+                        return Ok(());
+                    }
+                    let mut local = Stats { changes_read: page.changes.len() as u64, ..Stats::default() };
+                    let (work, first_error) = self.prepare_page(&page.changes, options, &mut local)?;
+                    {
+                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                        s.changes_read += local.changes_read;
+                        s.handler_calls += local.handler_calls;
+                        s.skipped_up_to_date += local.skipped_up_to_date;
+                        s.errors += local.errors;
+                    }
+                    since = page.last_seq.clone();
+                    if work_tx.send((work, page.last_seq)).is_err() {
+                        return Ok(()); // the writer stopped; its error is reported below
+                    }
+                    in_flight += 1;
+                    if let (true, Some(e)) = (options.stop_on_error, first_error) {
+                        return Err(PipelineError::StoppedOnError(e));
+                    }
+                }
+            };
+            let read_result = read();
+            drop(work_tx);
+            let write_result = writer.join().unwrap_or_else(|_| Err(PipelineError::Store(StoreError::BadRequest("the writer thread panicked".into()))));
+            write_result.and(read_result)
+        })?;
+        Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Runs every wanting extension over one page of changes and writes the results. Returns
-    /// the first handler error, if any (it has been recorded as an `rd.core.error` document).
-    fn process_page(&self, changes: &[Change], options: &RunOptions, stats: &mut Stats) -> Result<Option<String>, PipelineError> {
+    /// Runs every wanting extension over one page of changes and returns what to write, with
+    /// the first handler error, if any (recorded as an `rd.core.error` document in the work).
+    fn prepare_page(&self, changes: &[Change], options: &RunOptions, stats: &mut Stats) -> Result<(PageWork, Option<String>), PipelineError> {
         // Sources: live schema documents (in this worker's slice) that a provider completed.
         let mut sources: Vec<&Doc> = Vec::new();
         let mut deleted: Vec<&str> = Vec::new();
@@ -202,7 +265,7 @@ impl Pipeline {
             }
         }
         if sources.is_empty() && deleted.is_empty() {
-            return Ok(None);
+            return Ok((PageWork::default(), None));
         }
         let state_ids: Vec<String> = sources
             .iter()
@@ -245,7 +308,7 @@ impl Pipeline {
             let src = sources[job.source];
             let ext = &self.exts[job.ext];
             let (produced, error) = match outcome {
-                DocOutcome::Emitted(emission) => self.items_from_emission(src, ext, &emission.items),
+                DocOutcome::Emitted(emission) => self.items_from_emission(src, ext, emission.items),
                 DocOutcome::Failed(e) => (Vec::new(), Some(e)),
             };
             let mut produced = produced;
@@ -303,8 +366,7 @@ impl Pipeline {
             state_writes.push(state);
         }
 
-        self.write(items, removals, state_writes, stats)?;
-        Ok(first_error)
+        Ok((PageWork { items, removals, states: state_writes }, first_error))
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
@@ -317,7 +379,10 @@ impl Pipeline {
         let mut batches: Vec<Vec<usize>> = Vec::new();
         for (ext, job_ids) in by_ext {
             for chunk in job_ids.chunks(HANDLER_BATCH) {
-                let docs = chunk.iter().map(|&j| Arc::from(Value::Object(sources[jobs[j].source].clone()).to_string())).collect();
+                let docs = chunk
+                    .iter()
+                    .map(|&j| Arc::from(serde_json::to_string(sources[jobs[j].source]).unwrap_or_else(|_| "{}".into())))
+                    .collect();
                 self.pool.submit(Batch { ext: self.exts[ext].pool_index, docs, tag: batches.len() as u64 }, &tx);
                 batches.push(chunk.to_vec());
             }
@@ -339,22 +404,28 @@ impl Pipeline {
             .collect()
     }
 
-    fn items_from_emission(&self, src: &Doc, ext: &Ext, emitted: &[EmittedItem]) -> (Vec<SchemaItem>, Option<HandlerError>) {
-        let mut out = Vec::new();
+    fn items_from_emission(&self, src: &Doc, ext: &Ext, emitted: Vec<EmittedItem>) -> (Vec<SchemaItem>, Option<HandlerError>) {
+        let mut out = Vec::with_capacity(emitted.len());
         for e in emitted {
-            let rd_key = e.rd_key.clone().or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
+            let rd_key = e.rd_key.or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
             if let Err(err) = model::doc_id(&rd_key, &e.schema_id) {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
             }
             out.push(SchemaItem {
                 rd_key,
-                schema_id: e.schema_id.clone(),
+                schema_id: e.schema_id,
                 ext_id: ext.id.clone(),
                 rd_source: Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string())),
-                items: e.items.clone(),
-                deps: e.deps.as_ref().and_then(Value::as_array).cloned().unwrap_or_default(),
-                attachments: e.attachments.as_ref().and_then(Value::as_object).cloned(),
+                items: e.items,
+                deps: match e.deps {
+                    Some(Value::Array(deps)) => deps,
+                    _ => Vec::new(),
+                },
+                attachments: match e.attachments {
+                    Some(Value::Object(atts)) => Some(atts),
+                    _ => None,
+                },
                 provider: ext.provider,
                 confidence: ext.confidence,
                 fingerprint: ext.fingerprint.clone(),
@@ -506,13 +577,25 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Ve
     let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
     let current = store.get_many(&ids)?;
     let mut merged: BTreeMap<String, Doc> = BTreeMap::new();
-    for ((id, existing), item) in ids.iter().zip(current).zip(&items) {
-        let base = merged.get(id).cloned().or(existing);
+    let mut unchanged: Vec<WriteResult> = Vec::new();
+    let existing: HashMap<&String, Option<Doc>> = ids.iter().zip(current).collect();
+    for (id, item) in ids.iter().zip(&items) {
+        let base = merged.get(id).cloned().or_else(|| existing.get(id).cloned().flatten());
         if let Ok(doc) = model::apply_item(base.as_ref(), item) {
             merged.insert(id.clone(), doc);
         }
     }
+    // Adding the same items again changes nothing (and so re-runs nothing).
+    merged.retain(|id, doc| match existing.get(id).cloned().flatten() {
+        Some(old) if model::same_content(&old, doc) => {
+            let rev = old.get("_rev").and_then(Value::as_str).unwrap_or_default().to_string();
+            unchanged.push(WriteResult::Ok { id: id.clone(), rev });
+            false
+        }
+        _ => true,
+    });
     let mut results = store.bulk_write(merged.into_values().collect())?;
+    results.extend(unchanged);
     results.extend(bad);
     Ok(results)
 }

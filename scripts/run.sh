@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The main job: Raindrop's pipeline on the embedded store (the default database in
+# ~/.local/share/raindrop, or RAINDROP_DB), over the sample mail in fixtures/: it adds the raw
+# messages, runs the bundled extensions in js-extensions/ to stability, and shows the result.
+# Running it again adds nothing and writes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+. scripts/env.sh
+cargo build --release --locked --bin raindrop
+raindrop=target/release/raindrop
+"$raindrop" ext list
+"$raindrop" add-schemas fixtures/sample-emails.jsonl
+"$raindrop" process "$@"
+"$raindrop" status
+echo
+echo "a few derived documents (raindrop db dump --schema SCHEMA shows them all):"
+for schema in rd.msg.body rd.msg.email.mailing-list rd.attach.link; do
+  "$raindrop" db dump --schema "$schema" | head -n 1 | cut -c 1-300
+done
