@@ -161,7 +161,7 @@ impl CouchStore {
     }
 
     /// Fails with the server's own error for an unexpected status.
-    fn expect(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, StoreError> {
+    fn expect_status(&self, resp: Response, ok: &[StatusCode]) -> Result<Response, StoreError> {
         if ok.contains(&resp.status()) {
             return Ok(resp);
         }
@@ -181,9 +181,9 @@ impl CouchStore {
         if resp.status() == StatusCode::NOT_FOUND {
             let resp = self.send(|| self.request(reqwest::Method::PUT, ""))?;
             // 412: someone else created it meanwhile.
-            self.expect(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED, StatusCode::PRECONDITION_FAILED])?;
+            self.expect_status(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED, StatusCode::PRECONDITION_FAILED])?;
         } else {
-            self.expect(resp, &[StatusCode::OK])?;
+            self.expect_status(resp, &[StatusCode::OK])?;
         }
         Ok(())
     }
@@ -221,7 +221,7 @@ impl CouchStore {
         } else {
             make().send().map_err(|e| self.unavailable(describe_reqwest(&e)))?
         };
-        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let page: Page = self.json(resp)?;
         let changes = page
             .results
@@ -297,7 +297,7 @@ fn describe_reqwest(e: &reqwest::Error) -> String {
 impl Store for CouchStore {
     fn info(&self) -> Result<DbInfo, StoreError> {
         let resp = self.send(|| self.request(reqwest::Method::GET, ""))?;
-        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let v: Value = self.json(resp)?;
         Ok(DbInfo {
             db_name: v.get("db_name").and_then(Value::as_str).unwrap_or_default().to_string(),
@@ -322,7 +322,7 @@ impl Store for CouchStore {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
         Ok(Some(self.json(resp)?))
     }
 
@@ -339,7 +339,7 @@ impl Store for CouchStore {
         for chunk in ids.chunks(1000) {
             let body = json!({ "keys": chunk });
             let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
-            let resp = self.expect(resp, &[StatusCode::OK])?;
+            let resp = self.expect_status(resp, &[StatusCode::OK])?;
             let rows: Rows = self.json(resp)?;
             if rows.rows.len() != chunk.len() {
                 return Err(self.protocol("_all_docs returned a different number of rows than keys"));
@@ -374,7 +374,7 @@ impl Store for CouchStore {
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
             })?;
-            let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+            let resp = self.expect_status(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
             let rows: Vec<Row> = self.json(resp)?;
             if rows.len() != batch.len() {
                 return Err(self.protocol("_bulk_docs returned a different number of results than documents"));
@@ -431,7 +431,7 @@ impl Store for CouchStore {
         if resp.status() == StatusCode::CONFLICT || resp.status() == StatusCode::NOT_FOUND {
             return Err(StoreError::Conflict { id: id.to_string() });
         }
-        let resp = self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+        let resp = self.expect_status(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
         let v: Value = self.json(resp)?;
         v.get("rev").and_then(Value::as_str).map(str::to_string).ok_or_else(|| self.protocol("no rev in the attachment answer"))
     }
@@ -442,7 +442,7 @@ impl Store for CouchStore {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let content_type = resp
             .headers()
             .get(reqwest::header::CONTENT_TYPE)
@@ -459,7 +459,7 @@ impl Store for CouchStore {
         if resp.status() == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        let resp = self.expect(resp, &[StatusCode::OK])?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let mut v: Map<String, Value> = self.json(resp)?;
         Ok(v.remove("body"))
     }
@@ -472,7 +472,7 @@ impl Store for CouchStore {
             let rev = if resp.status() == StatusCode::NOT_FOUND {
                 None
             } else {
-                let v: Value = self.json(self.expect(resp, &[StatusCode::OK])?)?;
+                let v: Value = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
                 v.get("_rev").and_then(Value::as_str).map(str::to_string)
             };
             let mut doc = json!({ "body": body });
@@ -483,7 +483,7 @@ impl Store for CouchStore {
             if resp.status() == StatusCode::CONFLICT {
                 continue;
             }
-            self.expect(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+            self.expect_status(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
             return Ok(());
         }
         Err(StoreError::Conflict { id: format!("_local/{id}") })
@@ -491,7 +491,7 @@ impl Store for CouchStore {
 
     fn destroy(&self) -> Result<(), StoreError> {
         let resp = self.send(|| self.request(reqwest::Method::DELETE, ""))?;
-        self.expect(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
+        self.expect_status(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
         Ok(())
     }
 }
