@@ -134,7 +134,7 @@ pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, Mode
     if !item.deps.is_empty() {
         entry.insert("rd_deps".into(), Value::Array(item.deps.clone()));
     }
-    entry.insert("confidence".into(), Value::from(item.confidence));
+    entry.insert("confidence".into(), number(item.confidence));
     entry.insert("rd_fingerprint".into(), Value::String(item.fingerprint.clone()));
     if item.provider {
         entry.insert("provider".into(), Value::Bool(true));
@@ -229,8 +229,29 @@ pub fn same_content(a: &Doc, b: &Doc) -> bool {
     a.iter().filter(|(k, _)| *k != "_rev").all(|(k, va)| match (k.as_str(), b.get(k)) {
         (_, None) => false,
         ("_attachments", Some(vb)) => same_attachments(va, vb),
-        (_, Some(vb)) => va == vb,
+        (_, Some(vb)) => same_value(va, vb),
     })
+}
+
+/// JSON equality where numbers compare by value: a server that stores `0.0` gives back `0`.
+fn same_value(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, vx)| y.get(k).is_some_and(|vy| same_value(vx, vy)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A whole number as an integer (as JavaScript and CouchDB write it), anything else as a float.
+fn number(x: f64) -> Value {
+    if x.fract() == 0.0 && x.abs() < 9.0e15 {
+        Value::from(x as i64)
+    } else {
+        Value::from(x)
+    }
 }
 
 /// Attachments compare by name and content type: bodies are stored once and not re-sent.
@@ -315,6 +336,17 @@ mod tests {
         raw.rd_source = None;
         let d = apply_item(Some(&d), &raw).unwrap();
         assert_eq!(d["rd_schema_provider"], "proto.imap");
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        let a = json!({"_id": "x", "_rev": "1-a", "n": 0.0, "l": [1.5, {"k": 2}]}).as_object().cloned().unwrap();
+        let b = json!({"_id": "x", "_rev": "2-b", "n": 0, "l": [1.5, {"k": 2.0}]}).as_object().cloned().unwrap();
+        assert!(same_content(&a, &b));
+        let c = json!({"_id": "x", "n": 1, "l": [1.5, {"k": 2}]}).as_object().cloned().unwrap();
+        assert!(!same_content(&a, &c));
+        assert_eq!(number(0.0), json!(0));
+        assert_eq!(number(0.5), json!(0.5));
     }
 
     #[test]
