@@ -36,6 +36,9 @@ pub use natives::register_natives;
 
 /// Prefix of state documents' ids.
 const STATE_PREFIX: &str = "rdstate!";
+/// Prefix of dependency index documents' ids: `rddeps!<doc id>` lists the (source, extension)
+/// pairs whose outputs declared that document in `deps`.
+const DEPS_PREFIX: &str = "rddeps!";
 /// How many times a conflicting write is re-merged before it becomes an error.
 const CONFLICT_RETRIES: usize = 5;
 /// Documents per handler batch.
@@ -88,6 +91,7 @@ struct Ext {
     provider: bool,
     confidence: f64,
     fingerprint: String,
+    uses_dependencies: bool,
 }
 
 /// What one page of changes leads to: items to merge, contributions to withdraw, and the
@@ -97,6 +101,8 @@ struct PageWork {
     items: Vec<SchemaItem>,
     removals: Vec<(String, String)>,
     states: Vec<Doc>,
+    /// (document depended on, source, extension): outputs to recompute when it changes.
+    dependencies: Vec<(String, String, String)>,
 }
 
 /// One extension to run on one source.
@@ -131,6 +137,7 @@ impl Pipeline {
                     provider: d.category != Category::Extender,
                     confidence: d.confidence,
                     fingerprint: e.source.fingerprint(),
+                    uses_dependencies: d.uses_dependencies,
                 })
             })
             .collect();
@@ -183,6 +190,7 @@ impl Pipeline {
                 for (work, seq) in work_rx {
                     let mut local = Stats::default();
                     self.write(work.items, work.removals, work.states, &mut local)?;
+                    self.record_dependencies(work.dependencies)?;
                     self.store.put_local(&ckpt_id, &json!({ "seq": seq.as_str(), "fingerprints": fingerprints }))?;
                     let snapshot = {
                         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -251,8 +259,33 @@ impl Pipeline {
     /// Runs every wanting extension over one page of changes and returns what to write, with
     /// the first handler error, if any (recorded as an `rd.core.error` document in the work).
     fn prepare_page(&self, changes: &[Change], options: &RunOptions, stats: &mut Stats) -> Result<(PageWork, Option<String>), PipelineError> {
+        // Dependents of the documents that changed: outputs that declared one of them in `deps`
+        // are recomputed, whatever their state says.
+        let mut forced: Vec<(String, String)> = Vec::new();
+        let mut extra_sources: Vec<Doc> = Vec::new();
+        if self.exts.iter().any(|e| e.uses_dependencies) {
+            let index_ids: Vec<String> = changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
+            for index in self.store.get_many(&index_ids)?.into_iter().flatten() {
+                for pair in index.get("dependents").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some([Value::String(src), Value::String(ext)]) = pair.as_array().map(Vec::as_slice) {
+                        forced.push((src.clone(), ext.clone()));
+                    }
+                }
+            }
+            forced.sort();
+            forced.dedup();
+            let in_page: std::collections::HashSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();
+            let mut missing: Vec<String> = forced
+                .iter()
+                .map(|(src, _)| src.clone())
+                .filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker))
+                .collect();
+            missing.dedup();
+            extra_sources = self.store.get_many(&missing)?.into_iter().flatten().filter(|d| d.contains_key("rd_schema_provider")).collect();
+        }
+
         // Sources: live schema documents (in this worker's slice) that a provider completed.
-        let mut sources: Vec<&Doc> = Vec::new();
+        let mut sources: Vec<&Doc> = extra_sources.iter().collect();
         let mut deleted: Vec<&str> = Vec::new();
         for c in changes {
             if model::schema_of_id(&c.id).is_none() || !in_slice(&c.id, options.worker) {
@@ -284,7 +317,9 @@ impl Pipeline {
                     continue;
                 }
                 let done = states[si].as_ref().and_then(|s| s.get(&ext.id));
-                let up_to_date = done.is_some_and(|d| {
+                let is_forced = !forced.is_empty()
+                    && forced.binary_search(&(doc_str(src, "_id").to_string(), ext.id.clone())).is_ok();
+                let up_to_date = !is_forced && done.is_some_and(|d| {
                     d.get("rev").and_then(Value::as_str) == Some(rev)
                         && d.get("fingerprint").and_then(Value::as_str) == Some(&ext.fingerprint)
                 });
@@ -304,6 +339,7 @@ impl Pipeline {
         let mut removals: Vec<(String, String)> = Vec::new(); // (doc id, ext id)
         let mut first_error = None;
         let mut new_states: HashMap<usize, Map<String, Value>> = HashMap::new();
+        let mut dependencies: Vec<(String, String, String)> = Vec::new();
         for (job, outcome) in jobs.iter().zip(outcomes) {
             let src = sources[job.source];
             let ext = &self.exts[job.ext];
@@ -319,6 +355,13 @@ impl Pipeline {
                 produced.push(error_item(src, ext, e));
             }
             let output_ids: Vec<String> = produced.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
+            for item in &produced {
+                for dep in &item.deps {
+                    if let Some(Ok(dep_id)) = dep.as_array().and_then(|d| Some(model::doc_id(d.first()?, d.get(1)?.as_str()?))) {
+                        dependencies.push((dep_id, doc_str(src, "_id").to_string(), ext.id.clone()));
+                    }
+                }
+            }
             let previous: Vec<String> = states[job.source]
                 .as_ref()
                 .and_then(|s| s.get(&ext.id))
@@ -366,7 +409,7 @@ impl Pipeline {
             state_writes.push(state);
         }
 
-        Ok((PageWork { items, removals, states: state_writes }, first_error))
+        Ok((PageWork { items, removals, states: state_writes, dependencies }, first_error))
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
@@ -408,6 +451,10 @@ impl Pipeline {
         let mut out = Vec::with_capacity(emitted.len());
         for e in emitted {
             let rd_key = e.rd_key.or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
+            if e.deps.as_ref().and_then(Value::as_array).is_some_and(|d| !d.is_empty()) && !ext.uses_dependencies {
+                let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): deps need `uses_dependencies: true` in the declaration", e.schema_id), file: None, line: None, stack: None };
+                return (Vec::new(), Some(problem));
+            }
             if let Err(err) = model::doc_id(&rd_key, &e.schema_id) {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
@@ -432,6 +479,45 @@ impl Pipeline {
             });
         }
         (out, None)
+    }
+
+    /// Adds (source, extension) pairs to the dependency index of each document they depend on.
+    fn record_dependencies(&self, dependencies: Vec<(String, String, String)>) -> Result<(), StoreError> {
+        if dependencies.is_empty() {
+            return Ok(());
+        }
+        let mut by_dep: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+        for (dep, src, ext) in dependencies {
+            by_dep.entry(format!("{DEPS_PREFIX}{dep}")).or_default().push(json!([src, ext]));
+        }
+        let ids: Vec<String> = by_dep.keys().cloned().collect();
+        let mut writes = Vec::new();
+        for (id, existing) in ids.iter().zip(self.store.get_many(&ids)?) {
+            let mut doc = existing.unwrap_or_else(|| {
+                let mut m = Map::new();
+                m.insert("_id".into(), Value::String(id.clone()));
+                m
+            });
+            let list = doc.entry("dependents").or_insert_with(|| Value::Array(Vec::new()));
+            let Value::Array(list) = list else { continue };
+            let before = list.len();
+            for pair in by_dep.remove(id).unwrap_or_default() {
+                if !list.contains(&pair) {
+                    list.push(pair);
+                }
+            }
+            if list.len() != before {
+                writes.push(doc);
+            }
+        }
+        if !writes.is_empty() {
+            for r in self.store.bulk_write(writes)? {
+                if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
+                    tracing::warn!("could not update the dependency index {id}");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything

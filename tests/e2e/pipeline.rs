@@ -187,3 +187,38 @@ fn two_workers_on_one_pouchdb_database_equal_one_worker() {
     check_chain(&b, 800);
     assert_eq!(a, b);
 }
+
+#[test]
+fn an_output_is_recomputed_when_a_document_it_depends_on_changes() {
+    let dir = TempDir::new("deps");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("sum.js"), r#"extension({ id: "test.sum", source_schemas: ["rd.test.a"], uses_dependencies: true,
+      handler(doc) {
+        const key = ["test", "rate"];
+        const [rate] = open_schemas([[key, "rd.test.rate"]]);
+        emit_schema("rd.test.sum", { total: doc.v * (rate ? rate.factor : 1) }, { deps: [[key, "rd.test.rate"]] });
+      } });"#).unwrap();
+    std::fs::write(exts.join("nodeps.js"), r#"extension({ id: "test.nodeps", source_schemas: ["rd.test.a"],
+      handler(doc) { emit_schema("rd.test.bad", {}, { deps: [[["test", "rate"], "rd.test.rate"]] }); } });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let seed = seed_file(dir.path(), 5);
+    let rate = |f: u32| {
+        let p = dir.path().join(format!("rate{f}.jsonl"));
+        std::fs::write(&p, json!({"rd_key": ["test", "rate"], "rd_schema_id": "rd.test.rate", "factor": f}).to_string()).unwrap();
+        p
+    };
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed).arg(rate(10)); c });
+    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let totals = |docs: &[Value]| -> Vec<Value> { of_schema(docs, "rd.test.sum").iter().map(|d| d["total"].clone()).collect() };
+    let first = dump(&db, &exts);
+    assert_eq!(totals(&first), vec![json!(0), json!(10), json!(20), json!(30), json!(40)]);
+    // Declaring deps without uses_dependencies is an error, as in the original.
+    assert_eq!(of_schema(&first, "rd.core.error").len(), 5);
+    // The rate changes: every sum is recomputed, nothing else runs.
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(rate(3)); c });
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    // (the sum of 0 stays 0, so four documents change)
+    assert!(log.contains("5 handler runs") && log.contains("4 documents written"), "{log}");
+    assert_eq!(totals(&dump(&db, &exts)), vec![json!(0), json!(3), json!(6), json!(9), json!(12)]);
+}
