@@ -143,6 +143,10 @@ pub enum PoolError {
 
 enum Job {
     Run(Batch, Sender<BatchResult>),
+    /// Ask the extension's `filter(id, rev, schema_id)` about each key.
+    Filter { ext: usize, keys: Vec<(String, String, String)>, reply: Sender<Vec<Result<bool, HandlerError>>> },
+    /// Call the extension's `later_handler(values)`.
+    Later { ext: usize, values: Vec<Value>, reply: Sender<DocOutcome> },
 }
 
 /// The running pool. Dropping it stops and joins every worker.
@@ -211,6 +215,27 @@ impl JsPool {
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(Job::Run(batch, reply.clone()));
         }
+    }
+
+    /// Asks extension `ext`'s `filter(id, rev, schema_id)` about each key; an error (or a
+    /// filter that throws) is that key's `Err`.
+    pub fn filter(&self, ext: usize, keys: Vec<(String, String, String)>) -> Vec<Result<bool, HandlerError>> {
+        let (tx, rx) = bounded(1);
+        let n = keys.len();
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Filter { ext, keys, reply: tx });
+        }
+        rx.recv().unwrap_or_else(|_| vec![Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")); n])
+    }
+
+    /// Calls extension `ext`'s `later_handler(values)` with the values its handlers gave to
+    /// `process_later`.
+    pub fn run_later(&self, ext: usize, values: Vec<Value>) -> DocOutcome {
+        let (tx, rx) = bounded(1);
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Later { ext, values, reply: tx });
+        }
+        rx.recv().unwrap_or_else(|_| DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
     }
 
     /// Runs one batch and waits for its result.
@@ -306,6 +331,23 @@ fn worker_main(
                 });
                 let _ = reply.send(BatchResult { tag, ext, outcomes });
             }
+            Job::Filter { ext, keys, reply } => {
+                let n = keys.len();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.filter(ext, &keys)));
+                let answers = result.unwrap_or_else(|_| {
+                    worker.recycle();
+                    vec![Err(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
+                });
+                let _ = reply.send(answers);
+            }
+            Job::Later { ext, values, reply } => {
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.later(ext, &values)));
+                let outcome = result.unwrap_or_else(|_| {
+                    worker.recycle();
+                    DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker"))
+                });
+                let _ = reply.send(outcome);
+            }
         }
     }
     worker.loaded = None;
@@ -389,6 +431,71 @@ impl Worker<'_> {
             outcomes.extend(self.run_valid(&decl, &Batch { ext: batch.ext, docs: good, tag: 0 }));
         }
         outcomes
+    }
+
+    /// One call of a control method other than `run`, under the extension's time limit; the
+    /// runtime is recycled after an out-of-memory.
+    fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str) -> Result<String, HandlerError> {
+        let decl = match self.declarations.get(ext) {
+            Some(Ok(d)) => d.clone(),
+            Some(Err(e)) => return Err(HandlerError::new(FailureKind::NotLoaded, e.clone())),
+            None => return Err(HandlerError::new(FailureKind::NotLoaded, "no such extension")),
+        };
+        let limit = decl.time_limit_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)).unwrap_or(self.shared.config.time_limit);
+        let Some(Loaded { rt, sandboxes }) = self.loaded.as_mut() else {
+            return Err(HandlerError::new(FailureKind::Exception, "the JS runtime could not be recreated"));
+        };
+        let Some(sandbox) = sandboxes[ext] else {
+            return Err(HandlerError::new(FailureKind::NotLoaded, "the extension did not load"));
+        };
+        self.slot.arm(limit);
+        let call = rt.call(sandbox, &decl.id, method, Some(arg));
+        self.slot.disarm();
+        let oom = call.out_of_memory;
+        let result = match call.result {
+            Ok(text) => Ok(text),
+            Err(_) if oom => Err(HandlerError::new(FailureKind::OutOfMemory, "ran out of memory (the runtime's heap cap)")),
+            Err(CallFailure::Interrupted) => Err(HandlerError::new(FailureKind::TimeLimit, format!("ran past its time limit of {} ms and was stopped", limit.as_millis()))),
+            Err(CallFailure::Threw(e)) => Err(HandlerError::new(FailureKind::Exception, e.to_string())),
+        };
+        if oom {
+            self.recycle();
+        }
+        result
+    }
+
+    fn filter(&mut self, ext: usize, keys: &[(String, String, String)]) -> Vec<Result<bool, HandlerError>> {
+        let arg = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
+        match self.call_once(ext, c"filter", &arg) {
+            Err(e) => vec![Err(e); keys.len()],
+            Ok(text) => {
+                let answers: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
+                if answers.len() != keys.len() {
+                    return vec![Err(HandlerError::new(FailureKind::BadOutput, "the filter gave the wrong number of answers")); keys.len()];
+                }
+                answers
+                    .into_iter()
+                    .map(|a| match a {
+                        Value::Bool(b) => Ok(b),
+                        other => {
+                            let e: Option<JsError> = other.get("error").and_then(|e| serde_json::from_value(e.clone()).ok());
+                            Err(match e {
+                                Some(e) => HandlerError { kind: FailureKind::Exception, message: e.message, file: e.file, line: e.line, stack: e.stack },
+                                None => HandlerError::new(FailureKind::BadOutput, "the filter gave no answer"),
+                            })
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    fn later(&mut self, ext: usize, values: &[Value]) -> DocOutcome {
+        let arg = serde_json::to_string(values).unwrap_or_else(|_| "[]".into());
+        match self.call_once(ext, c"runLater", &arg) {
+            Err(e) => DocOutcome::Failed(e),
+            Ok(text) => parse_outcomes(&text, 1, false).pop().unwrap_or_else(|| DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, "no outcome"))),
+        }
     }
 
     fn run_valid(&mut self, decl: &Declaration, batch: &Batch) -> Vec<DocOutcome> {

@@ -92,6 +92,9 @@ struct Ext {
     confidence: f64,
     fingerprint: String,
     uses_dependencies: bool,
+    /// No `source_schemas`: its `filter(id, rev, schema_id)` chooses its sources.
+    filtered: bool,
+    has_later_handler: bool,
 }
 
 /// What one page of changes leads to: items to merge, contributions to withdraw, and the
@@ -127,9 +130,6 @@ impl Pipeline {
             .enumerate()
             .filter_map(|(i, e)| {
                 let d = e.declaration.as_ref().ok()?;
-                if d.source_schemas.is_none() {
-                    tracing::warn!(ext = %d.id, "extensions choosing their sources with filter() are not run by the pipeline yet");
-                }
                 Some(Ext {
                     pool_index: i,
                     id: d.id.clone(),
@@ -138,6 +138,8 @@ impl Pipeline {
                     confidence: d.confidence,
                     fingerprint: e.source.fingerprint(),
                     uses_dependencies: d.uses_dependencies,
+                    filtered: d.source_schemas.is_none() && d.has_filter,
+                    has_later_handler: d.has_later_handler,
                 })
             })
             .collect();
@@ -307,13 +309,41 @@ impl Pipeline {
             .collect();
         let mut states: Vec<Option<Doc>> = self.store.get_many(&state_ids)?;
 
+        // Extensions without source_schemas are asked, per source, through their filter().
+        let mut accepted: HashMap<usize, Vec<bool>> = HashMap::new();
+        let mut filter_failures: Vec<(usize, usize, HandlerError)> = Vec::new();
+        if !sources.is_empty() {
+            let keys: Vec<(String, String, String)> = sources
+                .iter()
+                .map(|d| (doc_str(d, "_id").to_string(), doc_str(d, "_rev").to_string(), doc_str(d, "rd_schema_id").to_string()))
+                .collect();
+            for (ei, ext) in self.exts.iter().enumerate().filter(|(_, e)| e.filtered) {
+                let answers = self.pool.filter(ext.pool_index, keys.clone());
+                let mut yes = vec![false; sources.len()];
+                for (si, answer) in answers.into_iter().enumerate() {
+                    match answer {
+                        Ok(b) => yes[si] = b,
+                        Err(e) => filter_failures.push((si, ei, e)),
+                    }
+                }
+                accepted.insert(ei, yes);
+            }
+        }
+
         // Which (source, extension) pairs need running.
         let mut jobs: Vec<Job> = Vec::new();
         for (si, src) in sources.iter().enumerate() {
             let schema = doc_str(src, "rd_schema_id");
             let rev = doc_str(src, "_rev");
             for (ei, ext) in self.exts.iter().enumerate() {
-                if !ext.schemas.iter().any(|s| s == schema) {
+                let wanted = match accepted.get(&ei) {
+                    Some(yes) => yes[si],
+                    None => ext.schemas.iter().any(|s| s == schema),
+                };
+                // An extension never runs on a document it contributes to: its own output would
+                // feed it again, forever (the original refused this too).
+                let own_output = src.get("rd_schema_items").and_then(Value::as_object).is_some_and(|c| c.contains_key(&ext.id));
+                if !wanted || own_output {
                     continue;
                 }
                 let done = states[si].as_ref().and_then(|s| s.get(&ext.id));
@@ -331,8 +361,12 @@ impl Pipeline {
             }
         }
 
-        let outcomes = self.run_jobs(&sources, &jobs);
+        let mut outcomes = self.run_jobs(&sources, &jobs);
         stats.handler_calls += jobs.len() as u64;
+        for (si, ei, e) in filter_failures {
+            jobs.push(Job { source: si, ext: ei });
+            outcomes.push(DocOutcome::Failed(e));
+        }
 
         // Turn outcomes into schema items, and note what each (source, extension) produced.
         let mut items: Vec<SchemaItem> = Vec::new();
@@ -340,11 +374,17 @@ impl Pipeline {
         let mut first_error = None;
         let mut new_states: HashMap<usize, Map<String, Value>> = HashMap::new();
         let mut dependencies: Vec<(String, String, String)> = Vec::new();
+        let mut later: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
         for (job, outcome) in jobs.iter().zip(outcomes) {
             let src = sources[job.source];
             let ext = &self.exts[job.ext];
             let (produced, error) = match outcome {
-                DocOutcome::Emitted(emission) => self.items_from_emission(src, ext, emission.items),
+                DocOutcome::Emitted(emission) => {
+                    if !emission.later.is_empty() {
+                        later.entry(job.ext).or_default().extend(emission.later);
+                    }
+                    self.items_from_emission(src, ext, emission.items)
+                }
                 DocOutcome::Failed(e) => (Vec::new(), Some(e)),
             };
             let mut produced = produced;
@@ -380,6 +420,35 @@ impl Pipeline {
                 "error": error.is_some(),
             }));
             items.extend(produced);
+        }
+
+        // process_later values go to the extension's later_handler, once per page.
+        for (ei, values) in later {
+            let ext = &self.exts[ei];
+            if !ext.has_later_handler {
+                tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
+                continue;
+            }
+            match self.pool.run_later(ext.pool_index, values) {
+                DocOutcome::Emitted(emission) => match self.later_items(ext, emission.items) {
+                    Ok(produced) => items.extend(produced),
+                    Err(e) => {
+                        stats.errors += 1;
+                        tracing::warn!(ext = %ext.id, "later_handler output refused: {e}");
+                        first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
+                    }
+                },
+                DocOutcome::Failed(e) => {
+                    stats.errors += 1;
+                    tracing::warn!(ext = %ext.id, "later_handler failed: {e}");
+                    first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
+                    let mut anchor = Map::new();
+                    anchor.insert("_id".into(), Value::String(format!("ext!{}", ext.id)));
+                    anchor.insert("_rev".into(), Value::String(String::new()));
+                    anchor.insert("rd_key".into(), json!(["ext", ext.id]));
+                    items.push(error_item(&anchor, ext, &e));
+                }
+            }
         }
 
         // Sources that were deleted: their outputs go, and so does their state.
@@ -518,6 +587,37 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// Items emitted by a `later_handler`: each names its `rd_key` (and, optionally, its
+    /// `rd_source` as `[id, rev]`).
+    fn later_items(&self, ext: &Ext, emitted: Vec<EmittedItem>) -> Result<Vec<SchemaItem>, String> {
+        emitted
+            .into_iter()
+            .map(|e| {
+                let rd_key = e.rd_key.ok_or_else(|| format!("emit_schema({}) in later_handler needs an rd_key", e.schema_id))?;
+                model::doc_id(&rd_key, &e.schema_id).map_err(|err| err.to_string())?;
+                let rd_source = e.rd_source.as_ref().and_then(Value::as_array).and_then(|s| match s.as_slice() {
+                    [Value::String(id), Value::String(rev)] => Some((id.clone(), rev.clone())),
+                    _ => None,
+                });
+                Ok(SchemaItem {
+                    rd_key,
+                    schema_id: e.schema_id,
+                    ext_id: ext.id.clone(),
+                    rd_source,
+                    items: e.items,
+                    deps: Vec::new(),
+                    attachments: match e.attachments {
+                        Some(Value::Object(atts)) => Some(atts),
+                        _ => None,
+                    },
+                    provider: ext.provider,
+                    confidence: ext.confidence,
+                    fingerprint: ext.fingerprint.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything

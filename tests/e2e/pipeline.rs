@@ -222,3 +222,28 @@ fn an_output_is_recomputed_when_a_document_it_depends_on_changes() {
     assert!(log.contains("5 handler runs") && log.contains("4 documents written"), "{log}");
     assert_eq!(totals(&dump(&db, &exts)), vec![json!(0), json!(3), json!(6), json!(9), json!(12)]);
 }
+
+#[test]
+fn filters_choose_sources_and_later_handlers_see_the_collected_values() {
+    let dir = TempDir::new("filter");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("odd.js"), r#"extension({ id: "test.odd",
+      // Accepts its own output too (rc!test.MQ==!rd.test.odd): that must not loop.
+      filter(id, rev, schema) { return id.includes("MQ=="); },
+      handler(doc) { emit_schema("rd.test.odd", { v: doc.v }); process_later(doc.v); },
+      later_handler(values) {
+        values.sort((a, b) => a - b);
+        emit_schema("rd.test.summary", { seen: values }, { rd_key: ["test", "summary"] });
+      } });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 4)); c });
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let docs = dump(&db, &exts);
+    // Keys ["test", 0..3] encode as MA==, MQ==, Mg==, Mw==: the filter takes exactly "MQ==".
+    let odd: Vec<_> = of_schema(&docs, "rd.test.odd").iter().map(|d| d["v"].clone()).collect();
+    assert_eq!(odd, vec![json!(1)], "{log}");
+    let summary = of_schema(&docs, "rd.test.summary");
+    assert_eq!(summary.len(), 1);
+    assert_eq!(summary[0]["seen"], json!([1]));
+}
