@@ -1,5 +1,5 @@
 //! Store-backed host functions for extensions: `open_schemas`, `open_attachment`,
-//! `update_documents`. Each blocks only the runtime that calls it.
+//! `find_schemas` (a key/schema query), `update_documents`. Each blocks only the runtime that calls it.
 
 use std::sync::Arc;
 
@@ -53,6 +53,19 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>) {
             Some(att) if base64 => Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(att.data))),
             Some(att) => Ok(Value::String(String::from_utf8_lossy(&att.data).into_owned())),
         }
+    });
+    let s = store.clone();
+    // find_schemas(schema_id[, field, value[, limit]]) → [doc, …]: a key/schema query
+    host.register("find_schemas", move |_, args| {
+        let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
+        let field = match (args.get(1), args.get(2)) {
+            (Some(Value::String(f)), Some(v)) if !v.is_object() && !v.is_array() => Some((f.as_str(), v)),
+            (None | Some(Value::Null), _) => None,
+            _ => return Err("find_schemas matches one top-level field against a string, number, boolean or null".into()),
+        };
+        let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
+        let docs = s.find(schema, field, limit).map_err(|e| e.to_string())?;
+        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]

@@ -17,6 +17,10 @@ use serde_json::{json, Map, Value};
 
 use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
 
+/// The view behind `find`: every schema document under `[schema]`, and under
+/// `[schema, field, value]` for each top-level scalar field (like the original's megaview).
+const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object') emit([doc.rd_schema_id, k, v], null);\n  }\n}";
+
 /// How hard to try before calling the server unavailable.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
@@ -97,6 +101,7 @@ impl CouchStore {
             .map_err(|e| StoreError::Unavailable { location: redact(url), reason: e.to_string() })?;
         let store = CouchStore { client, db_url: redact(url), user, password, retry };
         store.ensure_db()?;
+        store.ensure_views()?;
         Ok(store)
     }
 
@@ -174,6 +179,26 @@ impl CouchStore {
             StatusCode::FORBIDDEN => Err(StoreError::Unauthorized { location: self.db_url.clone(), user: self.user.clone() }),
             _ => Err(StoreError::BadRequest(format!("{} answered {status}: {error} {reason}", self.db_url))),
         }
+    }
+
+    /// Installs (or updates) the design document behind [`Store::find`].
+    fn ensure_views(&self) -> Result<(), StoreError> {
+        let path = "_design/raindrop";
+        let resp = self.send(|| self.request(reqwest::Method::GET, path))?;
+        let current: Option<Value> = if resp.status() == StatusCode::NOT_FOUND { None } else { Some(self.json(self.expect_status(resp, &[StatusCode::OK])?)?) };
+        if current.as_ref().and_then(|d| d.pointer("/views/by_field/map")).and_then(Value::as_str) == Some(FIND_MAP) {
+            return Ok(());
+        }
+        let mut doc = json!({ "language": "javascript", "views": { "by_field": { "map": FIND_MAP } } });
+        if let Some(rev) = current.as_ref().and_then(|d| d.get("_rev")) {
+            doc["_rev"] = rev.clone();
+        }
+        let resp = self.send(|| self.request(reqwest::Method::PUT, path).json(&doc))?;
+        if resp.status() == StatusCode::CONFLICT {
+            return Ok(()); // another process installed it meanwhile
+        }
+        self.expect_status(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
+        Ok(())
     }
 
     fn ensure_db(&self) -> Result<(), StoreError> {
@@ -391,6 +416,26 @@ impl Store for CouchStore {
             start = end;
         }
         Ok(results)
+    }
+
+    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
+        #[derive(Deserialize)]
+        struct Row {
+            doc: Option<Doc>,
+        }
+        #[derive(Deserialize)]
+        struct Rows {
+            rows: Vec<Row>,
+        }
+        let key = match field {
+            None => json!([schema_id]),
+            Some((name, value)) => json!([schema_id, name, value]),
+        };
+        let q = [("key", key.to_string()), ("include_docs", "true".to_string()), ("limit", limit.max(1).to_string())];
+        let resp = self.send(|| self.request(reqwest::Method::GET, "_design/raindrop/_view/by_field").query(&q))?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
+        let rows: Rows = self.json(resp)?;
+        Ok(rows.rows.into_iter().filter_map(|r| r.doc).collect())
     }
 
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {

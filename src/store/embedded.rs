@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS attachments (
     data         BLOB NOT NULL,
     PRIMARY KEY (doc_id, name)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS docs_by_schema ON docs (json_extract(body, '$.rd_schema_id')) WHERE deleted = 0;
 CREATE TABLE IF NOT EXISTS local (
     id   TEXT PRIMARY KEY,
     body TEXT NOT NULL
@@ -288,6 +289,31 @@ impl Store for EmbeddedStore {
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
         self.wake.notify_all();
         Ok(results)
+    }
+
+    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        let (path, value) = match field {
+            Some((name, value)) => (Some(format!("$.\"{}\"", name.replace('"', ""))), Some(value.to_string())),
+            None => (None, None),
+        };
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, rev, has_att, body FROM docs
+                 WHERE deleted = 0 AND json_extract(body, '$.rd_schema_id') = ?1
+                   AND (?2 IS NULL OR (json_type(body, ?2) = json_type(?3) AND json_extract(body, ?2) IS json_extract(?3, '$')))
+                 ORDER BY seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(params![schema_id, path, value, limit], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, rev, has_att, body) = row?;
+                out.push(assemble(c, &id, &rev, false, has_att, &body, false)?);
+            }
+            Ok(out)
+        })
     }
 
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {

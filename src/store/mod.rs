@@ -120,6 +120,11 @@ pub trait Store: Send + Sync {
     /// (`_attachments.{name}.data` in base64) are stored; stubs keep the existing ones.
     fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError>;
 
+    /// Live documents of schema `schema_id` (their `rd_schema_id`), optionally only those whose
+    /// top-level `field` equals `value` (a string, number, boolean or null), at most `limit`.
+    /// The embedded store answers from an index on the schema id; CouchDB from a view.
+    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError>;
+
     /// Changes after `since`, at most `limit`, oldest first, without waiting.
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError>;
 

@@ -210,6 +210,29 @@ fn checkpoint_documents(s: &dyn Store) {
     assert_eq!(s.info().unwrap().doc_count, 0);
 }
 
+fn find_by_schema_and_field(s: &dyn Store) {
+    let docs: Vec<Doc> = (0..30)
+        .map(|i| doc(json!({"_id": format!("rc!t.{i}!rd.test.{}", if i % 3 == 0 { "three" } else { "other" }),
+                              "rd_schema_id": if i % 3 == 0 { "rd.test.three" } else { "rd.test.other" },
+                              "name": format!("n{}", i % 2), "i": i, "flag": i % 2 == 0})))
+        .collect();
+    s.bulk_write(docs).unwrap();
+    let threes = s.find("rd.test.three", None, 100).unwrap();
+    assert_eq!(threes.len(), 10);
+    let n0 = s.find("rd.test.three", Some(("name", &json!("n0"))), 100).unwrap();
+    let mut found: Vec<u64> = n0.iter().map(|d| d["i"].as_u64().unwrap()).collect();
+    found.sort();
+    assert_eq!(found, vec![0, 6, 12, 18, 24]);
+    assert_eq!(s.find("rd.test.other", Some(("i", &json!(7))), 100).unwrap().len(), 1);
+    assert_eq!(s.find("rd.test.other", Some(("flag", &json!(true))), 100).unwrap().len(), 10);
+    assert_eq!(s.find("rd.test.three", None, 3).unwrap().len(), 3);
+    assert!(s.find("rd.test.none", None, 10).unwrap().is_empty());
+    // Deleted documents are not found.
+    let d = s.get("rc!t.0!rd.test.three", false).unwrap().unwrap();
+    s.bulk_write(vec![doc(json!({"_id": d["_id"], "_rev": d["_rev"], "_deleted": true}))]).unwrap();
+    assert_eq!(s.find("rd.test.three", None, 100).unwrap().len(), 9);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -233,4 +256,5 @@ conformance!(
     binary_attachments,
     bulk_write_10000,
     checkpoint_documents,
+    find_by_schema_and_field,
 );
