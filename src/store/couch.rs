@@ -43,6 +43,9 @@ pub struct CouchStore {
     user: Option<String>,
     password: Option<String>,
     retry: RetryPolicy,
+    /// Whether the design document behind `find` is known to be installed (done on first use,
+    /// so databases that never query carry no design document).
+    views_ready: std::sync::atomic::AtomicBool,
 }
 
 /// A URL with its credentials removed, for messages.
@@ -99,9 +102,8 @@ impl CouchStore {
             .timeout(None::<Duration>)
             .build()
             .map_err(|e| StoreError::Unavailable { location: redact(url), reason: e.to_string() })?;
-        let store = CouchStore { client, db_url: redact(url), user, password, retry };
+        let store = CouchStore { client, db_url: redact(url), user, password, retry, views_ready: Default::default() };
         store.ensure_db()?;
-        store.ensure_views()?;
         Ok(store)
     }
 
@@ -432,6 +434,10 @@ impl Store for CouchStore {
             Some((name, value)) => json!([schema_id, name, value]),
         };
         let q = [("key", key.to_string()), ("include_docs", "true".to_string()), ("limit", limit.max(1).to_string())];
+        if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
+            self.ensure_views()?;
+            self.views_ready.store(true, std::sync::atomic::Ordering::Release);
+        }
         let resp = self.send(|| self.request(reqwest::Method::GET, "_design/raindrop/_view/by_field").query(&q))?;
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let rows: Rows = self.json(resp)?;

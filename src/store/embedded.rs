@@ -27,7 +27,8 @@ CREATE TABLE IF NOT EXISTS docs (
     rev     TEXT NOT NULL,
     deleted INTEGER NOT NULL,
     has_att INTEGER NOT NULL,
-    body    TEXT NOT NULL
+    body    TEXT NOT NULL,
+    schema  TEXT
 );
 CREATE TABLE IF NOT EXISTS attachments (
     doc_id       TEXT NOT NULL,
@@ -39,7 +40,6 @@ CREATE TABLE IF NOT EXISTS attachments (
     data         BLOB NOT NULL,
     PRIMARY KEY (doc_id, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS docs_by_schema ON docs (json_extract(body, '$.rd_schema_id')) WHERE deleted = 0;
 CREATE TABLE IF NOT EXISTS local (
     id   TEXT PRIMARY KEY,
     body TEXT NOT NULL
@@ -64,6 +64,7 @@ impl EmbeddedStore {
         }
         let writer = connect(path)?;
         writer.execute_batch(SCHEMA).map_err(|e| err(path, e))?;
+        migrate(&writer).map_err(|e| err(path, e))?;
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
             .map_err(|e| err(path, e))?;
@@ -99,6 +100,19 @@ impl EmbeddedStore {
     fn last_seq(&self) -> i64 {
         *self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Brings a database made by an earlier version up to date: the `schema` column (each
+/// document's `rd_schema_id`, indexed for `find`) was added after the first release.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_schema: bool = conn.query_row("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'schema'", [], |r| r.get::<_, i64>(0))? > 0;
+    if !has_schema {
+        conn.execute_batch(
+            "ALTER TABLE docs ADD COLUMN schema TEXT;
+             UPDATE docs SET schema = json_extract(body, '$.rd_schema_id') WHERE deleted = 0;",
+        )?;
+    }
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS docs_by_schema ON docs (schema) WHERE schema IS NOT NULL;")
 }
 
 fn err(path: &Path, e: impl std::fmt::Display) -> StoreError {
@@ -193,6 +207,8 @@ struct Incoming {
     rev: Option<String>,
     deleted: bool,
     body: String,
+    /// Its `rd_schema_id`, if it is a live document with one.
+    schema: Option<String>,
     /// `None`: the document has no `_attachments` member (all existing ones are dropped).
     attachments: Option<Map<String, Value>>,
 }
@@ -218,8 +234,9 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
     if let Some(bad) = doc.keys().find(|k| k.starts_with('_')) {
         return Err((id.clone(), format!("bad special document member: {bad}")));
     }
+    let schema = if deleted { None } else { doc.get("rd_schema_id").and_then(Value::as_str).map(str::to_string) };
     let body = if deleted { "{}".to_string() } else { Value::Object(doc).to_string() };
-    Ok(Incoming { id, rev, deleted, body, attachments })
+    Ok(Incoming { id, rev, deleted, body, schema, attachments })
 }
 
 impl Store for EmbeddedStore {
@@ -300,7 +317,7 @@ impl Store for EmbeddedStore {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT id, rev, has_att, body FROM docs
-                 WHERE deleted = 0 AND json_extract(body, '$.rd_schema_id') = ?1
+                 WHERE schema = ?1 AND deleted = 0
                    AND (?2 IS NULL OR (json_type(body, ?2) = json_type(?3) AND json_extract(body, ?2) IS json_extract(?3, '$')))
                  ORDER BY seq LIMIT ?4",
             )?;
@@ -488,10 +505,10 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64) -> rusqlit
     let digest_refs: Vec<&str> = digests.iter().map(String::as_str).collect();
     let new_rev = rev::next(prev_rev.as_deref(), doc.deleted, doc.body.as_bytes(), &digest_refs);
     tx.prepare_cached(
-        "INSERT INTO docs (seq, id, rev, deleted, has_att, body) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO docs (seq, id, rev, deleted, has_att, body, schema) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT(id) DO UPDATE SET seq = excluded.seq, rev = excluded.rev, deleted = excluded.deleted,
-           has_att = excluded.has_att, body = excluded.body",
+           has_att = excluded.has_att, body = excluded.body, schema = excluded.schema",
     )?
-    .execute(params![seq, doc.id, new_rev, doc.deleted, !keep.is_empty(), doc.body])?;
+    .execute(params![seq, doc.id, new_rev, doc.deleted, !keep.is_empty(), doc.body, doc.schema])?;
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
 }
