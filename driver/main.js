@@ -184,6 +184,80 @@
     return answer.ok;
   }
 
+  // Helpers from the original's extension API, built on the store-backed host functions
+  // (present when the pipeline runs the extension).
+  function sameJSON(a, b) {
+    return stringify(a) === stringify(b);
+  }
+
+  // emit_related_identities([[identity_id, relationship], …] or [identity_id, …], {displayName})
+  // asserts each identity exists, finds their contact (through any identity's existing link,
+  // else by display name) or makes one, links every identity to it, and returns its id.
+  function emit_related_identities(identities, def) {
+    const pairs = [];
+    for (let i = 0; i < identities.length; i++) {
+      const p = identities[i];
+      push(pairs, isArray(p) && isArray(p[0]) ? [p[0], p.length > 1 ? p[1] : null] : [p, null]);
+    }
+    if (pairs.length === 0) return null;
+    const wanted = [];
+    for (let i = 0; i < pairs.length; i++) push(wanted, [["identity", pairs[i][0]], "rd.identity.contacts"]);
+    const links = globalThis.open_schemas(wanted);
+    let contact = null;
+    for (let i = 0; contact === null && i < links.length; i++) {
+      const l = links[i];
+      if (l && isArray(l.contacts) && l.contacts.length) contact = l.contacts[0][0];
+    }
+    const name = def && typeof def.displayName === "string" ? def.displayName : null;
+    if (contact === null && name) {
+      const found = globalThis.find_schemas("rd.contact", "displayName", name, 1);
+      if (found.length) contact = found[0].rd_key[1];
+    }
+    if (contact === null) {
+      // Derived from the first identity, so re-running gives the same contact.
+      contact = "contact:" + stringify(pairs[0][0]);
+      emit_schema("rd.contact", { displayName: name || StringCtor(pairs[0][0][1]) }, { rd_key: ["contact", contact] });
+    }
+    for (let i = 0; i < pairs.length; i++) {
+      emit_schema("rd.identity.exists", null, { rd_key: ["identity", pairs[i][0]] });
+      const l = links[i];
+      const linked = l && isArray(l.contacts) && l.contacts.some((c) => c[0] === contact);
+      if (!linked) emit_schema("rd.identity.contacts", { contacts: [[contact, pairs[i][1]]] }, { rd_key: ["identity", pairs[i][0]] });
+    }
+    return contact;
+  }
+
+  // find_and_emit_conversation([msg rd_key, …]) puts the messages in one conversation: an
+  // existing one if any has one (merging the others into it), else ["conv", first key].
+  function find_and_emit_conversation(keys) {
+    if (!isArray(keys) || keys.length === 0) return null;
+    const wanted = [];
+    for (let i = 0; i < keys.length; i++) push(wanted, [keys[i], "rd.msg.conversation"]);
+    const current = globalThis.open_schemas(wanted);
+    let chosen = null;
+    const others = [];
+    for (let i = 0; i < current.length; i++) {
+      const c = current[i];
+      if (!c || c.conversation_id === undefined) continue;
+      if (chosen === null) chosen = c.conversation_id;
+      else if (!sameJSON(c.conversation_id, chosen) && !others.some((o) => sameJSON(o, c.conversation_id))) push(others, c.conversation_id);
+    }
+    if (chosen === null) chosen = ["conv", keys[0]];
+    const members = slice(keys);
+    for (let i = 0; i < others.length; i++) {
+      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i]);
+      for (let j = 0; j < found.length; j++) push(members, found[j].rd_key);
+    }
+    const done = [];
+    for (let i = 0; i < members.length; i++) {
+      const k = stringify(members[i]);
+      if (indexOf(done, k) >= 0) continue;
+      push(done, k);
+      emit_schema("rd.msg.conversation", { conversation_id: chosen }, { rd_key: members[i] });
+    }
+    return chosen;
+  }
+
   defineGlobal("extension", extension);
   defineGlobal("emit_schema", emit_schema);
   defineGlobal("log", log);
@@ -192,6 +266,10 @@
     defineGlobal(name, function () {
       return callNative(name, slice(arguments));
     });
+  }
+  if (indexOf(host.natives, "open_schemas") >= 0 && indexOf(host.natives, "find_schemas") >= 0) {
+    defineGlobal("emit_related_identities", emit_related_identities);
+    defineGlobal("find_and_emit_conversation", find_and_emit_conversation);
   }
 
   // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:

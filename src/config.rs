@@ -16,6 +16,9 @@ pub struct FileConfig {
     pub extensions: Option<PathBuf>,
     /// JS worker threads.
     pub js_threads: Option<usize>,
+    /// The user's own identities, e.g. `identities = [["email", "me@example.com"]]`.
+    #[serde(default)]
+    pub identities: Vec<(String, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +61,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("rd-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = dir.join("good.toml");
-        std::fs::write(&good, "db = \"/tmp/x\"\njs_threads = 3\n").unwrap();
+        std::fs::write(&good, "db = \"/tmp/x\"\njs_threads = 3\nidentities = [[\"email\", \"me@example.com\"]]\n").unwrap();
         let c = load(Some(&good)).unwrap();
         assert_eq!(c.db.as_deref(), Some("/tmp/x"));
         assert_eq!(c.js_threads, Some(3));
+        assert_eq!(c.identities, vec![("email".to_string(), "me@example.com".to_string())]);
         let bad = dir.join("bad.toml");
         std::fs::write(&bad, "dbb = 1\n").unwrap();
         assert!(matches!(load(Some(&bad)), Err(ConfigError::Invalid { .. })));

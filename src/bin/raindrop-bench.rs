@@ -412,7 +412,7 @@ fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64,
     let sources = CHAIN.iter().map(|(name, src)| ExtensionSource::from_string(name, src)).collect();
     let mut config = PoolConfig::new(threads);
     let mut host = raindrop::js::HostFunctions::new();
-    pipeline::register_natives(&mut host, store.clone());
+    pipeline::register_natives(&mut host, store.clone(), Vec::new());
     config.host_functions = host;
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
     let p = Pipeline::new(store, pool);

@@ -79,6 +79,8 @@ pub struct Settings {
     pub store: StoreSpec,
     pub extensions: PathBuf,
     pub js_threads: usize,
+    /// The user's own identity ids (`[type, value]`), for `get_my_identities()`.
+    pub identities: Vec<serde_json::Value>,
 }
 
 impl Settings {
@@ -88,6 +90,11 @@ impl Settings {
             store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
             extensions: cli.extensions.clone().or(file.extensions).unwrap_or_else(|| PathBuf::from("js-extensions")),
             js_threads: cli.js_threads.or(file.js_threads).unwrap_or_else(num_cpus::get).max(1),
+            identities: file
+                .identities
+                .iter()
+                .map(|(kind, value)| serde_json::json!([kind, value]))
+                .collect(),
         })
     }
 

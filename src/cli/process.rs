@@ -52,7 +52,7 @@ fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
     let sources = extension::read_dir(&settings.extensions)?;
     let mut config = PoolConfig::new(settings.js_threads);
     let mut host = HostFunctions::new();
-    pipeline::register_natives(&mut host, store.clone());
+    pipeline::register_natives(&mut host, store.clone(), settings.identities.clone());
     config.host_functions = host;
     let pool = JsPool::start(sources, config)?;
     for e in pool.extensions() {

@@ -10,8 +10,10 @@ use super::model;
 use crate::js::HostFunctions;
 use crate::store::{Store, WriteResult};
 
-/// Registers the store-backed functions in `host`.
-pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>) {
+/// Registers the store-backed functions in `host`, and `get_my_identities` answering
+/// `identities` (the user's own identity ids, from the configuration).
+pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
+    host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
     let s = store.clone();
     // open_schemas([[rd_key, schema_id], …]) → [doc or null, …]
     host.register("open_schemas", move |_, args| {
@@ -59,9 +61,9 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>) {
     host.register("find_schemas", move |_, args| {
         let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
         let field = match (args.get(1), args.get(2)) {
-            (Some(Value::String(f)), Some(v)) if !v.is_object() && !v.is_array() => Some((f.as_str(), v)),
+            (Some(Value::String(f)), Some(v)) => Some((f.as_str(), v)),
             (None | Some(Value::Null), _) => None,
-            _ => return Err("find_schemas matches one top-level field against a string, number, boolean or null".into()),
+            _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
         let docs = s.find(schema, field, limit).map_err(|e| e.to_string())?;

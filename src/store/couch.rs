@@ -18,8 +18,9 @@ use serde_json::{json, Map, Value};
 use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
 
 /// The view behind `find`: every schema document under `[schema]`, and under
-/// `[schema, field, value]` for each top-level scalar field (like the original's megaview).
-const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object') emit([doc.rd_schema_id, k, v], null);\n  }\n}";
+/// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
+/// JSON), like the original's megaview.
+const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n  }\n}";
 
 /// How hard to try before calling the server unavailable.
 #[derive(Debug, Clone, Copy)]

@@ -318,7 +318,9 @@ impl Store for EmbeddedStore {
             let mut stmt = c.prepare_cached(
                 "SELECT id, rev, has_att, body FROM docs
                  WHERE schema = ?1 AND deleted = 0
-                   AND (?2 IS NULL OR (json_type(body, ?2) = json_type(?3) AND json_extract(body, ?2) IS json_extract(?3, '$')))
+                   AND (?2 IS NULL OR (json_type(body, ?2) = json_type(?3) AND
+                        CASE WHEN json_type(?3) IN ('array', 'object') THEN json_extract(body, ?2) = json(?3)
+                             ELSE json_extract(body, ?2) IS json_extract(?3, '$') END))
                  ORDER BY seq LIMIT ?4",
             )?;
             let rows = stmt.query_map(params![schema_id, path, value, limit], |r| {

@@ -247,3 +247,47 @@ fn filters_choose_sources_and_later_handlers_see_the_collected_values() {
     assert_eq!(summary.len(), 1);
     assert_eq!(summary[0]["seen"], json!([1]));
 }
+
+#[test]
+fn identities_contacts_and_conversations_from_the_extension_api() {
+    let dir = TempDir::new("convo");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("msg.js"), r#"extension({ id: "test.msg", source_schemas: ["rd.test.msg"],
+      handler(doc) {
+        const contact = emit_related_identities([[["email", doc.from], "from"]], { displayName: doc.name });
+        const conv = find_and_emit_conversation([doc.rd_key].concat(doc.refs.map((r) => ["email", r])));
+        emit_schema("rd.test.seen", { contact, conv, mine: get_my_identities() });
+      } });"#).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "identities = [[\"email\", \"me@example.com\"]]\n").unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let add = |id: &str, from: &str, name: &str, refs: &[&str]| {
+        let p = dir.path().join(format!("{id}.jsonl"));
+        std::fs::write(&p, json!({"rd_key": ["email", id], "rd_schema_id": "rd.test.msg", "from": from, "name": name, "refs": refs}).to_string()).unwrap();
+        ok({ let mut c = rd(&db, &exts); c.arg("--config").arg(&config).arg("add-schemas").arg(&p); c });
+        ok({ let mut c = rd(&db, &exts); c.arg("--config").arg(&config).arg("process"); c });
+    };
+    add("m1", "ann@example.com", "Ann", &[]);
+    add("m2", "bob@example.com", "Bob", &["m1"]);
+    add("m3", "Ann@example.com", "Ann", &[]);
+    add("m4", "carl@example.com", "Ann", &["m3", "m1"]);
+    let docs = dump(&db, &exts);
+    let conv_of = |id: &str| {
+        of_schema(&docs, "rd.msg.conversation").iter().find(|d| d["rd_key"] == json!(["email", id])).map(|d| d["conversation_id"].clone()).unwrap()
+    };
+    // m4 joins m3's conversation and brings m1's (with m2) into it.
+    for m in ["m1", "m2", "m3", "m4"] {
+        assert_eq!(conv_of(m), json!(["conv", ["email", "m3"]]), "{m}");
+    }
+    // "Ann" is one contact whatever address she writes from (found by display name); Bob another.
+    let contacts = of_schema(&docs, "rd.contact");
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    let seen: Vec<_> = of_schema(&docs, "rd.test.seen").iter().map(|d| (d["rd_key"][1].clone(), d["contact"].clone())).collect();
+    let contact_of = |m: &str| seen.iter().find(|(k, _)| k == m).unwrap().1.clone();
+    assert_eq!(contact_of("m3"), contact_of("m1"));
+    assert_eq!(contact_of("m4"), contact_of("m1"), "carl is linked to Ann's contact by display name");
+    assert_ne!(contact_of("m2"), contact_of("m1"));
+    assert_eq!(of_schema(&docs, "rd.identity.exists").len(), 4);
+    assert_eq!(of_schema(&docs, "rd.test.seen")[0]["mine"], json!([["email", "me@example.com"]]));
+}
