@@ -305,6 +305,24 @@ fn pool_one_cpu(window: Duration) {
         "pool 1 thread / floor, one CPU", p1[0] / f[0], p1[1] / f[1], p1[0], p1[1], f[0], f[1]);
 }
 
+/// Starts PouchDB Server on a free loopback port with its data in `dir`; waits until it answers.
+fn start_pouchdb(bin: &str, dir: &std::path::Path) -> (std::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    std::fs::create_dir_all(dir).unwrap();
+    let child = Command::new(bin)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--dir", "data", "-n"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start pouchdb-server");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, port)
+}
+
 fn bench_store(pouchdb_bin: Option<String>) {
     use raindrop::store::embedded::EmbeddedStore;
     println!("raindrop-bench store — one run; bulk writes of 1000 documents per request, each commit durable");
@@ -326,20 +344,7 @@ fn bench_store(pouchdb_bin: Option<String>) {
     let bin = pouchdb_bin.or_else(|| std::env::var("RAINDROP_POUCHDB_SERVER").ok());
     match bin {
         Some(bin) => {
-            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let pdir = dir.join("pouchdb");
-            std::fs::create_dir_all(&pdir).unwrap();
-            let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--dir", "data", "-n"])
-                .current_dir(&pdir)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start pouchdb-server");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).is_err() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let (mut child, port) = start_pouchdb(&bin, &dir.join("pouchdb"));
             let mut row = [0.0; 4];
             for (k, (size, n)) in [(1000, 10_000), (20_000, 2_000)].into_iter().enumerate() {
                 let url = format!("http://127.0.0.1:{port}/bench{size}");
@@ -446,20 +451,7 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
     }
     let bin = pouchdb_bin.or_else(|| std::env::var("RAINDROP_POUCHDB_SERVER").ok());
     if let Some(bin) = bin {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let pdir = dir.join("pouchdb");
-        std::fs::create_dir_all(&pdir).unwrap();
-        let mut child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--dir", "data", "-n"])
-            .current_dir(&pdir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start pouchdb-server");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while reqwest::blocking::get(format!("http://127.0.0.1:{port}/")).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let (mut child, port) = start_pouchdb(&bin, &dir.join("pouchdb"));
         for threads in [1, 2] {
             let n = 2_000;
             let url = format!("http://127.0.0.1:{port}/pipeline{threads}");

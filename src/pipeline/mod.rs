@@ -94,6 +94,8 @@ struct Ext {
     uses_dependencies: bool,
     /// No `source_schemas`: its `filter(id, rev, schema_id)` chooses its sources.
     filtered: bool,
+    /// A smart extension manages its own outputs: what it stops emitting is not withdrawn.
+    smart: bool,
     has_later_handler: bool,
 }
 
@@ -139,6 +141,7 @@ impl Pipeline {
                     fingerprint: e.source.fingerprint(),
                     uses_dependencies: d.uses_dependencies,
                     filtered: d.source_schemas.is_none() && d.has_filter,
+                    smart: d.category == Category::Smart,
                     has_later_handler: d.has_later_handler,
                 })
             })
@@ -409,8 +412,14 @@ impl Pipeline {
                 .and_then(Value::as_array)
                 .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
                 .unwrap_or_default();
-            for old in previous.iter().filter(|o| !output_ids.contains(o)) {
-                removals.push((old.clone(), ext.id.clone()));
+            let mut output_ids = output_ids;
+            if ext.smart {
+                // Kept (and still listed, so `unprocess` can withdraw them).
+                output_ids.extend(previous.into_iter().filter(|o| !output_ids.contains(o)).collect::<Vec<_>>());
+            } else {
+                for old in previous.iter().filter(|o| !output_ids.contains(o)) {
+                    removals.push((old.clone(), ext.id.clone()));
+                }
             }
             let entry = new_states.entry(job.source).or_default();
             entry.insert(ext.id.clone(), json!({
@@ -518,8 +527,8 @@ impl Pipeline {
 
     fn items_from_emission(&self, src: &Doc, ext: &Ext, emitted: Vec<EmittedItem>) -> (Vec<SchemaItem>, Option<HandlerError>) {
         let mut out = Vec::with_capacity(emitted.len());
-        for e in emitted {
-            let rd_key = e.rd_key.or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
+        for mut e in emitted {
+            let rd_key = e.rd_key.take().or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
             if e.deps.as_ref().and_then(Value::as_array).is_some_and(|d| !d.is_empty()) && !ext.uses_dependencies {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): deps need `uses_dependencies: true` in the declaration", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
@@ -528,24 +537,8 @@ impl Pipeline {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
             }
-            out.push(SchemaItem {
-                rd_key,
-                schema_id: e.schema_id,
-                ext_id: ext.id.clone(),
-                rd_source: Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string())),
-                items: e.items,
-                deps: match e.deps {
-                    Some(Value::Array(deps)) => deps,
-                    _ => Vec::new(),
-                },
-                attachments: match e.attachments {
-                    Some(Value::Object(atts)) => Some(atts),
-                    _ => None,
-                },
-                provider: ext.provider,
-                confidence: ext.confidence,
-                fingerprint: ext.fingerprint.clone(),
-            });
+            let source = Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string()));
+            out.push(schema_item(ext, rd_key, source, e));
         }
         (out, None)
     }
@@ -594,28 +587,14 @@ impl Pipeline {
     fn later_items(&self, ext: &Ext, emitted: Vec<EmittedItem>) -> Result<Vec<SchemaItem>, String> {
         emitted
             .into_iter()
-            .map(|e| {
-                let rd_key = e.rd_key.ok_or_else(|| format!("emit_schema({}) in later_handler needs an rd_key", e.schema_id))?;
+            .map(|mut e| {
+                let rd_key = e.rd_key.take().ok_or_else(|| format!("emit_schema({}) in later_handler needs an rd_key", e.schema_id))?;
                 model::doc_id(&rd_key, &e.schema_id).map_err(|err| err.to_string())?;
                 let rd_source = e.rd_source.as_ref().and_then(Value::as_array).and_then(|s| match s.as_slice() {
                     [Value::String(id), Value::String(rev)] => Some((id.clone(), rev.clone())),
                     _ => None,
                 });
-                Ok(SchemaItem {
-                    rd_key,
-                    schema_id: e.schema_id,
-                    ext_id: ext.id.clone(),
-                    rd_source,
-                    items: e.items,
-                    deps: Vec::new(),
-                    attachments: match e.attachments {
-                        Some(Value::Object(atts)) => Some(atts),
-                        _ => None,
-                    },
-                    provider: ext.provider,
-                    confidence: ext.confidence,
-                    fingerprint: ext.fingerprint.clone(),
-                })
+                Ok(schema_item(ext, rd_key, rd_source, e))
             })
             .collect()
     }
@@ -692,6 +671,28 @@ impl Pipeline {
         }
         tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
         Ok(())
+    }
+}
+
+/// The schema item for one `emit_schema` call of `ext`.
+fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> SchemaItem {
+    SchemaItem {
+        rd_key,
+        schema_id: e.schema_id,
+        ext_id: ext.id.clone(),
+        rd_source,
+        items: e.items,
+        deps: match e.deps {
+            Some(Value::Array(deps)) => deps,
+            _ => Vec::new(),
+        },
+        attachments: match e.attachments {
+            Some(Value::Object(atts)) => Some(atts),
+            _ => None,
+        },
+        provider: ext.provider,
+        confidence: ext.confidence,
+        fingerprint: ext.fingerprint.clone(),
     }
 }
 

@@ -291,3 +291,65 @@ fn identities_contacts_and_conversations_from_the_extension_api() {
     assert_eq!(of_schema(&docs, "rd.identity.exists").len(), 4);
     assert_eq!(of_schema(&docs, "rd.test.seen")[0]["mine"], json!([["email", "me@example.com"]]));
 }
+
+#[test]
+fn outputs_no_longer_emitted_are_withdrawn_except_for_smart_extensions() {
+    let dir = TempDir::new("withdraw");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    let source = |category: &str, emit_second: bool| format!(
+        r#"extension({{ id: "test.{category}", category: "{category}", source_schemas: ["rd.test.a"],
+          handler(doc) {{ emit_schema("rd.test.{category}.one", {{ v: doc.v }}); {} }} }});"#,
+        if emit_second { format!(r#"emit_schema("rd.test.{category}.two", {{ v: doc.v }});"#) } else { String::new() }
+    );
+    std::fs::write(exts.join("p.js"), source("provider", true)).unwrap();
+    std::fs::write(exts.join("s.js"), source("smart", true)).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 3)); c });
+    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    std::fs::write(exts.join("p.js"), source("provider", false)).unwrap();
+    std::fs::write(exts.join("s.js"), source("smart", false)).unwrap();
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    assert!(log.contains("3 removed"), "{log}");
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.provider.two").len(), 0, "the provider's withdrawn outputs are gone");
+    assert_eq!(of_schema(&docs, "rd.test.smart.two").len(), 3, "a smart extension's are kept");
+    // unprocess withdraws everything an extension made, smart or not.
+    ok({ let mut c = rd(&db, &exts); c.args(["unprocess", "--ext", "test.smart"]); c });
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.smart.one").len() + of_schema(&docs, "rd.test.smart.two").len(), 0);
+    assert_eq!(of_schema(&docs, "rd.test.provider.one").len(), 3);
+}
+
+#[test]
+fn stop_on_error_stops_and_retry_errors_reruns_what_failed() {
+    let dir = TempDir::new("retry");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    // Fails until a "switch" document exists: a failure that goes away without a code change.
+    std::fs::write(exts.join("x.js"), r#"extension({ id: "test.switch", source_schemas: ["rd.test.a"],
+      handler(doc) {
+        const [sw] = open_schemas([[["test", "switch"], "rd.test.switch"]]);
+        if (!sw && doc.v % 2 === 1) throw new Error("no switch yet for " + doc.v);
+        emit_schema("rd.test.out", { v: doc.v });
+      } });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 6)); c });
+    let out = rd(&db, &exts).args(["process", "--stop-on-error"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stopped at the first handler error") && err.contains("no switch yet for"), "{err}");
+    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    assert_eq!(of_schema(&dump(&db, &exts), "rd.core.error").len(), 3);
+    let status = rd(&db, &exts).arg("status").output().unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("test.switch") && status.lines().any(|l| l.starts_with("test.switch") && l.trim_end().ends_with('3')), "{status}");
+    let sw = dir.path().join("switch.jsonl");
+    std::fs::write(&sw, json!({"rd_key": ["test", "switch"], "rd_schema_id": "rd.test.switch"}).to_string()).unwrap();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&sw); c });
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("retry-errors"); c });
+    assert!(log.contains("3 source(s) to run again"), "{log}");
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
+    assert_eq!(of_schema(&docs, "rd.test.out").len(), 6);
+}
