@@ -353,3 +353,30 @@ fn stop_on_error_stops_and_retry_errors_reruns_what_failed() {
     assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
     assert_eq!(of_schema(&docs, "rd.test.out").len(), 6);
 }
+
+#[test]
+fn the_daemon_follows_the_feed() {
+    let dir = TempDir::new("daemon");
+    let exts = chain_dir(dir.path());
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 3)); c });
+    let mut daemon = rd(&db, &exts).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if of_schema(&dump(&db, &exts), "rd.test.d").len() == n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    };
+    assert!(wait_for(3), "the daemon processed what was there");
+    // A document added while it runs is picked up without a restart.
+    let more = dir.path().join("more.jsonl");
+    std::fs::write(&more, json!({"rd_key": ["test", 10], "rd_schema_id": "rd.test.a", "v": 10}).to_string()).unwrap();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&more); c });
+    assert!(wait_for(4), "the daemon picked up the new document");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
