@@ -267,6 +267,11 @@
       return callNative(name, slice(arguments));
     });
   }
+  if (indexOf(host.natives, "mail_parse") >= 0) {
+    // raindrop.mail.parse(base64 bytes): headers, addresses, dates, MIME parts, text, problems.
+    const mailParse = globalThis.mail_parse;
+    defineGlobal("raindrop", Object.freeze({ mail: Object.freeze({ parse: (data) => mailParse(data) }) }));
+  }
   if (indexOf(host.natives, "open_schemas") >= 0 && indexOf(host.natives, "find_schemas") >= 0) {
     defineGlobal("emit_related_identities", emit_related_identities);
     defineGlobal("find_and_emit_conversation", find_and_emit_conversation);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: Raindrop's pipeline on the embedded store (the default database in
-# ~/.local/share/raindrop, or RAINDROP_DB), over the sample mail in fixtures/: it adds the raw
-# messages, runs the bundled extensions in js-extensions/ to stability, and shows the result.
+# ~/.local/share/raindrop, or RAINDROP_DB), over the original project's test mail in
+# fixtures/mail/: it imports the messages, runs the bundled extensions in js-extensions/ to
+# stability, and shows the result.
 # Running it again adds nothing and writes nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ scripts/setup.sh
 cargo build --release --locked --bin raindrop
 raindrop=target/release/raindrop
 "$raindrop" ext list
-"$raindrop" add-schemas fixtures/sample-emails.jsonl
+"$raindrop" import fixtures/mail
 "$raindrop" process "$@"
 "$raindrop" status
 echo

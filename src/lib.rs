@@ -7,5 +7,6 @@
 pub mod config;
 mod digest;
 pub mod js;
+pub mod mail;
 pub mod pipeline;
 pub mod store;

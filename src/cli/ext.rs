@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Subcommand;
 
-use raindrop::js::{extension, DocOutcome, ExtensionSource, JsPool, PoolConfig};
+use raindrop::js::{extension, DocOutcome, ExtensionSource, HostFunctions, JsPool, PoolConfig};
 
 use super::Settings;
 
@@ -75,7 +75,12 @@ fn run_one(file: &PathBuf, doc: &str) -> anyhow::Result<ExitCode> {
     let value: serde_json::Value =
         serde_json::from_str(&text).context("the document is not valid JSON")?;
     let source = ExtensionSource::read(file)?;
-    let pool = JsPool::start(vec![source], PoolConfig::new(1))?;
+    // The helpers that need no database (raindrop.mail.parse) work here too.
+    let mut config = PoolConfig::new(1);
+    let mut host = HostFunctions::new();
+    raindrop::mail::register_natives(&mut host);
+    config.host_functions = host;
+    let pool = JsPool::start(vec![source], config)?;
     if let Err(e) = &pool.extensions()[0].declaration {
         eprintln!("error: {e}");
         return Ok(ExitCode::from(1));

@@ -67,6 +67,11 @@ pub enum Command {
     RetryErrors,
     /// Backlog and per-extension counts of processed sources and errors.
     Status,
+    /// Import mail: .eml files, mbox files and Maildir folders (folders are walked).
+    Import {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
     /// Write raw schema items from JSON-lines files ({rd_key, rd_schema_id, …fields}).
     AddSchemas {
         #[arg(required = true)]
@@ -128,5 +133,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RetryErrors => process::forget(&settings, None, false, true, true),
         Command::Status => process::status(&settings),
         Command::AddSchemas { files } => process::add_schemas(&settings, files),
+        Command::Import { paths } => process::import(&settings, paths),
     }
 }

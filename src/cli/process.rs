@@ -53,6 +53,7 @@ fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
     let mut config = PoolConfig::new(settings.js_threads);
     let mut host = HostFunctions::new();
     pipeline::register_natives(&mut host, store.clone(), settings.identities.clone());
+    raindrop::mail::register_natives(&mut host);
     config.host_functions = host;
     let pool = JsPool::start(sources, config)?;
     for e in pool.extensions() {
@@ -143,6 +144,36 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
         writeln!(out, "{ext:<48} {processed:>10} {errors:>8}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `raindrop import PATH…`: .eml files, mbox files and Maildir folders become `rd.msg.rfc822`
+/// documents (the raw bytes as attachment `rfc822`); importing again adds nothing.
+pub fn import(settings: &Settings, paths: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
+    let store = settings.open_store()?;
+    let mut found = Vec::new();
+    for path in paths {
+        raindrop::mail::import::read_messages(path, &mut found).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let (mut done, mut refused) = (0usize, 0usize);
+    for chunk in found.chunks(200) {
+        let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes)).collect();
+        for (r, m) in pipeline::add_schemas(&*store, items)?.into_iter().zip(chunk) {
+            if let WriteResult::Conflict { .. } | WriteResult::Error { .. } = r {
+                refused += 1;
+                eprintln!("{}: not imported ({r:?})", m.origin);
+            }
+        }
+        done += chunk.len();
+        if tty {
+            eprint!("\r\x1b[2K{done}/{} messages", found.len());
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    eprintln!("{} message(s) read, {refused} refused", found.len());
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<ExitCode> {

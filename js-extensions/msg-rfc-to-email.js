@@ -1,0 +1,21 @@
+// rd.msg.rfc822 → rd.msg.email: the raw message parsed (raindrop.mail.parse, in Rust) into
+// decoded headers (lower-cased name → list of values), the text body and the MIME parts, as
+// the original's rd.ext.core.msg-rfc-to-email did.
+extension({
+  id: "rd.ext.core.msg-rfc-to-email",
+  source_schemas: ["rd.msg.rfc822"],
+  handler(doc) {
+    const raw = open_attachment(doc, "rfc822", { encoding: "base64" });
+    if (raw === null) throw new Error("the message has no rfc822 attachment");
+    const mail = raindrop.mail.parse(raw);
+    const items = {
+      headers: mail.headers,
+      body: mail.text,
+      multipart: mail.multipart,
+      multipart_info: mail.parts,
+    };
+    if (mail.timestamp !== null) items.timestamp = mail.timestamp;
+    if (mail.problems.length) items.problems = mail.problems;
+    emit_schema("rd.msg.email", items);
+  },
+});

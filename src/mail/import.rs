@@ -1,0 +1,113 @@
+//! Reading messages from files: `.eml` files, mbox files and Maildir folders. A folder is
+//! walked; a file that starts like an mbox ("From ") is split into its messages; any other file
+//! is one message, whatever its name.
+
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+use mailparse::MailHeaderMap;
+use serde_json::{json, Map, Value};
+
+/// One message found on disk, as raw bytes with where it came from.
+pub struct FoundMessage {
+    pub origin: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Every message under `path` (sorted by file name, so imports are repeatable).
+pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        entries.sort();
+        for entry in entries {
+            let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            // Maildir's tmp/ holds messages still being written; dot-files are not messages.
+            if name.starts_with('.') || (name == "tmp" && entry.is_dir()) {
+                continue;
+            }
+            read_messages(&entry, out)?;
+        }
+        return Ok(());
+    }
+    let bytes = std::fs::read(path)?;
+    let origin = path.display().to_string();
+    if bytes.starts_with(b"From ") {
+        for (i, message) in split_mbox(&bytes).into_iter().enumerate() {
+            out.push(FoundMessage { origin: format!("{origin}#{}", i + 1), bytes: message });
+        }
+    } else if !bytes.is_empty() {
+        out.push(FoundMessage { origin, bytes });
+    }
+    Ok(())
+}
+
+/// Splits an mbox into messages: a line starting "From " begins one; ">From " lines are
+/// unquoted (mboxrd).
+fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    let mut current: Option<Vec<u8>> = None;
+    for line in data.split_inclusive(|b| *b == b'\n') {
+        if line.starts_with(b"From ") {
+            if let Some(m) = current.take() {
+                messages.push(m);
+            }
+            current = Some(Vec::new());
+            continue;
+        }
+        let Some(m) = current.as_mut() else { continue };
+        let unquoted = line.iter().position(|b| *b != b'>').filter(|&n| n > 0 && line[n..].starts_with(b"From "));
+        match unquoted {
+            Some(_) => m.extend_from_slice(&line[1..]),
+            None => m.extend_from_slice(line),
+        }
+    }
+    messages.extend(current);
+    messages
+}
+
+/// The message's rd_key value: its Message-ID without `<>`, or — for a message without one —
+/// an id derived from its bytes, so importing it twice gives the same document.
+pub fn message_key(bytes: &[u8]) -> String {
+    let id = mailparse::parse_headers(bytes).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
+        let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
+        (!v.is_empty()).then_some(v)
+    });
+    id.unwrap_or_else(|| format!("{}@raindrop.invalid", crate::digest::digest(&[bytes])))
+}
+
+/// The raw schema item for a message: `rd.msg.rfc822` with the bytes as attachment `rfc822`.
+pub fn rfc822_item(bytes: &[u8]) -> Map<String, Value> {
+    let item = json!({
+        "rd_key": ["email", message_key(bytes)],
+        "rd_schema_id": "rd.msg.rfc822",
+        "rd_ext_id": "proto.import",
+        "_attachments": { "rfc822": {
+            "content_type": "message/rfc822",
+            "data": base64::engine::general_purpose::STANDARD.encode(bytes),
+        }},
+    });
+    item.as_object().cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mbox_is_split_and_unquoted() {
+        let mbox = b"From a@b Sat Jan  1 00:00:00 2000\nSubject: one\n\n>From here\nbody\nFrom c@d Sat Jan  1 00:00:00 2000\nSubject: two\n\nx\n";
+        let parts = split_mbox(mbox);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[0], b"Subject: one\n\nFrom here\nbody\n");
+        assert_eq!(parts[1], b"Subject: two\n\nx\n");
+    }
+
+    #[test]
+    fn keys_come_from_the_message_id_or_the_bytes() {
+        assert_eq!(message_key(b"Message-ID: <a@b>\r\n\r\nx"), "a@b");
+        let k1 = message_key(b"Subject: none\r\n\r\nx");
+        assert_eq!(k1, message_key(b"Subject: none\r\n\r\nx"));
+        assert_ne!(k1, message_key(b"Subject: none\r\n\r\ny"));
+        assert!(k1.ends_with("@raindrop.invalid"));
+    }
+}
