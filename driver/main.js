@@ -248,12 +248,20 @@
       const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i]);
       for (let j = 0; j < found.length; j++) push(members, found[j].rd_key);
     }
+    // With uses_dependencies, the choice is re-made whenever one of these conversation
+    // documents changes: messages handled side by side in one batch then converge on one
+    // conversation instead of each keeping its own.
+    let deps = undefined;
+    if (declaration !== null && declaration.uses_dependencies) {
+      deps = [];
+      for (let i = 0; i < members.length; i++) push(deps, [members[i], "rd.msg.conversation"]);
+    }
     const done = [];
     for (let i = 0; i < members.length; i++) {
       const k = stringify(members[i]);
       if (indexOf(done, k) >= 0) continue;
       push(done, k);
-      emit_schema("rd.msg.conversation", { conversation_id: chosen }, { rd_key: members[i] });
+      emit_schema("rd.msg.conversation", { conversation_id: chosen }, { rd_key: members[i], deps });
     }
     return chosen;
   }

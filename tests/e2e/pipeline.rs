@@ -400,6 +400,12 @@ fn the_test_mail_is_imported_and_processed_without_errors() {
     assert_eq!(simple["from"], json!(["email", "raindrop_test_user@mozillamessaging.com"]));
     assert_eq!(simple["cc"].as_array().unwrap().len(), 2);
     assert!(of_schema(&docs, "rd.msg.email.mailing-list").len() >= 5);
+    // The reply pair ends in one conversation.
+    let conv = |id: &str| {
+        of_schema(&docs, "rd.msg.conversation").iter().find(|d| d["rd_key"] == json!(["email", id])).map(|d| d["conversation_id"].clone())
+    };
+    let original = conv("d3d08a8a534c464881a95b75300e9011@something").expect("the original message has a conversation");
+    assert_eq!(conv("78cb2eb5dbc74cdd9691dcfdb266d1b9@something"), Some(original));
     // Importing again adds nothing and so processes nothing.
     ok({ let mut c = rd(&db, &exts); c.arg("import").arg(&mail); c });
     let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
