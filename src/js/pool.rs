@@ -405,10 +405,9 @@ impl Worker<'_> {
     }
 
     fn run(&mut self, batch: &Batch) -> Vec<DocOutcome> {
-        let decl = match self.declarations.get(batch.ext) {
-            Some(Ok(d)) => d.clone(),
-            Some(Err(e)) => return fail_all(batch.docs.len(), FailureKind::NotLoaded, e),
-            None => return fail_all(batch.docs.len(), FailureKind::NotLoaded, "no such extension"),
+        let decl = match self.declaration(batch.ext) {
+            Ok(d) => d,
+            Err(e) => return vec![DocOutcome::Failed(e); batch.docs.len()],
         };
         // JS would accept a lone surrogate escape; Raindrop's documents are valid Unicode, so
         // such a document is refused here and the others go ahead.
@@ -433,15 +432,25 @@ impl Worker<'_> {
         outcomes
     }
 
+    /// The declaration of extension `ext`, or why it cannot run.
+    fn declaration(&self, ext: usize) -> Result<Declaration, HandlerError> {
+        match self.declarations.get(ext) {
+            Some(Ok(d)) => Ok(d.clone()),
+            Some(Err(e)) => Err(HandlerError::new(FailureKind::NotLoaded, e.clone())),
+            None => Err(HandlerError::new(FailureKind::NotLoaded, "no such extension")),
+        }
+    }
+
+    /// The time limit for one call of `decl`'s functions: its own, or the pool's default.
+    fn time_limit(&self, decl: &Declaration) -> Duration {
+        decl.time_limit_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)).unwrap_or(self.shared.config.time_limit)
+    }
+
     /// One call of a control method other than `run`, under the extension's time limit; the
     /// runtime is recycled after an out-of-memory.
     fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str) -> Result<String, HandlerError> {
-        let decl = match self.declarations.get(ext) {
-            Some(Ok(d)) => d.clone(),
-            Some(Err(e)) => return Err(HandlerError::new(FailureKind::NotLoaded, e.clone())),
-            None => return Err(HandlerError::new(FailureKind::NotLoaded, "no such extension")),
-        };
-        let limit = decl.time_limit_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)).unwrap_or(self.shared.config.time_limit);
+        let decl = self.declaration(ext)?;
+        let limit = self.time_limit(&decl);
         let Some(Loaded { rt, sandboxes }) = self.loaded.as_mut() else {
             return Err(HandlerError::new(FailureKind::Exception, "the JS runtime could not be recreated"));
         };
@@ -499,10 +508,7 @@ impl Worker<'_> {
     }
 
     fn run_valid(&mut self, decl: &Declaration, batch: &Batch) -> Vec<DocOutcome> {
-        let limit = decl
-            .time_limit_ms
-            .map(|ms| Duration::from_secs_f64(ms / 1000.0))
-            .unwrap_or(self.shared.config.time_limit);
+        let limit = self.time_limit(decl);
         let mut outcomes = Vec::with_capacity(batch.docs.len());
         let mut rest: &[Arc<str>] = &batch.docs;
         while !rest.is_empty() {
@@ -570,7 +576,7 @@ impl Worker<'_> {
     }
 }
 
-/// Whether JSON text holds a `\\uXXXX` escape of a surrogate that is not part of a pair.
+/// Whether JSON text holds a `\\uHHHH` escape of a surrogate that is not part of a pair.
 fn has_lone_surrogate(json: &str) -> bool {
     let b = json.as_bytes();
     // Fast path: no `\\u` followed by d/D anywhere (one SIMD scan for backslashes).

@@ -470,11 +470,7 @@ impl Pipeline {
                         removals.push((out.to_string(), ext_id.clone()));
                     }
                 }
-                let mut tomb = Map::new();
-                tomb.insert("_id".into(), Value::String(state_id(id)));
-                tomb.insert("_rev".into(), state.get("_rev").cloned().unwrap_or(Value::Null));
-                tomb.insert("_deleted".into(), Value::Bool(true));
-                state_writes.push(tomb);
+                state_writes.push(model::tombstone(&state_id(id), state.get("_rev").cloned()));
             }
         }
         for (si, entries) in new_states {
@@ -634,11 +630,7 @@ impl Pipeline {
                 match (existing, doc) {
                     (Some(old), Some(new)) if model::same_content(old, &new) => {}
                     (Some(old), None) => {
-                        let mut tomb = Map::new();
-                        tomb.insert("_id".into(), Value::String(id.clone()));
-                        tomb.insert("_rev".into(), old.get("_rev").cloned().unwrap_or(Value::Null));
-                        tomb.insert("_deleted".into(), Value::Bool(true));
-                        writes.push(tomb);
+                        writes.push(model::tombstone(id, old.get("_rev").cloned()));
                         stats.docs_removed += 1;
                     }
                     (_, Some(new)) => writes.push(new),
@@ -849,8 +841,7 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
             }
         }
         if !removals.is_empty() || !writes.is_empty() {
-            let pipeline_less = Remover { store };
-            pipeline_less.apply(removals, writes)?;
+            Remover { store }.apply(removals, writes)?;
         }
         since = page.last_seq;
     }
@@ -877,11 +868,7 @@ impl Remover<'_> {
                     docs.insert(id.clone(), Some(d));
                 }
                 (None, Some(rev)) => {
-                    let mut tomb = Map::new();
-                    tomb.insert("_id".into(), Value::String(id.clone()));
-                    tomb.insert("_rev".into(), rev);
-                    tomb.insert("_deleted".into(), Value::Bool(true));
-                    docs.insert(id.clone(), Some(tomb));
+                    docs.insert(id.clone(), Some(model::tombstone(id, Some(rev))));
                 }
                 (None, None) => {}
             }

@@ -219,6 +219,15 @@ fn aggregate(
     doc
 }
 
+/// The write that deletes document `id` at revision `rev`.
+pub fn tombstone(id: &str, rev: Option<Value>) -> Doc {
+    let mut doc = Map::new();
+    doc.insert("_id".into(), Value::String(id.to_string()));
+    doc.insert("_rev".into(), rev.unwrap_or(Value::Null));
+    doc.insert("_deleted".into(), Value::Bool(true));
+    doc
+}
+
 /// Whether two versions of a document say the same thing (ignoring `_rev` and how the store
 /// reports attachments), so an unchanged result is not written again.
 pub fn same_content(a: &Doc, b: &Doc) -> bool {

@@ -295,6 +295,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The rows of an `_all_docs` or view answer with `include_docs`.
+#[derive(Deserialize)]
+struct Rows {
+    rows: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    doc: Option<Doc>,
+}
+
 /// A sequence as CouchDB gave it: strings verbatim, numbers in their JSON form.
 fn seq_from_json(v: &Value) -> Seq {
     match v {
@@ -355,14 +366,6 @@ impl Store for CouchStore {
     }
 
     fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
-        #[derive(Deserialize)]
-        struct Row {
-            doc: Option<Doc>,
-        }
-        #[derive(Deserialize)]
-        struct Rows {
-            rows: Vec<Row>,
-        }
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1000) {
             let body = json!({ "keys": chunk });
@@ -422,14 +425,6 @@ impl Store for CouchStore {
     }
 
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
-        #[derive(Deserialize)]
-        struct Row {
-            doc: Option<Doc>,
-        }
-        #[derive(Deserialize)]
-        struct Rows {
-            rows: Vec<Row>,
-        }
         let key = match field {
             None => json!([schema_id]),
             Some((name, value)) => json!([schema_id, name, value]),
