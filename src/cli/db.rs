@@ -1,6 +1,6 @@
 //! `raindrop db …`: debug commands that work the same on both stores.
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -116,15 +116,10 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn load(store: &dyn raindrop::store::Store, file: &str) -> anyhow::Result<ExitCode> {
-    let reader: Box<dyn BufRead> = if file == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
-    };
+    let docs = super::read_json_lines(file)?;
     let (mut written, mut failed) = (0u64, 0u64);
-    let mut batch = Vec::new();
-    let mut flush = |batch: &mut Vec<Doc>| -> anyhow::Result<()> {
-        for r in store.bulk_write(std::mem::take(batch))? {
+    for chunk in docs.chunks(1000) {
+        for r in store.bulk_write(chunk.to_vec())? {
             match r {
                 WriteResult::Ok { .. } => written += 1,
                 WriteResult::Conflict { id } => {
@@ -137,20 +132,7 @@ fn load(store: &dyn raindrop::store::Store, file: &str) -> anyhow::Result<ExitCo
                 }
             }
         }
-        Ok(())
-    };
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {file}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let doc: Doc = serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?;
-        batch.push(doc);
-        if batch.len() >= 1000 {
-            flush(&mut batch)?;
-        }
     }
-    flush(&mut batch)?;
     eprintln!("{written} written, {failed} refused");
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

@@ -109,6 +109,27 @@ impl Settings {
     }
 }
 
+/// The JSON objects of a JSON-lines file (`-` for standard input), blank lines skipped; a bad
+/// line is an error naming the file and line.
+pub fn read_json_lines(file: &str) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
+    use std::io::BufRead;
+    use anyhow::Context;
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
+    };
+    let mut out = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("cannot read {file}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?);
+    }
+    Ok(out)
+}
+
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",

@@ -1,7 +1,7 @@
 //! `raindrop process`, `run`, `reprocess`, `unprocess`, `retry-errors`, `status`,
 //! `add-schemas`: the work queue from the command line.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -180,19 +180,7 @@ pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<Exit
     let store = settings.open_store()?;
     let (mut ok, mut refused) = (0u64, 0u64);
     for file in files {
-        let reader: Box<dyn BufRead> = if file == "-" {
-            Box::new(std::io::stdin().lock())
-        } else {
-            Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
-        };
-        let mut batch = Vec::new();
-        for (n, line) in reader.lines().enumerate() {
-            let line = line.with_context(|| format!("cannot read {file}"))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            batch.push(serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?);
-        }
+        let batch = super::read_json_lines(file)?;
         for chunk in batch.chunks(1000) {
             for r in pipeline::add_schemas(&*store, chunk.to_vec())? {
                 match r {
