@@ -19,6 +19,11 @@ pub struct FileConfig {
     /// The user's own identities, e.g. `identities = [["email", "me@example.com"]]`.
     #[serde(default)]
     pub identities: Vec<(String, String)>,
+    /// Mail accounts to sync (`[[accounts]]` tables; see `protocols::imap::ImapAccount`).
+    #[serde(default)]
+    pub accounts: Vec<crate::protocols::imap::ImapAccount>,
+    /// How often `raindrop run` syncs the accounts (default 300 s).
+    pub sync_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]

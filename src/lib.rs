@@ -9,4 +9,5 @@ mod digest;
 pub mod js;
 pub mod mail;
 pub mod pipeline;
+pub mod protocols;
 pub mod store;

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod db;
 mod ext;
 mod process;
+mod sync;
 
 use raindrop::config::{self, FileConfig};
 use raindrop::store::{self, Store, StoreSpec};
@@ -51,7 +52,8 @@ pub enum Command {
     Db(db::DbCommand),
     /// Run the extensions over every new document until nothing is left to do.
     Process(process::ProcessArgs),
-    /// The headless daemon: follow the feed and process continuously.
+    /// The headless daemon: sync the accounts on an interval, follow the feed and process
+    /// continuously.
     Run(process::ProcessArgs),
     /// Re-run an extension (or all) over all its sources.
     Reprocess {
@@ -72,6 +74,11 @@ pub enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Sync the mail accounts of the config file once (or one, with --account).
+    Sync {
+        #[arg(long)]
+        account: Option<String>,
+    },
     /// Write raw schema items from JSON-lines files ({rd_key, rd_schema_id, …fields}).
     AddSchemas {
         #[arg(required = true)]
@@ -86,6 +93,9 @@ pub struct Settings {
     pub js_threads: usize,
     /// The user's own identity ids (`[type, value]`), for `get_my_identities()`.
     pub identities: Vec<serde_json::Value>,
+    /// Mail accounts, for `sync` and `run`.
+    pub accounts: Vec<raindrop::protocols::imap::ImapAccount>,
+    pub sync_interval: std::time::Duration,
 }
 
 impl Settings {
@@ -93,13 +103,11 @@ impl Settings {
         let file: FileConfig = config::load(cli.config.as_deref())?;
         Ok(Settings {
             store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
-            extensions: cli.extensions.clone().or(file.extensions).unwrap_or_else(|| PathBuf::from("js-extensions")),
+            extensions: cli.extensions.clone().or(file.extensions.clone()).unwrap_or_else(|| PathBuf::from("js-extensions")),
             js_threads: cli.js_threads.or(file.js_threads).unwrap_or_else(num_cpus::get).max(1),
-            identities: file
-                .identities
-                .iter()
-                .map(|(kind, value)| serde_json::json!([kind, value]))
-                .collect(),
+            identities: my_identities(&file),
+            sync_interval: std::time::Duration::from_secs(file.sync_interval_secs.unwrap_or(300).max(1)),
+            accounts: file.accounts,
         })
     }
 
@@ -107,6 +115,18 @@ impl Settings {
         tracing::info!(db = %self.store.describe(), "opening the store");
         Ok(store::open(&self.store)?)
     }
+}
+
+/// The configured identities, plus each account's user name that is an email address.
+fn my_identities(file: &FileConfig) -> Vec<serde_json::Value> {
+    let mut ids: Vec<serde_json::Value> = file.identities.iter().map(|(kind, value)| serde_json::json!([kind, value])).collect();
+    for account in &file.accounts {
+        let id = serde_json::json!(["email", account.username.to_lowercase()]);
+        if account.username.contains('@') && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }
 
 /// The JSON objects of a JSON-lines file (`-` for standard input), blank lines skipped; a bad
@@ -148,12 +168,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ext(cmd) => ext::run(&settings, cmd),
         Command::Db(cmd) => db::run(&settings, cmd),
         Command::Process(args) => process::process(&settings, args),
-        Command::Run(args) => process::process(&settings, &process::ProcessArgs { continuous: true, ..args.clone() }),
+        Command::Run(args) => process::run_daemon(&settings, &process::ProcessArgs { continuous: true, ..args.clone() }),
         Command::Reprocess { ext } => process::forget(&settings, ext.as_deref(), false, false, true),
         Command::Unprocess { ext } => process::forget(&settings, ext.as_deref(), true, false, false),
         Command::RetryErrors => process::forget(&settings, None, false, true, true),
         Command::Status => process::status(&settings),
         Command::AddSchemas { files } => process::add_schemas(&settings, files),
         Command::Import { paths } => process::import(&settings, paths),
+        Command::Sync { account } => sync::sync_once(&settings, account.as_deref()),
     }
 }

@@ -104,6 +104,19 @@ pub fn process(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// `raindrop run`: the mail accounts synced every `sync_interval_secs` on a thread of their
+/// own, and continuous processing on this one.
+pub fn run_daemon(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (store, pipeline) = start(settings)?;
+    if !settings.accounts.is_empty() {
+        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval);
+    }
+    let stats = pipeline.run(&args.options(), progress_printer())?;
+    finish(&stats, started);
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `reprocess` / `unprocess` / `retry-errors`: forget some processing state, then (except for
 /// unprocess) process again.
 pub fn forget(settings: &Settings, ext: Option<&str>, remove: bool, only_errors: bool, rerun: bool) -> anyhow::Result<ExitCode> {
@@ -157,7 +170,7 @@ pub fn import(settings: &Settings, paths: &[std::path::PathBuf]) -> anyhow::Resu
     let tty = std::io::stderr().is_terminal();
     let (mut done, mut refused) = (0usize, 0usize);
     for chunk in found.chunks(200) {
-        let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes)).collect();
+        let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes, "proto.import")).collect();
         for (r, m) in pipeline::add_schemas(&*store, items)?.into_iter().zip(chunk) {
             if let WriteResult::Conflict { .. } | WriteResult::Error { .. } = r {
                 refused += 1;

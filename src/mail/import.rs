@@ -66,21 +66,38 @@ fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// The message's rd_key value: its Message-ID without `<>`, or — for a message without one —
-/// an id derived from its bytes, so importing it twice gives the same document.
+/// an id derived from its bytes, so importing it twice gives the same document. Line endings
+/// are normalised first: an IMAP server hands out CRLF what a file may hold with LF, and the
+/// same message must get the same key either way.
 pub fn message_key(bytes: &[u8]) -> String {
-    let id = mailparse::parse_headers(bytes).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
-        let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
-        (!v.is_empty()).then_some(v)
-    });
-    id.unwrap_or_else(|| format!("{}@raindrop.invalid", crate::digest::digest(&[bytes])))
+    message_id(bytes).unwrap_or_else(|| {
+        let mut lf = Vec::with_capacity(bytes.len());
+        let mut rest = bytes;
+        while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
+            lf.extend_from_slice(&rest[..i]);
+            lf.push(b'\n');
+            rest = &rest[i + 2..];
+        }
+        lf.extend_from_slice(rest);
+        format!("{}@raindrop.invalid", crate::digest::digest(&[&lf]))
+    })
 }
 
-/// The raw schema item for a message: `rd.msg.rfc822` with the bytes as attachment `rfc822`.
-pub fn rfc822_item(bytes: &[u8]) -> Map<String, Value> {
+/// The Message-ID of a message (or of its header block alone) without `<>`, if it has one.
+pub fn message_id(bytes: &[u8]) -> Option<String> {
+    mailparse::parse_headers(bytes).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
+        let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
+        (!v.is_empty()).then_some(v)
+    })
+}
+
+/// The raw schema item for a message: `rd.msg.rfc822` with the bytes as attachment `rfc822`,
+/// written by `ext_id` (`proto.import`, `proto.imap`).
+pub fn rfc822_item(bytes: &[u8], ext_id: &str) -> Map<String, Value> {
     let item = json!({
         "rd_key": ["email", message_key(bytes)],
         "rd_schema_id": "rd.msg.rfc822",
-        "rd_ext_id": "proto.import",
+        "rd_ext_id": ext_id,
         "_attachments": { "rfc822": {
             "content_type": "message/rfc822",
             "data": base64::engine::general_purpose::STANDARD.encode(bytes),
@@ -109,5 +126,6 @@ mod tests {
         assert_eq!(k1, message_key(b"Subject: none\r\n\r\nx"));
         assert_ne!(k1, message_key(b"Subject: none\r\n\r\ny"));
         assert!(k1.ends_with("@raindrop.invalid"));
+        assert_eq!(message_key(b"Subject: none\n\nx\n"), message_key(b"Subject: none\r\n\r\nx\r\n"));
     }
 }

@@ -2,6 +2,7 @@
 //! One test binary; one module per topic.
 
 mod cli;
+mod imap;
 mod js_pool;
 mod pipeline;
 mod store_conformance;

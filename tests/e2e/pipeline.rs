@@ -3,12 +3,12 @@
 //! workers sharing one CouchDB-protocol database.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{raindrop, PouchServer, TempDir};
+use crate::support::{dump, of_schema, ok, rd, PouchServer, TempDir};
 
 const A: &str = r#"extension({ id: "chain.a", source_schemas: ["rd.test.a"],
   handler(doc) { emit_schema("rd.test.b", { v: doc.v + 1 }); } });"#;
@@ -31,40 +31,6 @@ fn seed_file(dir: &Path, n: usize) -> std::path::PathBuf {
     let lines: String = (0..n).map(|i| json!({"rd_key": ["test", i], "rd_schema_id": "rd.test.a", "v": i}).to_string() + "\n").collect();
     std::fs::write(&path, lines).unwrap();
     path
-}
-
-fn rd(db: &str, exts: &Path) -> Command {
-    let mut c = raindrop();
-    c.arg("--db").arg(db).arg("--extensions").arg(exts).args(["--js-threads", "2"]);
-    c
-}
-
-fn ok(mut c: Command) -> String {
-    let out = c.output().unwrap();
-    assert!(out.status.success(), "{:?} failed: {}", c, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Every live document, normalised: revisions (which depend on write history) are blanked.
-fn dump(db: &str, exts: &Path) -> Vec<Value> {
-    let out = rd(db, exts).args(["db", "dump"]).output().unwrap();
-    assert!(out.status.success());
-    let mut docs: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap())).collect();
-    docs.sort_by(|a, b| a["_id"].as_str().cmp(&b["_id"].as_str()));
-    docs
-}
-
-fn normalise(v: Value) -> Value {
-    match v {
-        Value::String(s) if s.split_once('-').is_some_and(|(n, h)| n.parse::<u64>().is_ok() && h.len() == 32) => Value::String("REV".into()),
-        Value::Object(m) => Value::Object(m.into_iter().filter(|(k, _)| k != "_rev").map(|(k, v)| (k, normalise(v))).collect()),
-        Value::Array(a) => Value::Array(a.into_iter().map(normalise).collect()),
-        other => other,
-    }
-}
-
-fn of_schema<'a>(docs: &'a [Value], schema: &str) -> Vec<&'a Value> {
-    docs.iter().filter(|d| d["rd_schema_id"] == schema).collect()
 }
 
 fn check_chain(docs: &[Value], n: usize) {
