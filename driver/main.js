@@ -277,8 +277,14 @@
   }
   if (indexOf(host.natives, "mail_parse") >= 0) {
     // raindrop.mail.parse(base64 bytes): headers, addresses, dates, MIME parts, text, problems.
-    const mailParse = globalThis.mail_parse;
-    defineGlobal("raindrop", Object.freeze({ mail: Object.freeze({ parse: (data) => mailParse(data) }) }));
+    // raindrop.mail.addresses(header value): [{name, address}]; raindrop.mail.date(text): seconds
+    // since the epoch or null. None of them throws on bad mail.
+    const mailParse = globalThis.mail_parse, mailAddresses = globalThis.mail_addresses, mailDate = globalThis.mail_date;
+    defineGlobal("raindrop", Object.freeze({ mail: Object.freeze({
+      parse: (data) => mailParse(data),
+      addresses: (text) => mailAddresses(typeof text === "string" ? text : null),
+      date: (text) => mailDate(typeof text === "string" ? text : null),
+    }) }));
   }
   if (indexOf(host.natives, "open_schemas") >= 0 && indexOf(host.natives, "find_schemas") >= 0) {
     defineGlobal("emit_related_identities", emit_related_identities);

@@ -16,6 +16,7 @@ extension({
         emit_schema("rd.attach.link", {
           url, scheme: u[1], domain: u[2].replace(/^www\./, ""), hostname: u[2],
           port: u[3] ? Number(u[3]) : null, path: u[4] || "/", query: u[5] || "", fragment: u[6] || "",
+          message: doc.rd_key,
         }, { rd_key: ["attach", [doc.rd_key, url]] });
       }
     }

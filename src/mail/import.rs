@@ -43,7 +43,7 @@ pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>) -> std::io::Resul
 
 /// Splits an mbox into messages: a line starting "From " begins one; ">From " lines are
 /// unquoted (mboxrd).
-fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
+pub(crate) fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
     let mut messages = Vec::new();
     let mut current: Option<Vec<u8>> = None;
     for line in data.split_inclusive(|b| *b == b'\n') {
@@ -85,7 +85,7 @@ pub fn message_key(bytes: &[u8]) -> String {
 
 /// The Message-ID of a message (or of its header block alone) without `<>`, if it has one.
 pub fn message_id(bytes: &[u8]) -> Option<String> {
-    mailparse::parse_headers(bytes).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
+    mailparse::parse_headers(super::headers_start(bytes)).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
         let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
         (!v.is_empty()).then_some(v)
     })

@@ -70,10 +70,18 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
         Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
     });
     let s = store;
-    // update_documents([doc, …]) → [{id, rev} | {id, error}, …]
+    // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
+    // the document's rd_key and rd_schema_id
     host.register("update_documents", move |_, args| {
         let docs = args.first().and_then(Value::as_array).ok_or("update_documents needs an array of documents")?;
-        let docs = docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
+        let mut docs = docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
+        // A document without `_id` gets the id of its `rd_key` and `rd_schema_id`.
+        for doc in docs.iter_mut().filter(|d| !d.contains_key("_id")) {
+            if let (Some(key), Some(Value::String(schema))) = (doc.get("rd_key"), doc.get("rd_schema_id")) {
+                let id = model::doc_id(key, schema).map_err(|e| e.to_string())?;
+                doc.insert("_id".into(), Value::String(id));
+            }
+        }
         let results = s.bulk_write(docs).map_err(|e| e.to_string())?;
         Ok(Value::Array(results.into_iter().map(|r| match r {
             WriteResult::Ok { id, rev } => json!({"id": id, "rev": rev}),

@@ -4,6 +4,7 @@
 mod cli;
 mod imap;
 mod js_pool;
+mod mail;
 mod pipeline;
 mod store_conformance;
 mod store_faults;

@@ -346,34 +346,3 @@ fn the_daemon_follows_the_feed() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
-
-#[test]
-fn the_test_mail_is_imported_and_processed_without_errors() {
-    let dir = TempDir::new("mail");
-    let exts = crate::support::repo().join("js-extensions");
-    let mail = crate::support::repo().join("fixtures/mail");
-    let db = dir.path().join("db").to_string_lossy().into_owned();
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("import").arg(&mail); c });
-    assert!(log.contains("29 message(s) read, 0 refused"), "{log}");
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
-    let docs = dump(&db, &exts);
-    let raw = of_schema(&docs, "rd.msg.rfc822").len();
-    assert!(raw >= 20, "{raw} messages");
-    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
-    assert_eq!(of_schema(&docs, "rd.msg.email").len(), raw);
-    assert_eq!(of_schema(&docs, "rd.msg.body").len(), raw, "exactly one rd.msg.body per message");
-    let simple = of_schema(&docs, "rd.msg.body").into_iter().find(|d| d["rd_key"] == json!(["email", "d3d08a8a534c464881a95b75300e9011@something"])).unwrap();
-    assert_eq!(simple["from"], json!(["email", "raindrop_test_user@mozillamessaging.com"]));
-    assert_eq!(simple["cc"].as_array().unwrap().len(), 2);
-    assert!(of_schema(&docs, "rd.msg.email.mailing-list").len() >= 5);
-    // The reply pair ends in one conversation.
-    let conv = |id: &str| {
-        of_schema(&docs, "rd.msg.conversation").iter().find(|d| d["rd_key"] == json!(["email", id])).map(|d| d["conversation_id"].clone())
-    };
-    let original = conv("d3d08a8a534c464881a95b75300e9011@something").expect("the original message has a conversation");
-    assert_eq!(conv("78cb2eb5dbc74cdd9691dcfdb266d1b9@something"), Some(original));
-    // Importing again adds nothing and so processes nothing.
-    ok({ let mut c = rd(&db, &exts); c.arg("import").arg(&mail); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
-    assert!(log.contains("0 handler runs"), "{log}");
-}

@@ -1,0 +1,82 @@
+// Messages → rd.conv.summary of their conversation: subject, the latest three messages, who
+// took part, what is unread, and the grouping tags with their latest times, as the original's
+// convo-to-summary did. It is rebuilt from the store whenever anything it summarises changes
+// (the filter sees every message schema it reads; process_later collects a page's messages so
+// each conversation is rebuilt once per page).
+const SUMMARISED = ["rd.msg.conversation", "rd.msg.body", "rd.msg.seen", "rd.msg.deleted", "rd.msg.archived",
+  "rd.msg.grouping-tag", "rd.msg.attachment-summary"];
+
+function summarise(conv) {
+  const members = find_schemas("rd.msg.conversation", "conversation_id", conv, 100000).map((d) => d.rd_key);
+  const wanted = [];
+  for (const key of members) for (const schema of SUMMARISED.slice(1)) wanted.push([key, schema]);
+  const docs = open_schemas(wanted);
+  const per = SUMMARISED.length - 1;
+  const messages = [];
+  members.forEach((key, i) => {
+    const [body, seen, deleted, archived, tag, attachments] = docs.slice(i * per, i * per + per);
+    if (!body || (deleted && deleted.deleted)) return;
+    messages.push({ key, body, seen: Boolean(seen && seen.seen), archived: Boolean(archived && archived.archived),
+                    tag: tag && tag.tag, attachments: (attachments && attachments.attachments) || [] });
+  });
+  if (!messages.length) return null;
+  messages.sort((a, b) => (a.body.timestamp || 0) - (b.body.timestamp || 0) || (JSON.stringify(a.key) < JSON.stringify(b.key) ? -1 : 1));
+  const identities = [], fromDisplay = [], seenIds = new Set();
+  const groupTimes = new Map(), unreadTags = new Set();
+  for (const m of messages) {
+    for (const id of [m.body.from].concat(m.body.to || [], m.body.cc || [])) {
+      if (!Array.isArray(id) || seenIds.has(JSON.stringify(id))) continue;
+      seenIds.add(JSON.stringify(id));
+      identities.push(id);
+    }
+    if (m.body.from_display && !fromDisplay.includes(m.body.from_display)) fromDisplay.push(m.body.from_display);
+    if (m.tag) {
+      groupTimes.set(m.tag, Math.max(groupTimes.get(m.tag) || 0, m.body.timestamp || 0));
+      if (!m.seen) unreadTags.add(m.tag);
+    }
+  }
+  const subjectOf = messages.find((m) => m.body.subject);
+  return {
+    subject: subjectOf ? subjectOf.body.subject : null,
+    messages: messages.slice(-3).map((m) => ({
+      id: m.key,
+      schemas: {
+        "rd.msg.body": {
+          from: m.body.from || null, from_display: m.body.from_display || null, to: m.body.to || [],
+          to_display: m.body.to_display || [], subject: m.body.subject || null,
+          timestamp: m.body.timestamp || null, body_preview: m.body.body_preview || "",
+        },
+        "rd.msg.seen": { seen: m.seen },
+      },
+      attachments: m.attachments,
+    })),
+    message_ids: messages.map((m) => m.key),
+    unread_ids: messages.filter((m) => !m.seen).map((m) => m.key),
+    identities,
+    from_display: fromDisplay,
+    "grouping-timestamp": [...groupTimes.entries()].sort(),
+    unread_grouping_tags: [...unreadTags].sort(),
+    all_grouping_tags: [...groupTimes.keys()].sort(),
+  };
+}
+
+extension({
+  id: "rd.ext.core.convo-to-summary",
+  filter(id, rev, schema_id) {
+    return id.startsWith("rc!email.") && SUMMARISED.includes(schema_id);
+  },
+  handler(doc) {
+    process_later(doc.rd_key);
+  },
+  later_handler(keys) {
+    const convs = new Map();
+    const unique = [...new Set(keys.map((k) => JSON.stringify(k)))].map((k) => [JSON.parse(k), "rd.msg.conversation"]);
+    for (const c of open_schemas(unique)) {
+      if (c && c.conversation_id) convs.set(JSON.stringify(c.conversation_id), c.conversation_id);
+    }
+    for (const conv of convs.values()) {
+      const summary = summarise(conv);
+      if (summary) emit_schema("rd.conv.summary", summary, { rd_key: conv });
+    }
+  },
+});

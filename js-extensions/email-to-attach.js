@@ -1,0 +1,26 @@
+// rd.msg.email → rd.attach.file: one document per attachment that is not the message's text,
+// keyed ["attach", [message key, "file", name]], as the original's email-to-attach did.
+extension({
+  id: "rd.ext.core.email-to-attach",
+  source_schemas: ["rd.msg.email"],
+  handler(doc) {
+    const parts = Array.isArray(doc.multipart_info) ? doc.multipart_info : [];
+    const names = new Set();
+    parts.forEach((part, i) => {
+      const type = (part.content_type || "").toLowerCase();
+      const isText = (type === "text/plain" || type === "text/html") && part.disposition !== "attachment";
+      if (isText || type.startsWith("multipart/")) return;
+      let name = part.filename || `subpart-${i + 1}`;
+      while (names.has(name)) name = `${i + 1}-${name}`;
+      names.add(name);
+      emit_schema("rd.attach.file", {
+        name,
+        content_type: type,
+        length: part.size || 0,
+        visible: true,
+        message: doc.rd_key,
+        part: i,
+      }, { rd_key: ["attach", [doc.rd_key, "file", name]] });
+    });
+  },
+});

@@ -1,0 +1,21 @@
+// rd.msg.body sent by me → identities and contacts for everyone I wrote to: each to/cc address
+// is asserted as an identity and linked to a contact (found through an existing link or the
+// display name, else made), as the original's sent-relationships did.
+extension({
+  id: "rd.ext.core.sent-relationships",
+  source_schemas: ["rd.msg.body"],
+  handler(doc) {
+    if (!Array.isArray(doc.from)) return;
+    const mine = get_my_identities().map((i) => JSON.stringify(i));
+    if (!mine.includes(JSON.stringify(doc.from))) return;
+    for (const field of ["to", "cc"]) {
+      const ids = doc[field] || [];
+      const names = doc[field + "_display"] || [];
+      ids.forEach((identity, i) => {
+        if (mine.includes(JSON.stringify(identity))) return;
+        const name = names[i] && names[i] !== identity[1] ? names[i] : undefined;
+        emit_related_identities([[identity, "email"]], { displayName: name });
+      });
+    }
+  },
+});

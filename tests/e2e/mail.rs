@@ -1,0 +1,214 @@
+//! The core email extensions end to end: the original's test mail imported and processed by the
+//! bundled extensions, the mailing-list unsubscribe flows, and bad mail that must never crash
+//! anything.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::support::{dump, of_schema, ok, rd, repo, TempDir};
+
+fn exts() -> PathBuf {
+    repo().join("js-extensions")
+}
+
+/// `raindrop` on `db` with the bundled extensions and the corpus' identities.
+fn rdm(db: &str) -> std::process::Command {
+    let mut c = rd(db, &exts());
+    c.arg("--config").arg(repo().join("tests/fixtures/corpus-config.toml"));
+    c
+}
+
+fn run(db: &str, args: &[&str]) -> String {
+    ok({
+        let mut c = rdm(db);
+        c.args(args);
+        c
+    })
+}
+
+fn import(db: &str, path: &Path) {
+    ok({
+        let mut c = rdm(db);
+        c.arg("import").arg(path);
+        c
+    });
+}
+
+fn find<'a>(docs: &'a [Value], schema: &str, rd_key: Value) -> Option<&'a Value> {
+    of_schema(docs, schema).into_iter().find(|d| d["rd_key"] == rd_key)
+}
+
+fn email(id: &str) -> Value {
+    json!(["email", id])
+}
+
+#[test]
+fn the_test_mail_is_imported_and_processed_by_the_core_extensions() {
+    let dir = TempDir::new("mail");
+    let mail = repo().join("fixtures/mail");
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let log = run(&db, &["import", mail.to_str().unwrap()]);
+    assert!(log.contains("30 message(s) read, 0 refused"), "{log}");
+    run(&db, &["process"]);
+    let docs = dump(&db, &exts());
+    let raw = of_schema(&docs, "rd.msg.rfc822").len();
+    assert!(raw >= 24, "{raw} messages");
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0, "{:?}", of_schema(&docs, "rd.core.error"));
+    assert_eq!(of_schema(&docs, "rd.msg.email").len(), raw);
+    assert_eq!(of_schema(&docs, "rd.msg.body").len(), raw, "exactly one rd.msg.body per message");
+
+    // rd.msg.body as the original's: lower-cased identities, display names, decoded subject.
+    let sent = "d3d08a8a534c464881a95b75300e9011@something";
+    let body = find(&docs, "rd.msg.body", email(sent)).unwrap();
+    assert_eq!(body["from"], json!(["email", "raindrop_test_user@mozillamessaging.com"]));
+    assert_eq!(body["from_display"], "Raindrop Test User");
+    assert_eq!(body["to"], json!([["email", "raindrop_test_recip@mozillamessaging.com"]]));
+    assert_eq!(body["cc"].as_array().unwrap().len(), 2);
+    assert!(body["timestamp"].as_i64().unwrap() > 1_000_000_000);
+
+    // Conversations: the reply pair is one, and the bounce joins it.
+    let conv = |id: &str| find(&docs, "rd.msg.conversation", email(id)).map(|d| d["conversation_id"].clone());
+    let original = conv(sent).expect("the original message has a conversation");
+    assert_eq!(conv("78cb2eb5dbc74cdd9691dcfdb266d1b9@something"), Some(original.clone()));
+    assert_eq!(conv("20090914000500.DSN1@smtp1.adl2.mozillamessaging.com"), Some(original.clone()), "the bounce joins");
+    let summary = find(&docs, "rd.conv.summary", original.clone()).expect("a summary of the conversation");
+    assert_eq!(summary["message_ids"].as_array().unwrap().len(), 3, "{summary}");
+    assert_eq!(summary["unread_ids"].as_array().unwrap().len(), 3);
+    assert!(summary["messages"].as_array().unwrap().len() <= 3);
+    assert!(summary["identities"].as_array().unwrap().contains(&json!(["email", "raindrop_test_recip2@mozillamessaging.com"])));
+
+    // Identities and contacts for everyone I wrote to.
+    let contacts = of_schema(&docs, "rd.contact");
+    let names: Vec<&str> = contacts.iter().map(|c| c["displayName"].as_str().unwrap()).collect();
+    for name in ["Raindrop Test Recipient", "Raindrop Test Recipient 2", "Raindrop Test Recipient 3"] {
+        assert!(names.contains(&name), "{names:?}");
+    }
+    let link = find(&docs, "rd.identity.contacts", json!(["identity", ["email", "raindrop_test_recip2@mozillamessaging.com"]])).unwrap();
+    assert_eq!(link["contacts"][0][1], "email");
+    assert!(find(&docs, "rd.identity.exists", json!(["identity", ["email", "raindrop_test_recip2@mozillamessaging.com"]])).is_some());
+
+    // Grouping tags.
+    let tag = |id: &str| find(&docs, "rd.msg.grouping-tag", email(id)).map(|d| d["tag"].as_str().unwrap().to_string());
+    assert_eq!(tag("201002032206.o13M6SDE032300@pm-app-bugs02.mozilla.org").as_deref(), Some("bugzilla-message"));
+    assert_eq!(tag("4ac4f85d89769_1de3156943569ffc176015a@mx007.twitter.com.tmail").as_deref(), Some("twitter-notification"));
+    assert_eq!(tag(sent).as_deref(), Some("identity-email-raindrop_test_user@mozillamessaging.com"), "sent by me");
+    assert_eq!(tag("40c05b9d93ba4695a30e72174c5c8126@example.com").as_deref(), Some("mailing-list-test.lists.example.com"));
+    let facebook: Vec<String> = of_schema(&docs, "rd.msg.grouping-tag").iter().filter_map(|d| d["tag"].as_str()).filter(|t| t.starts_with("facebook-")).map(String::from).collect();
+    assert!(facebook.contains(&"facebook-comment".to_string()) && facebook.contains(&"facebook-message".to_string()), "{facebook:?}");
+    let group = find(&docs, "rd.grouping.summary", json!(["display-group", "bugzilla-message"])).unwrap();
+    assert_eq!(group["num_unread"], 1);
+
+    // Every mailing-list message is assigned its list.
+    for (name, bytes) in std::fs::read_dir(mail.join("mailing-list")).unwrap().map(|e| e.unwrap().path()).map(|p| (p.display().to_string(), std::fs::read(&p).unwrap())) {
+        let key = raindrop::mail::import::message_key(&bytes);
+        let list = find(&docs, "rd.msg.email.mailing-list", email(&key));
+        assert!(list.is_some(), "{name} has no list");
+    }
+    let lists: Vec<&str> = of_schema(&docs, "rd.mailing-list").iter().map(|d| d["id"].as_str().unwrap()).collect();
+    for id in ["test.lists.example.com", "mozilla-labs-personas.googlegroups.com", "tortoisehg-develop.lists.sourceforge.net"] {
+        assert!(lists.contains(&id), "{lists:?}");
+    }
+
+    // Attachments and links, summarised per message.
+    let virus = "200908230339.n7N3d46c000556@smtp1.adl2.mozillamessaging.com";
+    let files: Vec<&Value> = of_schema(&docs, "rd.attach.file").into_iter().filter(|d| d["message"] == email(virus)).collect();
+    assert_eq!(files.len(), 1);
+    let att = find(&docs, "rd.msg.attachment-summary", email(virus)).unwrap();
+    assert_eq!(att["attachments"].as_array().unwrap().len(), 1);
+    assert!(!of_schema(&docs, "rd.attach.link").is_empty());
+
+    // Importing again adds nothing and so processes nothing.
+    run(&db, &["import", mail.to_str().unwrap()]);
+    let log = run(&db, &["process"]);
+    assert!(log.contains("0 handler runs"), "{log}");
+}
+
+/// One list's unsubscribe flow: `steps` are (fixture, expected status after it); before
+/// `pending_at` the UI's request is recorded as the original's front end did it.
+fn unsubscribe_flow(list: &str, pending_before: usize, pending_at: i64, steps: &[(&str, &str)], confirm_to: &str) {
+    let dir = TempDir::new("unsub");
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let list_id = raindrop::pipeline::model::doc_id(&json!(["mailing-list", list]), "rd.mailing-list").unwrap();
+    let status = || -> Value {
+        let out = rdm(&db).args(["db", "get", &list_id]).output().unwrap();
+        assert!(out.status.success(), "no list {list}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    for (i, (fixture, want)) in steps.iter().enumerate() {
+        if i == pending_before {
+            let mut doc = status();
+            doc["status"] = json!("unsubscribe-pending");
+            doc["changed_timestamp"] = json!(pending_at);
+            run(&db, &["db", "put", &doc.to_string()]);
+        }
+        import(&db, &repo().join("fixtures/mail/mailing-list").join(format!("{fixture}.rfc822.txt")));
+        run(&db, &["process"]);
+        assert_eq!(status()["status"], json!(want), "after {fixture}");
+    }
+    let docs = dump(&db, &exts());
+    let replies = of_schema(&docs, "rd.msg.outgoing.simple");
+    assert_eq!(replies.len(), 1, "exactly one confirming reply: {replies:?}");
+    assert_eq!(replies[0]["to"], json!([["email", confirm_to]]));
+    assert_eq!(replies[0]["outgoing_state"], "outgoing");
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
+}
+
+/// Mailman, Google Groups v1 (noreply@ with X-Google-Loop) and v2 (<list>+unsubconfirm@,
+/// <list>+noreply@). The corpus has each confirmation in an older and a newer variant with one
+/// Message-ID — one message, so each variant is its own database.
+#[test]
+fn unsubscribe_flows_as_the_original() {
+    let lists = [
+        // (list, when the UI asked, message, request, confirmation prefix, confirming address)
+        ("test.lists.example.com", 1_251_090_000, "mailman-message-older", "mailman-unsub-conf-req", "mailman-unsub-conf",
+         "test-confirm+018e404890076d94e6026d8333c887f8edd0c41f@lists.example.com"),
+        ("mozilla-labs-personas.googlegroups.com", 1_250_100_000, "google-groups-message-older", "google-groups-unsub-conf-req",
+         "google-groups-unsub-conf", "mozilla-labs-personas+unsubconfirm-sdchiwwaaaal-swq-5e5bow-sol8od9v@googlegroups.com"),
+        ("mozilla-labs-personas.googlegroups.com", 1_261_429_200, "google-groups-message-newer", "google-groups-2-unsub-conf-req",
+         "google-groups-2-unsub-conf", "mozilla-labs-personas+unsubconfirm@googlegroups.com"),
+    ];
+    for (list, asked, message, request, confirmation, confirm_to) in lists {
+        // A confirmation dated before the request changes nothing; a later one ends it.
+        for (variant, end) in [("older", "unsubscribe-confirmed"), ("newer", "unsubscribed")] {
+            let confirmation = format!("{confirmation}-{variant}");
+            unsubscribe_flow(
+                list,
+                1,
+                asked,
+                &[(message, "subscribed"), (request, "unsubscribe-confirmed"), (&confirmation, end)],
+                confirm_to,
+            );
+        }
+    }
+}
+
+/// Every corpus file cut short at many points, imported and processed: no crash, one body per
+/// message, and any failure is an error document, never a lost message.
+#[test]
+fn truncated_mail_never_crashes_anything() {
+    let dir = TempDir::new("truncated");
+    let cut = dir.path().join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    let mut n = 0;
+    for kind in ["hand-rolled", "mailing-list", "malformed"] {
+        for entry in std::fs::read_dir(repo().join("fixtures/mail").join(kind)).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            for i in 1..=12 {
+                let len = bytes.len() * i / 13;
+                // A distinct Message-ID per cut, so each is its own message.
+                let mut m = format!("Message-ID: <cut-{n}@raindrop.test>\r\n").into_bytes();
+                m.extend_from_slice(&bytes[..len]);
+                std::fs::write(cut.join(format!("{n}.eml")), m).unwrap();
+                n += 1;
+            }
+        }
+    }
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    import(&db, &cut);
+    run(&db, &["process"]);
+    let docs = dump(&db, &exts());
+    assert_eq!(of_schema(&docs, "rd.msg.rfc822").len(), n);
+    assert_eq!(of_schema(&docs, "rd.msg.body").len(), n, "one rd.msg.body per truncated message");
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0, "{:?}", of_schema(&docs, "rd.core.error").first());
+}
