@@ -228,20 +228,28 @@
   }
 
   // find_and_emit_conversation([msg rd_key, …]) puts the messages in one conversation: an
-  // existing one if any has one (merging the others into it), else ["conv", first key].
+  // existing one if any has one (the smallest id; the others are merged into it), else
+  // ["conv", first key].
   function find_and_emit_conversation(keys) {
     if (!isArray(keys) || keys.length === 0) return null;
     const wanted = [];
     for (let i = 0; i < keys.length; i++) push(wanted, [keys[i], "rd.msg.conversation"]);
     const current = globalThis.open_schemas(wanted);
-    let chosen = null;
-    const others = [];
+    // Of the conversations the messages are in, the one with the smallest id wins. The choice
+    // must not depend on which message asks or on what it has yet to see: two messages handled
+    // side by side, each preferring its own conversation, would pull each other back and forth
+    // for ever; both choosing the smallest id converge.
+    const found = [];
     for (let i = 0; i < current.length; i++) {
       const c = current[i];
-      if (!c || c.conversation_id === undefined) continue;
-      if (chosen === null) chosen = c.conversation_id;
-      else if (!sameJSON(c.conversation_id, chosen) && !others.some((o) => sameJSON(o, c.conversation_id))) push(others, c.conversation_id);
+      if (!c || c.conversation_id === undefined || c.conversation_id === null) continue;
+      if (!found.some((o) => sameJSON(o, c.conversation_id))) push(found, c.conversation_id);
     }
+    let chosen = null;
+    for (let i = 0; i < found.length; i++) {
+      if (chosen === null || stringify(found[i]) < stringify(chosen)) chosen = found[i];
+    }
+    const others = found.filter((o) => !sameJSON(o, chosen));
     if (chosen === null) chosen = ["conv", keys[0]];
     const members = slice(keys);
     for (let i = 0; i < others.length; i++) {

@@ -14,6 +14,9 @@ extension({
   source_schemas: ["rd.msg.email"],
   // Re-run when a conversation it looked at changes (see find_and_emit_conversation).
   uses_dependencies: true,
+  // It writes the conversation of every message it merges, not only its own: a re-run that no
+  // longer mentions a message (because another run already moved it) must not withdraw it.
+  category: "smart",
   handler(doc) {
     const headers = doc.headers || {};
     const related = messageIds(headers, "references").concat(messageIds(headers, "in-reply-to"));
