@@ -13,11 +13,9 @@ extension({
     const tags = new Set();
     for (const list of tagLists) for (const t of list) tags.add(t);
     if (!tags.size) return;
-    const summaries = find_schemas("rd.conv.summary", null, null, 1000000);
     for (const tag of [...tags].sort()) {
       const unread = [];
-      for (const s of summaries) {
-        if (!(s.unread_grouping_tags || []).includes(tag)) continue;
+      for (const s of find_schemas("rd.conv.summary", "unread_grouping_tags[]", tag, 1000000)) {
         const at = (s["grouping-timestamp"] || []).find((g) => g[0] === tag);
         unread.push({ conv: s.rd_key, ts: at ? at[1] : 0 });
       }

@@ -545,7 +545,7 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
 fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64, f64, u64, u64, usize) {
     use raindrop::pipeline::{self, Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
-    let exts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions");
+    let exts = std::env::var("BENCH_EXTENSIONS").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
     let sources = raindrop::js::extension::read_dir(&exts).unwrap();
     let mut config = PoolConfig::new(threads);
     let mut host = raindrop::js::HostFunctions::new();

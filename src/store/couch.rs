@@ -20,7 +20,7 @@ use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError
 /// The view behind `find`: every schema document under `[schema]`, and under
 /// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
 /// JSON), like the original's megaview.
-const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n  }\n}";
+const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n    if (Array.isArray(v)) for (var i = 0; i < v.length; i++) if (v[i] === null || typeof v[i] !== 'object' || JSON.stringify(v[i]).length <= 512) emit([doc.rd_schema_id, k + '[]', v[i]], null);\n  }\n}";
 
 /// How hard to try before calling the server unavailable.
 #[derive(Debug, Clone, Copy)]

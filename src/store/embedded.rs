@@ -10,6 +10,7 @@
 //! tombstones stay there as `deleted = 1`. `attachments` holds bodies by (document, name);
 //! `local` holds checkpoint documents, which never enter the feed.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -44,7 +45,23 @@ CREATE TABLE IF NOT EXISTS local (
     id   TEXT PRIMARY KEY,
     body TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS indexed_fields (
+    schema TEXT NOT NULL,
+    field  TEXT NOT NULL,
+    PRIMARY KEY (schema, field)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS field_index (
+    schema TEXT NOT NULL,
+    field  TEXT NOT NULL,
+    value  TEXT NOT NULL,
+    id     TEXT NOT NULL,
+    PRIMARY KEY (schema, field, value, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS field_index_by_id ON field_index (id);
 ";
+
+/// Values longer than this (as JSON) are not indexed, as in the CouchDB view.
+const MAX_INDEXED_VALUE: usize = 512;
 
 /// An embedded database in one file.
 pub struct EmbeddedStore {
@@ -54,6 +71,9 @@ pub struct EmbeddedStore {
     /// The last committed sequence, for waking waiting changes readers.
     committed: Mutex<i64>,
     wake: Condvar,
+    /// The fields `find` has been asked about, per schema: each gets an index on first use
+    /// (like a CouchDB view), kept up to date by every write after that.
+    indexed: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl EmbeddedStore {
@@ -68,7 +88,17 @@ impl EmbeddedStore {
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
             .map_err(|e| err(path, e))?;
+        let mut indexed: HashMap<String, Vec<String>> = HashMap::new();
+        {
+            let mut stmt = writer.prepare("SELECT schema, field FROM indexed_fields").map_err(|e| err(path, e))?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| err(path, e))?;
+            for row in rows {
+                let (schema, field) = row.map_err(|e| err(path, e))?;
+                indexed.entry(schema).or_default().push(field);
+            }
+        }
         Ok(EmbeddedStore {
+            indexed: Mutex::new(indexed),
             path: path.to_path_buf(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
@@ -100,6 +130,68 @@ impl EmbeddedStore {
     fn last_seq(&self) -> i64 {
         *self.committed.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Makes sure `field` of `schema` is indexed: the first time, records it and indexes every
+    /// live document of the schema (under the writer lock, so no write slips past).
+    fn ensure_index(&self, schema: &str, field: &str) -> Result<(), StoreError> {
+        if self.indexed.lock().unwrap_or_else(|p| p.into_inner()).get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
+            return Ok(());
+        }
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
+        if indexed.get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
+            return Ok(());
+        }
+        let tx = conn.transaction().map_err(|e| self.e(e))?;
+        tx.execute("INSERT OR IGNORE INTO indexed_fields (schema, field) VALUES (?1, ?2)", params![schema, field]).map_err(|e| self.e(e))?;
+        let docs: Vec<(String, String)> = {
+            let mut stmt = tx.prepare("SELECT id, body FROM docs WHERE schema = ?1 AND deleted = 0").map_err(|e| self.e(e))?;
+            let rows = stmt.query_map([schema], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.e(e))?;
+            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.e(e))?
+        };
+        let fields = [field.to_string()];
+        for (id, body) in docs {
+            let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&body) else { continue };
+            for (f, value) in index_entries(&doc, &fields) {
+                tx.prepare_cached("INSERT OR IGNORE INTO field_index (schema, field, value, id) VALUES (?1, ?2, ?3, ?4)")
+                    .and_then(|mut st| st.execute(params![schema, f, value, id]))
+                    .map_err(|e| self.e(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.e(e))?;
+        indexed.entry(schema.to_string()).or_default().push(field.to_string());
+        Ok(())
+    }
+}
+
+/// The index rows of a document for the indexed `fields`: `(field, value as JSON)`. A field
+/// named `name[]` indexes each element of the array `name`.
+fn index_entries(doc: &Doc, fields: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for field in fields {
+        let (name, elements) = match field.strip_suffix("[]") {
+            Some(name) => (name, true),
+            None => (field.as_str(), false),
+        };
+        match (doc.get(name), elements) {
+            (Some(Value::Array(items)), true) => {
+                for item in items {
+                    let text = item.to_string();
+                    if text.len() <= MAX_INDEXED_VALUE && !out.iter().any(|(f, v)| f == field && *v == text) {
+                        out.push((field.clone(), text));
+                    }
+                }
+            }
+            (Some(value), false) => {
+                let text = value.to_string();
+                if text.len() <= MAX_INDEXED_VALUE {
+                    out.push((field.clone(), text));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Brings a database made by an earlier version up to date: the `schema` column (each
@@ -211,6 +303,8 @@ struct Incoming {
     schema: Option<String>,
     /// `None`: the document has no `_attachments` member (all existing ones are dropped).
     attachments: Option<Map<String, Value>>,
+    /// The live document's fields, for the field index.
+    doc: Option<Doc>,
 }
 
 fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
@@ -235,8 +329,9 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
         return Err((id.clone(), format!("bad special document member: {bad}")));
     }
     let schema = if deleted { None } else { doc.get("rd_schema_id").and_then(Value::as_str).map(str::to_string) };
-    let body = if deleted { "{}".to_string() } else { Value::Object(doc).to_string() };
-    Ok(Incoming { id, rev, deleted, body, schema, attachments })
+    let body = if deleted { "{}".to_string() } else { serde_json::to_string(&doc).unwrap_or_default() };
+    let doc = (!deleted).then_some(doc);
+    Ok(Incoming { id, rev, deleted, body, schema, attachments, doc })
 }
 
 impl Store for EmbeddedStore {
@@ -282,6 +377,7 @@ impl Store for EmbeddedStore {
 
     fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tx = conn.transaction().map_err(|e| self.e(e))?;
         let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
         let mut results = Vec::with_capacity(docs.len());
@@ -293,7 +389,12 @@ impl Store for EmbeddedStore {
                     continue;
                 }
             };
-            match write_one(&tx, incoming, seq + 1).map_err(|e| self.e(e))? {
+            let fields = incoming.schema.as_ref().and_then(|s| indexed.get(s)).map(Vec::as_slice).unwrap_or(&[]);
+            let index = match (&incoming.doc, fields.is_empty()) {
+                (Some(doc), false) => index_entries(doc, fields),
+                _ => Vec::new(),
+            };
+            match write_one(&tx, incoming, seq + 1, &index).map_err(|e| self.e(e))? {
                 Ok(result) => {
                     seq += 1;
                     results.push(result);
@@ -310,26 +411,33 @@ impl Store for EmbeddedStore {
 
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
         let limit = limit.clamp(1, i64::MAX as usize) as i64;
-        let (path, value) = match field {
-            Some((name, value)) => (Some(format!("$.\"{}\"", name.replace('"', ""))), Some(value.to_string())),
-            None => (None, None),
-        };
+        if let Some((name, _)) = field {
+            self.ensure_index(schema_id, name)?;
+        }
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, rev, has_att, body FROM docs
-                 WHERE schema = ?1 AND deleted = 0
-                   AND (?2 IS NULL OR (json_type(body, ?2) = json_type(?3) AND
-                        CASE WHEN json_type(?3) IN ('array', 'object') THEN json_extract(body, ?2) = json(?3)
-                             ELSE json_extract(body, ?2) IS json_extract(?3, '$') END))
-                 ORDER BY seq LIMIT ?4",
-            )?;
-            let rows = stmt.query_map(params![schema_id, path, value, limit], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, bool>(2)?, r.get::<_, String>(3)?))
-            })?;
             let mut out = Vec::new();
-            for row in rows {
-                let (id, rev, has_att, body) = row?;
-                out.push(assemble(c, &id, &rev, false, has_att, &body, false)?);
+            let mut collect = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+                while let Some(r) = rows.next()? {
+                    let (id, rev, has_att, body): (String, String, bool, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    out.push(assemble(c, &id, &rev, false, has_att, &body, false)?);
+                }
+                Ok(())
+            };
+            match field {
+                Some((name, value)) => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
+                         WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
+                         ORDER BY d.seq LIMIT ?4",
+                    )?;
+                    collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
+                }
+                None => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT id, rev, has_att, body FROM docs WHERE schema = ?1 AND deleted = 0 ORDER BY seq LIMIT ?2",
+                    )?;
+                    collect(&mut stmt.query(params![schema_id, limit])?)?;
+                }
             }
             Ok(out)
         })
@@ -445,7 +553,7 @@ impl Store for EmbeddedStore {
 }
 
 /// Writes one document inside the bulk transaction. `Ok(Err(_))` is a per-document refusal.
-fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
+fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(String, String)]) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
     let existing: Option<(String, bool)> = tx
         .prepare_cached("SELECT rev, deleted FROM docs WHERE id = ?1")?
         .query_row([&doc.id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -512,5 +620,14 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64) -> rusqlit
            has_att = excluded.has_att, body = excluded.body, schema = excluded.schema",
     )?
     .execute(params![seq, doc.id, new_rev, doc.deleted, !keep.is_empty(), doc.body, doc.schema])?;
+    if existing.is_some() {
+        tx.prepare_cached("DELETE FROM field_index WHERE id = ?1")?.execute([&doc.id])?;
+    }
+    if let Some(schema) = &doc.schema {
+        for (field, value) in index {
+            tx.prepare_cached("INSERT OR IGNORE INTO field_index (schema, field, value, id) VALUES (?1, ?2, ?3, ?4)")?
+                .execute(params![schema, field, value, doc.id])?;
+        }
+    }
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
 }

@@ -121,9 +121,10 @@ pub trait Store: Send + Sync {
     fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError>;
 
     /// Live documents of schema `schema_id` (their `rd_schema_id`), optionally only those whose
-    /// top-level `field` equals `value`, at most `limit`. (CouchDB indexes arrays and objects
-    /// only up to 512 bytes of JSON.)
-    /// The embedded store answers from an index on the schema id; CouchDB from a view.
+    /// top-level `field` equals `value` — or, with `field` written `name[]`, whose array `name`
+    /// contains `value` — at most `limit`. Values over 512 bytes of JSON are not indexed.
+    /// The embedded store answers from indexes it builds on first use of a field; CouchDB from a
+    /// view.
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError>;
 
     /// Changes after `since`, at most `limit`, oldest first, without waiting.

@@ -243,6 +243,24 @@ fn find_by_schema_and_field(s: &dyn Store) {
     let d = s.get("rc!t.0!rd.test.three", false).unwrap().unwrap();
     s.bulk_write(vec![doc(json!({"_id": d["_id"], "_rev": d["_rev"], "_deleted": true}))]).unwrap();
     assert_eq!(s.find("rd.test.three", None, 100).unwrap().len(), 9);
+    assert_eq!(s.find("rd.test.three", Some(("name", &json!("n0"))), 100).unwrap().len(), 4);
+    // Writes after a field was first asked about are found; changed values move.
+    let d = s.get("rc!t.6!rd.test.three", false).unwrap().unwrap();
+    let mut changed = d.clone();
+    changed.insert("name".into(), json!("n1"));
+    s.bulk_write(vec![changed]).unwrap();
+    assert_eq!(s.find("rd.test.three", Some(("name", &json!("n0"))), 100).unwrap().len(), 3);
+    s.bulk_write(vec![doc(json!({"_id": "rc!t.new!rd.test.three", "rd_schema_id": "rd.test.three", "name": "n0"}))]).unwrap();
+    assert_eq!(s.find("rd.test.three", Some(("name", &json!("n0"))), 100).unwrap().len(), 4);
+    // Array values, objects, and membership in an array (`name[]`).
+    s.bulk_write(vec![
+        doc(json!({"_id": "rc!t.a1!rd.test.arr", "rd_schema_id": "rd.test.arr", "conv": ["conv", ["email", "x@y"]], "tags": ["a", "b"], "o": {"k": 1, "a": [2]}})),
+        doc(json!({"_id": "rc!t.a2!rd.test.arr", "rd_schema_id": "rd.test.arr", "conv": ["conv", ["email", "z@y"]], "tags": ["b"]})),
+    ]).unwrap();
+    assert_eq!(s.find("rd.test.arr", Some(("conv", &json!(["conv", ["email", "x@y"]]))), 10).unwrap().len(), 1);
+    assert_eq!(s.find("rd.test.arr", Some(("tags[]", &json!("b"))), 10).unwrap().len(), 2);
+    assert_eq!(s.find("rd.test.arr", Some(("tags[]", &json!("a"))), 10).unwrap().len(), 1);
+    assert_eq!(s.find("rd.test.arr", Some(("o", &json!({"a": [2], "k": 1}))), 10).unwrap().len(), 1);
 }
 
 macro_rules! conformance {
