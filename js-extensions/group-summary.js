@@ -15,7 +15,7 @@ extension({
     if (!tags.size) return;
     for (const tag of [...tags].sort()) {
       const unread = [];
-      for (const s of find_schemas("rd.conv.summary", "unread_grouping_tags[]", tag, 1000000)) {
+      for (const s of find_schemas("rd.conv.summary", "unread_grouping_tags[]", tag, 1000000, ["grouping-timestamp"])) {
         const at = (s["grouping-timestamp"] || []).find((g) => g[0] === tag);
         unread.push({ conv: s.rd_key, ts: at ? at[1] : 0 });
       }

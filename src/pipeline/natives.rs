@@ -57,7 +57,7 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
         }
     });
     let s = store.clone();
-    // find_schemas(schema_id[, field, value[, limit]]) → [doc, …]: a key/schema query
+    // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
     host.register("find_schemas", move |_, args| {
         let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
         let field = match (args.get(1), args.get(2)) {
@@ -66,8 +66,20 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
+        // A list of field names keeps only those (and `rd_key`): much less to hand to JS when
+        // a caller scans many documents for a few fields.
+        let keep: Option<Vec<&str>> = args.get(4).and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).collect());
         let docs = s.find(schema, field, limit).map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
+        Ok(Value::Array(
+            docs.into_iter()
+                .map(|mut d| {
+                    if let Some(keep) = &keep {
+                        d.retain(|k, _| k == "rd_key" || keep.contains(&k.as_str()));
+                    }
+                    Value::Object(d)
+                })
+                .collect(),
+        ))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
