@@ -562,7 +562,11 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64
     let p = Pipeline::new(store.clone(), pool);
     let start = Instant::now();
     let verbose = std::env::var("BENCH_VERBOSE").is_ok();
-    let stats = p.run(&RunOptions::default(), |s| if verbose { eprintln!("{s:?}") }).unwrap();
+    let mut options = RunOptions::default();
+    if let Some(n) = std::env::var("BENCH_PAGE").ok().and_then(|s| s.parse().ok()) {
+        options.page_size = n;
+    }
+    let stats = p.run(&options, |s| if verbose { eprintln!("{s:?}") }).unwrap();
     let processed = start.elapsed().as_secs_f64();
     let bodies = store.find("rd.msg.body", None, usize::MAX).unwrap().len();
     (imported, processed, stats.docs_written, stats.errors, bodies)

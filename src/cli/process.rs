@@ -27,7 +27,7 @@ pub struct ProcessArgs {
     #[arg(long, value_parser = parse_worker)]
     pub worker: Option<(u64, u64)>,
     /// Changes read per page.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2000)]
     pub page_size: usize,
 }
 

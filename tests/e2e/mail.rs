@@ -15,7 +15,7 @@ fn exts() -> PathBuf {
 /// `raindrop` on `db` with the bundled extensions and the corpus' identities.
 fn rdm(db: &str) -> std::process::Command {
     let mut c = rd(db, &exts());
-    c.arg("--config").arg(repo().join("tests/fixtures/corpus-config.toml"));
+    c.arg("--config").arg(repo().join("fixtures/corpus-config.toml"));
     c
 }
 
