@@ -624,6 +624,9 @@ impl Pipeline {
                     doc = doc.and_then(|d| model::remove_contributor(&d, ext));
                 }
                 for item in pending_items.get(id).into_iter().flatten() {
+                    if doc.as_ref().is_some_and(|d| model::holds_same_from_other_source(d, item)) {
+                        continue;
+                    }
                     match model::apply_item(doc.as_ref(), item) {
                         Ok(d) => doc = Some(d),
                         Err(e) => tracing::error!("cannot merge into {id}: {e}"),

@@ -156,6 +156,23 @@ pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, Mode
     Ok(aggregate(&id, existing, &item.rd_key, &item.schema_id, contributors, attachments))
 }
 
+/// Whether `doc` already holds what `item` says, from another source of the same extension.
+/// Such an item is not written: two sources whose outputs coincide (two messages placing a third
+/// in one conversation) would otherwise take the extension's one entry from each other on every
+/// run, each write waking the other's dependencies, for ever.
+pub fn holds_same_from_other_source(doc: &Doc, item: &SchemaItem) -> bool {
+    let Some(entry) = doc.get("rd_schema_items").and_then(|c| c.get(&item.ext_id)) else { return false };
+    let other_source = match (&item.rd_source, entry.get("rd_source").and_then(Value::as_array)) {
+        (Some((id, _)), Some(src)) => src.first().and_then(Value::as_str) != Some(id.as_str()),
+        _ => false,
+    };
+    let fields = item.items.clone().map(Value::Object).unwrap_or(Value::Null);
+    other_source
+        && item.attachments.is_none()
+        && entry.get("schema") == Some(&fields)
+        && entry.get("confidence").and_then(Value::as_f64) == Some(item.confidence)
+}
+
 /// Removes extension `ext_id`'s contribution; `None` when no contributor is left (the document
 /// should then be deleted).
 pub fn remove_contributor(existing: &Doc, ext_id: &str) -> Option<Doc> {
@@ -368,5 +385,17 @@ mod tests {
         again.attachments = None;
         let d2 = apply_item(Some(&d), &again).unwrap();
         assert!(d2.get("_attachments").is_none(), "an item emitted again without it drops it");
+    }
+
+    #[test]
+    fn the_same_output_from_another_source_is_not_rewritten() {
+        let a = item("ext", 0.0, json!({"conversation_id": ["conv", 1]}));
+        let doc = apply_item(None, &a).unwrap();
+        let mut b = a.clone();
+        b.rd_source = Some(("other".into(), "1-y".into()));
+        assert!(holds_same_from_other_source(&doc, &b), "same fields, other source: keep");
+        assert!(!holds_same_from_other_source(&doc, &a), "the same source re-emitting is applied");
+        b.items = json!({"conversation_id": ["conv", 2]}).as_object().cloned();
+        assert!(!holds_same_from_other_source(&doc, &b), "different fields are applied");
     }
 }
