@@ -10,7 +10,9 @@ function summarise(conv) {
   const members = find_schemas("rd.msg.conversation", "conversation_id", conv, 100000).map((d) => d.rd_key);
   const wanted = [];
   for (const key of members) for (const schema of SUMMARISED.slice(1)) wanted.push([key, schema]);
-  const docs = open_schemas(wanted);
+  // Only the fields a summary uses: a body's text stays in the store.
+  const docs = open_schemas(wanted, ["from", "from_display", "to", "to_display", "cc", "subject", "timestamp",
+    "body_preview", "seen", "deleted", "archived", "tag", "attachments"]);
   const per = SUMMARISED.length - 1;
   const messages = [];
   members.forEach((key, i) => {

@@ -15,7 +15,7 @@ use crate::store::{Store, WriteResult};
 pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
     host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
     let s = store.clone();
-    // open_schemas([[rd_key, schema_id], …]) → [doc or null, …]
+    // open_schemas([[rd_key, schema_id], …][, fields]) → [doc or null, …]
     host.register("open_schemas", move |_, args| {
         let wanted = args.first().and_then(Value::as_array).ok_or("open_schemas needs an array of [rd_key, schema_id] pairs")?;
         let mut ids = Vec::with_capacity(wanted.len());
@@ -26,8 +26,22 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             };
             ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
         }
+        // A list of field names keeps only those (and `rd_key`), as for find_schemas.
+        let keep: Option<Vec<&str>> = args.get(1).and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).collect());
         let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()))
+        Ok(Value::Array(
+            docs.into_iter()
+                .map(|d| match d {
+                    Some(mut d) => {
+                        if let Some(keep) = &keep {
+                            d.retain(|k, _| k == "rd_key" || keep.contains(&k.as_str()));
+                        }
+                        Value::Object(d)
+                    }
+                    None => Value::Null,
+                })
+                .collect(),
+        ))
     });
     let s = store.clone();
     // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
