@@ -231,11 +231,17 @@ impl JsPool {
     /// Calls extension `ext`'s `later_handler(values)` with the values its handlers gave to
     /// `process_later`.
     pub fn run_later(&self, ext: usize, values: Vec<Value>) -> DocOutcome {
+        self.submit_later(ext, values).wait()
+    }
+
+    /// Starts a `later_handler` call and returns at once, so several extensions' calls can run
+    /// on the pool's threads side by side.
+    pub fn submit_later(&self, ext: usize, values: Vec<Value>) -> PendingLater {
         let (tx, rx) = bounded(1);
         if let Some(jobs) = &self.jobs {
             let _ = jobs.send(Job::Later { ext, values, reply: tx });
         }
-        rx.recv().unwrap_or_else(|_| DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
+        PendingLater(rx)
     }
 
     /// Runs one batch and waits for its result.
@@ -698,6 +704,15 @@ fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOu
         out = fail_all(expected, FailureKind::BadOutput, "the driver returned the wrong number of outcomes");
     }
     out
+}
+
+/// A `later_handler` call under way ([`JsPool::submit_later`]).
+pub struct PendingLater(Receiver<DocOutcome>);
+
+impl PendingLater {
+    pub fn wait(self) -> DocOutcome {
+        self.0.recv().unwrap_or_else(|_| DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
+    }
 }
 
 #[cfg(test)]

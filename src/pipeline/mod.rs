@@ -433,14 +433,20 @@ impl Pipeline {
             items.extend(produced);
         }
 
-        // process_later values go to the extension's later_handler, once per page.
+        // process_later values go to the extension's later_handler, once per page; the
+        // extensions' calls run side by side, their results are taken in extension order.
+        let mut pending = Vec::new();
         for (ei, values) in later {
             let ext = &self.exts[ei];
             if !ext.has_later_handler {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
                 continue;
             }
-            match self.pool.run_later(ext.pool_index, values) {
+            pending.push((ei, self.pool.submit_later(ext.pool_index, values)));
+        }
+        for (ei, call) in pending {
+            let ext = &self.exts[ei];
+            match call.wait() {
                 DocOutcome::Emitted(emission) => match self.later_items(ext, emission.items) {
                     Ok(produced) => items.extend(produced),
                     Err(e) => {
