@@ -26,18 +26,23 @@ fn key(bytes: &[u8]) -> String {
     raindrop::mail::import::message_key(bytes)
 }
 
-/// A config file with one account on `port`.
-fn config(dir: &Path, port: u16, connections: usize, extra: &str) -> PathBuf {
+/// A config file with one account on `port`; `extra` goes at the top, `account_extra` into
+/// the account's table.
+fn config_with(dir: &Path, port: u16, connections: usize, extra: &str, account_extra: &str) -> PathBuf {
     let path = dir.join("raindrop.toml");
     std::fs::write(
         &path,
         format!(
             "{extra}\n[[accounts]]\nid = \"alice\"\nhost = \"127.0.0.1\"\nport = {port}\nsecurity = \"plain\"\n\
-             username = \"alice@example.com\"\npassword_env = \"TEST_IMAP_PASSWORD\"\nconnections = {connections}\n"
+             username = \"alice@example.com\"\npassword_env = \"TEST_IMAP_PASSWORD\"\nconnections = {connections}\n{account_extra}\n"
         ),
     )
     .unwrap();
     path
+}
+
+fn config(dir: &Path, port: u16, connections: usize, extra: &str) -> PathBuf {
+    config_with(dir, port, connections, extra, "")
 }
 
 fn sync(db: &str, config: &Path, password: &str) -> std::process::Output {
@@ -160,6 +165,24 @@ fn imap_sync_stores_each_message_once_resyncs_nothing_and_follows_changes() {
     let first_in_list = of_schema(&docs, "rd.imap.mailbox-cache").iter().find(|d| d["folder"] == "lists.moz").unwrap()["messages"][0][1].clone();
     let seen = of_schema(&docs, "rd.msg.seen").into_iter().find(|d| d["rd_key"][1] == first_in_list).unwrap();
     assert_eq!(seen["seen"], json!(true));
+
+    // Excluding a folder takes its messages' locations away (they are still stored), and the
+    // folder tag then says they are archived.
+    let (_, simple) = fixtures("mailing-list").into_iter().find(|(n, _)| n.starts_with("simple-message.")).unwrap();
+    let log = sync_ok(&db, &config_with(dir.path(), server.port, 3, "", "exclude_folders = [\"lists.moz\"]"));
+    assert!(log.contains("synced 2 folder(s)"), "{log}");
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
+    let docs = dump(&db, &exts);
+    let loc = of_schema(&docs, "rd.msg.imap-locations").into_iter().find(|d| d["rd_key"][1] == json!(key(&simple))).unwrap();
+    assert_eq!(loc["locations"], json!([]));
+    let tag = of_schema(&docs, "rd.msg.grouping-tag").into_iter().find(|d| d["rd_key"][1] == json!(key(&simple))).unwrap();
+    assert_eq!(tag["tag"], "mailing-list-test.lists.example.com", "the list's tag (confidence 10) still wins over archived (5)");
+    assert_eq!(tag["rd_schema_items"]["rd.ext.core.folder-to-grouping-tag"]["schema"]["tag"], "archived");
+    assert!(ids(&docs, "rd.msg.rfc822").contains(&key(&simple)));
 }
 
 #[test]
