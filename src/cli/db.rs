@@ -119,19 +119,9 @@ fn load(store: &dyn raindrop::store::Store, file: &str) -> anyhow::Result<ExitCo
     let docs = super::read_json_lines(file)?;
     let (mut written, mut failed) = (0u64, 0u64);
     for chunk in docs.chunks(1000) {
-        for r in store.bulk_write(chunk.to_vec())? {
-            match r {
-                WriteResult::Ok { .. } => written += 1,
-                WriteResult::Conflict { id } => {
-                    failed += 1;
-                    eprintln!("conflict: {id}");
-                }
-                WriteResult::Error { id, reason } => {
-                    failed += 1;
-                    eprintln!("error: {id}: {reason}");
-                }
-            }
-        }
+        let (ok, refused) = super::tally(store.bulk_write(chunk.to_vec())?, file);
+        written += ok;
+        failed += refused;
     }
     eprintln!("{written} written, {failed} refused");
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })

@@ -129,6 +129,27 @@ fn my_identities(file: &FileConfig) -> Vec<serde_json::Value> {
     ids
 }
 
+/// Counts a bulk write's results — (written, refused) — naming each refused document on
+/// stderr, prefixed with `label` (the file or command it came from).
+pub fn tally(results: Vec<raindrop::store::WriteResult>, label: &str) -> (u64, u64) {
+    use raindrop::store::WriteResult;
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for r in results {
+        match r {
+            WriteResult::Ok { .. } => ok += 1,
+            WriteResult::Conflict { id } => {
+                refused += 1;
+                eprintln!("{label}: conflict on {id}");
+            }
+            WriteResult::Error { id, reason } => {
+                refused += 1;
+                eprintln!("{label}: {id}: {reason}");
+            }
+        }
+    }
+    (ok, refused)
+}
+
 /// The JSON objects of a JSON-lines file (`-` for standard input), blank lines skipped; a bad
 /// line is an error naming the file and line.
 pub fn read_json_lines(file: &str) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {

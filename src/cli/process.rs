@@ -11,7 +11,7 @@ use clap::Args;
 
 use raindrop::js::{extension, HostFunctions, JsPool, PoolConfig};
 use raindrop::pipeline::{self, Pipeline, RunOptions, Stats};
-use raindrop::store::{Store, WriteResult};
+use raindrop::store::Store;
 
 use super::Settings;
 
@@ -110,7 +110,8 @@ pub fn run_daemon(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<Exi
     let started = Instant::now();
     let (store, pipeline) = start(settings)?;
     if !settings.accounts.is_empty() {
-        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval);
+        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval)
+            .context("cannot start the sync thread")?;
     }
     let stats = pipeline.run(&args.options(), progress_printer())?;
     finish(&stats, started);
@@ -168,15 +169,11 @@ pub fn import(settings: &Settings, paths: &[std::path::PathBuf]) -> anyhow::Resu
         raindrop::mail::import::read_messages(path, &mut found).with_context(|| format!("cannot read {}", path.display()))?;
     }
     let tty = std::io::stderr().is_terminal();
-    let (mut done, mut refused) = (0usize, 0usize);
+    let (mut done, mut refused) = (0usize, 0u64);
     for chunk in found.chunks(200) {
         let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes, "proto.import")).collect();
-        for (r, m) in pipeline::add_schemas(&*store, items)?.into_iter().zip(chunk) {
-            if let WriteResult::Conflict { .. } | WriteResult::Error { .. } = r {
-                refused += 1;
-                eprintln!("{}: not imported ({r:?})", m.origin);
-            }
-        }
+        // Results name the message's document; they do not come back in input order.
+        refused += super::tally(pipeline::add_schemas(&*store, items)?, "not imported").1;
         done += chunk.len();
         if tty {
             eprint!("\r\x1b[2K{done}/{} messages", found.len());
@@ -195,19 +192,9 @@ pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<Exit
     for file in files {
         let batch = super::read_json_lines(file)?;
         for chunk in batch.chunks(1000) {
-            for r in pipeline::add_schemas(&*store, chunk.to_vec())? {
-                match r {
-                    WriteResult::Ok { .. } => ok += 1,
-                    WriteResult::Conflict { id } => {
-                        refused += 1;
-                        eprintln!("{file}: conflict on {id}");
-                    }
-                    WriteResult::Error { id, reason } => {
-                        refused += 1;
-                        eprintln!("{file}: {id}: {reason}");
-                    }
-                }
-            }
+            let (written, failed) = super::tally(pipeline::add_schemas(&*store, chunk.to_vec())?, file);
+            ok += written;
+            refused += failed;
         }
     }
     eprintln!("{ok} schema document(s) written, {refused} refused");

@@ -26,22 +26,8 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             };
             ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
         }
-        // A list of field names keeps only those (and `rd_key`), as for find_schemas.
-        let keep: Option<Vec<&str>> = args.get(1).and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).collect());
         let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
-        Ok(Value::Array(
-            docs.into_iter()
-                .map(|d| match d {
-                    Some(mut d) => {
-                        if let Some(keep) = &keep {
-                            d.retain(|k, _| k == "rd_key" || keep.contains(&k.as_str()));
-                        }
-                        Value::Object(d)
-                    }
-                    None => Value::Null,
-                })
-                .collect(),
-        ))
+        Ok(Value::Array(docs.into_iter().map(|d| d.map(|d| only_fields(d, args.get(1))).unwrap_or(Value::Null)).collect()))
     });
     let s = store.clone();
     // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
@@ -80,20 +66,8 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        // A list of field names keeps only those (and `rd_key`): much less to hand to JS when
-        // a caller scans many documents for a few fields.
-        let keep: Option<Vec<&str>> = args.get(4).and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).collect());
         let docs = s.find(schema, field, limit).map_err(|e| e.to_string())?;
-        Ok(Value::Array(
-            docs.into_iter()
-                .map(|mut d| {
-                    if let Some(keep) = &keep {
-                        d.retain(|k, _| k == "rd_key" || keep.contains(&k.as_str()));
-                    }
-                    Value::Object(d)
-                })
-                .collect(),
-        ))
+        Ok(Value::Array(docs.into_iter().map(|d| only_fields(d, args.get(4))).collect()))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
@@ -115,4 +89,13 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             WriteResult::Error { id, reason } => json!({"id": id, "error": reason}),
         }).collect()))
     });
+}
+
+/// `doc`, cut down to `rd_key` and the fields named in `fields` when that is a list: much less
+/// to hand to JS when a caller reads many documents for a few fields.
+fn only_fields(mut doc: crate::store::Doc, fields: Option<&Value>) -> Value {
+    if let Some(keep) = fields.and_then(Value::as_array) {
+        doc.retain(|k, _| k == "rd_key" || keep.iter().any(|f| f.as_str() == Some(k.as_str())));
+    }
+    Value::Object(doc)
 }

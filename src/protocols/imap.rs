@@ -104,7 +104,7 @@ pub enum SyncError {
     #[error("account {account}: {failed} folder(s) not synced, they resume on the next sync (first: {first})")]
     Folders { account: String, failed: usize, first: String },
     #[error("account {account}: {source}")]
-    Store { account: String, source: StoreError },
+    Store { account: String, source: pipeline::PipelineError },
 }
 
 /// What one sync did.
@@ -115,7 +115,8 @@ pub struct SyncReport {
     pub messages: usize,
     /// Bodies fetched and written in this sync.
     pub fetched: usize,
-    /// New UIDs whose message was already stored (from another folder or an earlier sync).
+    /// Messages not fetched because they were already stored: known from the folder's cache,
+    /// stored by an earlier sync, or fetched from another folder in this one.
     pub already_stored: usize,
     /// Jobs that lost their connection and were retried.
     pub retries: usize,
@@ -410,14 +411,16 @@ fn attempt(
     conn: &mut Option<(Session, Option<String>)>,
     job: &Job,
 ) -> Result<Outcome, JobError> {
-    if conn.is_none() {
-        let session = connect(account, password).map_err(|e| match e {
-            ConnectError::Refused(r) => JobError::Refused(r),
-            ConnectError::Failed(r) => JobError::Imap(r),
-        })?;
-        *conn = Some((session, None));
-    }
-    let Some((session, examined)) = conn.as_mut() else { unreachable!("connected above") };
+    let (session, examined) = match conn {
+        Some(open) => open,
+        None => {
+            let session = connect(account, password).map_err(|e| match e {
+                ConnectError::Refused(r) => JobError::Refused(r),
+                ConnectError::Failed(r) => JobError::Imap(r),
+            })?;
+            conn.insert((session, None))
+        }
+    };
     match job {
         Job::Scan { folder, cache } => {
             *examined = None;
@@ -540,7 +543,7 @@ struct FolderState {
 pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn FnMut(&str)) -> Result<SyncReport, SyncError> {
     account.validate()?;
     let password = account.password()?;
-    let store_error = |source| SyncError::Store { account: account.id.clone(), source };
+    let store_error = |e: StoreError| SyncError::Store { account: account.id.clone(), source: e.into() };
     let mut lister = connect(account, &password).map_err(|e| match e {
         ConnectError::Refused(reason) => SyncError::Login {
             account: account.id.clone(),
@@ -632,7 +635,8 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
         progress(&line);
     }
     report.messages = states.values().filter(|s| s.failed.is_none()).map(|s| s.entries.len()).sum();
-    write_results(store, account, &folders, &states, &caches).map_err(store_error)?;
+    write_results(store, account, &folders, &states, &caches)
+        .map_err(|source| SyncError::Store { account: account.id.clone(), source })?;
     let failed: Vec<&FolderState> = states.values().filter(|s| s.failed.is_some()).collect();
     let unscanned = folders.iter().filter(|f| !states.contains_key(&f.name)).count();
     if !failed.is_empty() || unscanned > 0 {
@@ -703,7 +707,7 @@ fn write_results(
     folders: &[Folder],
     states: &BTreeMap<String, FolderState>,
     caches: &HashMap<String, FolderCache>,
-) -> Result<(), StoreError> {
+) -> Result<(), pipeline::PipelineError> {
     // Each folder's messages as they now stand: synced folders from this sync, failed ones from
     // their old cache, folders gone from the list not at all.
     let mut current: BTreeMap<&str, (Option<&str>, Vec<(u32, &str, bool)>)> = BTreeMap::new();
@@ -731,12 +735,33 @@ fn write_results(
             *seen.entry(key).or_default() |= *is_seen;
         }
     }
-    // Messages that were here before and are in no folder now lose this account's locations.
-    let mut touched: BTreeSet<&str> = locations.keys().copied().collect();
+    // Only messages whose (folder, uid, seen) differ from what the caches recorded after the
+    // last complete sync need their documents read and written — a steady-state re-sync reads
+    // none. A message that was here before and is in no folder now differs too: it loses this
+    // account's locations.
+    let mut before: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
     for c in caches.values() {
-        touched.extend(c.messages.iter().map(|(_, k, _)| k.as_str()));
+        for (uid, key, seen) in &c.messages {
+            before.entry(key).or_default().push((&c.folder, *uid, *seen));
+        }
     }
-    let touched: Vec<&str> = touched.into_iter().collect();
+    let mut after: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
+    for (folder, (_, msgs)) in &current {
+        for (uid, key, seen) in msgs {
+            after.entry(key).or_default().push((folder, *uid, *seen));
+        }
+    }
+    for list in before.values_mut().chain(after.values_mut()) {
+        list.sort_unstable();
+    }
+    let touched: Vec<&str> = before
+        .keys()
+        .chain(after.keys())
+        .copied()
+        .collect::<BTreeSet<&str>>()
+        .into_iter()
+        .filter(|k| before.get(k) != after.get(k))
+        .collect();
     for batch in touched.chunks(500) {
         let ids: Vec<String> = batch
             .iter()
@@ -798,24 +823,15 @@ fn item(rd_key: Value, schema: &str, fields: Value) -> Map<String, Value> {
     m
 }
 
-fn check(results: Vec<WriteResult>) -> Result<(), StoreError> {
+fn check(results: Vec<WriteResult>) -> Result<(), pipeline::PipelineError> {
     for r in results {
         match r {
             WriteResult::Ok { .. } => {}
-            WriteResult::Conflict { id } => return Err(StoreError::Conflict { id }),
-            WriteResult::Error { id, reason } => return Err(StoreError::BadRequest(format!("{id}: {reason}"))),
+            WriteResult::Conflict { id } => return Err(StoreError::Conflict { id }.into()),
+            WriteResult::Error { id, reason } => return Err(StoreError::BadRequest(format!("{id}: {reason}")).into()),
         }
     }
     Ok(())
-}
-
-impl From<pipeline::PipelineError> for StoreError {
-    fn from(e: pipeline::PipelineError) -> StoreError {
-        match e {
-            pipeline::PipelineError::Store(s) => s,
-            other => StoreError::BadRequest(other.to_string()),
-        }
-    }
 }
 
 #[cfg(test)]

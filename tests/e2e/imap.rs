@@ -60,6 +60,14 @@ fn sync_ok(db: &str, config: &Path) -> String {
     err
 }
 
+fn process(db: &str) {
+    ok({
+        let mut c = rd(db, &repo().join("js-extensions"));
+        c.arg("process");
+        c
+    });
+}
+
 fn update_seq(db: &str) -> String {
     let out = ok_stdout(&["db", "info"], db);
     serde_json::from_str::<Value>(&out).unwrap()["update_seq"].to_string()
@@ -152,11 +160,7 @@ fn imap_sync_stores_each_message_once_resyncs_nothing_and_follows_changes() {
     assert!(log.contains(" 1 fetched"), "{log}");
 
     // And everything is processed: one rd.msg.body per message, no errors.
-    ok({
-        let mut c = rd(&db, &exts);
-        c.arg("process");
-        c
-    });
+    process(&db);
     let docs = dump(&db, &exts);
     expected.insert("appended@example.com".into());
     assert_eq!(ids(&docs, "rd.msg.rfc822"), expected);
@@ -171,11 +175,7 @@ fn imap_sync_stores_each_message_once_resyncs_nothing_and_follows_changes() {
     let (_, simple) = fixtures("mailing-list").into_iter().find(|(n, _)| n.starts_with("simple-message.")).unwrap();
     let log = sync_ok(&db, &config_with(dir.path(), server.port, 3, "", "exclude_folders = [\"lists.moz\"]"));
     assert!(log.contains("synced 2 folder(s)"), "{log}");
-    ok({
-        let mut c = rd(&db, &exts);
-        c.arg("process");
-        c
-    });
+    process(&db);
     let docs = dump(&db, &exts);
     let loc = of_schema(&docs, "rd.msg.imap-locations").into_iter().find(|d| d["rd_key"][1] == json!(key(&simple))).unwrap();
     assert_eq!(loc["locations"], json!([]));
