@@ -11,3 +11,5 @@ pub mod mail;
 pub mod pipeline;
 pub mod protocols;
 pub mod store;
+pub mod timing;
+

@@ -586,6 +586,9 @@ fn bench_mail() {
         let rate = n as f64 / (imported + processed);
         rates.push(rate);
         println!("{threads:>10} {imported:>12.2} {processed:>12.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}");
+        if raindrop::timing::enabled() {
+            eprint!("{}", raindrop::timing::take_report());
+        }
     }
     println!("2 threads / 1 thread: {:.2}x; target: >= 2000 messages/s with 2 threads, every derived document written", rates[1] / rates[0]);
     let _ = std::fs::remove_dir_all(&dir);

@@ -330,7 +330,9 @@ fn worker_main(
                 let tag = batch.tag;
                 let ext = batch.ext;
                 let n = batch.docs.len();
+                let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&batch)));
+                crate::timing::record_as(|| format!("run:{}", shared.sources[ext].file_name()), t0, n);
                 let outcomes = result.unwrap_or_else(|_| {
                     worker.recycle();
                     vec![DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
@@ -339,7 +341,9 @@ fn worker_main(
             }
             Job::Filter { ext, keys, reply } => {
                 let n = keys.len();
+                let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.filter(ext, &keys)));
+                crate::timing::record_as(|| format!("filter:{}", shared.sources[ext].file_name()), t0, n);
                 let answers = result.unwrap_or_else(|_| {
                     worker.recycle();
                     vec![Err(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
@@ -347,7 +351,9 @@ fn worker_main(
                 let _ = reply.send(answers);
             }
             Job::Later { ext, values, reply } => {
+                let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.later(ext, &values)));
+                crate::timing::record_as(|| format!("later:{}", shared.sources[ext].file_name()), t0, values.len());
                 let outcome = result.unwrap_or_else(|_| {
                     worker.recycle();
                     DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker"))

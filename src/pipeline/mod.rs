@@ -11,6 +11,8 @@
 //! - a checkpoint (`_local` document) holds the feed position, advanced only after a page's
 //!   writes are done, and the extensions' fingerprints: when they change, the feed is read from
 //!   the start again (unchanged extensions skip cheaply).
+//! - the values waiting for later_handlers (`rdlater!<checkpoint id>`, see `later`), written
+//!   with the page that added them, before its state documents.
 //!
 //! A crash at any moment leaves a state from which the next run converges to the same documents:
 //! a page is either checkpointed after its writes, or re-read; re-running a source produces the
@@ -19,6 +21,7 @@
 //! Invariant: the pipeline talks to the store only through the `Store` trait and to JS only
 //! through the pool; it does not know which store it has.
 
+mod later;
 pub mod model;
 mod natives;
 
@@ -30,6 +33,7 @@ use serde_json::{json, Map, Value};
 
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, HandlerError, JsPool};
 use crate::store::{Change, Doc, Seq, Store, StoreError, WriteResult};
+use later::LaterQueue;
 use model::SchemaItem;
 
 pub use natives::register_natives;
@@ -39,6 +43,8 @@ const STATE_PREFIX: &str = "rdstate!";
 /// Prefix of dependency index documents' ids: `rddeps!<doc id>` lists the (source, extension)
 /// pairs whose outputs declared that document in `deps`.
 const DEPS_PREFIX: &str = "rddeps!";
+/// Prefix of the document holding the values waiting for later_handlers (see `later`).
+const LATER_PREFIX: &str = "rdlater!";
 /// How many times a conflicting write is re-merged before it becomes an error.
 const CONFLICT_RETRIES: usize = 5;
 /// Documents per handler batch.
@@ -55,9 +61,9 @@ pub enum PipelineError {
 /// How a run behaves.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Changes read per page (default 2,000). Each page ends with a write and one call of every
-    /// later_handler, so larger pages cost less per change: 2,000 processed the generated
-    /// mailbox ~1.4× faster than 500 (BENCHMARKS.md).
+    /// Changes read per page (default 2,000). Each page ends with a write, so larger pages cost
+    /// less per change: 2,000 processed the generated mailbox ~1.4× faster than 500
+    /// (BENCHMARKS.md, before later_handlers were moved out of the pages).
     pub page_size: usize,
     /// Keep following the feed instead of stopping when it is drained.
     pub continuous: bool,
@@ -110,6 +116,8 @@ struct PageWork {
     states: Vec<Doc>,
     /// (document depended on, source, extension): outputs to recompute when it changes.
     dependencies: Vec<(String, String, String)>,
+    /// Values given to `process_later`, by extension id.
+    later: BTreeMap<String, Vec<Value>>,
 }
 
 /// One extension to run on one source.
@@ -174,6 +182,9 @@ impl Pipeline {
     /// pool) while a writer thread merges and writes the previous page and then advances the
     /// checkpoint past it. A page read ahead may see a state document the writer has not yet
     /// updated; that only costs a re-run whose identical result is not written again.
+    ///
+    /// Values given to `process_later` wait in a queue (see `later`) until the feed is drained
+    /// and everything is written, then the later_handlers run over them in one more page.
     pub fn run(&self, options: &RunOptions, progress: impl FnMut(&Stats) + Send) -> Result<Stats, PipelineError> {
         let ckpt_id = Self::checkpoint_id(options);
         let fingerprints = self.fingerprints();
@@ -188,16 +199,48 @@ impl Pipeline {
             }
             None => Seq::zero(),
         };
+        // Kept even when the extensions changed: the sources that gave these values are done
+        // and an unchanged extension will not be asked again.
+        let later_id = format!("{LATER_PREFIX}{ckpt_id}");
+        let later_doc = self.store.get(&later_id, false)?;
+        let mut later = LaterQueue::from_saved(later_doc.as_ref().and_then(|d| d.get("values")));
+        let mut later_rev = later_doc.and_then(|mut d| d.remove("_rev"));
         let stats = std::sync::Mutex::new(Stats::default());
-        let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq)>(1);
+        // A page's work, the feed position after it, and the later queue if the page changed it.
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq, Option<Value>)>(1);
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
         std::thread::scope(|scope| {
             let writer = scope.spawn(|| -> Result<(), PipelineError> {
                 let mut progress = progress;
-                for (work, seq) in work_rx {
+                for (work, seq, waiting) in work_rx {
                     let mut local = Stats::default();
-                    self.write(work.items, work.removals, work.states, &mut local)?;
+                    let t0 = Instant::now();
+                    // The queue is written before the states of the sources that fed it.
+                    let mut states = work.states;
+                    if let Some(values) = waiting {
+                        let mut doc = Map::new();
+                        doc.insert("_id".into(), Value::String(later_id.clone()));
+                        if later_rev.is_none() {
+                            // Not written by this run yet (or its last write failed).
+                            later_rev = self.store.get(&later_id, false)?.and_then(|mut d| d.remove("_rev"));
+                        }
+                        if let Some(rev) = later_rev.take() {
+                            doc.insert("_rev".into(), rev);
+                        }
+                        doc.insert("values".into(), values);
+                        states.insert(0, doc);
+                    }
+                    for result in self.write(work.items, work.removals, states, &mut local)? {
+                        if let WriteResult::Ok { id, rev } = result {
+                            if id == later_id {
+                                later_rev = Some(Value::String(rev));
+                            }
+                        }
+                    }
+                    crate::timing::record("W:write", t0, 0);
+                    let t0 = Instant::now();
                     self.record_dependencies(work.dependencies)?;
+                    crate::timing::record("W:deps", t0, 0);
                     self.store.put_local(&ckpt_id, &json!({ "seq": seq.as_str(), "fingerprints": fingerprints }))?;
                     let snapshot = {
                         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
@@ -211,44 +254,66 @@ impl Pipeline {
                 }
                 Ok(())
             });
+            let add_stats = |local: &Stats| {
+                let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.changes_read += local.changes_read;
+                s.handler_calls += local.handler_calls;
+                s.skipped_up_to_date += local.skipped_up_to_date;
+                s.errors += local.errors;
+            };
             let mut read = || -> Result<(), PipelineError> {
                 let mut in_flight = 0usize;
                 loop {
-                    let page = if options.continuous && in_flight == 0 {
+                    let t0 = Instant::now();
+                    let page = if options.continuous && in_flight == 0 && later.is_empty() {
                         self.store.wait_changes(&since, options.page_size, true, Duration::from_secs(30))?
                     } else {
                         self.store.changes(&since, options.page_size, true)?
                     };
+                    crate::timing::record("R:changes", t0, page.changes.len());
                     while done_rx.try_recv().is_ok() {
                         in_flight -= 1;
                     }
-                    if page.changes.is_empty() {
-                        if in_flight > 0 {
-                            // What the writer is writing may cascade: wait for it, then look again.
-                            if done_rx.recv().is_err() {
-                                return Ok(()); // the writer stopped; its error is reported below
-                            }
-                            in_flight -= 1;
-                            continue;
+                    let drained = page.changes.is_empty();
+                    if drained && in_flight > 0 {
+                        // What the writer is writing may cascade: wait for it, then look again.
+                        if done_rx.recv().is_err() {
+                            return Ok(()); // the writer stopped; its error is reported below
                         }
+                        in_flight -= 1;
+                        continue;
+                    }
+                    if drained && later.is_empty() {
                         if options.continuous {
                             continue;
                         }
                         return Ok(());
                     }
                     let mut local = Stats { changes_read: page.changes.len() as u64, ..Stats::default() };
-                    let (work, first_error) = self.prepare_page(&page.changes, options, &mut local)?;
-                    {
-                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                        s.changes_read += local.changes_read;
-                        s.handler_calls += local.handler_calls;
-                        s.skipped_up_to_date += local.skipped_up_to_date;
-                        s.errors += local.errors;
+                    let t0 = Instant::now();
+                    let (mut work, mut first_error) = self.prepare_page(&page.changes, options, &mut local)?;
+                    crate::timing::record("R:prepare", t0, 0);
+                    for (ext, values) in std::mem::take(&mut work.later) {
+                        later.extend(&ext, values);
                     }
-                    since = page.last_seq.clone();
-                    if work_tx.send((work, page.last_seq)).is_err() {
+                    // The later_handlers run once everything before is written and the feed has
+                    // nothing new (they then read settled documents), or when the queue is due.
+                    if drained || later.due() {
+                        let t0 = Instant::now();
+                        let (items, error) = self.run_later(later.take(), &mut local);
+                        crate::timing::record("R:later", t0, 0);
+                        work.items.extend(items);
+                        first_error = first_error.or(error);
+                    }
+                    add_stats(&local);
+                    if !drained {
+                        since = page.last_seq.clone();
+                    }
+                    let t0 = Instant::now();
+                    if work_tx.send((work, since.clone(), later.saved())).is_err() {
                         return Ok(()); // the writer stopped; its error is reported below
                     }
+                    crate::timing::record("R:send-wait", t0, 0);
                     in_flight += 1;
                     if let (true, Some(e)) = (options.stop_on_error, first_error) {
                         return Err(PipelineError::StoppedOnError(e));
@@ -312,7 +377,10 @@ impl Pipeline {
             .map(|d| state_id(doc_str(d, "_id")))
             .chain(deleted.iter().map(|id| state_id(id)))
             .collect();
+        let t0 = Instant::now();
         let mut states: Vec<Option<Doc>> = self.store.get_many(&state_ids)?;
+        crate::timing::record("P:states", t0, state_ids.len());
+        let t0 = Instant::now();
 
         // Extensions without source_schemas are asked, per source, through their filter().
         let mut accepted: HashMap<usize, Vec<bool>> = HashMap::new();
@@ -335,6 +403,7 @@ impl Pipeline {
             }
         }
 
+        crate::timing::record("P:filter", t0, 0);
         // Which (source, extension) pairs need running.
         let mut jobs: Vec<Job> = Vec::new();
         for (si, src) in sources.iter().enumerate() {
@@ -366,7 +435,10 @@ impl Pipeline {
             }
         }
 
+        let t0 = Instant::now();
         let mut outcomes = self.run_jobs(&sources, &jobs);
+        crate::timing::record("P:run_jobs", t0, jobs.len());
+        let t0 = Instant::now();
         stats.handler_calls += jobs.len() as u64;
         for (si, ei, e) in filter_failures {
             jobs.push(Job { source: si, ext: ei });
@@ -433,10 +505,46 @@ impl Pipeline {
             items.extend(produced);
         }
 
-        // process_later values go to the extension's later_handler, once per page; the
-        // extensions' calls run side by side, their results are taken in extension order.
+        crate::timing::record("P:outcomes", t0, 0);
+        // Sources that were deleted: their outputs go, and so does their state.
+        let mut state_writes: Vec<Doc> = Vec::new();
+        for (k, id) in deleted.iter().enumerate() {
+            let si = sources.len() + k;
+            if let Some(state) = states[si].take() {
+                for (ext_id, entry) in state.iter().filter(|(k, _)| !k.starts_with('_')) {
+                    for out in entry.get("outputs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+                        removals.push((out.to_string(), ext_id.clone()));
+                    }
+                }
+                state_writes.push(model::tombstone(&state_id(id), state.get("_rev").cloned()));
+            }
+        }
+        for (si, entries) in new_states {
+            let mut state = states[si].take().unwrap_or_else(|| {
+                let mut m = Map::new();
+                m.insert("_id".into(), Value::String(state_id(doc_str(sources[si], "_id"))));
+                m
+            });
+            state.extend(entries);
+            state_writes.push(state);
+        }
+
+        let later = later.into_iter().map(|(ei, values)| (self.exts[ei].id.clone(), values)).collect();
+        Ok((PageWork { items, removals, states: state_writes, dependencies, later }, first_error))
+    }
+
+    /// Runs the later_handlers over the values their extensions gave to `process_later`; the
+    /// extensions' calls run side by side, their results are taken in extension order. Returns
+    /// the items they emitted and the first error.
+    fn run_later(&self, values: BTreeMap<String, Vec<Value>>, stats: &mut Stats) -> (Vec<SchemaItem>, Option<String>) {
+        let mut items = Vec::new();
+        let mut first_error = None;
         let mut pending = Vec::new();
-        for (ei, values) in later {
+        for (ext_id, values) in values {
+            let Some(ei) = self.exts.iter().position(|e| e.id == ext_id) else {
+                tracing::warn!(ext = %ext_id, "process_later values of an extension that is no longer loaded are dropped");
+                continue;
+            };
             let ext = &self.exts[ei];
             if !ext.has_later_handler {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
@@ -468,30 +576,7 @@ impl Pipeline {
             }
         }
 
-        // Sources that were deleted: their outputs go, and so does their state.
-        let mut state_writes: Vec<Doc> = Vec::new();
-        for (k, id) in deleted.iter().enumerate() {
-            let si = sources.len() + k;
-            if let Some(state) = states[si].take() {
-                for (ext_id, entry) in state.iter().filter(|(k, _)| !k.starts_with('_')) {
-                    for out in entry.get("outputs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                        removals.push((out.to_string(), ext_id.clone()));
-                    }
-                }
-                state_writes.push(model::tombstone(&state_id(id), state.get("_rev").cloned()));
-            }
-        }
-        for (si, entries) in new_states {
-            let mut state = states[si].take().unwrap_or_else(|| {
-                let mut m = Map::new();
-                m.insert("_id".into(), Value::String(state_id(doc_str(sources[si], "_id"))));
-                m
-            });
-            state.extend(entries);
-            state_writes.push(state);
-        }
-
-        Ok((PageWork { items, removals, states: state_writes, dependencies }, first_error))
+        (items, first_error)
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
@@ -502,11 +587,18 @@ impl Pipeline {
             by_ext.entry(job.ext).or_default().push(j);
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
+        // Each source is serialised once, however many extensions want it.
+        let mut texts: Vec<Option<Arc<str>>> = vec![None; sources.len()];
         for (ext, job_ids) in by_ext {
             for chunk in job_ids.chunks(HANDLER_BATCH) {
                 let docs = chunk
                     .iter()
-                    .map(|&j| Arc::from(serde_json::to_string(sources[jobs[j].source]).unwrap_or_else(|_| "{}".into())))
+                    .map(|&j| {
+                        let si = jobs[j].source;
+                        texts[si]
+                            .get_or_insert_with(|| Arc::from(serde_json::to_string(sources[si]).unwrap_or_else(|_| "{}".into())))
+                            .clone()
+                    })
                     .collect();
                 self.pool.submit(Batch { ext: self.exts[ext].pool_index, docs, tag: batches.len() as u64 }, &tx);
                 batches.push(chunk.to_vec());
@@ -604,8 +696,9 @@ impl Pipeline {
     }
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything
-    /// (state documents last), and re-merges on conflicts a bounded number of times.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, stats: &mut Stats) -> Result<(), StoreError> {
+    /// (`states`, the bookkeeping documents, last), and re-merges on conflicts a bounded number
+    /// of times. Returns the results of writing `states`.
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -621,8 +714,12 @@ impl Pipeline {
         let mut ids: Vec<String> = pending_items.keys().chain(pending_removals.keys()).cloned().collect();
         ids.sort();
         ids.dedup();
+        let mut state_results = Vec::new();
         for attempt in 0..=CONFLICT_RETRIES {
+            let t0 = Instant::now();
             let current = self.store.get_many(&ids)?;
+            crate::timing::record("W:get_many", t0, ids.len());
+            let t0 = Instant::now();
             let mut writes: Vec<Doc> = Vec::new();
             for (id, existing) in ids.iter().zip(&current) {
                 let mut doc = existing.clone();
@@ -653,9 +750,16 @@ impl Pipeline {
                 writes.extend(states.iter().cloned());
             }
             if writes.is_empty() {
-                return Ok(());
+                return Ok(state_results);
             }
+            crate::timing::record("W:merge", t0, 0);
+            let t0 = Instant::now();
+            let nw = writes.len();
             let results = self.store.bulk_write(writes)?;
+            crate::timing::record("W:bulk_write", t0, nw);
+            if attempt == 0 {
+                state_results = results[n_docs.min(results.len())..].to_vec();
+            }
             let mut conflicted: Vec<String> = Vec::new();
             for (i, r) in results.iter().enumerate() {
                 match r {
@@ -667,13 +771,13 @@ impl Pipeline {
                 }
             }
             if conflicted.is_empty() {
-                return Ok(());
+                return Ok(state_results);
             }
             stats.conflicts_retried += conflicted.len() as u64;
             ids = conflicted;
         }
         tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
-        Ok(())
+        Ok(state_results)
     }
 }
 

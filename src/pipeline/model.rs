@@ -7,10 +7,15 @@
 //! fields under `schema`, its `rd_deps`, and the fingerprint of the code that wrote it); the
 //! top-level fields are the merge of the contributors in ascending confidence.
 //!
-//! Differences from the original, on purpose: a contributor's fields are always kept under its
-//! `schema` (the original moved a lone contributor's fields to the top level only), so removing
-//! or re-merging contributors never has to guess which top-level field belonged to whom; and
-//! each entry records `rd_fingerprint`, so edited extensions are re-run.
+//! As in the original, a lone contributor's fields are not repeated under its entry: its entry
+//! has no `schema` key and its fields are the document's top-level fields (every key but `_*`
+//! and the model's own `rd_key`, `rd_schema_id`, `rd_schema_items`, `rd_schema_provider`).
+//! Most documents have one contributor, and a message body stored twice made every write, every
+//! feed read and every handler call pay for it twice. With two or more contributors each entry
+//! keeps its `schema`, so removing or re-merging one never has to guess whose a field is.
+//!
+//! Difference from the original, on purpose: each entry records `rd_fingerprint`, so edited
+//! extensions are re-run.
 
 use base64::Engine as _;
 use serde_json::{Map, Value};
@@ -117,11 +122,7 @@ pub fn schema_of_id(id: &str) -> Option<&str> {
 /// returns the new document. `_id` and `_rev` are kept from `existing`.
 pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
     let id = doc_id(&item.rd_key, &item.schema_id)?;
-    let mut contributors: Map<String, Value> = existing
-        .and_then(|d| d.get("rd_schema_items"))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut contributors: Map<String, Value> = existing.map(contributors).unwrap_or_default();
     let mut entry = Map::new();
     entry.insert(
         "rd_source".into(),
@@ -161,7 +162,8 @@ pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, Mode
 /// in one conversation) would otherwise take the extension's one entry from each other on every
 /// run, each write waking the other's dependencies, for ever.
 pub fn holds_same_from_other_source(doc: &Doc, item: &SchemaItem) -> bool {
-    let Some(entry) = doc.get("rd_schema_items").and_then(|c| c.get(&item.ext_id)) else { return false };
+    let contributors = contributors(doc);
+    let Some(entry) = contributors.get(&item.ext_id) else { return false };
     let other_source = match (&item.rd_source, entry.get("rd_source").and_then(Value::as_array)) {
         (Some((id, _)), Some(src)) => src.first().and_then(Value::as_str) != Some(id.as_str()),
         _ => false,
@@ -176,7 +178,7 @@ pub fn holds_same_from_other_source(doc: &Doc, item: &SchemaItem) -> bool {
 /// Removes extension `ext_id`'s contribution; `None` when no contributor is left (the document
 /// should then be deleted).
 pub fn remove_contributor(existing: &Doc, ext_id: &str) -> Option<Doc> {
-    let mut contributors = existing.get("rd_schema_items").and_then(Value::as_object).cloned().unwrap_or_default();
+    let mut contributors = contributors(existing);
     contributors.remove(ext_id);
     if contributors.is_empty() {
         return None;
@@ -188,6 +190,28 @@ pub fn remove_contributor(existing: &Doc, ext_id: &str) -> Option<Doc> {
     let rd_key = existing.get("rd_key").cloned().unwrap_or(Value::Null);
     let schema = existing.get("rd_schema_id").and_then(Value::as_str).unwrap_or_default().to_string();
     Some(aggregate(&id, Some(existing), &rd_key, &schema, contributors, attachments))
+}
+
+/// The keys of a schema document that are the model's, not a contributor's field.
+const MODEL_KEYS: [&str; 4] = ["rd_key", "rd_schema_id", "rd_schema_items", "rd_schema_provider"];
+
+/// A document's contributor entries, each with its `schema`: a lone contributor's fields are
+/// read back from the top level (see the module's note).
+fn contributors(doc: &Doc) -> Map<String, Value> {
+    let mut contributors = doc.get("rd_schema_items").and_then(Value::as_object).cloned().unwrap_or_default();
+    if contributors.len() == 1 {
+        if let Some(Value::Object(entry)) = contributors.values_mut().next() {
+            if !entry.contains_key("schema") {
+                let fields: Map<String, Value> = doc
+                    .iter()
+                    .filter(|(k, _)| !k.starts_with('_') && !MODEL_KEYS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                entry.insert("schema".into(), Value::Object(fields));
+            }
+        }
+    }
+    contributors
 }
 
 /// Builds a document from its contributors: fields merged in ascending confidence (ties by
@@ -228,6 +252,15 @@ fn aggregate(
     }
     if let Some(p) = provider {
         doc.insert("rd_schema_provider".into(), Value::String(p.clone()));
+    }
+    let mut contributors = contributors;
+    if contributors.len() == 1 {
+        if let Some(Value::Object(entry)) = contributors.values_mut().next() {
+            // Fields (not an assertion's null) live at the top level only.
+            if entry.get("schema").is_some_and(Value::is_object) {
+                entry.remove("schema");
+            }
+        }
     }
     doc.insert("rd_schema_items".into(), Value::Object(contributors));
     if !attachments.is_empty() {
@@ -333,6 +366,7 @@ mod tests {
         assert_eq!(d2["subject"], "high");
         assert_eq!(d2["only_low"], 1);
         assert_eq!(d2["rd_schema_items"].as_object().unwrap().len(), 2);
+        assert_eq!(d2["rd_schema_items"]["ext.low"]["schema"]["subject"], "low", "two contributors keep their own fields");
         // The order of arrival does not matter.
         let d3 = apply_item(Some(&apply_item(None, &low).unwrap()), &high).unwrap();
         assert!(same_content(&d2, &d3));
@@ -348,7 +382,12 @@ mod tests {
         let only_a = remove_contributor(&both, "ext.b").unwrap();
         assert_eq!(only_a["x"], 1);
         assert!(only_a.get("y").is_none());
+        assert!(only_a["rd_schema_items"]["ext.a"].get("schema").is_none(), "a lone contributor's fields are the top level");
         assert!(remove_contributor(&only_a, "ext.a").is_none());
+        // A second contributor joining a lone one takes its fields back from the top level.
+        let again = apply_item(Some(&only_a), &b).unwrap();
+        assert!(same_content(&again, &both));
+        assert_eq!(again["rd_schema_items"]["ext.a"]["schema"], json!({"x": 1}));
     }
 
     #[test]

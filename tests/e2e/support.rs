@@ -348,3 +348,16 @@ impl CuttingProxy {
         CuttingProxy { port, cuts_done }
     }
 }
+
+/// Asserts two dumps hold the same documents, naming the first few that differ.
+pub fn assert_same_docs(got: &[Value], expected: &[Value], context: &str) {
+    if got == expected {
+        return;
+    }
+    let by_id = |docs: &[Value]| docs.iter().map(|d| (d["_id"].as_str().unwrap_or_default().to_string(), d.clone())).collect::<std::collections::BTreeMap<_, _>>();
+    let (g, e) = (by_id(got), by_id(expected));
+    let missing: Vec<&String> = e.keys().filter(|id| !g.contains_key(*id)).take(5).collect();
+    let extra: Vec<&String> = g.keys().filter(|id| !e.contains_key(*id)).take(5).collect();
+    let changed: Vec<String> = e.iter().filter(|(id, d)| g.get(*id).is_some_and(|x| x != *d)).take(3).map(|(id, d)| format!("{id}:\n  expected {d}\n  got      {}", g[id])).collect();
+    panic!("{context}: {} documents, expected {}; missing {missing:?}; unexpected {extra:?}; differing:\n{}", got.len(), expected.len(), changed.join("\n"));
+}

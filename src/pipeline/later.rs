@@ -1,0 +1,117 @@
+//! Values given to `process_later`, held until their extension's `later_handler` runs.
+//!
+//! A later_handler rebuilds something from the store (a conversation's summary, a group's
+//! counts), so running it once per page of changes repeats the same rebuild many times while a
+//! message's documents cascade through the pages — and a group summary reads every unread
+//! conversation each time. The queue therefore collects distinct values across pages and
+//! the pipeline runs the handlers when the feed is drained (everything written, nothing new),
+//! or sooner when the queue grows large or old ([`LaterQueue::due`]).
+//!
+//! The queue is a document in the store (`rdlater!<checkpoint id>`), written in the same bulk
+//! write as the page that changed it, before the page's state documents: a source is never
+//! recorded as done while the values it gave are not yet kept, so a crash loses none of them
+//! (such a source would not run again). On the embedded store that write is one transaction.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+/// Distinct values per extension above which the queue is run without waiting for the drain.
+const MAX_VALUES: usize = 5_000;
+/// Age of the oldest waiting value after which the queue is run without waiting for the drain,
+/// so a daemon under steady load still refreshes its summaries.
+const MAX_AGE: Duration = Duration::from_secs(10);
+
+/// Waiting values per extension id, each value once, in the order first given.
+#[derive(Debug, Default, Clone)]
+pub(super) struct LaterQueue {
+    values: BTreeMap<String, (Vec<Value>, HashSet<String>)>,
+    oldest: Option<Instant>,
+    /// Changed since [`LaterQueue::saved`] was last called.
+    changed: bool,
+}
+
+impl LaterQueue {
+    /// The queue as saved (`{ext id: [values]}`); anything else is an empty queue.
+    pub(super) fn from_saved(saved: Option<&Value>) -> LaterQueue {
+        let mut queue = LaterQueue::default();
+        for (ext, values) in saved.and_then(Value::as_object).into_iter().flatten() {
+            queue.extend(ext, values.as_array().cloned().unwrap_or_default());
+        }
+        queue.changed = false;
+        queue
+    }
+
+    /// The queue to save, if it changed since the last call.
+    pub(super) fn saved(&mut self) -> Option<Value> {
+        if !std::mem::take(&mut self.changed) {
+            return None;
+        }
+        Some(Value::Object(self.values.iter().map(|(ext, (values, _))| (ext.clone(), Value::Array(values.clone()))).collect::<Map<_, _>>()))
+    }
+
+    pub(super) fn extend(&mut self, ext: &str, values: Vec<Value>) {
+        if values.is_empty() {
+            return;
+        }
+        let (list, seen) = self.values.entry(ext.to_string()).or_default();
+        for v in values {
+            if seen.insert(v.to_string()) {
+                list.push(v);
+                self.changed = true;
+            }
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// Whether the queue should run now rather than at the drain.
+    pub(super) fn due(&self) -> bool {
+        self.values.values().any(|(v, _)| v.len() >= MAX_VALUES) || self.oldest.is_some_and(|t| t.elapsed() >= MAX_AGE)
+    }
+
+    /// Empties the queue, giving each extension's values.
+    pub(super) fn take(&mut self) -> BTreeMap<String, Vec<Value>> {
+        self.oldest = None;
+        self.changed |= !self.values.is_empty();
+        std::mem::take(&mut self.values).into_iter().map(|(ext, (values, _))| (ext, values)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keeps_each_value_once_in_first_order_and_round_trips_through_the_store() {
+        let mut q = LaterQueue::default();
+        assert!(q.is_empty() && !q.due() && q.saved().is_none());
+        q.extend("a", vec![json!(["email", "x"]), json!(1), json!(["email", "x"])]);
+        q.extend("a", vec![json!(2), json!(1)]);
+        q.extend("b", vec![json!("t")]);
+        let saved = q.saved().unwrap();
+        assert_eq!(saved, json!({"a": [["email", "x"], 1, 2], "b": ["t"]}));
+        q.extend("a", vec![json!(1)]);
+        assert!(q.saved().is_none(), "nothing new: nothing to save");
+        let mut back = LaterQueue::from_saved(Some(&saved));
+        assert!(back.saved().is_none());
+        back.extend("a", vec![json!(2)]);
+        let taken = back.take();
+        assert_eq!(taken["a"], vec![json!(["email", "x"]), json!(1), json!(2)]);
+        assert!(back.is_empty());
+        assert_eq!(back.saved(), Some(json!({})), "emptied: saved empty");
+        assert!(LaterQueue::from_saved(Some(&json!(null))).is_empty());
+    }
+
+    #[test]
+    fn is_due_when_large() {
+        let mut q = LaterQueue::default();
+        q.extend("a", (0..MAX_VALUES).map(|i| json!(i)).collect());
+        assert!(q.due());
+    }
+}
