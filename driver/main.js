@@ -234,7 +234,7 @@
     if (!isArray(keys) || keys.length === 0) return null;
     const wanted = [];
     for (let i = 0; i < keys.length; i++) push(wanted, [keys[i], "rd.msg.conversation"]);
-    const current = globalThis.open_schemas(wanted);
+    const current = globalThis.open_schemas(wanted, ["conversation_id"]);
     // Of the conversations the messages are in, the one with the smallest id wins. The choice
     // must not depend on which message asks or on what it has yet to see: two messages handled
     // side by side, each preferring its own conversation, would pull each other back and forth
@@ -253,7 +253,7 @@
     if (chosen === null) chosen = ["conv", keys[0]];
     const members = slice(keys);
     for (let i = 0; i < others.length; i++) {
-      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i]);
+      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, []);
       for (let j = 0; j < found.length; j++) push(members, found[j].rd_key);
     }
     // With uses_dependencies, the choice is re-made whenever one of these conversation
@@ -287,9 +287,16 @@
     // raindrop.mail.parse(base64 bytes): headers, addresses, dates, MIME parts, text, problems.
     // raindrop.mail.addresses(header value): [{name, address}]; raindrop.mail.date(text): seconds
     // since the epoch or null. None of them throws on bad mail.
+    // raindrop.mail.parse_attachment(doc, name): parse() of a stored attachment, read and parsed
+    // in Rust (null when there is no such attachment).
     const mailParse = globalThis.mail_parse, mailAddresses = globalThis.mail_addresses, mailDate = globalThis.mail_date;
+    const mailParseAttachment = globalThis.mail_parse_attachment;
     defineGlobal("raindrop", Object.freeze({ mail: Object.freeze({
       parse: (data) => mailParse(data),
+      parse_attachment: (doc, name) => {
+        if (mailParseAttachment === undefined) throw new ErrorCtor("raindrop.mail.parse_attachment needs the store");
+        return mailParseAttachment(doc, name);
+      },
       addresses: (text) => mailAddresses(typeof text === "string" ? text : null),
       date: (text) => mailDate(typeof text === "string" ? text : null),
     }) }));

@@ -7,7 +7,7 @@ const SUMMARISED = ["rd.msg.conversation", "rd.msg.body", "rd.msg.seen", "rd.msg
   "rd.msg.grouping-tag", "rd.msg.attachment-summary"];
 
 function summarise(conv) {
-  const members = find_schemas("rd.msg.conversation", "conversation_id", conv, 100000).map((d) => d.rd_key);
+  const members = find_schemas("rd.msg.conversation", "conversation_id", conv, 1000000, []).map((d) => d.rd_key);
   const wanted = [];
   for (const key of members) for (const schema of SUMMARISED.slice(1)) wanted.push([key, schema]);
   // Only the fields a summary uses: a body's text stays in the store.
@@ -73,7 +73,7 @@ extension({
   later_handler(keys) {
     const convs = new Map();
     const unique = [...new Set(keys.map((k) => JSON.stringify(k)))].map((k) => [JSON.parse(k), "rd.msg.conversation"]);
-    for (const c of open_schemas(unique)) {
+    for (const c of open_schemas(unique, ["conversation_id"])) {
       if (c && c.conversation_id) convs.set(JSON.stringify(c.conversation_id), c.conversation_id);
     }
     for (const conv of convs.values()) {

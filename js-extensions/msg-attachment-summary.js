@@ -19,7 +19,7 @@ extension({
       done.add(k);
       const attachments = [];
       for (const schema of ["rd.attach.file", "rd.attach.link"]) {
-        for (const a of find_schemas(schema, "message", key)) {
+        for (const a of find_schemas(schema, "message", key, 1000000, [])) {
           attachments.push({ id: a.rd_key, schemas: { [schema]: null } });
         }
       }

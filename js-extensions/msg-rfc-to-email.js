@@ -5,9 +5,8 @@ extension({
   id: "rd.ext.core.msg-rfc-to-email",
   source_schemas: ["rd.msg.rfc822"],
   handler(doc) {
-    const raw = open_attachment(doc, "rfc822", { encoding: "base64" });
-    if (raw === null) throw new Error("the message has no rfc822 attachment");
-    const mail = raindrop.mail.parse(raw);
+    const mail = raindrop.mail.parse_attachment(doc, "rfc822");
+    if (mail === null) throw new Error("the message has no rfc822 attachment");
     const items = {
       headers: mail.headers,
       body: mail.text,

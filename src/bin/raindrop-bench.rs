@@ -449,6 +449,9 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(format!("embedded-{threads}"))).unwrap());
         let (rate, second, writes) = pipeline_rates(store, n, threads);
         println!("{:<38} {:>9} {:>10} {:>14.0} {:>16.0} {:>12.3}s ({writes})", "embedded (SQLite)", n, threads, rate, 3.0 * rate, second);
+        if raindrop::timing::enabled() {
+            eprint!("{}", raindrop::timing::take_report());
+        }
     }
     let bin = pouchdb_bin.or_else(|| std::env::var("RAINDROP_POUCHDB_SERVER").ok());
     if let Some(bin) = bin {

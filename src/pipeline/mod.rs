@@ -210,7 +210,7 @@ impl Pipeline {
         let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq, Option<Value>)>(1);
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
         std::thread::scope(|scope| {
-            let writer = scope.spawn(|| -> Result<(), PipelineError> {
+            let writer = std::thread::Builder::new().name("pipeline-writer".into()).spawn_scoped(scope, || -> Result<(), PipelineError> {
                 let mut progress = progress;
                 for (work, seq, waiting) in work_rx {
                     let mut local = Stats::default();
@@ -241,7 +241,9 @@ impl Pipeline {
                     let t0 = Instant::now();
                     self.record_dependencies(work.dependencies)?;
                     crate::timing::record("W:deps", t0, 0);
+                    let t0 = Instant::now();
                     self.store.put_local(&ckpt_id, &json!({ "seq": seq.as_str(), "fingerprints": fingerprints }))?;
+                    crate::timing::record("W:checkpoint", t0, 0);
                     let snapshot = {
                         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                         s.docs_written += local.docs_written;
@@ -254,6 +256,10 @@ impl Pipeline {
                 }
                 Ok(())
             });
+            let writer = match writer {
+                Ok(w) => w,
+                Err(e) => return Err(PipelineError::Store(StoreError::BadRequest(format!("cannot start the writer thread: {e}")))),
+            };
             let add_stats = |local: &Stats| {
                 let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                 s.changes_read += local.changes_read;

@@ -26,35 +26,28 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             };
             ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
         }
-        let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(|d| d.map(|d| only_fields(d, args.get(1))).unwrap_or(Value::Null)).collect()))
+        let docs = match field_list(args.get(1))? {
+            Some(fields) => s.get_many_fields(&ids, &fields),
+            None => s.get_many(&ids),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()))
     });
     let s = store.clone();
     // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
     host.register("open_attachment", move |_, args| {
-        let id = match args.first() {
-            Some(Value::String(id)) => id.clone(),
-            Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),
-            _ => return Err("open_attachment needs a document or its id".into()),
-        };
-        let name = args.get(1).and_then(Value::as_str).ok_or("open_attachment needs an attachment name")?;
         let base64 = args.get(2).and_then(|o| o.get("encoding")).and_then(Value::as_str) == Some("base64");
-        // A bare name finds the attachment any contributor stored as "<ext>/<name>".
-        let mut full = name.to_string();
-        if !name.contains('/') {
-            if let Some(doc) = s.get(&id, false).map_err(|e| e.to_string())? {
-                if let Some(found) = doc.get("_attachments").and_then(Value::as_object).and_then(|a| {
-                    a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned()
-                }) {
-                    full = found;
-                }
-            }
-        }
-        match s.get_attachment(&id, &full).map_err(|e| e.to_string())? {
-            None => Ok(Value::Null),
-            Some(att) if base64 => Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(att.data))),
-            Some(att) => Ok(Value::String(String::from_utf8_lossy(&att.data).into_owned())),
-        }
+        Ok(match read_attachment(&*s, &args)? {
+            None => Value::Null,
+            Some(data) if base64 => Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
+            Some(data) => Value::String(String::from_utf8_lossy(&data).into_owned()),
+        })
+    });
+    let s = store.clone();
+    // mail_parse_attachment(doc or id, name) → raindrop.mail.parse of the attachment, or null:
+    // the message goes from the store to the parser without crossing into JS twice as base64.
+    host.register("mail_parse_attachment", move |_, args| {
+        Ok(read_attachment(&*s, &args)?.map(|data| crate::mail::parse(&data)).unwrap_or(Value::Null))
     });
     let s = store.clone();
     // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
@@ -66,8 +59,12 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        let docs = s.find(schema, field, limit).map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(|d| only_fields(d, args.get(4))).collect()))
+        let docs = match field_list(args.get(4))? {
+            Some(fields) => s.find_fields(schema, field, limit, &fields),
+            None => s.find(schema, field, limit),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
@@ -91,11 +88,44 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
     });
 }
 
-/// `doc`, cut down to `rd_key` and the fields named in `fields` when that is a list: much less
-/// to hand to JS when a caller reads many documents for a few fields.
-fn only_fields(mut doc: crate::store::Doc, fields: Option<&Value>) -> Value {
-    if let Some(keep) = fields.and_then(Value::as_array) {
-        doc.retain(|k, _| k == "rd_key" || keep.iter().any(|f| f.as_str() == Some(k.as_str())));
+/// The attachment named by `args` (`[doc or id, name]`); a bare name finds the attachment any
+/// contributor stored as `<ext>/<name>`.
+fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>, String> {
+    let id = match args.first() {
+        Some(Value::String(id)) => id.clone(),
+        Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),
+        _ => return Err("open_attachment needs a document or its id".into()),
+    };
+    let name = args.get(1).and_then(Value::as_str).ok_or("open_attachment needs an attachment name")?;
+    let find = |doc: &crate::store::Doc| {
+        doc.get("_attachments").and_then(Value::as_object).and_then(|a| a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned())
+    };
+    let mut full = name.to_string();
+    if !name.contains('/') {
+        // The names in the document given, else (a bare id, or a document cut down to a few
+        // fields) in the stored one.
+        let given = args.first().and_then(Value::as_object).and_then(find);
+        let found = match given {
+            Some(f) => Some(f),
+            None => store.get(&id, false).map_err(|e| e.to_string())?.as_ref().and_then(find),
+        };
+        if let Some(found) = found {
+            full = found;
+        }
     }
-    Value::Object(doc)
+    Ok(store.get_attachment(&id, &full).map_err(|e| e.to_string())?.map(|att| att.data))
+}
+
+/// The optional list of fields to keep (besides `rd_key`) of the documents a call reads: much
+/// less to read and to hand to JS when a caller wants a few fields of many documents.
+fn field_list(arg: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+    match arg {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(names)) => names
+            .iter()
+            .map(|n| n.as_str().map(str::to_string).ok_or_else(|| format!("field names must be strings, not {n}")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        Some(other) => Err(format!("the field list must be an array of names, not {other}")),
+    }
 }

@@ -282,6 +282,19 @@ fn assemble(
     Ok(doc)
 }
 
+/// `rd_key` and `fields` of a stored body, the other fields skipped rather than built.
+fn projected(body: &str, fields: &[String]) -> Doc {
+    let mut doc = Map::new();
+    if let Ok(raw) = serde_json::from_str::<std::collections::HashMap<String, &serde_json::value::RawValue>>(body) {
+        for name in fields.iter().map(String::as_str).chain(["rd_key"]) {
+            if let Some(value) = raw.get(name).and_then(|r| serde_json::from_str::<Value>(r.get()).ok()) {
+                doc.insert(name.to_string(), value);
+            }
+        }
+    }
+    doc
+}
+
 /// Checks an id the way CouchDB does: non-empty, and `_` only for design documents.
 fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -332,6 +345,47 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
     let body = if deleted { "{}".to_string() } else { serde_json::to_string(&doc).unwrap_or_default() };
     let doc = (!deleted).then_some(doc);
     Ok(Incoming { id, rev, deleted, body, schema, attachments, doc })
+}
+
+
+impl EmbeddedStore {
+    /// `find`, with every document cut down to `fields` (and `rd_key`) when given.
+    fn find_with(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: Option<&[String]>) -> Result<Vec<Doc>, StoreError> {
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        if let Some((name, _)) = field {
+            self.ensure_index(schema_id, name)?;
+        }
+        self.read(|c| {
+            let mut out = Vec::new();
+            let mut collect = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+                while let Some(r) = rows.next()? {
+                    let (id, rev, has_att, body): (String, String, bool, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+                    out.push(match fields {
+                        Some(fields) => projected(&body, fields),
+                        None => assemble(c, &id, &rev, false, has_att, &body, false)?,
+                    });
+                }
+                Ok(())
+            };
+            match field {
+                Some((name, value)) => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
+                         WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
+                         ORDER BY d.seq LIMIT ?4",
+                    )?;
+                    collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
+                }
+                None => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT id, rev, has_att, body FROM docs WHERE schema = ?1 AND deleted = 0 ORDER BY seq LIMIT ?2",
+                    )?;
+                    collect(&mut stmt.query(params![schema_id, limit])?)?;
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
 impl Store for EmbeddedStore {
@@ -409,39 +463,26 @@ impl Store for EmbeddedStore {
         Ok(results)
     }
 
-    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
-        let limit = limit.clamp(1, i64::MAX as usize) as i64;
-        if let Some((name, _)) = field {
-            self.ensure_index(schema_id, name)?;
-        }
+    fn get_many_fields(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
         self.read(|c| {
-            let mut out = Vec::new();
-            let mut collect = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
-                while let Some(r) = rows.next()? {
-                    let (id, rev, has_att, body): (String, String, bool, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-                    out.push(assemble(c, &id, &rev, false, has_att, &body, false)?);
-                }
-                Ok(())
-            };
-            match field {
-                Some((name, value)) => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
-                         WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
-                         ORDER BY d.seq LIMIT ?4",
-                    )?;
-                    collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
-                }
-                None => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT id, rev, has_att, body FROM docs WHERE schema = ?1 AND deleted = 0 ORDER BY seq LIMIT ?2",
-                    )?;
-                    collect(&mut stmt.query(params![schema_id, limit])?)?;
-                }
+            let mut stmt = c.prepare_cached("SELECT body FROM docs WHERE id = ?1 AND deleted = 0")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let body = stmt.query_row([id], |r| r.get::<_, String>(0)).optional()?;
+                out.push(body.map(|b| projected(&b, fields)));
             }
             Ok(out)
         })
     }
+
+    fn find_fields(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: &[String]) -> Result<Vec<Doc>, StoreError> {
+        self.find_with(schema_id, field, limit, Some(fields))
+    }
+
+    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
+        self.find_with(schema_id, field, limit, None)
+    }
+
 
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
         let since_n = parse_seq(since)?;

@@ -104,6 +104,12 @@ pub struct Attachment {
     pub data: Vec<u8>,
 }
 
+/// `doc` cut down to `rd_key` and `fields` (see [`Store::get_many_fields`]).
+pub fn project(mut doc: Doc, fields: &[String]) -> Doc {
+    doc.retain(|k, _| k == "rd_key" || fields.iter().any(|f| f == k));
+    doc
+}
+
 /// What every backend does. Implementations are `Send + Sync`: one store is shared by threads.
 pub trait Store: Send + Sync {
     fn info(&self) -> Result<DbInfo, StoreError>;
@@ -126,6 +132,18 @@ pub trait Store: Send + Sync {
     /// The embedded store answers from indexes it builds on first use of a field; CouchDB from a
     /// view.
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError>;
+
+    /// [`Store::get_many`], keeping of each document only `rd_key` and `fields`: a caller that
+    /// wants a few fields of many documents (a summary reading message bodies) then does not
+    /// pay for the rest. Stores that can skip the other fields while reading do.
+    fn get_many_fields(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        Ok(self.get_many(ids)?.into_iter().map(|d| d.map(|d| project(d, fields))).collect())
+    }
+
+    /// [`Store::find`], keeping of each document only `rd_key` and `fields`.
+    fn find_fields(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: &[String]) -> Result<Vec<Doc>, StoreError> {
+        Ok(self.find(schema_id, field, limit)?.into_iter().map(|d| project(d, fields)).collect())
+    }
 
     /// Changes after `since`, at most `limit`, oldest first, without waiting.
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError>;

@@ -263,6 +263,23 @@ fn find_by_schema_and_field(s: &dyn Store) {
     assert_eq!(s.find("rd.test.arr", Some(("o", &json!({"a": [2], "k": 1}))), 10).unwrap().len(), 1);
 }
 
+fn reading_only_some_fields(s: &dyn Store) {
+    s.bulk_write(vec![
+        doc(json!({"_id": "rc!t.p1!rd.test.p", "rd_key": ["t", "p1"], "rd_schema_id": "rd.test.p", "k": "same", "big": "x".repeat(10_000), "n": 1, "nested": {"a": [1, "é"]}})),
+        doc(json!({"_id": "rc!t.p2!rd.test.p", "rd_key": ["t", "p2"], "rd_schema_id": "rd.test.p", "k": "same", "n": 2})),
+    ]).unwrap();
+    let ids = vec!["rc!t.p1!rd.test.p".to_string(), "rc!missing!rd.test.p".to_string(), "rc!t.p2!rd.test.p".to_string()];
+    let fields = vec!["n".to_string(), "nested".to_string(), "absent".to_string()];
+    let got = s.get_many_fields(&ids, &fields).unwrap();
+    assert_eq!(got[0].clone().map(Value::Object), Some(json!({"rd_key": ["t", "p1"], "n": 1, "nested": {"a": [1, "é"]}})));
+    assert_eq!(got[1], None);
+    assert_eq!(got[2].clone().map(Value::Object), Some(json!({"rd_key": ["t", "p2"], "n": 2})));
+    let mut found: Vec<Value> = s.find_fields("rd.test.p", Some(("k", &json!("same"))), 10, &[]).unwrap().into_iter().map(Value::Object).collect();
+    found.sort_by_key(|d| d.to_string());
+    assert_eq!(found, vec![json!({"rd_key": ["t", "p1"]}), json!({"rd_key": ["t", "p2"]})]);
+    assert_eq!(s.find_fields("rd.test.p", None, 10, &["n".to_string()]).unwrap().len(), 2);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -287,4 +304,5 @@ conformance!(
     bulk_write_10000,
     checkpoint_documents,
     find_by_schema_and_field,
+    reading_only_some_fields,
 );
