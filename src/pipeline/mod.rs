@@ -230,7 +230,13 @@ impl Pipeline {
                         doc.insert("values".into(), values);
                         states.insert(0, doc);
                     }
-                    for result in self.write(work.items, work.removals, states, &mut local)? {
+                    // The dependency index first: if a crash follows, it names outputs not yet
+                    // written, which only costs a re-run.
+                    let t1 = Instant::now();
+                    self.record_dependencies(work.dependencies)?;
+                    crate::timing::record("W:deps", t1, 0);
+                    let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": fingerprints });
+                    for result in self.write(work.items, work.removals, states, (&ckpt_id, &checkpoint), &mut local)? {
                         if let WriteResult::Ok { id, rev } = result {
                             if id == later_id {
                                 later_rev = Some(Value::String(rev));
@@ -238,12 +244,6 @@ impl Pipeline {
                         }
                     }
                     crate::timing::record("W:write", t0, 0);
-                    let t0 = Instant::now();
-                    self.record_dependencies(work.dependencies)?;
-                    crate::timing::record("W:deps", t0, 0);
-                    let t0 = Instant::now();
-                    self.store.put_local(&ckpt_id, &json!({ "seq": seq.as_str(), "fingerprints": fingerprints }))?;
-                    crate::timing::record("W:checkpoint", t0, 0);
                     let snapshot = {
                         let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
                         s.docs_written += local.docs_written;
@@ -703,8 +703,9 @@ impl Pipeline {
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything
     /// (`states`, the bookkeeping documents, last), and re-merges on conflicts a bounded number
-    /// of times. Returns the results of writing `states`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    /// of times; each write also puts the `checkpoint` (the embedded store commits both at
+    /// once). Returns the results of writing `states`.
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -756,12 +757,15 @@ impl Pipeline {
                 writes.extend(states.iter().cloned());
             }
             if writes.is_empty() {
+                if attempt == 0 {
+                    self.store.put_local(checkpoint.0, checkpoint.1)?;
+                }
                 return Ok(state_results);
             }
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
             let nw = writes.len();
-            let results = self.store.bulk_write(writes)?;
+            let results = self.store.bulk_write_and_put_local(writes, Some(checkpoint))?;
             crate::timing::record("W:bulk_write", t0, nw);
             if attempt == 0 {
                 state_results = results[n_docs.min(results.len())..].to_vec();

@@ -126,6 +126,17 @@ pub trait Store: Send + Sync {
     /// (`_attachments.{name}.data` in base64) are stored; stubs keep the existing ones.
     fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError>;
 
+    /// [`Store::bulk_write`], then [`Store::put_local`] of `local` when given: the pipeline
+    /// writes a page and its checkpoint so. The embedded store does both in one transaction,
+    /// one durable commit instead of two.
+    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
+        let results = if docs.is_empty() { Vec::new() } else { self.bulk_write(docs)? };
+        if let Some((id, body)) = local {
+            self.put_local(id, body)?;
+        }
+        Ok(results)
+    }
+
     /// Live documents of schema `schema_id` (their `rd_schema_id`), optionally only those whose
     /// top-level `field` equals `value` — or, with `field` written `name[]`, whose array `name`
     /// contains `value` — at most `limit`. Values over 512 bytes of JSON are not indexed.
