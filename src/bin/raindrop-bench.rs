@@ -444,8 +444,8 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
     let dir = std::env::temp_dir().join(format!("raindrop-bench-pipe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let n: usize = std::env::var("BENCH_SOURCES").ok().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     for threads in [1, 2] {
-        let n = 10_000;
         let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(format!("embedded-{threads}"))).unwrap());
         let (rate, second, writes) = pipeline_rates(store, n, threads);
         println!("{:<38} {:>9} {:>10} {:>14.0} {:>16.0} {:>12.3}s ({writes})", "embedded (SQLite)", n, threads, rate, 3.0 * rate, second);

@@ -705,7 +705,7 @@ impl Pipeline {
     /// (`states`, the bookkeeping documents, last), and re-merges on conflicts a bounded number
     /// of times; each write also puts the `checkpoint` (the embedded store commits both at
     /// once). Returns the results of writing `states`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -737,7 +737,7 @@ impl Pipeline {
                     if doc.as_ref().is_some_and(|d| model::holds_same_from_other_source(d, item)) {
                         continue;
                     }
-                    match model::apply_item(doc.as_ref(), item) {
+                    match model::apply_item_at(id, doc.as_ref(), item) {
                         Ok(d) => doc = Some(d),
                         Err(e) => tracing::error!("cannot merge into {id}: {e}"),
                     }
@@ -754,7 +754,7 @@ impl Pipeline {
             }
             let n_docs = writes.len();
             if attempt == 0 {
-                writes.extend(states.iter().cloned());
+                writes.append(&mut states);
             }
             if writes.is_empty() {
                 if attempt == 0 {

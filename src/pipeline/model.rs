@@ -122,6 +122,11 @@ pub fn schema_of_id(id: &str) -> Option<&str> {
 /// returns the new document. `_id` and `_rev` are kept from `existing`.
 pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
     let id = doc_id(&item.rd_key, &item.schema_id)?;
+    apply_item_at(&id, existing, item)
+}
+
+/// [`apply_item`] for a caller that has the document's id already (it is `item`'s).
+pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
     let mut contributors: Map<String, Value> = existing.map(contributors).unwrap_or_default();
     let mut entry = Map::new();
     entry.insert(
@@ -154,7 +159,7 @@ pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, Mode
             attachments.insert(format!("{prefix}{name}"), att.clone());
         }
     }
-    Ok(aggregate(&id, existing, &item.rd_key, &item.schema_id, contributors, attachments))
+    Ok(aggregate(id, existing, &item.rd_key, &item.schema_id, contributors, attachments))
 }
 
 /// Whether `doc` already holds what `item` says, from another source of the same extension.
