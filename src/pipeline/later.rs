@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 
 /// Distinct values per extension above which the queue is run without waiting for the drain.
-const MAX_VALUES: usize = 5_000;
+const MAX_VALUES: usize = 20_000;
 /// Age of the oldest waiting value after which the queue is run without waiting for the drain,
 /// so a daemon under steady load still refreshes its summaries.
 const MAX_AGE: Duration = Duration::from_secs(10);
