@@ -230,11 +230,13 @@ impl Pipeline {
                         doc.insert("values".into(), values);
                         states.insert(0, doc);
                     }
-                    // The dependency index first: if a crash follows, it names outputs not yet
-                    // written, which only costs a re-run.
+                    // The dependency index before the states, in the same write: if a crash
+                    // comes between, it names outputs not yet written, which costs a re-run.
                     let t1 = Instant::now();
-                    self.record_dependencies(work.dependencies)?;
+                    let mut index = self.dependency_index_updates(work.dependencies)?;
                     crate::timing::record("W:deps", t1, 0);
+                    index.append(&mut states);
+                    let states = index;
                     let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": fingerprints });
                     for result in self.write(work.items, work.removals, states, (&ckpt_id, &checkpoint), &mut local)? {
                         if let WriteResult::Ok { id, rev } = result {
@@ -645,10 +647,11 @@ impl Pipeline {
         (out, None)
     }
 
-    /// Adds (source, extension) pairs to the dependency index of each document they depend on.
-    fn record_dependencies(&self, dependencies: Vec<(String, String, String)>) -> Result<(), StoreError> {
+    /// The dependency index documents to write for `dependencies`: each lists the (source,
+    /// extension) pairs whose outputs declared that document in `deps`.
+    fn dependency_index_updates(&self, dependencies: Vec<(String, String, String)>) -> Result<Vec<Doc>, StoreError> {
         if dependencies.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let mut by_dep: BTreeMap<String, Vec<Value>> = BTreeMap::new();
         for (dep, src, ext) in dependencies {
@@ -665,8 +668,10 @@ impl Pipeline {
             let list = doc.entry("dependents").or_insert_with(|| Value::Array(Vec::new()));
             let Value::Array(list) = list else { continue };
             let before = list.len();
+            // A popular document (the user's own identity) has many dependents: no scan per pair.
+            let mut present: std::collections::HashSet<String> = list.iter().map(Value::to_string).collect();
             for pair in by_dep.remove(id).unwrap_or_default() {
-                if !list.contains(&pair) {
+                if present.insert(pair.to_string()) {
                     list.push(pair);
                 }
             }
@@ -674,14 +679,7 @@ impl Pipeline {
                 writes.push(doc);
             }
         }
-        if !writes.is_empty() {
-            for r in self.store.bulk_write(writes)? {
-                if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
-                    tracing::warn!("could not update the dependency index {id}");
-                }
-            }
-        }
-        Ok(())
+        Ok(writes)
     }
 
     /// Items emitted by a `later_handler`: each names its `rd_key` (and, optionally, its
@@ -776,7 +774,7 @@ impl Pipeline {
                     WriteResult::Ok { .. } if i < n_docs => stats.docs_written += 1,
                     WriteResult::Ok { .. } => {}
                     WriteResult::Conflict { id } if i < n_docs => conflicted.push(id.clone()),
-                    WriteResult::Conflict { id } => tracing::warn!("state document {id} changed under us; it will be rewritten on the next run"),
+                    WriteResult::Conflict { id } => tracing::warn!("bookkeeping document {id} changed under us; it will be rewritten on the next run"),
                     WriteResult::Error { id, reason } => tracing::error!("the store refused {id}: {reason}"),
                 }
             }
