@@ -100,22 +100,21 @@ fn a_chain_of_extensions_on_pouchdb_server() {
     chain_on(&server.db_url("chain"), &dir);
 }
 
-#[test]
-fn sigkill_at_any_moment_ends_in_the_same_database() {
-    let dir = TempDir::new("kill");
-    let exts = chain_dir(dir.path());
-    let seed = seed_file(dir.path(), 3000);
+/// Processes `seed` with `exts` once uninterrupted and then, per round, in runs SIGKILLed after
+/// each delay (ms) and one run to the end: every round must end in the uninterrupted database.
+/// Returns that database.
+fn kill_rounds(dir: &TempDir, exts: &Path, seed: &Path, rounds: &[&[u64]]) -> Vec<Value> {
+    let process = |db: &str| { let mut c = rd(db, exts); c.args(["process", "--page-size", "100"]); c };
     let reference = dir.path().join("reference").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&reference, &exts); c.arg("add-schemas").arg(&seed); c });
-    ok({ let mut c = rd(&reference, &exts); c.args(["process", "--page-size", "100"]); c });
-    let expected = dump(&reference, &exts);
-
-    for (round, delays) in [[30u64, 80, 150], [60, 10, 250], [120, 40, 40]].iter().enumerate() {
+    ok({ let mut c = rd(&reference, exts); c.arg("add-schemas").arg(seed); c });
+    ok(process(&reference));
+    let expected = dump(&reference, exts);
+    for (round, delays) in rounds.iter().enumerate() {
         let db = dir.path().join(format!("killed-{round}")).to_string_lossy().into_owned();
-        ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed); c });
+        ok({ let mut c = rd(&db, exts); c.arg("add-schemas").arg(seed); c });
         let mut kills = 0;
-        for delay in delays {
-            let mut child = rd(&db, &exts).args(["process", "--page-size", "100"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        for delay in delays.iter() {
+            let mut child = process(&db).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
             std::thread::sleep(Duration::from_millis(*delay));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap(); // SIGKILL
@@ -123,16 +122,25 @@ fn sigkill_at_any_moment_ends_in_the_same_database() {
             }
             child.wait().unwrap();
         }
-        ok({ let mut c = rd(&db, &exts); c.args(["process", "--page-size", "100"]); c });
+        ok(process(&db));
         assert!(kills > 0, "round {round}: no run was killed; use shorter delays");
-        assert_same_docs(&dump(&db, &exts), &expected, &format!("round {round}: the database differs after {kills} kills"));
+        assert_same_docs(&dump(&db, exts), &expected, &format!("round {round}: the database differs after {kills} kills"));
     }
+    expected
+}
+
+#[test]
+fn sigkill_at_any_moment_ends_in_the_same_database() {
+    let dir = TempDir::new("kill");
+    let exts = chain_dir(dir.path());
+    let seed = seed_file(dir.path(), 3000);
+    kill_rounds(&dir, &exts, &seed, &[&[30, 80, 150], &[60, 10, 250], &[120, 40, 40]]);
 }
 
 #[test]
 fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
-    // checkpoint. Kill runs before the drain: no value may be lost behind the checkpoint.
+    // store. Kill runs before the drain: no value may be lost behind the checkpoint.
     let dir = TempDir::new("kill-later");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
@@ -141,29 +149,8 @@ fn process_later_values_survive_sigkill() {
       handler(doc) { process_later(doc.v); },
       later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#).unwrap();
     let seed = seed_file(dir.path(), 3000);
-    let reference = dir.path().join("reference").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&reference, &exts); c.arg("add-schemas").arg(&seed); c });
-    ok({ let mut c = rd(&reference, &exts); c.args(["process", "--page-size", "100"]); c });
-    let expected = dump(&reference, &exts);
+    let expected = kill_rounds(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
-
-    for (round, delays) in [[60u64, 150], [100, 40], [130, 50]].iter().enumerate() {
-        let db = dir.path().join(format!("killed-{round}")).to_string_lossy().into_owned();
-        ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed); c });
-        let mut kills = 0;
-        for delay in delays {
-            let mut child = rd(&db, &exts).args(["process", "--page-size", "100"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(*delay));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap(); // SIGKILL
-                kills += 1;
-            }
-            child.wait().unwrap();
-        }
-        ok({ let mut c = rd(&db, &exts); c.args(["process", "--page-size", "100"]); c });
-        assert!(kills > 0, "round {round}: no run was killed; use shorter delays");
-        assert_same_docs(&dump(&db, &exts), &expected, &format!("round {round}: the database differs after {kills} kills"));
-    }
 }
 
 #[test]
