@@ -45,12 +45,14 @@ impl HostFunctions {
 
     /// Calls `name` with a JSON array of arguments; answers `{"ok":…}` or `{"error":"…"}`.
     pub(crate) fn call_json(&self, extension_id: &str, name: &str, args_json: &str) -> String {
-        let t0 = std::time::Instant::now();
-        let r = self.call_json0(extension_id, name, args_json);
-        crate::timing::record_as(|| format!("native:{name}:{extension_id}"), t0, r.len());
-        r
+        let started = std::time::Instant::now();
+        let answer = self.answer(extension_id, name, args_json);
+        crate::timing::record_as(|| format!("native:{name}:{extension_id}"), started, answer.len());
+        answer
     }
-    fn call_json0(&self, extension_id: &str, name: &str, args_json: &str) -> String {
+
+    /// [`HostFunctions::call_json`] without the timing.
+    fn answer(&self, extension_id: &str, name: &str, args_json: &str) -> String {
         let answer = match self.functions.get(name) {
             None => Err(format!("no host function named {name}")),
             Some(f) => match serde_json::from_str::<Vec<Value>>(args_json) {

@@ -332,7 +332,7 @@ fn worker_main(
                 let n = batch.docs.len();
                 let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run(&batch)));
-                crate::timing::record_as(|| format!("run:{}", shared.sources[ext].file_name()), t0, n);
+                crate::timing::record_as(|| job_label("run", shared, ext), t0, n);
                 let outcomes = result.unwrap_or_else(|_| {
                     worker.recycle();
                     vec![DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
@@ -343,7 +343,7 @@ fn worker_main(
                 let n = keys.len();
                 let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.filter(ext, &keys)));
-                crate::timing::record_as(|| format!("filter:{}", shared.sources[ext].file_name()), t0, n);
+                crate::timing::record_as(|| job_label("filter", shared, ext), t0, n);
                 let answers = result.unwrap_or_else(|_| {
                     worker.recycle();
                     vec![Err(HandlerError::new(FailureKind::Exception, "internal error in the JS worker")); n]
@@ -353,7 +353,7 @@ fn worker_main(
             Job::Later { ext, values, reply } => {
                 let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.later(ext, &values)));
-                crate::timing::record_as(|| format!("later:{}", shared.sources[ext].file_name()), t0, values.len());
+                crate::timing::record_as(|| job_label("later", shared, ext), t0, values.len());
                 let outcome = result.unwrap_or_else(|_| {
                     worker.recycle();
                     DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "internal error in the JS worker"))
@@ -363,6 +363,12 @@ fn worker_main(
         }
     }
     worker.loaded = None;
+}
+
+/// A job's label in the timing table: its kind and the extension's file.
+fn job_label(kind: &str, shared: &Shared, ext: usize) -> String {
+    let file = shared.sources.get(ext).map(|s| s.file_name()).unwrap_or_default();
+    format!("{kind}:{file}")
 }
 
 impl Worker<'_> {

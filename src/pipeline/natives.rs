@@ -94,9 +94,9 @@ fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>,
     let id = match args.first() {
         Some(Value::String(id)) => id.clone(),
         Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),
-        _ => return Err("open_attachment needs a document or its id".into()),
+        _ => return Err("the first argument must be a document or its id".into()),
     };
-    let name = args.get(1).and_then(Value::as_str).ok_or("open_attachment needs an attachment name")?;
+    let name = args.get(1).and_then(Value::as_str).ok_or("the second argument must be an attachment name")?;
     let find = |doc: &crate::store::Doc| {
         doc.get("_attachments").and_then(Value::as_object).and_then(|a| a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned())
     };
