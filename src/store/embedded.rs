@@ -182,7 +182,16 @@ impl EmbeddedStore {
             Some(c) => c,
             None => connect(&self.path)?,
         };
-        let result = f(&conn).map_err(|e| self.e(e));
+        // One read transaction for the whole closure: one snapshot (a `get_many` sees one state
+        // of the database) and one lock and WAL check instead of one per statement.
+        let result = conn
+            .unchecked_transaction()
+            .and_then(|tx| {
+                let value = f(&tx)?;
+                tx.commit()?;
+                Ok(value)
+            })
+            .map_err(|e| self.e(e));
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         result
     }
@@ -277,7 +286,7 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     // writer, and a crash leaves the last committed state. The log is copied into the database
     // by the `Checkpointer`, not by the commits.
     conn.execute_batch(
-        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0;",
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-32768;",
     )
     .map_err(|e| err(path, e))?;
     Ok(conn)
