@@ -1,6 +1,11 @@
 // rd.msg.email → rd.msg.conversation: a message joins the conversation of the messages it
 // answers (In-Reply-To, References); a later message that links two conversations merges them
 // (find_and_emit_conversation), as the original's rd.ext.core.msg-email-to-convo did.
+//
+// The handler only notes each message's links (process_later); the later_handler assigns the
+// conversations of all noted messages in one pass, once the documents before it are written.
+// Runs one at a time over settled documents cannot race, so no message has to be re-run when a
+// conversation it looked at changes (as a handler per message did: 2.6 runs per message).
 function messageIds(headers, name) {
   const ids = [];
   for (const value of headers[name] || []) {
@@ -9,11 +14,52 @@ function messageIds(headers, name) {
   return ids;
 }
 
+// Groups of message keys that belong together: linked by one message, or already in one
+// conversation. Each group's keys are sorted, so its new conversation (when none of them has
+// one) does not depend on the order the messages came in.
+function components(links) {
+  const parent = new Map();
+  const find = (x) => {
+    while (parent.get(x) !== x) {
+      parent.set(x, parent.get(parent.get(x)));
+      x = parent.get(x);
+    }
+    return x;
+  };
+  const node = (x) => {
+    if (!parent.has(x)) parent.set(x, x);
+    return x;
+  };
+  const union = (a, b) => {
+    const ra = find(node(a)), rb = find(node(b));
+    if (ra !== rb) parent.set(ra, rb);
+  };
+  const keys = new Map();
+  for (const group of links) {
+    for (const key of group) {
+      const k = "k" + JSON.stringify(key);
+      keys.set(k, key);
+      union(k, "k" + JSON.stringify(group[0]));
+    }
+  }
+  const list = [...keys.values()];
+  const current = open_schemas(list.map((key) => [key, "rd.msg.conversation"]), ["conversation_id"]);
+  list.forEach((key, i) => {
+    const c = current[i] && current[i].conversation_id;
+    if (c !== undefined && c !== null) union("k" + JSON.stringify(key), "c" + JSON.stringify(c));
+  });
+  const groups = new Map();
+  for (const [k, key] of keys) {
+    const root = find(k);
+    if (!groups.has(root)) groups.set(root, []);
+    groups.get(root).push([k, key]);
+  }
+  return [...groups.values()].map((g) => g.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)).map((p) => p[1]));
+}
+
 extension({
   id: "rd.ext.core.msg-email-to-convo",
   source_schemas: ["rd.msg.email"],
-  // Re-run when a conversation it looked at changes (see find_and_emit_conversation).
-  uses_dependencies: true,
   // It writes the conversation of every message it merges, not only its own: a re-run that no
   // longer mentions a message (because another run already moved it) must not withdraw it.
   category: "smart",
@@ -22,9 +68,11 @@ extension({
     const related = messageIds(headers, "references").concat(messageIds(headers, "in-reply-to"));
     const keys = [doc.rd_key];
     for (const id of related) {
-      const key = ["email", id];
-      if (!keys.some((k) => k[1] === id)) keys.push(key);
+      if (!keys.some((k) => k[1] === id)) keys.push(["email", id]);
     }
-    find_and_emit_conversation(keys);
+    process_later(keys);
+  },
+  later_handler(links) {
+    for (const keys of components(links)) find_and_emit_conversation(keys);
   },
 });

@@ -570,8 +570,8 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
 
 /// Imports a generated mailbox into a fresh embedded store and processes it to stability with
 /// the bundled extensions; returns (seconds importing, seconds processing, documents written,
-/// errors, bodies written).
-fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64, f64, u64, u64, usize) {
+/// errors, bodies written, conversations with a digest of how they partition the messages).
+fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64, f64, u64, u64, usize, String) {
     use raindrop::pipeline::{self, Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
     let exts = std::env::var("BENCH_EXTENSIONS").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
@@ -598,7 +598,21 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64
     let stats = p.run(&options, |s| if verbose { eprintln!("{s:?}") }).unwrap();
     let processed = start.elapsed().as_secs_f64();
     let bodies = store.find("rd.msg.body", None, usize::MAX).unwrap().len();
-    (imported, processed, stats.docs_written, stats.errors, bodies)
+    // The conversations as a partition of the messages (whatever their ids): equal digests mean
+    // equal threading, so runs with 1 and 2 threads can be compared.
+    let mut members: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for doc in store.find("rd.msg.conversation", None, usize::MAX).unwrap() {
+        members.entry(doc["conversation_id"].to_string()).or_default().push(doc["rd_key"].to_string());
+    }
+    let mut partition: Vec<Vec<String>> = members.into_values().map(|mut m| { m.sort(); m }).collect();
+    partition.sort();
+    let shape = format!("{} ({:08x})", partition.len(), {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        partition.hash(&mut h);
+        h.finish() & 0xffff_ffff
+    });
+    (imported, processed, stats.docs_written, stats.errors, bodies, shape)
 }
 
 fn bench_mail() {
@@ -606,15 +620,15 @@ fn bench_mail() {
     let messages = mailbox(n);
     let mb = messages.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     println!("raindrop-bench mail — one run; {n} generated messages ({mb:.1} MB), the bundled extensions, embedded store");
-    println!("{:>10} {:>12} {:>12} {:>12} {:>14} {:>16} {:>8}", "JS threads", "import s", "process s", "messages/s", "docs written", "rd.msg.body", "errors");
+    println!("{:>10} {:>12} {:>12} {:>12} {:>14} {:>16} {:>8}  {}", "JS threads", "import s", "process s", "messages/s", "docs written", "rd.msg.body", "errors", "conversations (digest)");
     let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut rates = Vec::new();
     for threads in [1, 2] {
-        let (imported, processed, written, errors, bodies) = mail_run(&dir.join(format!("t{threads}")), &messages, threads);
+        let (imported, processed, written, errors, bodies, conversations) = mail_run(&dir.join(format!("t{threads}")), &messages, threads);
         let rate = n as f64 / (imported + processed);
         rates.push(rate);
-        println!("{threads:>10} {imported:>12.2} {processed:>12.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}");
+        println!("{threads:>10} {imported:>12.2} {processed:>12.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}");
         if raindrop::timing::enabled() {
             eprint!("{}", raindrop::timing::take_report());
         }

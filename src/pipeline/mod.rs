@@ -307,6 +307,14 @@ impl Pipeline {
                     // The later_handlers run once everything before is written and the feed has
                     // nothing new (they then read settled documents), or when the queue is due.
                     if drained || later.due() {
+                        // Settled means written: a later_handler (the conversations) may build
+                        // on what the previous run of the queue emitted.
+                        while in_flight > 0 {
+                            if done_rx.recv().is_err() {
+                                return Ok(()); // the writer stopped; its error is reported below
+                            }
+                            in_flight -= 1;
+                        }
                         let t0 = Instant::now();
                         let (items, error) = self.run_later(later.take(), &mut local);
                         crate::timing::record("R:later", t0, 0);
