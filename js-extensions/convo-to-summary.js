@@ -6,14 +6,13 @@
 const SUMMARISED = ["rd.msg.conversation", "rd.msg.body", "rd.msg.seen", "rd.msg.deleted", "rd.msg.archived",
   "rd.msg.grouping-tag", "rd.msg.attachment-summary"];
 
-// The members of each conversation, then the documents of all of them in one read: two host
-// calls per conversation were most of the cost of a page of summaries.
+// The members of all conversations in one call, then the documents of all of them in one read:
+// two host calls per conversation were most of the cost of a page of summaries.
 const FIELDS = ["from", "from_display", "to", "to_display", "cc", "subject", "timestamp",
   "body_preview", "seen", "deleted", "archived", "tag", "attachments"];
 
 function summariseAll(convs) {
-  const members = convs.map((conv) =>
-    find_schemas("rd.msg.conversation", "conversation_id", conv, 1000000, []).map((d) => d.rd_key));
+  const members = find_schemas_each("rd.msg.conversation", "conversation_id", convs, 1000000, []).map((docs) => docs.map((d) => d.rd_key));
   const wanted = [];
   for (const keys of members) for (const key of keys) for (const schema of SUMMARISED.slice(1)) wanted.push([key, schema]);
   // Only the fields a summary uses: a body's text stays in the store.

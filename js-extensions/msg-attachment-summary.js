@@ -12,19 +12,20 @@ extension({
     if (Array.isArray(inner) && Array.isArray(inner[0])) process_later(inner[0]);
   },
   later_handler(messages) {
-    const done = new Set();
-    for (const key of messages) {
+    const seen = new Set();
+    const keys = messages.filter((key) => {
       const k = JSON.stringify(key);
-      if (done.has(k)) continue;
-      done.add(k);
+      return !seen.has(k) && seen.add(k);
+    });
+    // Every message's attachments of each schema in one call.
+    const found = ["rd.attach.file", "rd.attach.link"].map((schema) => [schema, find_schemas_each(schema, "message", keys, 1000000, [])]);
+    keys.forEach((key, i) => {
       const attachments = [];
-      for (const schema of ["rd.attach.file", "rd.attach.link"]) {
-        for (const a of find_schemas(schema, "message", key, 1000000, [])) {
-          attachments.push({ id: a.rd_key, schemas: { [schema]: null } });
-        }
+      for (const [schema, lists] of found) {
+        for (const a of lists[i]) attachments.push({ id: a.rd_key, schemas: { [schema]: null } });
       }
       attachments.sort((a, b) => (JSON.stringify(a.id) < JSON.stringify(b.id) ? -1 : 1));
       emit_schema("rd.msg.attachment-summary", { attachments }, { rd_key: key });
-    }
+    });
   },
 });

@@ -1,5 +1,6 @@
 //! Store-backed host functions for extensions: `open_schemas`, `open_attachment`,
-//! `find_schemas` (a key/schema query), `update_documents`. Each blocks only the runtime that calls it.
+//! `find_schemas` (a key/schema query) and `find_schemas_each` (the same for many values),
+//! `update_documents`. Each blocks only the runtime that calls it.
 
 use std::sync::Arc;
 
@@ -65,6 +66,19 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
         }
         .map_err(|e| e.to_string())?;
         Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
+    });
+    let s = store.clone();
+    // find_schemas_each(schema_id, field, [value, …][, limit[, fields]]) → [[doc, …], …]:
+    // find_schemas for each value, in one call
+    host.register("find_schemas_each", move |_, args| {
+        let (schema, field, values) = match (args.first(), args.get(1), args.get(2)) {
+            (Some(Value::String(s)), Some(Value::String(f)), Some(Value::Array(v))) => (s, f, v),
+            _ => return Err("find_schemas_each needs a schema id, a top-level field name and an array of values".into()),
+        };
+        let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
+        let fields = field_list(args.get(4))?;
+        let found = s.find_each(schema, field, values, limit, fields.as_deref()).map_err(|e| e.to_string())?;
+        Ok(Value::Array(found.into_iter().map(|docs| Value::Array(docs.into_iter().map(Value::Object).collect())).collect()))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of

@@ -440,6 +440,59 @@ impl Store for CouchStore {
         Ok(rows.rows.into_iter().filter_map(|r| r.doc).collect())
     }
 
+    fn find_each(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: Option<&[String]>) -> Result<Vec<Vec<Doc>>, StoreError> {
+        #[derive(Deserialize)]
+        struct KeyedRow {
+            key: Value,
+            doc: Option<Doc>,
+        }
+        #[derive(Deserialize)]
+        struct KeyedRows {
+            rows: Vec<KeyedRow>,
+        }
+        if values.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
+            self.ensure_views()?;
+            self.views_ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        // One request for every value: the rows come back with their keys.
+        let keys: Vec<Value> = values.iter().map(|v| json!([schema_id, field, v])).collect();
+        let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut unique = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            slot.entry(k.to_string()).or_insert_with(|| {
+                unique.push(k);
+                i
+            });
+        }
+        // Each key once: a key given twice would be answered twice.
+        let body = json!({ "keys": unique });
+        let resp = self.send(|| self.request(reqwest::Method::POST, "_design/raindrop/_view/by_field").query(&[("include_docs", "true")]).json(&body))?;
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
+        let rows: KeyedRows = self.json(resp)?;
+        let mut out: Vec<Vec<Doc>> = vec![Vec::new(); values.len()];
+        for row in rows.rows {
+            if let (Some(&i), Some(doc)) = (slot.get(&row.key.to_string()), row.doc) {
+                if out[i].len() < limit.max(1) {
+                    out[i].push(match fields {
+                        Some(fields) => super::project(doc, fields),
+                        None => doc,
+                    });
+                }
+            }
+        }
+        // A value given twice gets the same answer twice.
+        for (i, k) in keys.iter().enumerate() {
+            let first = slot[&k.to_string()];
+            if first != i {
+                out[i] = out[first].clone();
+            }
+        }
+        Ok(out)
+    }
+
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
         let q = Self::changes_query(since, limit, include_docs);
         self.read_changes(&q, Some(Duration::from_secs(300)), true)

@@ -421,41 +421,44 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
 impl EmbeddedStore {
     /// `find`, with every document cut down to `fields` (and `rd_key`) when given.
     fn find_with(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: Option<&[String]>) -> Result<Vec<Doc>, StoreError> {
-        let limit = limit.clamp(1, i64::MAX as usize) as i64;
         if let Some((name, _)) = field {
             self.ensure_index(schema_id, name)?;
         }
-        self.read(|c| {
-            let mut out = Vec::new();
-            let mut collect = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
-                while let Some(r) = rows.next()? {
-                    let (id, rev, has_att, body): (String, String, bool, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-                    out.push(match fields {
-                        Some(fields) => projected(&body, fields),
-                        None => assemble(c, &id, &rev, false, has_att, &body, false)?,
-                    });
-                }
-                Ok(())
-            };
-            match field {
-                Some((name, value)) => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
-                         WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
-                         ORDER BY d.seq LIMIT ?4",
-                    )?;
-                    collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
-                }
-                None => {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT id, rev, has_att, body FROM docs WHERE schema = ?1 AND deleted = 0 ORDER BY seq LIMIT ?2",
-                    )?;
-                    collect(&mut stmt.query(params![schema_id, limit])?)?;
-                }
-            }
-            Ok(out)
-        })
+        self.read(|c| find_on(c, schema_id, field, limit, fields))
     }
+}
+
+/// One `find` on connection `c` (the field, if any, already indexed).
+fn find_on(c: &Connection, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: Option<&[String]>) -> rusqlite::Result<Vec<Doc>> {
+    let limit = limit.clamp(1, i64::MAX as usize) as i64;
+    let mut out = Vec::new();
+    let mut collect = |rows: &mut rusqlite::Rows<'_>| -> rusqlite::Result<()> {
+        while let Some(r) = rows.next()? {
+            let (id, rev, has_att, body): (String, String, bool, String) = (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            out.push(match fields {
+                Some(fields) => projected(&body, fields),
+                None => assemble(c, &id, &rev, false, has_att, &body, false)?,
+            });
+        }
+        Ok(())
+    };
+    match field {
+        Some((name, value)) => {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
+                 WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
+                 ORDER BY d.seq LIMIT ?4",
+            )?;
+            collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
+        }
+        None => {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, rev, has_att, body FROM docs WHERE schema = ?1 AND deleted = 0 ORDER BY seq LIMIT ?2",
+            )?;
+            collect(&mut stmt.query(params![schema_id, limit])?)?;
+        }
+    }
+    Ok(out)
 }
 
 impl Store for EmbeddedStore {
@@ -559,6 +562,11 @@ impl Store for EmbeddedStore {
 
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
         self.find_with(schema_id, field, limit, None)
+    }
+
+    fn find_each(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: Option<&[String]>) -> Result<Vec<Vec<Doc>>, StoreError> {
+        self.ensure_index(schema_id, field)?;
+        self.read(|c| values.iter().map(|v| find_on(c, schema_id, Some((field, v)), limit, fields)).collect())
     }
 
 

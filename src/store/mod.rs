@@ -156,6 +156,20 @@ pub trait Store: Send + Sync {
         Ok(self.find(schema_id, field, limit)?.into_iter().map(|d| project(d, fields)).collect())
     }
 
+    /// [`Store::find`] (or, with `fields`, [`Store::find_fields`]) by one field for each of
+    /// `values`: one list per value, in order, of at most `limit` documents each. One call
+    /// instead of one per value (the attachments of every message of a page); stores that can
+    /// answer them together do.
+    fn find_each(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: Option<&[String]>) -> Result<Vec<Vec<Doc>>, StoreError> {
+        values
+            .iter()
+            .map(|v| match fields {
+                Some(fields) => self.find_fields(schema_id, Some((field, v)), limit, fields),
+                None => self.find(schema_id, Some((field, v)), limit),
+            })
+            .collect()
+    }
+
     /// Changes after `since`, at most `limit`, oldest first, without waiting.
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError>;
 

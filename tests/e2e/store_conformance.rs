@@ -283,6 +283,26 @@ fn reading_only_some_fields(s: &dyn Store) {
     assert_eq!(s.find_fields("rd.test.p", None, 10, &["n".to_string()]).unwrap().len(), 2);
 }
 
+fn finding_for_many_values_at_once(s: &dyn Store) {
+    s.bulk_write((0..6).map(|i| doc(json!({"_id": format!("rc!t.e{i}!rd.test.e"), "rd_key": ["t", format!("e{i}")],
+        "rd_schema_id": "rd.test.e", "group": ["g", i % 3], "n": i}))).collect()).unwrap();
+    let values = [json!(["g", 2]), json!(["g", 9]), json!(["g", 0]), json!(["g", 2])];
+    let keys = |lists: Vec<Vec<Doc>>| -> Vec<Vec<Value>> {
+        lists.into_iter().map(|l| { let mut k: Vec<Value> = l.into_iter().map(|d| d["rd_key"].clone()).collect(); k.sort_by_key(Value::to_string); k }).collect()
+    };
+    let expected = vec![
+        vec![json!(["t", "e2"]), json!(["t", "e5"])],
+        vec![],
+        vec![json!(["t", "e0"]), json!(["t", "e3"])],
+        vec![json!(["t", "e2"]), json!(["t", "e5"])],
+    ];
+    assert_eq!(keys(s.find_each("rd.test.e", "group", &values, 100, None).unwrap()), expected);
+    let projected = s.find_each("rd.test.e", "group", &values, 1, Some(&["n".to_string()])).unwrap();
+    assert!(projected.iter().all(|l| l.len() <= 1), "{projected:?}");
+    assert_eq!(projected[0][0].len(), 2, "rd_key and n only: {projected:?}");
+    assert!(s.find_each("rd.test.e", "group", &[], 10, None).unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -307,5 +327,6 @@ conformance!(
     bulk_write_10000,
     checkpoint_documents,
     find_by_schema_and_field,
+    finding_for_many_values_at_once,
     reading_only_some_fields,
 );
