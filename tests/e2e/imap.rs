@@ -261,21 +261,28 @@ fn the_daemon_syncs_on_an_interval_and_processes_what_arrives() {
     std::thread::sleep(Duration::from_millis(500));
     let mut session = imap_session(server.port);
     session.append("INBOX", &message("while-running@example.com", "Hello daemon", 3)).finish().unwrap();
+    let reply = [b"In-Reply-To: <while-running@example.com>\r\n".as_slice(), &message("reply-while-running@example.com", "Re: Hello daemon", 1)].concat();
+    session.append("INBOX", &reply).finish().unwrap();
     session.logout().unwrap();
-    let body_id = raindrop::pipeline::model::doc_id(&json!(["email", "while-running@example.com"]), "rd.msg.body").unwrap();
+    let id = |msg: &str, schema: &str| raindrop::pipeline::model::doc_id(&json!(["email", msg]), schema).unwrap();
+    let get = |id: &str| {
+        let out = rd(&db, &exts).args(["db", "get", id]).output().unwrap();
+        out.status.success().then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
+    };
+    // The body, then both conversations (assigned by a later_handler once the feed is drained).
+    let wanted = [id("while-running@example.com", "rd.msg.body"), id("while-running@example.com", "rd.msg.conversation"),
+                  id("reply-while-running@example.com", "rd.msg.conversation")];
     let deadline = Instant::now() + Duration::from_secs(60);
     let found = loop {
-        let out = rd(&db, &exts).args(["db", "get", &body_id]).output().unwrap();
-        if out.status.success() {
-            break Some(serde_json::from_slice::<Value>(&out.stdout).unwrap());
-        }
-        if Instant::now() > deadline {
-            break None;
+        let docs: Vec<Option<Value>> = wanted.iter().map(|w| get(w)).collect();
+        if docs.iter().all(Option::is_some) || Instant::now() > deadline {
+            break docs;
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     daemon.kill().unwrap();
     daemon.wait().unwrap();
-    let body = found.expect("the daemon synced and processed the new message");
+    let [body, conv, reply_conv] = [0, 1, 2].map(|i| found[i].clone().unwrap_or_else(|| panic!("the daemon never wrote {}", wanted[i])));
     assert_eq!(body["subject"], "Hello daemon");
+    assert_eq!(conv["conversation_id"], reply_conv["conversation_id"], "the reply joins the message's conversation");
 }
