@@ -51,7 +51,7 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
             }))?,
             Ok(d) => {
                 let schemas = d.source_schemas.as_ref().map_or("(filter)".to_string(), |s| s.join(","));
-                writeln!(out, "{:<40} {:<9} {:>4}  {:<30} {}", d.id, d.category, d.confidence, schemas, file)?
+                writeln!(out, "{:<40} {:<9} {:>4}  {:<30} {}", d.id, d.category.to_string(), d.confidence, schemas, file)?
             }
             Err(e) if json => {
                 failed = true;
