@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::support::{dump, of_schema, ok, rd, repo, TempDir};
+use crate::support::{dump, kill_rounds, of_schema, ok, rd, repo, TempDir};
 
 fn exts() -> PathBuf {
     repo().join("js-extensions")
@@ -41,6 +41,24 @@ fn find<'a>(docs: &'a [Value], schema: &str, rd_key: Value) -> Option<&'a Value>
 
 fn email(id: &str) -> Value {
     json!(["email", id])
+}
+
+#[test]
+fn sigkill_while_processing_mail_ends_in_the_same_database() {
+    // The bundled extensions over the test mail, in pages of two changes (many checkpoints),
+    // killed at several moments: the conversations (a later_handler), contacts and summaries
+    // must come out as in an uninterrupted run.
+    let dir = TempDir::new("mail-kill");
+    let mail = repo().join("fixtures/mail");
+    let seed = |db: &str| import(db, &mail);
+    let process = |db: &str| {
+        let mut c = rdm(db);
+        c.args(["process", "--page-size", "2"]);
+        c
+    };
+    let expected = kill_rounds(&dir, &exts(), seed, process, &[&[120, 160, 200], &[150, 90, 250], &[180, 130, 110]]);
+    assert_eq!(of_schema(&expected, "rd.core.error").len(), 0);
+    assert!(of_schema(&expected, "rd.msg.conversation").len() >= 24);
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_same_docs, dump, of_schema, ok, rd, PouchServer, TempDir};
+use crate::support::{dump, kill_rounds, of_schema, ok, rd, PouchServer, TempDir};
 
 const A: &str = r#"extension({ id: "chain.a", source_schemas: ["rd.test.a"],
   handler(doc) { emit_schema("rd.test.b", { v: doc.v + 1 }); } });"#;
@@ -100,33 +100,11 @@ fn a_chain_of_extensions_on_pouchdb_server() {
     chain_on(&server.db_url("chain"), &dir);
 }
 
-/// Processes `seed` with `exts` once uninterrupted and then, per round, in runs SIGKILLed after
-/// each delay (ms) and one run to the end: every round must end in the uninterrupted database.
-/// Returns that database.
-fn kill_rounds(dir: &TempDir, exts: &Path, seed: &Path, rounds: &[&[u64]]) -> Vec<Value> {
+/// `kill_rounds` for the runs of this file: `seed` added as raw schema items, pages of 100.
+fn kill_rounds_of(dir: &TempDir, exts: &Path, seed: &Path, rounds: &[&[u64]]) -> Vec<Value> {
+    let seed_db = |db: &str| { ok({ let mut c = rd(db, exts); c.arg("add-schemas").arg(seed); c }); };
     let process = |db: &str| { let mut c = rd(db, exts); c.args(["process", "--page-size", "100"]); c };
-    let reference = dir.path().join("reference").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&reference, exts); c.arg("add-schemas").arg(seed); c });
-    ok(process(&reference));
-    let expected = dump(&reference, exts);
-    for (round, delays) in rounds.iter().enumerate() {
-        let db = dir.path().join(format!("killed-{round}")).to_string_lossy().into_owned();
-        ok({ let mut c = rd(&db, exts); c.arg("add-schemas").arg(seed); c });
-        let mut kills = 0;
-        for delay in delays.iter() {
-            let mut child = process(&db).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-            std::thread::sleep(Duration::from_millis(*delay));
-            if child.try_wait().unwrap().is_none() {
-                child.kill().unwrap(); // SIGKILL
-                kills += 1;
-            }
-            child.wait().unwrap();
-        }
-        ok(process(&db));
-        assert!(kills > 0, "round {round}: no run was killed; use shorter delays");
-        assert_same_docs(&dump(&db, exts), &expected, &format!("round {round}: the database differs after {kills} kills"));
-    }
-    expected
+    kill_rounds(dir, exts, seed_db, process, rounds)
 }
 
 #[test]
@@ -134,7 +112,7 @@ fn sigkill_at_any_moment_ends_in_the_same_database() {
     let dir = TempDir::new("kill");
     let exts = chain_dir(dir.path());
     let seed = seed_file(dir.path(), 3000);
-    kill_rounds(&dir, &exts, &seed, &[&[30, 80, 150], &[60, 10, 250], &[120, 40, 40]]);
+    kill_rounds_of(&dir, &exts, &seed, &[&[30, 80, 150], &[60, 10, 250], &[120, 40, 40]]);
 }
 
 #[test]
@@ -149,7 +127,7 @@ fn process_later_values_survive_sigkill() {
       handler(doc) { process_later(doc.v); },
       later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#).unwrap();
     let seed = seed_file(dir.path(), 3000);
-    let expected = kill_rounds(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
+    let expected = kill_rounds_of(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
 }
 

@@ -361,3 +361,31 @@ pub fn assert_same_docs(got: &[Value], expected: &[Value], context: &str) {
     let changed: Vec<String> = e.iter().filter(|(id, d)| g.get(*id).is_some_and(|x| x != *d)).take(3).map(|(id, d)| format!("{id}:\n  expected {d}\n  got      {}", g[id])).collect();
     panic!("{context}: {} documents, expected {}; missing {missing:?}; unexpected {extra:?}; differing:\n{}", got.len(), expected.len(), changed.join("\n"));
 }
+
+/// Seeds databases with `seed` and processes them with `process` (a command on the database):
+/// once uninterrupted and then, per round, in runs SIGKILLed after each delay (ms) and one run
+/// to the end. Every round must end in the uninterrupted database, which is returned.
+pub fn kill_rounds(dir: &TempDir, exts: &Path, seed: impl Fn(&str), process: impl Fn(&str) -> Command, rounds: &[&[u64]]) -> Vec<Value> {
+    let reference = dir.path().join("reference").to_string_lossy().into_owned();
+    seed(&reference);
+    ok(process(&reference));
+    let expected = dump(&reference, exts);
+    for (round, delays) in rounds.iter().enumerate() {
+        let db = dir.path().join(format!("killed-{round}")).to_string_lossy().into_owned();
+        seed(&db);
+        let mut kills = 0;
+        for delay in delays.iter() {
+            let mut child = process(&db).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+            std::thread::sleep(Duration::from_millis(*delay));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                kills += 1;
+            }
+            child.wait().unwrap();
+        }
+        ok(process(&db));
+        assert!(kills > 0, "round {round}: no run was killed; use shorter delays");
+        assert_same_docs(&dump(&db, exts), &expected, &format!("round {round}: the database differs after {kills} kills"));
+    }
+    expected
+}
