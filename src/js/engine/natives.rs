@@ -114,7 +114,7 @@ unsafe fn arg_string(cx: &mut JSContext, args: &CallArgs, i: u32) -> Result<Stri
     rooted!(&in(cx) let s = unsafe { mozjs::rust::ToString(cx, v) });
     let s = NonNull::new(s.get()).ok_or_else(|| "cannot convert an argument to a string".to_string())?;
     // SAFETY: `s` is a live, rooted string.
-    Ok(unsafe { mozjs::conversions::jsstr_to_string(cx, s) })
+    Ok(unsafe { super::js_string(cx, s) })
 }
 
 pub(super) unsafe extern "C" fn js_log(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
