@@ -206,9 +206,10 @@ impl EmbeddedStore {
         if self.indexed.lock().unwrap_or_else(|p| p.into_inner()).get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
             return Ok(());
         }
+        let t0 = std::time::Instant::now();
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner());
-        if indexed.get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
+        // Builders take turns on the writer lock; finds on other fields go on meanwhile.
+        if self.indexed.lock().unwrap_or_else(|p| p.into_inner()).get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
             return Ok(());
         }
         let tx = conn.transaction().map_err(|e| self.e(e))?;
@@ -219,8 +220,11 @@ impl EmbeddedStore {
             rows.collect::<rusqlite::Result<_>>().map_err(|e| self.e(e))?
         };
         let fields = [field.to_string()];
+        // Only the indexed field is parsed.
+        let wanted = [field.strip_suffix("[]").unwrap_or(field).to_string()];
+        let n = docs.len();
         for (id, body) in docs {
-            let Ok(Value::Object(doc)) = serde_json::from_str::<Value>(&body) else { continue };
+            let doc = projected(&body, &wanted);
             for (f, value) in index_entries(&doc, &fields) {
                 tx.prepare_cached("INSERT OR IGNORE INTO field_index (schema, field, value, id) VALUES (?1, ?2, ?3, ?4)")
                     .and_then(|mut st| st.execute(params![schema, f, value, id]))
@@ -228,7 +232,8 @@ impl EmbeddedStore {
             }
         }
         tx.commit().map_err(|e| self.e(e))?;
-        indexed.entry(schema.to_string()).or_default().push(field.to_string());
+        self.indexed.lock().unwrap_or_else(|p| p.into_inner()).entry(schema.to_string()).or_default().push(field.to_string());
+        crate::timing::record("S:index", t0, n);
         Ok(())
     }
 }
