@@ -316,7 +316,7 @@ impl Pipeline {
                             in_flight -= 1;
                         }
                         let t0 = Instant::now();
-                        let (items, error) = self.run_later(later.take(), &mut local);
+                        let (items, error) = self.run_later(later.take(), &later_id, &mut local);
                         crate::timing::record("R:later", t0, 0);
                         work.items.extend(items);
                         first_error = first_error.or(error);
@@ -551,8 +551,11 @@ impl Pipeline {
 
     /// Runs the later_handlers over the values their extensions gave to `process_later`; the
     /// extensions' calls run side by side, their results are taken in extension order. Returns
-    /// the items they emitted and the first error.
-    fn run_later(&self, values: BTreeMap<String, Vec<Value>>, stats: &mut Stats) -> (Vec<SchemaItem>, Option<String>) {
+    /// the items they emitted and the first error. A call that fails (or emits what cannot be
+    /// written) leaves an `rd.core.error` document holding its values and the queue they came
+    /// from (`later_id`), so `retry-errors` can queue them again: nothing is lost to a
+    /// handler that failed for a while (a time limit, a store that was away).
+    fn run_later(&self, values: BTreeMap<String, Vec<Value>>, later_id: &str, stats: &mut Stats) -> (Vec<SchemaItem>, Option<String>) {
         let mut items = Vec::new();
         let mut first_error = None;
         let mut pending = Vec::new();
@@ -566,30 +569,24 @@ impl Pipeline {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
                 continue;
             }
-            pending.push((ei, self.pool.submit_later(ext.pool_index, values)));
+            pending.push((ei, values.clone(), self.pool.submit_later(ext.pool_index, values)));
         }
-        for (ei, call) in pending {
+        for (ei, values, call) in pending {
             let ext = &self.exts[ei];
-            match call.wait() {
+            let failure = match call.wait() {
                 DocOutcome::Emitted(emission) => match self.later_items(ext, emission.items) {
-                    Ok(produced) => items.extend(produced),
-                    Err(e) => {
-                        stats.errors += 1;
-                        tracing::warn!(ext = %ext.id, "later_handler output refused: {e}");
-                        first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
+                    Ok(produced) => {
+                        items.extend(produced);
+                        continue;
                     }
+                    Err(e) => HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None },
                 },
-                DocOutcome::Failed(e) => {
-                    stats.errors += 1;
-                    tracing::warn!(ext = %ext.id, "later_handler failed: {e}");
-                    first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
-                    let mut anchor = Map::new();
-                    anchor.insert("_id".into(), Value::String(format!("ext!{}", ext.id)));
-                    anchor.insert("_rev".into(), Value::String(String::new()));
-                    anchor.insert("rd_key".into(), json!(["ext", ext.id]));
-                    items.push(error_item(&anchor, ext, &e));
-                }
-            }
+                DocOutcome::Failed(e) => e,
+            };
+            stats.errors += 1;
+            tracing::warn!(ext = %ext.id, values = values.len(), "later_handler failed (its values are kept for retry-errors): {failure}");
+            first_error.get_or_insert_with(|| format!("{}: {failure}", ext.id));
+            items.push(later_error_item(ext, &failure, values, later_id));
         }
 
         (items, first_error)
@@ -863,6 +860,23 @@ fn error_item(src: &Doc, ext: &Ext, e: &HandlerError) -> SchemaItem {
     }
 }
 
+/// The `rd.core.error` item of a later_handler call that failed: one document per failed call
+/// (its key names the extension and a digest of the values), holding the values and the queue
+/// document they were taken from.
+fn later_error_item(ext: &Ext, e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
+    let digest = crate::digest::digest(&[Value::Array(values.clone()).to_string().as_bytes()]);
+    let mut anchor = Map::new();
+    anchor.insert("_id".into(), Value::String(format!("ext!{}", ext.id)));
+    anchor.insert("_rev".into(), Value::String(String::new()));
+    anchor.insert("rd_key".into(), json!(["ext", format!("{}#later-{}", ext.id, &digest[..16])]));
+    let mut item = error_item(&anchor, ext, e);
+    if let Some(Value::Object(details)) = item.items.as_mut().and_then(|i| i.get_mut("error_details")) {
+        details.insert("later_values".into(), Value::Array(values));
+        details.insert("later_queue".into(), Value::String(later_id.to_string()));
+    }
+    item
+}
+
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
 /// document as raw data, with no source.
@@ -976,8 +990,59 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
         }
         since = page.last_seq;
     }
+    if only_errors {
+        changed += requeue_later_failures(store, ext)?;
+    }
     tracing::info!(changed, elapsed = ?started.elapsed(), "forgot processing state");
     Ok(changed)
+}
+
+/// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
+/// in the queues they came from, then withdraws those documents. Returns how many calls.
+fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
+    // queue id → (error document id, extension id, values)
+    let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
+    for doc in store.find("rd.core.error", None, usize::MAX)? {
+        let Some(details) = doc.get("error_details") else { continue };
+        let (Some(Value::Array(values)), Some(Value::String(queue)), Some(Value::String(ext_id))) =
+            (details.get("later_values"), details.get("later_queue"), details.get("ext_id"))
+        else {
+            continue;
+        };
+        if ext.is_some_and(|e| e != ext_id) || !queue.starts_with(LATER_PREFIX) {
+            continue;
+        }
+        by_queue.entry(queue.clone()).or_default().push((doc_str(&doc, "_id").to_string(), ext_id.clone(), values.clone()));
+    }
+    let mut requeued = 0;
+    for (queue, failures) in by_queue {
+        let existing = store.get(&queue, false)?;
+        let mut later = LaterQueue::from_saved(existing.as_ref().and_then(|d| d.get("values")));
+        let mut removals = Vec::new();
+        for (id, ext_id, values) in failures {
+            later.extend(&ext_id, values);
+            removals.push((id, ext_id));
+        }
+        // The queue first: the error documents go only once their values are safe in it.
+        if let Some(values) = later.saved() {
+            let mut doc = existing.unwrap_or_else(|| {
+                let mut m = Map::new();
+                m.insert("_id".into(), Value::String(queue.clone()));
+                m
+            });
+            doc.insert("values".into(), values);
+            match store.bulk_write(vec![doc])?.pop() {
+                Some(WriteResult::Ok { .. }) => {}
+                other => {
+                    tracing::warn!("could not update {queue} ({other:?}); run the command again");
+                    continue;
+                }
+            }
+        }
+        requeued += removals.len() as u64;
+        Remover { store }.apply(removals, Vec::new())?;
+    }
+    Ok(requeued)
 }
 
 /// Withdraws contributions without a pool (for `unprocess` and `retry-errors`).

@@ -116,6 +116,43 @@ fn sigkill_at_any_moment_ends_in_the_same_database() {
 }
 
 #[test]
+fn a_failed_later_handler_keeps_its_values_for_retry_errors() {
+    // A later_handler that fails for a while (here: a flag document says the store is away)
+    // leaves its values in an rd.core.error document; retry-errors queues them again.
+    let dir = TempDir::new("later-fail");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("a.js"), A).unwrap();
+    std::fs::write(exts.join("tally.js"), r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) {
+        const flag = open_schemas([[["flag", "x"], "rd.test.flag"]])[0];
+        if (flag && flag.fail) throw new Error("the store is away");
+        for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] });
+      } });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let flag = |fail: bool| {
+        let path = dir.path().join("flag.jsonl");
+        std::fs::write(&path, json!({"rd_key": ["flag", "x"], "rd_schema_id": "rd.test.flag", "fail": fail}).to_string()).unwrap();
+        ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&path); c });
+    };
+    flag(true);
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 50)); c });
+    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.tallied").len(), 0);
+    let errors = of_schema(&docs, "rd.core.error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["error_details"]["later_values"].as_array().map(Vec::len), Some(50), "{}", errors[0]);
+    assert!(errors[0]["error_details"]["message"].as_str().unwrap().contains("the store is away"));
+    flag(false);
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("retry-errors"); c });
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.tallied").len(), 50, "{log}");
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0, "{log}");
+}
+
+#[test]
 fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
     // store. Kill runs before the drain: no value may be lost behind the checkpoint.
