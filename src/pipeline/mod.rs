@@ -274,9 +274,15 @@ impl Pipeline {
                 loop {
                     let t0 = Instant::now();
                     let page = if options.continuous && in_flight == 0 && later.is_empty() {
-                        self.store.wait_changes(&since, options.page_size, true, Duration::from_secs(30))?
+                        // Wait for something new, then read it as text like any page.
+                        let news = self.store.wait_changes(&since, 1, false, Duration::from_secs(30))?;
+                        if news.changes.is_empty() {
+                            crate::store::ChangesPage { changes: Vec::new(), last_seq: since.clone() }
+                        } else {
+                            self.store.changes_text(&since, options.page_size)?
+                        }
                     } else {
-                        self.store.changes(&since, options.page_size, true)?
+                        self.store.changes_text(&since, options.page_size)?
                     };
                     crate::timing::record("R:changes", t0, page.changes.len());
                     while done_rx.try_recv().is_ok() {
@@ -346,11 +352,11 @@ impl Pipeline {
 
     /// Runs every wanting extension over one page of changes and returns what to write, with
     /// the first handler error, if any (recorded as an `rd.core.error` document in the work).
-    fn prepare_page(&self, changes: &[Change], options: &RunOptions, stats: &mut Stats) -> Result<(PageWork, Option<String>), PipelineError> {
+    fn prepare_page(&self, changes: &[Change<Arc<str>>], options: &RunOptions, stats: &mut Stats) -> Result<(PageWork, Option<String>), PipelineError> {
         // Dependents of the documents that changed: outputs that declared one of them in `deps`
         // are recomputed, whatever their state says.
         let mut forced: Vec<(String, String)> = Vec::new();
-        let mut extra_sources: Vec<Doc> = Vec::new();
+        let mut extra_sources: Vec<Source> = Vec::new();
         if self.exts.iter().any(|e| e.uses_dependencies) {
             let index_ids: Vec<String> = changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
             for index in self.store.get_many(&index_ids)?.into_iter().flatten() {
@@ -369,11 +375,11 @@ impl Pipeline {
                 .filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker))
                 .collect();
             missing.dedup();
-            extra_sources = self.store.get_many(&missing)?.into_iter().flatten().filter(|d| d.contains_key("rd_schema_provider")).collect();
+            extra_sources = self.store.get_many(&missing)?.into_iter().flatten().filter(|d| d.contains_key("rd_schema_provider")).map(|d| Source::from_doc(&d)).collect();
         }
 
         // Sources: live schema documents (in this worker's slice) that a provider completed.
-        let mut sources: Vec<&Doc> = extra_sources.iter().collect();
+        let mut sources: Vec<Source> = extra_sources;
         let mut deleted: Vec<&str> = Vec::new();
         for c in changes {
             if model::schema_of_id(&c.id).is_none() || !in_slice(&c.id, options.worker) {
@@ -381,7 +387,11 @@ impl Pipeline {
             }
             match (&c.doc, c.deleted) {
                 (_, true) => deleted.push(&c.id),
-                (Some(doc), false) if doc.contains_key("rd_schema_provider") => sources.push(doc),
+                (Some(text), false) => match Source::from_text(text.clone()) {
+                    Some(source) if source.provider => sources.push(source),
+                    Some(_) => {}
+                    None => tracing::warn!(id = %c.id, "a document of the feed is not a JSON object; skipped"),
+                },
                 _ => {}
             }
         }
@@ -390,7 +400,7 @@ impl Pipeline {
         }
         let state_ids: Vec<String> = sources
             .iter()
-            .map(|d| state_id(doc_str(d, "_id")))
+            .map(|d| state_id(&d.id))
             .chain(deleted.iter().map(|id| state_id(id)))
             .collect();
         let t0 = Instant::now();
@@ -404,7 +414,7 @@ impl Pipeline {
         if !sources.is_empty() {
             let keys: Vec<(String, String, String)> = sources
                 .iter()
-                .map(|d| (doc_str(d, "_id").to_string(), doc_str(d, "_rev").to_string(), doc_str(d, "rd_schema_id").to_string()))
+                .map(|d| (d.id.clone(), d.rev.clone(), d.schema.clone()))
                 .collect();
             for (ei, ext) in self.exts.iter().enumerate().filter(|(_, e)| e.filtered) {
                 let answers = self.pool.filter(ext.pool_index, keys.clone());
@@ -423,8 +433,8 @@ impl Pipeline {
         // Which (source, extension) pairs need running.
         let mut jobs: Vec<Job> = Vec::new();
         for (si, src) in sources.iter().enumerate() {
-            let schema = doc_str(src, "rd_schema_id");
-            let rev = doc_str(src, "_rev");
+            let schema = src.schema.as_str();
+            let rev = src.rev.as_str();
             for (ei, ext) in self.exts.iter().enumerate() {
                 let wanted = match accepted.get(&ei) {
                     Some(yes) => yes[si],
@@ -432,13 +442,13 @@ impl Pipeline {
                 };
                 // An extension never runs on a document it contributes to: its own output would
                 // feed it again, forever (the original refused this too).
-                let own_output = src.get("rd_schema_items").and_then(Value::as_object).is_some_and(|c| c.contains_key(&ext.id));
+                let own_output = src.contributors.contains(&ext.id);
                 if !wanted || own_output {
                     continue;
                 }
                 let done = states[si].as_ref().and_then(|s| s.get(&ext.id));
                 let is_forced = !forced.is_empty()
-                    && forced.binary_search(&(doc_str(src, "_id").to_string(), ext.id.clone())).is_ok();
+                    && forced.binary_search(&(src.id.clone(), ext.id.clone())).is_ok();
                 let up_to_date = !is_forced && done.is_some_and(|d| {
                     d.get("rev").and_then(Value::as_str) == Some(rev)
                         && d.get("fingerprint").and_then(Value::as_str) == Some(&ext.fingerprint)
@@ -469,7 +479,7 @@ impl Pipeline {
         let mut dependencies: Vec<(String, String, String)> = Vec::new();
         let mut later: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
         for (job, outcome) in jobs.iter().zip(outcomes) {
-            let src = sources[job.source];
+            let src = &sources[job.source];
             let ext = &self.exts[job.ext];
             let (produced, error) = match outcome {
                 DocOutcome::Emitted(emission) => {
@@ -483,15 +493,15 @@ impl Pipeline {
             let mut produced = produced;
             if let Some(e) = &error {
                 stats.errors += 1;
-                tracing::warn!(ext = %ext.id, source = %doc_str(src, "_id"), "handler failed: {e}");
+                tracing::warn!(ext = %ext.id, source = %src.id, "handler failed: {e}");
                 first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
-                produced.push(error_item(src, ext, e));
+                produced.push(error_item(&src.rd_key, (&src.id, &src.rev), ext, e));
             }
             let output_ids: Vec<String> = produced.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
             for item in &produced {
                 for dep in &item.deps {
                     if let Some(Ok(dep_id)) = dep.as_array().and_then(|d| Some(model::doc_id(d.first()?, d.get(1)?.as_str()?))) {
-                        dependencies.push((dep_id, doc_str(src, "_id").to_string(), ext.id.clone()));
+                        dependencies.push((dep_id, src.id.clone(), ext.id.clone()));
                     }
                 }
             }
@@ -513,7 +523,7 @@ impl Pipeline {
             }
             let entry = new_states.entry(job.source).or_default();
             entry.insert(ext.id.clone(), json!({
-                "rev": doc_str(src, "_rev"),
+                "rev": src.rev,
                 "fingerprint": ext.fingerprint,
                 "outputs": output_ids,
                 "error": error.is_some(),
@@ -538,7 +548,7 @@ impl Pipeline {
         for (si, entries) in new_states {
             let mut state = states[si].take().unwrap_or_else(|| {
                 let mut m = Map::new();
-                m.insert("_id".into(), Value::String(state_id(doc_str(sources[si], "_id"))));
+                m.insert("_id".into(), Value::String(state_id(&sources[si].id)));
                 m
             });
             state.extend(entries);
@@ -593,25 +603,18 @@ impl Pipeline {
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
-    fn run_jobs(&self, sources: &[&Doc], jobs: &[Job]) -> Vec<DocOutcome> {
+    fn run_jobs(&self, sources: &[Source], jobs: &[Job]) -> Vec<DocOutcome> {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut by_ext: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (j, job) in jobs.iter().enumerate() {
             by_ext.entry(job.ext).or_default().push(j);
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
-        // Each source is serialised once, however many extensions want it.
-        let mut texts: Vec<Option<Arc<str>>> = vec![None; sources.len()];
         for (ext, job_ids) in by_ext {
             for chunk in job_ids.chunks(HANDLER_BATCH) {
                 let docs = chunk
                     .iter()
-                    .map(|&j| {
-                        let si = jobs[j].source;
-                        texts[si]
-                            .get_or_insert_with(|| Arc::from(serde_json::to_string(sources[si]).unwrap_or_else(|_| "{}".into())))
-                            .clone()
-                    })
+                    .map(|&j| sources[jobs[j].source].text.clone())
                     .collect();
                 self.pool.submit(Batch { ext: self.exts[ext].pool_index, docs, tag: batches.len() as u64 }, &tx);
                 batches.push(chunk.to_vec());
@@ -634,10 +637,10 @@ impl Pipeline {
             .collect()
     }
 
-    fn items_from_emission(&self, src: &Doc, ext: &Ext, emitted: Vec<EmittedItem>) -> (Vec<SchemaItem>, Option<HandlerError>) {
+    fn items_from_emission(&self, src: &Source, ext: &Ext, emitted: Vec<EmittedItem>) -> (Vec<SchemaItem>, Option<HandlerError>) {
         let mut out = Vec::with_capacity(emitted.len());
         for mut e in emitted {
-            let rd_key = e.rd_key.take().or_else(|| src.get("rd_key").cloned()).unwrap_or(Value::Null);
+            let rd_key = e.rd_key.take().unwrap_or_else(|| src.rd_key.clone());
             if e.deps.as_ref().and_then(Value::as_array).is_some_and(|d| !d.is_empty()) && !ext.uses_dependencies {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): deps need `uses_dependencies: true` in the declaration", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
@@ -646,7 +649,7 @@ impl Pipeline {
                 let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
                 return (Vec::new(), Some(problem));
             }
-            let source = Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string()));
+            let source = Some((src.id.clone(), src.rev.clone()));
             out.push(schema_item(ext, rd_key, source, e));
         }
         (out, None)
@@ -836,7 +839,7 @@ fn in_slice(id: &str, worker: Option<(u64, u64)>) -> bool {
 }
 
 /// The `rd.core.error` item recording a failed handler against its source.
-fn error_item(src: &Doc, ext: &Ext, e: &HandlerError) -> SchemaItem {
+fn error_item(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError) -> SchemaItem {
     let details = json!({
         "ext_id": ext.id,
         "kind": e.kind,
@@ -844,13 +847,13 @@ fn error_item(src: &Doc, ext: &Ext, e: &HandlerError) -> SchemaItem {
         "file": e.file,
         "line": e.line,
         "stack": e.stack,
-        "source": [doc_str(src, "_id"), doc_str(src, "_rev")],
+        "source": [source.0, source.1],
     });
     SchemaItem {
-        rd_key: src.get("rd_key").cloned().unwrap_or(Value::Null),
+        rd_key: rd_key.clone(),
         schema_id: "rd.core.error".into(),
         ext_id: ext.id.clone(),
-        rd_source: Some((doc_str(src, "_id").to_string(), doc_str(src, "_rev").to_string())),
+        rd_source: Some((source.0.to_string(), source.1.to_string())),
         items: Some(json!({ "error_details": details }).as_object().cloned().unwrap_or_default()),
         deps: Vec::new(),
         attachments: None,
@@ -865,16 +868,77 @@ fn error_item(src: &Doc, ext: &Ext, e: &HandlerError) -> SchemaItem {
 /// document they were taken from.
 fn later_error_item(ext: &Ext, e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
     let digest = crate::digest::digest(&[Value::Array(values.clone()).to_string().as_bytes()]);
-    let mut anchor = Map::new();
-    anchor.insert("_id".into(), Value::String(format!("ext!{}", ext.id)));
-    anchor.insert("_rev".into(), Value::String(String::new()));
-    anchor.insert("rd_key".into(), json!(["ext", format!("{}#later-{}", ext.id, &digest[..16])]));
-    let mut item = error_item(&anchor, ext, e);
+    let rd_key = json!(["ext", format!("{}#later-{}", ext.id, &digest[..16])]);
+    let mut item = error_item(&rd_key, (&format!("ext!{}", ext.id), ""), ext, e);
     if let Some(Value::Object(details)) = item.items.as_mut().and_then(|i| i.get_mut("error_details")) {
         details.insert("later_values".into(), Value::Array(values));
         details.insert("later_queue".into(), Value::String(later_id.to_string()));
     }
     item
+}
+
+/// A source document as the pipeline sees it: the few members it reads, and the JSON text that
+/// goes to the extensions as the store gave it (parsing whole documents only to print them
+/// again for JS was most of the reader's time on mail).
+struct Source {
+    id: String,
+    rev: String,
+    schema: String,
+    rd_key: Value,
+    /// A provider completed it (`rd_schema_provider`): only then is it a source.
+    provider: bool,
+    /// The extensions contributing to it (the keys of `rd_schema_items`).
+    contributors: Vec<String>,
+    text: Arc<str>,
+}
+
+impl Source {
+    /// Reads the members the pipeline needs, skipping the rest of the text unparsed; `None`
+    /// when the text is not a JSON object.
+    fn from_text(text: Arc<str>) -> Option<Source> {
+        /// Whether a member is there at all, whatever its value.
+        #[derive(Default)]
+        struct Present(bool);
+        impl<'de> serde::Deserialize<'de> for Present {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                serde::de::IgnoredAny::deserialize(d)?;
+                Ok(Present(true))
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Head {
+            #[serde(rename = "_id", default)]
+            id: String,
+            #[serde(rename = "_rev", default)]
+            rev: String,
+            #[serde(default)]
+            rd_schema_id: Value,
+            #[serde(default)]
+            rd_key: Value,
+            #[serde(default)]
+            rd_schema_provider: Present,
+            #[serde(default)]
+            rd_schema_items: Option<BTreeMap<String, serde::de::IgnoredAny>>,
+        }
+        let head: Head = serde_json::from_str(&text).ok()?;
+        Some(Source {
+            id: head.id,
+            rev: head.rev,
+            schema: head.rd_schema_id.as_str().unwrap_or_default().to_string(),
+            rd_key: head.rd_key,
+            provider: head.rd_schema_provider.0,
+            contributors: head.rd_schema_items.map(|m| m.into_keys().collect()).unwrap_or_default(),
+            text,
+        })
+    }
+
+    fn from_doc(doc: &Doc) -> Source {
+        let text: Arc<str> = Arc::from(serde_json::to_string(doc).unwrap_or_else(|_| "{}".into()));
+        Source::from_text(text.clone()).unwrap_or(Source {
+            id: String::new(), rev: String::new(), schema: String::new(), rd_key: Value::Null,
+            provider: false, contributors: Vec::new(), text,
+        })
+    }
 }
 
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and

@@ -218,23 +218,25 @@ impl CouchStore {
 
     /// One `_changes` request. With `retry` false, a single attempt (for longpolls, where a
     /// timeout is an answer).
-    fn read_changes(&self, query: &[(&str, String)], body_timeout: Option<Duration>, retry: bool) -> Result<ChangesPage, StoreError> {
+    fn read_changes<D: for<'de> Deserialize<'de>>(&self, query: &[(&str, String)], body_timeout: Option<Duration>, retry: bool) -> Result<ChangesPage<D>, StoreError> {
         #[derive(Deserialize)]
         struct Rev {
             rev: String,
         }
         #[derive(Deserialize)]
-        struct Row {
+        #[serde(bound = "D: Deserialize<'de>")]
+        struct Row<D> {
             seq: Value,
             id: String,
             changes: Vec<Rev>,
             #[serde(default)]
             deleted: bool,
-            doc: Option<Doc>,
+            doc: Option<D>,
         }
         #[derive(Deserialize)]
-        struct Page {
-            results: Vec<Row>,
+        #[serde(bound = "D: Deserialize<'de>")]
+        struct Page<D> {
+            results: Vec<Row<D>>,
             last_seq: Value,
         }
         let make = || {
@@ -250,7 +252,7 @@ impl CouchStore {
             make().send().map_err(|e| self.unavailable(describe_reqwest(&e)))?
         };
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let page: Page = self.json(resp)?;
+        let page: Page<D> = self.json(resp)?;
         let changes = page
             .results
             .into_iter()
@@ -496,6 +498,17 @@ impl Store for CouchStore {
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
         let q = Self::changes_query(since, limit, include_docs);
         self.read_changes(&q, Some(Duration::from_secs(300)), true)
+    }
+
+    fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<std::sync::Arc<str>>, StoreError> {
+        let q = Self::changes_query(since, limit, true);
+        let page: ChangesPage<Box<serde_json::value::RawValue>> = self.read_changes(&q, Some(Duration::from_secs(300)), true)?;
+        let changes = page
+            .changes
+            .into_iter()
+            .map(|c| Change { doc: c.doc.map(|d| std::sync::Arc::from(d.get())), seq: c.seq, id: c.id, rev: c.rev, deleted: c.deleted })
+            .collect();
+        Ok(ChangesPage { changes, last_seq: page.last_seq })
     }
 
     fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)

@@ -423,7 +423,40 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
 }
 
 
+/// One row of the changes feed as stored.
+struct ChangeRow {
+    id: String,
+    rev: String,
+    deleted: bool,
+    has_att: bool,
+    body: Option<String>,
+}
+
 impl EmbeddedStore {
+    /// A page of the changes feed, each document made by `doc` from its row.
+    fn change_rows<D>(&self, since: &Seq, limit: usize, with_body: bool, doc: impl Fn(&Connection, &ChangeRow) -> rusqlite::Result<Option<D>>) -> Result<ChangesPage<D>, StoreError> {
+        let since_n = parse_seq(since)?;
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        let changes = self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT seq, id, rev, deleted, has_att, CASE WHEN ?3 THEN body ELSE NULL END
+                 FROM docs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![since_n, limit, with_body], |r| {
+                Ok((r.get::<_, i64>(0)?, ChangeRow { id: r.get(1)?, rev: r.get(2)?, deleted: r.get(3)?, has_att: r.get(4)?, body: r.get(5)? }))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (seq, row) = row?;
+                let d = doc(c, &row)?;
+                out.push(Change { seq: Seq::from_raw(seq.to_string()), id: row.id, rev: row.rev, deleted: row.deleted, doc: d });
+            }
+            Ok(out)
+        })?;
+        let last_seq = changes.last().map(|c| c.seq.clone()).unwrap_or_else(|| since.clone());
+        Ok(ChangesPage { changes, last_seq })
+    }
+
     /// `find`, with every document cut down to `fields` (and `rd_key`) when given.
     fn find_with(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: Option<&[String]>) -> Result<Vec<Doc>, StoreError> {
         if let Some((name, _)) = field {
@@ -576,30 +609,36 @@ impl Store for EmbeddedStore {
 
 
     fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
-        let since_n = parse_seq(since)?;
-        let limit = limit.clamp(1, i64::MAX as usize) as i64;
-        let changes = self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT seq, id, rev, deleted, has_att, CASE WHEN ?3 THEN body ELSE NULL END
-                 FROM docs WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![since_n, limit, include_docs], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, bool>(3)?,
-                    r.get::<_, bool>(4)?, r.get::<_, Option<String>>(5)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, id, rev, deleted, has_att, body) = row?;
-                let doc = match body {
-                    Some(body) => Some(assemble(c, &id, &rev, deleted, has_att, &body, false)?),
-                    None => None,
-                };
-                out.push(Change { seq: Seq::from_raw(seq.to_string()), id, rev, deleted, doc });
+        self.change_rows(since, limit, include_docs, |c, row| match &row.body {
+            Some(body) => Ok(Some(assemble(c, &row.id, &row.rev, row.deleted, row.has_att, body, false)?)),
+            None => Ok(None),
+        })
+    }
+
+    fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<Arc<str>>, StoreError> {
+        self.change_rows(since, limit, true, |c, row| {
+            let body = row.body.as_deref().unwrap_or("{}");
+            if row.has_att {
+                // The attachment stubs come from their own table.
+                let doc = assemble(c, &row.id, &row.rev, row.deleted, true, body, false)?;
+                return Ok(Some(Arc::from(serde_json::to_string(&doc).unwrap_or_else(|_| "{}".into()))));
             }
-            Ok(out)
-        })?;
-        let last_seq = changes.last().map(|c| c.seq.clone()).unwrap_or_else(|| since.clone());
-        Ok(ChangesPage { changes, last_seq })
+            // The stored body is the document without its `_` members: put them in front.
+            let mut text = String::with_capacity(body.len() + row.id.len() + row.rev.len() + 32);
+            text.push_str("{\"_id\":");
+            text.push_str(&Value::String(row.id.clone()).to_string());
+            text.push_str(",\"_rev\":");
+            text.push_str(&Value::String(row.rev.clone()).to_string());
+            if row.deleted {
+                text.push_str(",\"_deleted\":true");
+            }
+            let rest = body.trim_start().strip_prefix('{').unwrap_or("}");
+            if !rest.trim_start().starts_with('}') {
+                text.push(',');
+            }
+            text.push_str(rest);
+            Ok(Some(Arc::from(text)))
+        })
     }
 
     fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)

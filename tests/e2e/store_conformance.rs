@@ -109,6 +109,23 @@ fn tombstones_in_the_feed(s: &dyn Store) {
     assert!(changes[1].rev.starts_with("2-"));
 }
 
+fn the_feed_as_text_holds_the_same_documents(s: &dyn Store) {
+    let mut with_att = doc(json!({"_id": "att", "k": "é 東京", "n": [1, {"a": null}]}));
+    with_att.insert("_attachments".into(), json!({ "raw": inline_attachment("text/plain", b"hello") }));
+    s.bulk_write(vec![with_att, doc(json!({"_id": "plain", "s": "\"quoted\" \\ line\nbreak"})), doc(json!({"_id": "empty"}))]).unwrap();
+    let r = ok_rev(&write1(s, json!({"_id": "gone", "x": 1})));
+    ok_rev(&write1(s, json!({"_id": "gone", "_rev": r, "_deleted": true})));
+    let parsed = s.changes(&Seq::zero(), 100, true).unwrap();
+    let text = s.changes_text(&Seq::zero(), 100).unwrap();
+    assert_eq!(parsed.last_seq, text.last_seq);
+    assert_eq!(parsed.changes.len(), text.changes.len());
+    for (p, t) in parsed.changes.iter().zip(&text.changes) {
+        assert_eq!((&p.id, &p.rev, p.deleted, &p.seq), (&t.id, &t.rev, t.deleted, &t.seq));
+        let from_text = t.doc.as_ref().map(|d| serde_json::from_str::<Value>(d).unwrap());
+        assert_eq!(from_text, p.doc.clone().map(Value::Object), "{}", p.id);
+    }
+}
+
 fn ids_in_feed_order(changes: &[raindrop::store::Change]) -> Vec<String> {
     changes.iter().map(|c| c.id.clone()).collect()
 }
@@ -320,6 +337,7 @@ conformance!(
     crud_with_revisions,
     conflicts,
     tombstones_in_the_feed,
+    the_feed_as_text_holds_the_same_documents,
     since_paging_with_limit,
     unicode_ids,
     eight_megabyte_document,
