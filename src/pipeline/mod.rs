@@ -920,24 +920,39 @@ impl Source {
             #[serde(default)]
             rd_schema_items: Option<BTreeMap<String, serde::de::IgnoredAny>>,
         }
-        let head: Head = serde_json::from_str(&text).ok()?;
-        Some(Source {
-            id: head.id,
-            rev: head.rev,
-            schema: head.rd_schema_id.as_str().unwrap_or_default().to_string(),
-            rd_key: head.rd_key,
-            provider: head.rd_schema_provider.0,
-            contributors: head.rd_schema_items.map(|m| m.into_keys().collect()).unwrap_or_default(),
-            text,
-        })
+        match serde_json::from_str::<Head>(&text) {
+            Ok(head) => Some(Source {
+                id: head.id,
+                rev: head.rev,
+                schema: head.rd_schema_id.as_str().unwrap_or_default().to_string(),
+                rd_key: head.rd_key,
+                provider: head.rd_schema_provider.0,
+                contributors: head.rd_schema_items.map(|m| m.into_keys().collect()).unwrap_or_default(),
+                text,
+            }),
+            // An object whose `_id`, `_rev` or `rd_schema_items` has an unexpected type: read
+            // it the slow way, as a whole document.
+            Err(_) => {
+                let doc: Doc = serde_json::from_str(&text).ok()?;
+                Some(Source::from_map(&doc, text))
+            }
+        }
     }
 
     fn from_doc(doc: &Doc) -> Source {
-        let text: Arc<str> = Arc::from(serde_json::to_string(doc).unwrap_or_else(|_| "{}".into()));
-        Source::from_text(text.clone()).unwrap_or(Source {
-            id: String::new(), rev: String::new(), schema: String::new(), rd_key: Value::Null,
-            provider: false, contributors: Vec::new(), text,
-        })
+        Source::from_map(doc, Arc::from(serde_json::to_string(doc).unwrap_or_else(|_| "{}".into())))
+    }
+
+    fn from_map(doc: &Doc, text: Arc<str>) -> Source {
+        Source {
+            id: doc_str(doc, "_id").to_string(),
+            rev: doc_str(doc, "_rev").to_string(),
+            schema: doc_str(doc, "rd_schema_id").to_string(),
+            rd_key: doc.get("rd_key").cloned().unwrap_or(Value::Null),
+            provider: doc.contains_key("rd_schema_provider"),
+            contributors: doc.get("rd_schema_items").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+            text,
+        }
     }
 }
 
@@ -1141,5 +1156,28 @@ impl Remover<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Source;
+    use serde_json::json;
+
+    #[test]
+    fn a_source_is_read_from_its_text_without_the_rest() {
+        let text = r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["email","m"],"rd_schema_id":"s","rd_schema_provider":null,
+                       "rd_schema_items":{"e1":{"rd_source":null},"e2":{}},"body":"long \"text\" é"}"#;
+        let s = Source::from_text(text.into()).unwrap();
+        assert_eq!((s.id.as_str(), s.rev.as_str(), s.schema.as_str()), ("rc!x!s", "1-a", "s"));
+        assert_eq!(s.rd_key, json!(["email", "m"]));
+        assert!(s.provider, "present, even null, is a provider's mark");
+        assert_eq!(s.contributors, vec!["e1".to_string(), "e2".to_string()]);
+        assert_eq!(&*s.text, text, "the text goes on as it came");
+        // Odd member types are read the slow way; what is not an object is no source.
+        let odd = Source::from_text(r#"{"_id":"i","rd_schema_items":[1],"rd_schema_id":3}"#.into()).unwrap();
+        assert_eq!((odd.id.as_str(), odd.schema.as_str(), odd.provider), ("i", "", false));
+        assert!(odd.contributors.is_empty());
+        assert!(Source::from_text("[1]".into()).is_none());
     }
 }
