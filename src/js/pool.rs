@@ -19,6 +19,10 @@ use super::extension::{Declaration, ExtensionSource, LoadedExtension};
 use super::host::HostFunctions;
 use super::watchdog::{WatchSlot, Watchdog};
 
+/// A later_handler call gets its extension's time limit once per this many values (a handler
+/// call, once per document).
+pub const LATER_VALUES_PER_LIMIT: usize = 2_000;
+
 /// How a pool is set up.
 #[derive(Clone)]
 pub struct PoolConfig {
@@ -466,9 +470,10 @@ impl Worker<'_> {
 
     /// One call of a control method other than `run`, under the extension's time limit; the
     /// runtime is recycled after an out-of-memory.
-    fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str) -> Result<String, HandlerError> {
+    /// One call of `method`, stopped after the extension's time limit times `units`.
+    fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str, units: u32) -> Result<String, HandlerError> {
         let decl = self.declaration(ext)?;
-        let limit = self.time_limit(&decl);
+        let limit = self.time_limit(&decl).checked_mul(units.max(1)).unwrap_or(Duration::MAX);
         let Some(Loaded { rt, sandboxes }) = self.loaded.as_mut() else {
             return Err(HandlerError::new(FailureKind::Exception, "the JS runtime could not be recreated"));
         };
@@ -493,7 +498,7 @@ impl Worker<'_> {
 
     fn filter(&mut self, ext: usize, keys: &[(String, String, String)]) -> Vec<Result<bool, HandlerError>> {
         let arg = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
-        match self.call_once(ext, c"filter", &arg) {
+        match self.call_once(ext, c"filter", &arg, 1) {
             Err(e) => vec![Err(e); keys.len()],
             Ok(text) => {
                 let answers: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
@@ -519,7 +524,10 @@ impl Worker<'_> {
 
     fn later(&mut self, ext: usize, values: &[Value]) -> DocOutcome {
         let arg = serde_json::to_string(values).unwrap_or_else(|_| "[]".into());
-        match self.call_once(ext, c"runLater", &arg) {
+        // One call handles all the values: it gets the time limit once per LATER_VALUES_PER_LIMIT
+        // of them, so a large queue is not cut short while a handler that never returns still is.
+        let units = u32::try_from(values.len().div_ceil(LATER_VALUES_PER_LIMIT)).unwrap_or(u32::MAX);
+        match self.call_once(ext, c"runLater", &arg, units) {
             Err(e) => DocOutcome::Failed(e),
             Ok(text) => parse_outcomes(&text, 1, false).pop().unwrap_or_else(|| DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, "no outcome"))),
         }

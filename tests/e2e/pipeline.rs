@@ -153,6 +153,37 @@ fn a_failed_later_handler_keeps_its_values_for_retry_errors() {
 }
 
 #[test]
+fn a_later_handler_gets_time_by_its_values_and_one_that_never_ends_is_stopped() {
+    // time_limit_ms 200: a later_handler over 4,001 values has 3 x 200 ms; this one needs
+    // ~300 ms. One that never returns is stopped all the same, and its values are kept.
+    let dir = TempDir::new("later-time");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("a.js"), A).unwrap();
+    std::fs::write(exts.join("slow.js"), r#"extension({ id: "test.slow", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) {
+        const until = Date.now() + values.length * 0.075;
+        while (Date.now() < until) {}
+        emit_schema("rd.test.counted", { n: values.length }, { rd_key: ["count", 1] });
+      } });"#).unwrap();
+    std::fs::write(exts.join("stuck.js"), r#"extension({ id: "test.stuck", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) { for (;;) {} } });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 4001)); c });
+    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.counted").first().map(|d| d["n"].clone()), Some(json!(4001)));
+    let errors = of_schema(&docs, "rd.core.error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let details = &errors[0]["error_details"];
+    assert_eq!((details["ext_id"].as_str(), details["kind"].as_str()), (Some("test.stuck"), Some("time-limit")), "{}", details["message"]);
+    assert!(details["message"].as_str().unwrap().contains("600 ms"), "three times the limit: {}", details["message"]);
+    assert_eq!(details["later_values"].as_array().map(Vec::len), Some(4001));
+}
+
+#[test]
 fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
     // store. Kill runs before the drain: no value may be lost behind the checkpoint.
