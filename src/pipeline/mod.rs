@@ -289,12 +289,18 @@ impl Pipeline {
                         in_flight -= 1;
                     }
                     let drained = page.changes.is_empty();
+                    // Waits for the writer to finish one page; false when it stopped (its error
+                    // is reported below).
+                    let written = |in_flight: &mut usize| {
+                        let ok = done_rx.recv().is_ok();
+                        *in_flight -= usize::from(ok);
+                        ok
+                    };
                     if drained && in_flight > 0 {
                         // What the writer is writing may cascade: wait for it, then look again.
-                        if done_rx.recv().is_err() {
-                            return Ok(()); // the writer stopped; its error is reported below
+                        if !written(&mut in_flight) {
+                            return Ok(());
                         }
-                        in_flight -= 1;
                         continue;
                     }
                     if drained && later.is_empty() {
@@ -316,10 +322,9 @@ impl Pipeline {
                         // Settled means written: a later_handler (the conversations) may build
                         // on what the previous run of the queue emitted.
                         while in_flight > 0 {
-                            if done_rx.recv().is_err() {
-                                return Ok(()); // the writer stopped; its error is reported below
+                            if !written(&mut in_flight) {
+                                return Ok(());
                             }
-                            in_flight -= 1;
                         }
                         let t0 = Instant::now();
                         let (items, error) = self.run_later(later.take(), &later_id, &mut local);

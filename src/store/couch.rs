@@ -185,6 +185,15 @@ impl CouchStore {
     }
 
     /// Installs (or updates) the design document behind [`Store::find`].
+    /// Installs the views on first use (once per store).
+    fn views(&self) -> Result<(), StoreError> {
+        if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
+            self.ensure_views()?;
+            self.views_ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok(())
+    }
+
     fn ensure_views(&self) -> Result<(), StoreError> {
         let path = "_design/raindrop";
         let resp = self.send(|| self.request(reqwest::Method::GET, path))?;
@@ -432,10 +441,7 @@ impl Store for CouchStore {
             Some((name, value)) => json!([schema_id, name, value]),
         };
         let q = [("key", key.to_string()), ("include_docs", "true".to_string()), ("limit", limit.max(1).to_string())];
-        if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
-            self.ensure_views()?;
-            self.views_ready.store(true, std::sync::atomic::Ordering::Release);
-        }
+        self.views()?;
         let resp = self.send(|| self.request(reqwest::Method::GET, "_design/raindrop/_view/by_field").query(&q))?;
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let rows: Rows = self.json(resp)?;
@@ -455,10 +461,7 @@ impl Store for CouchStore {
         if values.is_empty() {
             return Ok(Vec::new());
         }
-        if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
-            self.ensure_views()?;
-            self.views_ready.store(true, std::sync::atomic::Ordering::Release);
-        }
+        self.views()?;
         // One request for every value: the rows come back with their keys.
         let keys: Vec<Value> = values.iter().map(|v| json!([schema_id, field, v])).collect();
         let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
@@ -503,12 +506,7 @@ impl Store for CouchStore {
     fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<std::sync::Arc<str>>, StoreError> {
         let q = Self::changes_query(since, limit, true);
         let page: ChangesPage<Box<serde_json::value::RawValue>> = self.read_changes(&q, Some(Duration::from_secs(300)), true)?;
-        let changes = page
-            .changes
-            .into_iter()
-            .map(|c| Change { doc: c.doc.map(|d| std::sync::Arc::from(d.get())), seq: c.seq, id: c.id, rev: c.rev, deleted: c.deleted })
-            .collect();
-        Ok(ChangesPage { changes, last_seq: page.last_seq })
+        Ok(page.map_docs(|d| std::sync::Arc::from(d.get())))
     }
 
     fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)

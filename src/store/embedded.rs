@@ -626,9 +626,9 @@ impl Store for EmbeddedStore {
             // The stored body is the document without its `_` members: put them in front.
             let mut text = String::with_capacity(body.len() + row.id.len() + row.rev.len() + 32);
             text.push_str("{\"_id\":");
-            text.push_str(&Value::String(row.id.clone()).to_string());
+            text.push_str(&serde_json::to_string(&row.id).unwrap_or_default());
             text.push_str(",\"_rev\":");
-            text.push_str(&Value::String(row.rev.clone()).to_string());
+            text.push_str(&serde_json::to_string(&row.rev).unwrap_or_default());
             if row.deleted {
                 text.push_str(",\"_deleted\":true");
             }

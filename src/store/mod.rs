@@ -67,6 +67,18 @@ pub struct ChangesPage<D = Doc> {
     pub last_seq: Seq,
 }
 
+impl<D> ChangesPage<D> {
+    /// The same page with each document turned into another form by `f`.
+    pub fn map_docs<E>(self, mut f: impl FnMut(D) -> E) -> ChangesPage<E> {
+        let changes = self
+            .changes
+            .into_iter()
+            .map(|c| Change { doc: c.doc.map(&mut f), seq: c.seq, id: c.id, rev: c.rev, deleted: c.deleted })
+            .collect();
+        ChangesPage { changes, last_seq: self.last_seq }
+    }
+}
+
 /// The result of writing one document in a bulk write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteResult {
@@ -176,18 +188,7 @@ pub trait Store: Send + Sync {
     /// are, and parsing them into values only to print them again was most of its reading.
     fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<std::sync::Arc<str>>, StoreError> {
         let page = self.changes(since, limit, true)?;
-        let changes = page
-            .changes
-            .into_iter()
-            .map(|c| Change {
-                doc: c.doc.map(|d| std::sync::Arc::from(serde_json::to_string(&d).unwrap_or_else(|_| "{}".into()))),
-                seq: c.seq,
-                id: c.id,
-                rev: c.rev,
-                deleted: c.deleted,
-            })
-            .collect();
-        Ok(ChangesPage { changes, last_seq: page.last_seq })
+        Ok(page.map_docs(|d| std::sync::Arc::from(serde_json::to_string(&d).unwrap_or_else(|_| "{}".into()))))
     }
 
     /// Changes after `since`, at most `limit`, oldest first, without waiting.

@@ -26,6 +26,17 @@ fn chain_dir(dir: &Path) -> std::path::PathBuf {
     ext
 }
 
+/// An extensions folder with chain extension A and `files` (name, source) after it.
+fn exts_after_a(dir: &Path, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let ext = dir.join("exts");
+    std::fs::create_dir_all(&ext).unwrap();
+    std::fs::write(ext.join("a.js"), A).unwrap();
+    for (name, source) in files {
+        std::fs::write(ext.join(name), source).unwrap();
+    }
+    ext
+}
+
 fn seed_file(dir: &Path, n: usize) -> std::path::PathBuf {
     let path = dir.join("seed.jsonl");
     let lines: String = (0..n).map(|i| json!({"rd_key": ["test", i], "rd_schema_id": "rd.test.a", "v": i}).to_string() + "\n").collect();
@@ -120,16 +131,15 @@ fn a_failed_later_handler_keeps_its_values_for_retry_errors() {
     // A later_handler that fails for a while (here: a flag document says the store is away)
     // leaves its values in an rd.core.error document; retry-errors queues them again.
     let dir = TempDir::new("later-fail");
-    let exts = dir.path().join("exts");
-    std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("a.js"), A).unwrap();
-    std::fs::write(exts.join("tally.js"), r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+    let exts = exts_after_a(dir.path(), &[
+        ("tally.js", r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
       handler(doc) { process_later(doc.v); },
       later_handler(values) {
         const flag = open_schemas([[["flag", "x"], "rd.test.flag"]])[0];
         if (flag && flag.fail) throw new Error("the store is away");
         for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] });
-      } });"#).unwrap();
+      } });"#),
+    ]);
     let db = dir.path().join("db").to_string_lossy().into_owned();
     let flag = |fail: bool| {
         let path = dir.path().join("flag.jsonl");
@@ -157,19 +167,18 @@ fn a_later_handler_gets_time_by_its_values_and_one_that_never_ends_is_stopped() 
     // time_limit_ms 200: a later_handler over 4,001 values has 3 x 200 ms; this one needs
     // ~300 ms. One that never returns is stopped all the same, and its values are kept.
     let dir = TempDir::new("later-time");
-    let exts = dir.path().join("exts");
-    std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("a.js"), A).unwrap();
-    std::fs::write(exts.join("slow.js"), r#"extension({ id: "test.slow", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+    let exts = exts_after_a(dir.path(), &[
+        ("slow.js", r#"extension({ id: "test.slow", source_schemas: ["rd.test.b"], time_limit_ms: 200,
       handler(doc) { process_later(doc.v); },
       later_handler(values) {
         const until = Date.now() + values.length * 0.075;
         while (Date.now() < until) {}
         emit_schema("rd.test.counted", { n: values.length }, { rd_key: ["count", 1] });
-      } });"#).unwrap();
-    std::fs::write(exts.join("stuck.js"), r#"extension({ id: "test.stuck", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+      } });"#),
+        ("stuck.js", r#"extension({ id: "test.stuck", source_schemas: ["rd.test.b"], time_limit_ms: 200,
       handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (;;) {} } });"#).unwrap();
+      later_handler(values) { for (;;) {} } });"#),
+    ]);
     let db = dir.path().join("db").to_string_lossy().into_owned();
     ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 4001)); c });
     ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
@@ -188,12 +197,11 @@ fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
     // store. Kill runs before the drain: no value may be lost behind the checkpoint.
     let dir = TempDir::new("kill-later");
-    let exts = dir.path().join("exts");
-    std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("a.js"), A).unwrap();
-    std::fs::write(exts.join("tally.js"), r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+    let exts = exts_after_a(dir.path(), &[
+        ("tally.js", r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
       handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#).unwrap();
+      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#),
+    ]);
     let seed = seed_file(dir.path(), 3000);
     let expected = kill_rounds_of(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
