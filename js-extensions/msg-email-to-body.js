@@ -13,6 +13,25 @@ function people(headers, name) {
   return list.filter((a) => a.address && a.address.includes("@"));
 }
 
+const QUOTED = /^(>.*(\r?\n|$))+/gm;
+
+function collapse(text) {
+  return text.replace(QUOTED, "[...] ").replace(/\s+/g, " ").trim();
+}
+
+// The preview: the message's own words, quoted blocks as "[...]", 140 characters. Only as much
+// of a long body is rewritten as those need: cut just after a newline, a body's start gives the
+// start of the whole body's preview.
+function preview(body) {
+  for (let cut = 1024; cut < body.length; cut *= 4) {
+    const nl = body.indexOf("\n", cut);
+    if (nl < 0) break;
+    const start = collapse(body.slice(0, nl + 1));
+    if (start.length >= 140) return start.slice(0, 140);
+  }
+  return collapse(body).slice(0, 140);
+}
+
 extension({
   id: "rd.ext.core.msg-email-to-body",
   source_schemas: ["rd.msg.email"],
@@ -23,8 +42,7 @@ extension({
     const items = {
       subject: first(headers, "subject"),
       body,
-      // The preview: the message's own words, quoted blocks as "[...]".
-      body_preview: body.replace(/^(>.*(\r?\n|$))+/gm, "[...] ").replace(/\s+/g, " ").trim().slice(0, 140),
+      body_preview: preview(body),
     };
     const ts = typeof doc.timestamp === "number" ? doc.timestamp : raindrop.mail.date(first(headers, "date"));
     if (ts !== null && ts !== undefined) items.timestamp = ts;

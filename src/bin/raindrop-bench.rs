@@ -624,7 +624,12 @@ fn bench_mail() {
     let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut rates = Vec::new();
-    for threads in [1, 2] {
+    // BENCH_THREADS=2 runs one thread count only (for profiling); the ratio needs both.
+    let counts: Vec<usize> = match std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()) {
+        Some(t) => vec![t],
+        None => vec![1, 2],
+    };
+    for threads in counts {
         let (imported, processed, written, errors, bodies, conversations) = mail_run(&dir.join(format!("t{threads}")), &messages, threads);
         let rate = n as f64 / (imported + processed);
         rates.push(rate);
@@ -633,6 +638,9 @@ fn bench_mail() {
             eprint!("{}", raindrop::timing::take_report());
         }
     }
-    println!("2 threads / 1 thread: {:.2}x; target: >= 2000 messages/s with 2 threads, every derived document written", rates[1] / rates[0]);
+    if let [one, two] = rates[..] {
+        println!("2 threads / 1 thread: {:.2}x", two / one);
+    }
+    println!("target: >= 2000 messages/s with 2 threads, every derived document written");
     let _ = std::fs::remove_dir_all(&dir);
 }

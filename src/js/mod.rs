@@ -14,4 +14,4 @@ pub mod watchdog;
 
 pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
 pub use host::{HostCall, HostFunctions};
-pub use pool::{Batch, BatchResult, DocOutcome, EmittedItem, Emission, FailureKind, HandlerError, JsPool, PendingLater, PoolConfig};
+pub use pool::{Batch, BatchResult, DocOutcome, EmittedItem, Emission, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater, PoolConfig};

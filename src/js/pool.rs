@@ -148,7 +148,7 @@ pub enum PoolError {
 enum Job {
     Run(Batch, Sender<BatchResult>),
     /// Ask the extension's `filter(id, rev, schema_id)` about each key.
-    Filter { ext: usize, keys: Vec<(String, String, String)>, reply: Sender<Vec<Result<bool, HandlerError>>> },
+    Filter { ext: usize, keys: Arc<FilterKeys>, reply: Sender<Vec<Result<bool, HandlerError>>> },
     /// Call the extension's `later_handler(values)`.
     Later { ext: usize, values: Vec<Value>, reply: Sender<DocOutcome> },
 }
@@ -224,12 +224,17 @@ impl JsPool {
     /// Asks extension `ext`'s `filter(id, rev, schema_id)` about each key; an error (or a
     /// filter that throws) is that key's `Err`.
     pub fn filter(&self, ext: usize, keys: Vec<(String, String, String)>) -> Vec<Result<bool, HandlerError>> {
+        self.submit_filter(ext, &Arc::new(FilterKeys::new(&keys))).wait()
+    }
+
+    /// Starts asking extension `ext`'s filter about `keys` and returns at once, so several
+    /// extensions' filters run on the pool's threads side by side over keys encoded once.
+    pub fn submit_filter(&self, ext: usize, keys: &Arc<FilterKeys>) -> PendingFilter {
         let (tx, rx) = bounded(1);
-        let n = keys.len();
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Job::Filter { ext, keys, reply: tx });
+            let _ = jobs.send(Job::Filter { ext, keys: keys.clone(), reply: tx });
         }
-        rx.recv().unwrap_or_else(|_| vec![Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")); n])
+        PendingFilter { answers: rx, n: keys.len }
     }
 
     /// Calls extension `ext`'s `later_handler(values)` with the values its handlers gave to
@@ -344,7 +349,7 @@ fn worker_main(
                 let _ = reply.send(BatchResult { tag, ext, outcomes });
             }
             Job::Filter { ext, keys, reply } => {
-                let n = keys.len();
+                let n = keys.len;
                 let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.filter(ext, &keys)));
                 crate::timing::record_as(|| job_label("filter", shared, ext), t0, n);
@@ -496,14 +501,13 @@ impl Worker<'_> {
         result
     }
 
-    fn filter(&mut self, ext: usize, keys: &[(String, String, String)]) -> Vec<Result<bool, HandlerError>> {
-        let arg = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
-        match self.call_once(ext, c"filter", &arg, 1) {
-            Err(e) => vec![Err(e); keys.len()],
+    fn filter(&mut self, ext: usize, keys: &FilterKeys) -> Vec<Result<bool, HandlerError>> {
+        match self.call_once(ext, c"filter", &keys.json, 1) {
+            Err(e) => vec![Err(e); keys.len],
             Ok(text) => {
                 let answers: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
-                if answers.len() != keys.len() {
-                    return vec![Err(HandlerError::new(FailureKind::BadOutput, "the filter gave the wrong number of answers")); keys.len()];
+                if answers.len() != keys.len {
+                    return vec![Err(HandlerError::new(FailureKind::BadOutput, "the filter gave the wrong number of answers")); keys.len];
                 }
                 answers
                     .into_iter()
@@ -728,6 +732,30 @@ fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOu
 
 /// A `later_handler` call under way ([`JsPool::submit_later`]).
 pub struct PendingLater(Receiver<DocOutcome>);
+
+/// The `[id, rev, schema_id]` keys a filter is asked about, as the JSON text handed to it.
+pub struct FilterKeys {
+    json: String,
+    len: usize,
+}
+
+impl FilterKeys {
+    pub fn new(keys: &[(String, String, String)]) -> FilterKeys {
+        FilterKeys { json: serde_json::to_string(keys).unwrap_or_else(|_| "[]".into()), len: keys.len() }
+    }
+}
+
+/// A filter call started by [`JsPool::submit_filter`]: one answer per key.
+pub struct PendingFilter {
+    answers: Receiver<Vec<Result<bool, HandlerError>>>,
+    n: usize,
+}
+
+impl PendingFilter {
+    pub fn wait(self) -> Vec<Result<bool, HandlerError>> {
+        self.answers.recv().unwrap_or_else(|_| vec![Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")); self.n])
+    }
+}
 
 impl PendingLater {
     pub fn wait(self) -> DocOutcome {

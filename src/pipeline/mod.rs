@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use crate::js::{Batch, Category, DocOutcome, EmittedItem, HandlerError, JsPool};
+use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
 use crate::store::{Change, Doc, Seq, Store, StoreError, WriteResult};
 use later::LaterQueue;
 use model::SchemaItem;
@@ -416,13 +416,22 @@ impl Pipeline {
         // Extensions without source_schemas are asked, per source, through their filter().
         let mut accepted: HashMap<usize, Vec<bool>> = HashMap::new();
         let mut filter_failures: Vec<(usize, usize, HandlerError)> = Vec::new();
-        if !sources.is_empty() {
+        if !sources.is_empty() && self.exts.iter().any(|e| e.filtered) {
             let keys: Vec<(String, String, String)> = sources
                 .iter()
                 .map(|d| (d.id.clone(), d.rev.clone(), d.schema.clone()))
                 .collect();
-            for (ei, ext) in self.exts.iter().enumerate().filter(|(_, e)| e.filtered) {
-                let answers = self.pool.filter(ext.pool_index, keys.clone());
+            // Encoded once for all filters, which run side by side.
+            let keys = Arc::new(FilterKeys::new(&keys));
+            let pending: Vec<_> = self
+                .exts
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e.filtered)
+                .map(|(ei, ext)| (ei, self.pool.submit_filter(ext.pool_index, &keys)))
+                .collect();
+            for (ei, call) in pending {
+                let answers = call.wait();
                 let mut yes = vec![false; sources.len()];
                 for (si, answer) in answers.into_iter().enumerate() {
                     match answer {

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+mod memory;
 mod natives;
 mod process;
 

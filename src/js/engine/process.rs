@@ -67,6 +67,7 @@ fn start_engine_thread() -> Result<Sender<Request>, String> {
         .name("js-engine".into())
         .stack_size(8 << 20)
         .spawn(move || {
+            super::memory::keep_freed_memory();
             let engine = match JSEngine::init() {
                 Ok(engine) => engine,
                 Err(e) => {
