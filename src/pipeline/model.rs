@@ -226,7 +226,7 @@ fn aggregate(
     existing: Option<&Doc>,
     rd_key: &Value,
     schema_id: &str,
-    contributors: Map<String, Value>,
+    mut contributors: Map<String, Value>,
     attachments: Map<String, Value>,
 ) -> Doc {
     let mut doc = Map::new();
@@ -236,36 +236,41 @@ fn aggregate(
     }
     doc.insert("rd_key".into(), rd_key.clone());
     doc.insert("rd_schema_id".into(), Value::String(schema_id.to_string()));
-    let mut order: Vec<(&String, &Value)> = contributors.iter().collect();
-    order.sort_by(|a, b| {
-        let ca = a.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
-        let cb = b.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
-        ca.total_cmp(&cb).then_with(|| a.0.cmp(b.0))
-    });
-    let mut provider: Option<&String> = None;
-    for (ext, entry) in &order {
-        if let Some(fields) = entry.get("schema").and_then(Value::as_object) {
-            for (k, v) in fields {
-                doc.insert(k.clone(), v.clone());
+    let provider = {
+        let mut order: Vec<(&String, &Value)> = contributors.iter().collect();
+        order.sort_by(|a, b| {
+            let ca = a.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
+            let cb = b.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
+            ca.total_cmp(&cb).then_with(|| a.0.cmp(b.0))
+        });
+        if order.len() > 1 {
+            for (_, entry) in &order {
+                if let Some(fields) = entry.get("schema").and_then(Value::as_object) {
+                    for (k, v) in fields {
+                        doc.insert(k.clone(), v.clone());
+                    }
+                }
             }
         }
-        let is_provider = entry.get("provider").and_then(Value::as_bool).unwrap_or(false)
-            || entry.get("rd_source").is_some_and(Value::is_null);
-        if is_provider && provider.is_none() {
-            provider = Some(ext);
+        order
+            .iter()
+            .find(|(_, entry)| {
+                entry.get("provider").and_then(Value::as_bool).unwrap_or(false) || entry.get("rd_source").is_some_and(Value::is_null)
+            })
+            .map(|(ext, _)| (*ext).clone())
+    };
+    if contributors.len() == 1 {
+        if let Some(Value::Object(entry)) = contributors.values_mut().next() {
+            // Fields (not an assertion's null) live at the top level only: moved, not copied.
+            if entry.get("schema").is_some_and(Value::is_object) {
+                if let Some(Value::Object(fields)) = entry.remove("schema") {
+                    doc.extend(fields);
+                }
+            }
         }
     }
     if let Some(p) = provider {
-        doc.insert("rd_schema_provider".into(), Value::String(p.clone()));
-    }
-    let mut contributors = contributors;
-    if contributors.len() == 1 {
-        if let Some(Value::Object(entry)) = contributors.values_mut().next() {
-            // Fields (not an assertion's null) live at the top level only.
-            if entry.get("schema").is_some_and(Value::is_object) {
-                entry.remove("schema");
-            }
-        }
+        doc.insert("rd_schema_provider".into(), Value::String(p));
     }
     doc.insert("rd_schema_items".into(), Value::Object(contributors));
     if !attachments.is_empty() {
