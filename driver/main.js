@@ -128,13 +128,21 @@
       fail(site, "later_handler must be a function");
     if (schemas === null && d.filter === undefined)
       fail(site, "an extension without source_schemas needs a filter function");
+    let fields = null;
+    if (d.source_fields !== undefined) {
+      let ok = isArray(d.source_fields);
+      for (let i = 0; ok && i < d.source_fields.length; i++)
+        ok = typeof d.source_fields[i] === "string" && d.source_fields[i].length > 0;
+      if (!ok) fail(site, "source_fields must be an array of top-level field names");
+      fields = slice(d.source_fields);
+    }
     let limit = null;
     if (d.time_limit_ms !== undefined) {
       limit = d.time_limit_ms;
       if (typeof limit !== "number" || !(limit > 0)) fail(site, "time_limit_ms must be a positive number");
     }
     return {
-      id, source_schemas: schemas, category, confidence, time_limit_ms: limit,
+      id, source_schemas: schemas, source_fields: fields, category, confidence, time_limit_ms: limit,
       uses_dependencies: !!d.uses_dependencies,
       handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
     };
@@ -338,7 +346,7 @@
       if (declaration === null) throw new ErrorCtor("the file never calls extension({...})");
       const d = declaration;
       return stringify({
-        id: d.id, source_schemas: d.source_schemas, category: d.category,
+        id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
         confidence: d.confidence, time_limit_ms: d.time_limit_ms,
         uses_dependencies: d.uses_dependencies,
         has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,

@@ -8,6 +8,7 @@ function header(doc, name) {
 extension({
   id: "rd.ext.core.bugzilla-to-grouping-tag",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["headers"],
   confidence: 10,
   handler(doc) {
     if (header(doc, "x-bugzilla-product") !== null) emit_schema("rd.msg.grouping-tag", { tag: "bugzilla-message" });

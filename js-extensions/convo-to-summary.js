@@ -78,6 +78,7 @@ function summarise(members, docs) {
 
 extension({
   id: "rd.ext.core.convo-to-summary",
+  source_fields: [],
   filter(id, rev, schema_id) {
     return id.startsWith("rc!email.") && SUMMARISED.includes(schema_id);
   },

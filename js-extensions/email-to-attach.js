@@ -3,6 +3,7 @@
 extension({
   id: "rd.ext.core.email-to-attach",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["multipart_info"],
   handler(doc) {
     const parts = Array.isArray(doc.multipart_info) ? doc.multipart_info : [];
     const names = new Set();

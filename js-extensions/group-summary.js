@@ -3,6 +3,7 @@
 // did (a later_handler: one rebuild per tag per page).
 extension({
   id: "rd.ext.core.group-summary",
+  source_fields: ["all_grouping_tags", "unread_grouping_tags"],
   filter(id, rev, schema_id) {
     return schema_id === "rd.conv.summary";
   },

@@ -4,6 +4,7 @@
 // message).
 extension({
   id: "rd.ext.core.msg-attachment-summary",
+  source_fields: [],
   filter(id, rev, schema_id) {
     return id.startsWith("rc!attach.") && (schema_id === "rd.attach.file" || schema_id === "rd.attach.link");
   },

@@ -60,6 +60,7 @@ function components(links) {
 extension({
   id: "rd.ext.core.msg-email-to-convo",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["headers"],
   // It writes the conversation of every message it merges, not only its own: a re-run that no
   // longer mentions a message (because another run already moved it) must not withdraw it.
   category: "smart",

@@ -10,6 +10,7 @@ function tagOf(identity) {
 extension({
   id: "rd.ext.core.msg-email-to-grouping-tag",
   source_schemas: ["rd.msg.body"],
+  source_fields: ["from", "to", "cc"],
   uses_dependencies: true,
   handler(doc) {
     if (doc.rd_key[0] !== "email") return;

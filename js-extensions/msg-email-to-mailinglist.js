@@ -108,6 +108,7 @@ function sendConfirmation(doc, headers, reply) {
 extension({
   id: "rd.ext.core.msg-email-to-mailinglist",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["headers", "timestamp"],
   // The confirming reply is kept even when a re-run no longer sends it.
   category: "smart",
   handler(doc) {

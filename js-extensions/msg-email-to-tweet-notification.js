@@ -4,6 +4,7 @@
 extension({
   id: "rd.ext.core.msg-email-to-tweet-notification",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["headers"],
   category: "extender",
   confidence: 1,
   handler(doc) {

@@ -81,11 +81,19 @@ fn run_one(file: &PathBuf, doc: &str) -> anyhow::Result<ExitCode> {
     raindrop::mail::register_natives(&mut host);
     config.host_functions = host;
     let pool = JsPool::start(vec![source], config)?;
-    if let Err(e) = &pool.extensions()[0].declaration {
-        eprintln!("error: {e}");
-        return Ok(ExitCode::from(1));
+    let declaration = match &pool.extensions()[0].declaration {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    // The handler sees the document as the pipeline would give it.
+    let mut text = value.to_string();
+    if let Some(fields) = &declaration.source_fields {
+        text = raindrop::pipeline::project(&text, fields).unwrap_or(text);
     }
-    let result = pool.run(0, vec![Arc::from(value.to_string())]);
+    let result = pool.run(0, vec![Arc::from(text)]);
     let mut out = std::io::stdout().lock();
     match result.outcomes.into_iter().next() {
         Some(DocOutcome::Emitted(emission)) => {

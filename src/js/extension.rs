@@ -57,6 +57,10 @@ pub struct Declaration {
     pub id: String,
     /// `None`: the extension chooses with its `filter` function.
     pub source_schemas: Option<Vec<String>>,
+    /// `None`: the handler gets whole documents; else only these top-level fields (and the
+    /// document's `_id`, `_rev`, `rd_key` and `rd_schema_id`).
+    #[serde(default)]
+    pub source_fields: Option<Vec<String>>,
     pub category: Category,
     pub confidence: f64,
     /// Overrides the pool's per-call time limit.

@@ -105,6 +105,9 @@ struct Ext {
     /// A smart extension manages its own outputs: what it stops emitting is not withdrawn.
     smart: bool,
     has_later_handler: bool,
+    /// `source_fields`, as an index into `Pipeline::field_sets` (equal lists share one, so a
+    /// source is cut down once for all the extensions that want the same fields).
+    field_set: Option<usize>,
 }
 
 /// What one page of changes leads to: items to merge, contributions to withdraw, and the
@@ -130,12 +133,15 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     pool: Arc<JsPool>,
     exts: Vec<Ext>,
+    /// The distinct `source_fields` lists of the extensions.
+    field_sets: Vec<Vec<String>>,
 }
 
 impl Pipeline {
     /// A pipeline over the extensions of `pool` that loaded (the others are reported by
     /// `raindrop ext list`).
     pub fn new(store: Arc<dyn Store>, pool: Arc<JsPool>) -> Pipeline {
+        let mut field_sets: Vec<Vec<String>> = Vec::new();
         let exts = pool
             .extensions()
             .iter()
@@ -153,10 +159,17 @@ impl Pipeline {
                     filtered: d.source_schemas.is_none() && d.has_filter,
                     smart: d.category == Category::Smart,
                     has_later_handler: d.has_later_handler,
+                    field_set: d.source_fields.as_ref().map(|f| match field_sets.iter().position(|s| s == f) {
+                        Some(k) => k,
+                        None => {
+                            field_sets.push(f.clone());
+                            field_sets.len() - 1
+                        }
+                    }),
                 })
             })
             .collect();
-        Pipeline { store, pool, exts }
+        Pipeline { store, pool, exts, field_sets }
     }
 
     fn checkpoint_id(options: &RunOptions) -> String {
@@ -624,11 +637,20 @@ impl Pipeline {
             by_ext.entry(job.ext).or_default().push(j);
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
+        // Sources cut down to some extensions' `source_fields`, by (source, field set).
+        let mut cut: HashMap<(usize, usize), Arc<str>> = HashMap::new();
         for (ext, job_ids) in by_ext {
+            let field_set = self.exts[ext].field_set;
             for chunk in job_ids.chunks(HANDLER_BATCH) {
                 let docs = chunk
                     .iter()
-                    .map(|&j| sources[jobs[j].source].text.clone())
+                    .map(|&j| {
+                        let source = &sources[jobs[j].source];
+                        let Some(k) = field_set else { return source.text.clone() };
+                        cut.entry((jobs[j].source, k))
+                            .or_insert_with(|| project(&source.text, &self.field_sets[k]).map_or_else(|| source.text.clone(), Arc::from))
+                            .clone()
+                    })
                     .collect();
                 self.pool.submit(Batch { ext: self.exts[ext].pool_index, docs, tag: batches.len() as u64 }, &tx);
                 batches.push(chunk.to_vec());
@@ -906,6 +928,33 @@ struct Source {
     text: Arc<str>,
 }
 
+/// A document's JSON `text` with only the top-level `fields` (and its `_id`, `_rev`, `rd_key`
+/// and `rd_schema_id`), for a handler that declared `source_fields`: the parts it never reads
+/// (a message's body, say) are not parsed again in JS for it. The members keep their text as
+/// it was. `None` when `text` is not an object with plain (unescaped) member names; the caller
+/// then hands over the whole text.
+pub fn project(text: &str, fields: &[String]) -> Option<String> {
+    let members: HashMap<&str, &serde_json::value::RawValue> = serde_json::from_str(text).ok()?;
+    let mut out = String::with_capacity(text.len().min(4096));
+    out.push('{');
+    let mut written: Vec<&str> = Vec::new();
+    for name in ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)) {
+        let Some(raw) = members.get(name) else { continue };
+        if written.contains(&name) {
+            continue;
+        }
+        if !written.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&serde_json::to_string(name).ok()?);
+        out.push(':');
+        out.push_str(raw.get());
+        written.push(name);
+    }
+    out.push('}');
+    Some(out)
+}
+
 impl Source {
     /// Reads the members the pipeline needs, skipping the rest of the text unparsed; `None`
     /// when the text is not a JSON object.
@@ -1175,8 +1224,19 @@ impl Remover<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::Source;
+    use super::{project, Source};
     use serde_json::json;
+
+    #[test]
+    fn a_projection_keeps_the_identity_and_the_fields_asked_for_as_they_were() {
+        let text = r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s","body":"big","headers":{"a":["\u00e9 \"q\""]},"n":1.50}"#;
+        let cut = project(text, &["headers".into(), "n".into(), "missing".into(), "n".into()]).unwrap();
+        assert_eq!(cut, r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s","headers":{"a":["\u00e9 \"q\""]},"n":1.50}"#);
+        assert_eq!(project(text, &[]).unwrap(), r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s"}"#);
+        // Not an object, or a member name with an escape: the caller hands over the whole text.
+        assert_eq!(project("[1]", &[]), None);
+        assert_eq!(project(r#"{"a\nb":1}"#, &[]), None);
+    }
 
     #[test]
     fn a_source_is_read_from_its_text_without_the_rest() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{dump, kill_rounds, of_schema, ok, rd, PouchServer, TempDir};
+use crate::support::{dump, kill_rounds, of_schema, ok, raindrop, rd, PouchServer, TempDir};
 
 const A: &str = r#"extension({ id: "chain.a", source_schemas: ["rd.test.a"],
   handler(doc) { emit_schema("rd.test.b", { v: doc.v + 1 }); } });"#;
@@ -265,6 +265,36 @@ fn an_output_is_recomputed_when_a_document_it_depends_on_changes() {
     // (the sum of 0 stays 0, so four documents change)
     assert!(log.contains("5 handler runs") && log.contains("4 documents written"), "{log}");
     assert_eq!(totals(&dump(&db, &exts)), vec![json!(0), json!(3), json!(6), json!(9), json!(12)]);
+}
+
+#[test]
+fn a_handler_with_source_fields_sees_only_those_fields() {
+    let dir = TempDir::new("fields");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("some.js"), r#"extension({ id: "test.some", source_schemas: ["rd.test.wide"],
+      source_fields: ["wanted", "absent", "wanted"],
+      handler(doc) { emit_schema("rd.test.seen", { keys: Object.keys(doc).sort(), wanted: doc.wanted }); } });"#).unwrap();
+    std::fs::write(exts.join("all.js"), r#"extension({ id: "test.all", source_schemas: ["rd.test.wide"],
+      handler(doc) { emit_schema("rd.test.all", { has_body: typeof doc.body === "string" }); } });"#).unwrap();
+    std::fs::write(exts.join("bad.js"), r#"extension({ id: "test.bad", source_schemas: ["x"], source_fields: "wanted", handler() {} });"#).unwrap();
+    let seed = dir.path().join("wide.jsonl");
+    std::fs::write(&seed, r#"{"rd_key": ["test", 1], "rd_schema_id": "rd.test.wide", "wanted": {"a": [1, "é\n\"x\""]}, "body": "long text that the handler never reads"}"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed); c });
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let docs = dump(&db, &exts);
+    let seen = of_schema(&docs, "rd.test.seen");
+    assert_eq!(seen.len(), 1, "{log}");
+    // The document's identity and the fields asked for, as they were; nothing else.
+    assert_eq!(seen[0]["keys"], json!(["_id", "_rev", "rd_key", "rd_schema_id", "wanted"]));
+    assert_eq!(seen[0]["wanted"], json!({"a": [1, "é\n\"x\""]}));
+    // Another extension on the same source still gets all of it.
+    assert_eq!(of_schema(&docs, "rd.test.all")[0]["has_body"], json!(true));
+    // A malformed declaration is a load error naming the file.
+    let out = raindrop().args(["ext", "list", "--extensions"]).arg(&exts).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("bad.js:1") && listing.contains("source_fields must be an array"), "{listing}");
 }
 
 #[test]
