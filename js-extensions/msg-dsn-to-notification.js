@@ -4,6 +4,8 @@
 extension({
   id: "rd.ext.core.msg-dsn-to-notification",
   source_schemas: ["rd.msg.email"],
+  // Only the headers for every message; a bounce's text is read from the store (bounces are few).
+  source_fields: ["headers"],
   // Above msg-email-to-convo: for a bounce, this extension's answer wins.
   confidence: 10,
   uses_dependencies: true,
@@ -13,7 +15,8 @@ extension({
     const isReport = type.includes("multipart/report") && type.includes("delivery-status");
     if (!headers["x-failed-recipients"] && !isReport) return;
     const own = doc.rd_key[1];
-    const text = typeof doc.body === "string" ? doc.body : "";
+    const email = open_schemas([[doc.rd_key, "rd.msg.email"]], ["body"])[0];
+    const text = email && typeof email.body === "string" ? email.body : "";
     for (const m of text.matchAll(/^\s*Message-ID:\s*<([^<>\s]+)>/gim)) {
       if (m[1] === own) continue;
       // Only the bounce's own conversation is decided here; the bounced message's stays
