@@ -5,12 +5,18 @@
 //! Rust as large strings. With both allocators' defaults, much of that memory went back to the
 //! kernel after each batch and was faulted in, zero-filled, by the next: on the mail benchmark
 //! the process spent over a third of its CPU time in the kernel (`clear_page_erms`). Keeping
-//! freed memory for reuse cut the kernel's share roughly in half; the price is a resident size
-//! that stays near its peak (+3% on that benchmark) instead of shrinking between bursts.
+//! freed memory for reuse cut the kernel's share roughly in half (~12% more messages/s); the
+//! price is a resident size a few percent higher during a run.
 //!
 //! - glibc `malloc` (SpiderMonkey's and SQLite's): no `mmap` per buffer below 32 MiB, and an
 //!   arena's free top is returned only beyond 64 MiB, growing by 16 MiB at a time.
-//! - mimalloc (Rust's global allocator in Raindrop's binaries): freed pages are not purged.
+//! - mimalloc (Rust's global allocator in Raindrop's binaries): freed pages are kept 2 s
+//!   before they are returned.
+
+/// Freed pages go back to the kernel after this long unused: not while a run reuses them
+/// (mimalloc's 1 s default cost ~3% on the mail benchmark; 2 s measured the same as never),
+/// but a daemon that goes idle still shrinks.
+const PURGE_DELAY_MS: std::os::raw::c_long = 2000;
 
 /// `mi_option_purge_delay`: the bindings leave it unnamed; it is the 16th entry of
 /// `mi_option_e` in both of libmimalloc-sys 0.1.49's mimalloc versions (v2 and v3).
@@ -24,8 +30,8 @@ pub(super) fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TOP_PAD, 16 << 20);
     }
-    // SAFETY: sets one option in mimalloc's table of plain integers; -1 means "never purge".
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    // SAFETY: sets one option in mimalloc's table of plain integers.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
 }
 
 #[cfg(test)]
@@ -35,6 +41,6 @@ mod tests {
         super::keep_freed_memory();
         // SAFETY: reads one option; no memory is touched.
         let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        assert_eq!(delay, -1);
+        assert_eq!(delay, super::PURGE_DELAY_MS);
     }
 }
