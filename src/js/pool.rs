@@ -221,14 +221,9 @@ impl JsPool {
         }
     }
 
-    /// Asks extension `ext`'s `filter(id, rev, schema_id)` about each key; an error (or a
-    /// filter that throws) is that key's `Err`.
-    pub fn filter(&self, ext: usize, keys: Vec<(String, String, String)>) -> Vec<Result<bool, HandlerError>> {
-        self.submit_filter(ext, &Arc::new(FilterKeys::new(&keys))).wait()
-    }
-
-    /// Starts asking extension `ext`'s filter about `keys` and returns at once, so several
-    /// extensions' filters run on the pool's threads side by side over keys encoded once.
+    /// Starts asking extension `ext`'s `filter(id, rev, schema_id)` about each of `keys` and
+    /// returns at once, so several extensions' filters run on the pool's threads side by side
+    /// over keys encoded once. An error (or a filter that throws) is that key's `Err`.
     pub fn submit_filter(&self, ext: usize, keys: &Arc<FilterKeys>) -> PendingFilter {
         let (tx, rx) = bounded(1);
         if let Some(jobs) = &self.jobs {
