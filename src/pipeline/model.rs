@@ -167,17 +167,27 @@ pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Res
 /// in one conversation) would otherwise take the extension's one entry from each other on every
 /// run, each write waking the other's dependencies, for ever.
 pub fn holds_same_from_other_source(doc: &Doc, item: &SchemaItem) -> bool {
-    let contributors = contributors(doc);
-    let Some(entry) = contributors.get(&item.ext_id) else { return false };
+    // Read in place: this runs for every item whose document exists, and copying the
+    // contributors (a lone one's fields included) only to compare was most of its cost.
+    let Some(entries) = doc.get("rd_schema_items").and_then(Value::as_object) else { return false };
+    let Some(entry) = entries.get(&item.ext_id) else { return false };
     let other_source = match (&item.rd_source, entry.get("rd_source").and_then(Value::as_array)) {
         (Some((id, _)), Some(src)) => src.first().and_then(Value::as_str) != Some(id.as_str()),
         _ => false,
     };
-    let fields = item.items.clone().map(Value::Object).unwrap_or(Value::Null);
-    other_source
-        && item.attachments.is_none()
-        && entry.get("schema") == Some(&fields)
-        && entry.get("confidence").and_then(Value::as_f64) == Some(item.confidence)
+    if !other_source || item.attachments.is_some() || entry.get("confidence").and_then(Value::as_f64) != Some(item.confidence) {
+        return false;
+    }
+    match (entry.get("schema"), &item.items) {
+        (Some(Value::Object(held)), Some(fields)) => held == fields,
+        (Some(Value::Null), None) => true,
+        // A lone contributor's fields are the document's own (see `contributors`).
+        (None, Some(fields)) if entries.len() == 1 => {
+            let own = doc.keys().filter(|k| !k.starts_with('_') && !MODEL_KEYS.contains(&k.as_str())).count();
+            own == fields.len() && fields.iter().all(|(k, v)| doc.get(k) == Some(v))
+        }
+        _ => false,
+    }
 }
 
 /// Removes extension `ext_id`'s contribution; `None` when no contributor is left (the document
@@ -446,5 +456,13 @@ mod tests {
         assert!(!holds_same_from_other_source(&doc, &a), "the same source re-emitting is applied");
         b.items = json!({"conversation_id": ["conv", 2]}).as_object().cloned();
         assert!(!holds_same_from_other_source(&doc, &b), "different fields are applied");
+        b.items = json!({"conversation_id": ["conv", 1], "more": 1}).as_object().cloned();
+        assert!(!holds_same_from_other_source(&doc, &b), "more fields are applied");
+        // With two contributors each entry holds its own fields.
+        let both = apply_item(Some(&doc), &item("ext2", 1.0, json!({"tag": "x"}))).unwrap();
+        b.items = a.items.clone();
+        assert!(holds_same_from_other_source(&both, &b));
+        b.items = json!({"tag": "x"}).as_object().cloned();
+        assert!(!holds_same_from_other_source(&both, &b), "another contributor's fields are not this one's");
     }
 }
