@@ -105,9 +105,8 @@ struct Ext {
     /// A smart extension manages its own outputs: what it stops emitting is not withdrawn.
     smart: bool,
     has_later_handler: bool,
-    /// `source_fields`, as an index into `Pipeline::field_sets` (equal lists share one, so a
-    /// source is cut down once for all the extensions that want the same fields).
-    field_set: Option<usize>,
+    /// `source_fields`: the handler gets only these members of a source.
+    fields: Option<Vec<String>>,
 }
 
 /// What one page of changes leads to: items to merge, contributions to withdraw, and the
@@ -133,15 +132,12 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     pool: Arc<JsPool>,
     exts: Vec<Ext>,
-    /// The distinct `source_fields` lists of the extensions.
-    field_sets: Vec<Vec<String>>,
 }
 
 impl Pipeline {
     /// A pipeline over the extensions of `pool` that loaded (the others are reported by
     /// `raindrop ext list`).
     pub fn new(store: Arc<dyn Store>, pool: Arc<JsPool>) -> Pipeline {
-        let mut field_sets: Vec<Vec<String>> = Vec::new();
         let exts = pool
             .extensions()
             .iter()
@@ -159,17 +155,11 @@ impl Pipeline {
                     filtered: d.source_schemas.is_none() && d.has_filter,
                     smart: d.category == Category::Smart,
                     has_later_handler: d.has_later_handler,
-                    field_set: d.source_fields.as_ref().map(|f| match field_sets.iter().position(|s| s == f) {
-                        Some(k) => k,
-                        None => {
-                            field_sets.push(f.clone());
-                            field_sets.len() - 1
-                        }
-                    }),
+                    fields: d.source_fields.clone(),
                 })
             })
             .collect();
-        Pipeline { store, pool, exts, field_sets }
+        Pipeline { store, pool, exts }
     }
 
     fn checkpoint_id(options: &RunOptions) -> String {
@@ -637,18 +627,19 @@ impl Pipeline {
             by_ext.entry(job.ext).or_default().push(j);
         }
         let mut batches: Vec<Vec<usize>> = Vec::new();
-        // Sources cut down to some extensions' `source_fields`, by (source, field set).
-        let mut cut: HashMap<(usize, usize), Arc<str>> = HashMap::new();
+        // Sources cut down to `source_fields`, by (source, fields): extensions that ask for the
+        // same fields share one cut.
+        let mut cut: HashMap<(usize, &[String]), Arc<str>> = HashMap::new();
         for (ext, job_ids) in by_ext {
-            let field_set = self.exts[ext].field_set;
+            let fields = self.exts[ext].fields.as_deref();
             for chunk in job_ids.chunks(HANDLER_BATCH) {
                 let docs = chunk
                     .iter()
                     .map(|&j| {
                         let source = &sources[jobs[j].source];
-                        let Some(k) = field_set else { return source.text.clone() };
-                        cut.entry((jobs[j].source, k))
-                            .or_insert_with(|| project(&source.text, &self.field_sets[k]).map_or_else(|| source.text.clone(), Arc::from))
+                        let Some(fields) = fields else { return source.text.clone() };
+                        cut.entry((jobs[j].source, fields))
+                            .or_insert_with(|| project(&source.text, fields).map_or_else(|| source.text.clone(), Arc::from))
                             .clone()
                     })
                     .collect();

@@ -246,6 +246,7 @@ fn aggregate(
     }
     doc.insert("rd_key".into(), rd_key.clone());
     doc.insert("rd_schema_id".into(), Value::String(schema_id.to_string()));
+    let lone = contributors.len() == 1;
     let provider = {
         let mut order: Vec<(&String, &Value)> = contributors.iter().collect();
         order.sort_by(|a, b| {
@@ -253,7 +254,7 @@ fn aggregate(
             let cb = b.1.get("confidence").and_then(Value::as_f64).unwrap_or(0.0);
             ca.total_cmp(&cb).then_with(|| a.0.cmp(b.0))
         });
-        if order.len() > 1 {
+        if !lone {
             for (_, entry) in &order {
                 if let Some(fields) = entry.get("schema").and_then(Value::as_object) {
                     for (k, v) in fields {
@@ -269,7 +270,7 @@ fn aggregate(
             })
             .map(|(ext, _)| (*ext).clone())
     };
-    if contributors.len() == 1 {
+    if lone {
         if let Some(Value::Object(entry)) = contributors.values_mut().next() {
             // Fields (not an assertion's null) live at the top level only: moved, not copied.
             if entry.get("schema").is_some_and(Value::is_object) {
