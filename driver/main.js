@@ -136,6 +136,22 @@
       if (!ok) fail(site, "source_fields must be an array of top-level field names");
       fields = slice(d.source_fields);
     }
+    // [schema id, field] pairs the extension finds documents by: indexed when the pipeline
+    // starts, not at the first lookup (which would build the index over every document then).
+    const indexes = [];
+    if (d.indexes !== undefined) {
+      let ok = isArray(d.indexes);
+      for (let i = 0; ok && i < d.indexes.length; i++) {
+        const p = d.indexes[i];
+        ok = isArray(p) && p.length === 2 && typeof p[0] === "string" && p[0].length > 0 &&
+          typeof p[1] === "string" && p[1].length > 0;
+        if (ok) push(indexes, [p[0], p[1]]);
+      }
+      if (!ok) fail(site, "indexes must be an array of [schema id, field] pairs");
+    }
+    const laterInParts = d.later_in_parts === undefined ? false : d.later_in_parts;
+    if (typeof laterInParts !== "boolean") fail(site, "later_in_parts must be true or false");
+    if (laterInParts && d.later_handler === undefined) fail(site, "later_in_parts needs a later_handler");
     let limit = null;
     if (d.time_limit_ms !== undefined) {
       limit = d.time_limit_ms;
@@ -143,7 +159,7 @@
     }
     return {
       id, source_schemas: schemas, source_fields: fields, category, confidence, time_limit_ms: limit,
-      uses_dependencies: !!d.uses_dependencies,
+      uses_dependencies: !!d.uses_dependencies, indexes, later_in_parts: laterInParts,
       handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
     };
   }
@@ -348,7 +364,7 @@
       return stringify({
         id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
         confidence: d.confidence, time_limit_ms: d.time_limit_ms,
-        uses_dependencies: d.uses_dependencies,
+        uses_dependencies: d.uses_dependencies, indexes: d.indexes, later_in_parts: d.later_in_parts,
         has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,
         site: d.site,
       });

@@ -78,17 +78,30 @@ function summarise(members, docs) {
 
 extension({
   id: "rd.ext.core.convo-to-summary",
-  source_fields: [],
+  source_fields: ["conversation_id"],
+  indexes: [["rd.msg.conversation", "conversation_id"]],
+  // Each conversation is summarised from the store alone: parts of the messages can be
+  // summarised side by side (a conversation with messages in two parts comes out the same).
+  later_in_parts: true,
   filter(id, rev, schema_id) {
     return id.startsWith("rc!email.") && SUMMARISED.includes(schema_id);
   },
+  // A message's conversation document names its conversation; for the message's other
+  // documents the later_handler looks it up. Conversations given directly are each in one
+  // part when the values are cut into parts, so no two parts summarise the same one.
   handler(doc) {
-    process_later(doc.rd_key);
+    if (doc.rd_schema_id === "rd.msg.conversation" && doc.conversation_id) process_later({ conv: doc.conversation_id });
+    else process_later(doc.rd_key);
   },
-  later_handler(keys) {
+  later_handler(values) {
     const convs = new Map();
+    const keys = [];
+    for (const v of values) {
+      if (Array.isArray(v)) keys.push(v);
+      else if (v && v.conv) convs.set(JSON.stringify(v.conv), v.conv);
+    }
     const unique = [...new Set(keys.map((k) => JSON.stringify(k)))].map((k) => [JSON.parse(k), "rd.msg.conversation"]);
-    for (const c of open_schemas(unique, ["conversation_id"])) {
+    for (const c of unique.length ? open_schemas(unique, ["conversation_id"]) : []) {
       if (c && c.conversation_id) convs.set(JSON.stringify(c.conversation_id), c.conversation_id);
     }
     const list = [...convs.values()];

@@ -5,6 +5,8 @@
 extension({
   id: "rd.ext.core.msg-attachment-summary",
   source_fields: [],
+  indexes: [["rd.attach.file", "message"], ["rd.attach.link", "message"]],
+  later_in_parts: true,
   filter(id, rev, schema_id) {
     return id.startsWith("rc!attach.") && (schema_id === "rd.attach.file" || schema_id === "rd.attach.link");
   },

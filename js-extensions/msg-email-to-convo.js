@@ -61,6 +61,8 @@ extension({
   id: "rd.ext.core.msg-email-to-convo",
   source_schemas: ["rd.msg.email"],
   source_fields: ["headers"],
+  // find_and_emit_conversation looks messages up by conversation.
+  indexes: [["rd.msg.conversation", "conversation_id"]],
   // It writes the conversation of every message it merges, not only its own: a re-run that no
   // longer mentions a message (because another run already moved it) must not withdraw it.
   category: "smart",

@@ -5,6 +5,8 @@ extension({
   id: "rd.ext.core.sent-relationships",
   source_schemas: ["rd.msg.body"],
   source_fields: ["from", "to", "cc", "to_display", "cc_display"],
+  // emit_related_identities looks contacts up by name.
+  indexes: [["rd.contact", "displayName"]],
   handler(doc) {
     if (!Array.isArray(doc.from)) return;
     const mine = get_my_identities().map((i) => JSON.stringify(i));

@@ -4,6 +4,9 @@
 //! off, one relaxed atomic load. `raindrop-bench` prints the table after each run; the labels are
 //! `R:` the reader stage, `P:` parts of a page's preparation, `W:` the writer, `run:`/`filter:`/
 //! `later:` JS calls per extension, `native:` host functions per name and extension.
+//! With `RAINDROP_TIMINGS=trace`, each recording is also printed to stderr as it ends (start
+//! and end in seconds since the first recording, the thread's name, the label): a timeline
+//! shows which stages overlap and when the threads wait.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -12,18 +15,28 @@ use std::time::Instant;
 
 /// Seconds, calls and items (whatever the caller counts) per label.
 static TABLE: Mutex<BTreeMap<String, (f64, u64, u64)>> = Mutex::new(BTreeMap::new());
-/// 0 = not yet looked at the environment, 1 = off, 2 = on.
+/// 0 = not yet looked at the environment, 1 = off, 2 = on, 3 = on and tracing.
 static STATE: AtomicU8 = AtomicU8::new(0);
+/// The first moment anything was recorded: the origin of the trace's times.
+static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-pub fn enabled() -> bool {
+fn state() -> u8 {
     match STATE.load(Ordering::Relaxed) {
         0 => {
-            let on = std::env::var_os("RAINDROP_TIMINGS").is_some();
-            STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
-            on
+            let s = match std::env::var("RAINDROP_TIMINGS") {
+                Err(_) => 1,
+                Ok(v) if v == "trace" => 3,
+                Ok(_) => 2,
+            };
+            STATE.store(s, Ordering::Relaxed);
+            s
         }
-        s => s == 2,
+        s => s,
     }
+}
+
+pub fn enabled() -> bool {
+    state() >= 2
 }
 
 /// Adds the time since `start` (and `items`) to `label`.
@@ -37,8 +50,15 @@ pub fn record_as(label: impl FnOnce() -> String, start: Instant, items: usize) {
         return;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let label = label();
+    if state() == 3 {
+        let origin = *ORIGIN.get_or_init(|| start);
+        let from = start.saturating_duration_since(origin).as_secs_f64();
+        let thread = std::thread::current();
+        eprintln!("trace {from:>9.3} {:>9.3} {:<16} {label} {items}", from + seconds, thread.name().unwrap_or("?"));
+    }
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());
-    let entry = table.entry(label()).or_default();
+    let entry = table.entry(label).or_default();
     entry.0 += seconds;
     entry.1 += 1;
     entry.2 += items as u64;

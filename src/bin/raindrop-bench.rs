@@ -642,5 +642,10 @@ fn bench_mail() {
         println!("2 threads / 1 thread: {:.2}x", two / one);
     }
     println!("target: >= 2000 messages/s with 2 threads, every derived document written");
-    let _ = std::fs::remove_dir_all(&dir);
+    // BENCH_KEEP=1 leaves the databases for a look inside (`raindrop db ...`).
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        println!("databases kept in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

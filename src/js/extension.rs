@@ -67,6 +67,13 @@ pub struct Declaration {
     pub time_limit_ms: Option<f64>,
     #[serde(default)]
     pub uses_dependencies: bool,
+    /// `[schema id, field]` pairs it finds documents by: indexed before the pipeline starts.
+    #[serde(default)]
+    pub indexes: Vec<(String, String)>,
+    /// Its later_handler's values are independent of one another: they may be handled in
+    /// parts, side by side (a document emitted by two parts comes out the same from each).
+    #[serde(default)]
+    pub later_in_parts: bool,
     #[serde(default)]
     pub has_filter: bool,
     #[serde(default)]

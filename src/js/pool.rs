@@ -205,6 +205,11 @@ impl JsPool {
     }
 
     /// Every extension, in load order, with its declaration or load error.
+    /// How many calls can run side by side.
+    pub fn threads(&self) -> usize {
+        self.workers.len()
+    }
+
     pub fn extensions(&self) -> &[LoadedExtension] {
         &self.extensions
     }

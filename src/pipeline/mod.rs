@@ -49,6 +49,8 @@ const LATER_PREFIX: &str = "rdlater!";
 const CONFLICT_RETRIES: usize = 5;
 /// Documents per handler batch.
 const HANDLER_BATCH: usize = 100;
+/// Fewest values in a part of a `later_in_parts` later_handler's values.
+const MIN_LATER_PART: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -107,6 +109,10 @@ struct Ext {
     has_later_handler: bool,
     /// `source_fields`: the handler gets only these members of a source.
     fields: Option<Vec<String>>,
+    /// `[schema, field]` pairs it finds documents by, indexed before a run starts.
+    indexes: Vec<(String, String)>,
+    /// Its later_handler may be called on parts of its values, side by side.
+    later_in_parts: bool,
 }
 
 /// What one page of changes leads to: items to merge, contributions to withdraw, and the
@@ -156,6 +162,8 @@ impl Pipeline {
                     smart: d.category == Category::Smart,
                     has_later_handler: d.has_later_handler,
                     fields: d.source_fields.clone(),
+                    indexes: d.indexes.clone(),
+                    later_in_parts: d.later_in_parts,
                 })
             })
             .collect();
@@ -191,6 +199,11 @@ impl Pipeline {
     pub fn run(&self, options: &RunOptions, progress: impl FnMut(&Stats) + Send) -> Result<Stats, PipelineError> {
         let ckpt_id = Self::checkpoint_id(options);
         let fingerprints = self.fingerprints();
+        for ext in &self.exts {
+            for (schema, field) in &ext.indexes {
+                self.store.index_field(schema, field)?;
+            }
+        }
         let saved = self.store.get_local(&ckpt_id)?;
         let mut since = match &saved {
             Some(c) if c.get("fingerprints") == Some(&fingerprints) => {
@@ -585,7 +598,7 @@ impl Pipeline {
     fn run_later(&self, values: BTreeMap<String, Vec<Value>>, later_id: &str, stats: &mut Stats) -> (Vec<SchemaItem>, Option<String>) {
         let mut items = Vec::new();
         let mut first_error = None;
-        let mut pending = Vec::new();
+        let mut calls: Vec<(usize, Vec<Value>)> = Vec::new();
         for (ext_id, values) in values {
             let Some(ei) = self.exts.iter().position(|e| e.id == ext_id) else {
                 tracing::warn!(ext = %ext_id, "process_later values of an extension that is no longer loaded are dropped");
@@ -596,8 +609,22 @@ impl Pipeline {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
                 continue;
             }
-            pending.push((ei, values.clone(), self.pool.submit_later(ext.pool_index, values)));
+            // Independent values are cut into one part per thread (each part big enough to be
+            // worth a call of its own); otherwise the handler sees them all at once.
+            let parts = if ext.later_in_parts { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
+            let size = values.len().div_ceil(parts);
+            let mut values = values;
+            while !values.is_empty() {
+                let rest = values.split_off(size.min(values.len()));
+                calls.push((ei, std::mem::replace(&mut values, rest)));
+            }
         }
+        // Whole calls first: the parts then fill in around them.
+        calls.sort_by_key(|(ei, _)| self.exts[*ei].later_in_parts);
+        let pending: Vec<_> = calls
+            .into_iter()
+            .map(|(ei, values)| (ei, values.clone(), self.pool.submit_later(self.exts[ei].pool_index, values)))
+            .collect();
         for (ei, values, call) in pending {
             let ext = &self.exts[ei];
             let failure = match call.wait() {

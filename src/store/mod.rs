@@ -157,6 +157,14 @@ pub trait Store: Send + Sync {
     /// view.
     fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError>;
 
+    /// Readies the index [`Store::find`] uses for `field` of `schema_id`. A store that builds
+    /// indexes on first use builds this one now — while the schema may still have few
+    /// documents, so that later writes keep it up to date instead of the first lookup reading
+    /// every document of the schema. A store that indexes every field does nothing.
+    fn index_field(&self, _schema_id: &str, _field: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// [`Store::get_many`], keeping of each document only `rd_key` and `fields`: a caller that
     /// wants a few fields of many documents (a summary reading message bodies) then does not
     /// pay for the rest. Stores that can skip the other fields while reading do.

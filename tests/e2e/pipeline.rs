@@ -298,6 +298,47 @@ fn a_handler_with_source_fields_sees_only_those_fields() {
 }
 
 #[test]
+fn a_later_handler_in_parts_runs_side_by_side_and_misses_no_value() {
+    // 500 values over 2 threads (the tests' setting): two calls of 250, each emitting its values; the declared
+    // index is ready before the run (find_schemas by it answers from the first call).
+    let dir = TempDir::new("later-parts");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    std::fs::write(exts.join("parts.js"), r#"extension({ id: "test.parts", source_schemas: ["rd.test.a"],
+      indexes: [["rd.test.a", "v"]],
+      later_in_parts: true,
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) {
+        for (const v of values) {
+          const found = find_schemas("rd.test.a", "v", v, 2, []);
+          emit_schema("rd.test.tallied", { v, found: found.length }, { rd_key: ["tally", v] });
+        }
+        emit_schema("rd.test.part", { n: values.length }, { rd_key: ["part", values[0]] });
+      } });"#).unwrap();
+    std::fs::write(exts.join("whole.js"), r#"extension({ id: "test.whole", source_schemas: ["rd.test.a"],
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) { emit_schema("rd.test.whole", { n: values.length }, { rd_key: ["whole", 1] }); } });"#).unwrap();
+    std::fs::write(exts.join("bad-index.js"), r#"extension({ id: "test.bad1", source_schemas: ["x"], indexes: [["x"]], handler() {} });"#).unwrap();
+    std::fs::write(exts.join("bad-parts.js"), r#"extension({ id: "test.bad2", source_schemas: ["x"], later_in_parts: true, handler() {} });"#).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 500)); c });
+    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let docs = dump(&db, &exts);
+    let tallied = of_schema(&docs, "rd.test.tallied");
+    assert_eq!(tallied.len(), 500, "{log}");
+    assert!(tallied.iter().all(|d| d["found"] == json!(1)), "every value found by the declared index");
+    let mut parts: Vec<i64> = of_schema(&docs, "rd.test.part").iter().map(|d| d["n"].as_i64().unwrap()).collect();
+    parts.sort();
+    assert_eq!(parts, vec![250, 250]);
+    // Without later_in_parts, one call sees every value.
+    assert_eq!(of_schema(&docs, "rd.test.whole")[0]["n"], json!(500));
+    let out = raindrop().args(["ext", "list", "--extensions"]).arg(&exts).output().unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("bad-index.js:1") && listing.contains("indexes must be an array of [schema id, field] pairs"), "{listing}");
+    assert!(listing.contains("bad-parts.js:1") && listing.contains("later_in_parts needs a later_handler"), "{listing}");
+}
+
+#[test]
 fn filters_choose_sources_and_later_handlers_see_the_collected_values() {
     let dir = TempDir::new("filter");
     let exts = dir.path().join("exts");

@@ -320,6 +320,20 @@ fn finding_for_many_values_at_once(s: &dyn Store) {
     assert!(s.find_each("rd.test.e", "group", &[], 10, None).unwrap().is_empty());
 }
 
+fn an_index_readied_before_the_documents_finds_them(s: &dyn Store) {
+    // Readied while the schema has no documents: the writes that follow keep it up to date.
+    s.index_field("rd.test.late", "tag").unwrap();
+    s.index_field("rd.test.late", "tags[]").unwrap();
+    s.bulk_write((0..5).map(|i| doc(json!({"_id": format!("rc!t.l{i}!rd.test.late"), "rd_key": ["t", format!("l{i}")],
+        "rd_schema_id": "rd.test.late", "tag": i % 2, "tags": [format!("x{i}"), "all"]}))).collect()).unwrap();
+    assert_eq!(s.find("rd.test.late", Some(("tag", &json!(1))), 10).unwrap().len(), 2);
+    assert_eq!(s.find("rd.test.late", Some(("tags[]", &json!("all"))), 10).unwrap().len(), 5);
+    assert_eq!(s.find("rd.test.late", Some(("tags[]", &json!("x3"))), 10).unwrap().len(), 1);
+    // Readying it again changes nothing.
+    s.index_field("rd.test.late", "tag").unwrap();
+    assert_eq!(s.find("rd.test.late", Some(("tag", &json!(0))), 10).unwrap().len(), 3);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -334,6 +348,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    an_index_readied_before_the_documents_finds_them,
     crud_with_revisions,
     conflicts,
     tombstones_in_the_feed,
