@@ -8,6 +8,7 @@ pub mod config;
 mod digest;
 pub mod js;
 pub mod mail;
+mod par;
 pub mod pipeline;
 pub mod protocols;
 pub mod store;

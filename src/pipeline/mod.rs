@@ -657,6 +657,8 @@ impl Pipeline {
         // Sources cut down to `source_fields`, by (source, fields): extensions that ask for the
         // same fields share one cut.
         let mut cut: HashMap<(usize, &[String]), Arc<str>> = HashMap::new();
+        // Each source's members are read once, for all the lists asked of it.
+        let mut read: HashMap<usize, Option<Members<'_>>> = HashMap::new();
         for (ext, job_ids) in by_ext {
             let fields = self.exts[ext].fields.as_deref();
             for chunk in job_ids.chunks(HANDLER_BATCH) {
@@ -666,7 +668,10 @@ impl Pipeline {
                         let source = &sources[jobs[j].source];
                         let Some(fields) = fields else { return source.text.clone() };
                         cut.entry((jobs[j].source, fields))
-                            .or_insert_with(|| project(&source.text, fields).map_or_else(|| source.text.clone(), Arc::from))
+                            .or_insert_with(|| {
+                                let members = read.entry(jobs[j].source).or_insert_with(|| members(&source.text));
+                                members.as_ref().and_then(|m| project_members(m, fields)).map_or_else(|| source.text.clone(), Arc::from)
+                            })
                             .clone()
                     })
                     .collect();
@@ -787,8 +792,8 @@ impl Pipeline {
             let current = self.store.get_many(&ids)?;
             crate::timing::record("W:get_many", t0, ids.len());
             let t0 = Instant::now();
-            let mut writes: Vec<Doc> = Vec::new();
-            for (id, existing) in ids.iter().zip(&current) {
+            // Each document merges on its own: the page's documents merge side by side.
+            let merge = |(id, existing): (&String, Option<Doc>)| -> Option<Doc> {
                 let mut doc = existing.clone();
                 for ext in pending_removals.get(id).into_iter().flatten() {
                     doc = doc.and_then(|d| model::remove_contributor(&d, ext));
@@ -803,15 +808,13 @@ impl Pipeline {
                     }
                 }
                 match (existing, doc) {
-                    (Some(old), Some(new)) if model::same_content(old, &new) => {}
-                    (Some(old), None) => {
-                        writes.push(model::tombstone(id, old.get("_rev").cloned()));
-                        stats.docs_removed += 1;
-                    }
-                    (_, Some(new)) => writes.push(new),
-                    (None, None) => {}
+                    (Some(old), Some(new)) if model::same_content(&old, &new) => None,
+                    (Some(old), None) => Some(model::tombstone(id, old.get("_rev").cloned())),
+                    (_, new) => new,
                 }
-            }
+            };
+            let mut writes: Vec<Doc> = crate::par::map_in_parts(ids.iter().zip(current).collect(), 256, merge).into_iter().flatten().collect();
+            stats.docs_removed += writes.iter().filter(|d| d.contains_key("_deleted")).count() as u64;
             let n_docs = writes.len();
             if attempt == 0 {
                 writes.append(&mut states);
@@ -952,8 +955,20 @@ struct Source {
 /// it was. `None` when `text` is not an object with plain (unescaped) member names; the caller
 /// then hands over the whole text.
 pub fn project(text: &str, fields: &[String]) -> Option<String> {
-    let members: HashMap<&str, &serde_json::value::RawValue> = serde_json::from_str(text).ok()?;
-    let mut out = String::with_capacity(text.len().min(4096));
+    project_members(&members(text)?, fields)
+}
+
+/// A document's top-level members as their text, for [`project_members`]: read once per source
+/// however many different `source_fields` lists its extensions declared.
+type Members<'a> = HashMap<&'a str, &'a serde_json::value::RawValue>;
+
+fn members(text: &str) -> Option<Members<'_>> {
+    serde_json::from_str(text).ok()
+}
+
+/// [`project`] from members already read.
+fn project_members(members: &Members<'_>, fields: &[String]) -> Option<String> {
+    let mut out = String::with_capacity(members.values().map(|raw| raw.get().len() + 8).sum::<usize>().min(4096));
     out.push('{');
     let mut written: Vec<&str> = Vec::new();
     for name in ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)) {

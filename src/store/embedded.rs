@@ -415,6 +415,8 @@ struct Incoming {
     attachments: Option<Map<String, Value>>,
     /// The live document's fields, for the field index.
     doc: Option<Doc>,
+    /// Its next revision when it has no attachments (the common one-statement write).
+    plain_rev: Option<String>,
 }
 
 fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
@@ -441,7 +443,8 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
     let schema = if deleted { None } else { doc.get("rd_schema_id").and_then(Value::as_str).map(str::to_string) };
     let body = if deleted { "{}".to_string() } else { serde_json::to_string(&doc).unwrap_or_default() };
     let doc = (!deleted).then_some(doc);
-    Ok(Incoming { id, rev, deleted, body, schema, attachments, doc })
+    let plain_rev = attachments.is_none().then(|| rev::next(rev.as_deref(), deleted, body.as_bytes(), &[]));
+    Ok(Incoming { id, rev, deleted, body, schema, attachments, doc, plain_rev })
 }
 
 
@@ -567,13 +570,16 @@ impl Store for EmbeddedStore {
     }
 
     fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
+        // Checked, printed as JSON and given their next revisions side by side, before the
+        // writer lock: only the statements need the one connection.
+        let prepared = crate::par::map_in_parts(docs, 256, split_incoming);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let tx = conn.transaction().map_err(|e| self.e(e))?;
         let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
-        let mut results = Vec::with_capacity(docs.len());
-        for doc in docs {
-            let incoming = match split_incoming(doc) {
+        let mut results = Vec::with_capacity(prepared.len());
+        for incoming in prepared {
+            let incoming = match incoming {
                 Ok(i) => i,
                 Err((id, reason)) => {
                     results.push(WriteResult::Error { id, reason });
@@ -755,8 +761,8 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
     // given revision, with no attachments and no index rows either side. Anything else (and a
     // statement that matches no row: a conflict, a deleted document, a changed schema) takes
     // the full path below.
-    if doc.attachments.is_none() && index.is_empty() {
-        let new_rev = rev::next(doc.rev.as_deref(), doc.deleted, doc.body.as_bytes(), &[]);
+    if let (Some(new_rev), true) = (&doc.plain_rev, index.is_empty()) {
+        let new_rev = new_rev.clone();
         let written = match &doc.rev {
             None => tx
                 .prepare_cached(
