@@ -3,16 +3,17 @@
 //! documents, and writes them back, where they cascade to further extensions.
 //!
 //! Bookkeeping lives in the store, beside the data:
-//! - a *state document* per source (`rdstate!<source id>`) records, per extension, the source
+//! - a *state record* per source (`rdstate!<source id>`) records, per extension, the source
 //!   revision and code fingerprint it last ran on and the documents it produced. A source is
 //!   skipped when both match (so a second run writes nothing, and an edited extension re-runs);
-//!   outputs no longer emitted are removed. State documents are written in the same bulk write
-//!   as the outputs, after them.
+//!   outputs no longer emitted are removed. State records are written in the same bulk write
+//!   as the outputs, after them, as the store's records (`Store::bulk_write_with_records`): the
+//!   embedded store keeps them out of the changes feed; on CouchDB they are documents.
 //! - a checkpoint (`_local` document) holds the feed position, advanced only after a page's
 //!   writes are done, and the extensions' fingerprints: when they change, the feed is read from
 //!   the start again (unchanged extensions skip cheaply).
 //! - the values waiting for later_handlers (`rdlater!<checkpoint id>`, see `later`), written
-//!   with the page that added them, before its state documents.
+//!   with the page that added them, before its state records.
 //!
 //! A crash at any moment leaves a state from which the next run converges to the same documents:
 //! a page is either checkpointed after its writes, or re-read; re-running a source produces the
@@ -232,7 +233,7 @@ impl Pipeline {
                     let mut local = Stats::default();
                     let t0 = Instant::now();
                     // The queue is written before the states of the sources that fed it.
-                    let mut states = work.states;
+                    let mut bookkeeping = Vec::new();
                     if let Some(values) = waiting {
                         let mut doc = Map::new();
                         doc.insert("_id".into(), Value::String(later_id.clone()));
@@ -244,17 +245,16 @@ impl Pipeline {
                             doc.insert("_rev".into(), rev);
                         }
                         doc.insert("values".into(), values);
-                        states.insert(0, doc);
+                        bookkeeping.push(doc);
                     }
                     // The dependency index before the states, in the same write: if a crash
                     // comes between, it names outputs not yet written, which costs a re-run.
                     let t1 = Instant::now();
                     let mut index = self.dependency_index_updates(work.dependencies)?;
                     crate::timing::record("W:deps", t1, 0);
-                    index.append(&mut states);
-                    let states = index;
+                    index.append(&mut bookkeeping);
                     let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": fingerprints });
-                    for result in self.write(work.items, work.removals, states, (&ckpt_id, &checkpoint), &mut local)? {
+                    for result in self.write(work.items, work.removals, index, work.states, (&ckpt_id, &checkpoint), &mut local)? {
                         if let WriteResult::Ok { id, rev } = result {
                             if id == later_id {
                                 later_rev = Some(Value::String(rev));
@@ -425,7 +425,7 @@ impl Pipeline {
             .chain(deleted.iter().map(|id| state_id(id)))
             .collect();
         let t0 = Instant::now();
-        let mut states: Vec<Option<Doc>> = self.store.get_many(&state_ids)?;
+        let mut states: Vec<Option<Doc>> = self.store.get_records(&state_ids)?;
         crate::timing::record("P:states", t0, state_ids.len());
         let t0 = Instant::now();
 
@@ -767,10 +767,12 @@ impl Pipeline {
     }
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything
-    /// (`states`, the bookkeeping documents, last), and re-merges on conflicts a bounded number
-    /// of times; each write also puts the `checkpoint` (the embedded store commits both at
-    /// once). Returns the results of writing `states`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    /// (the `bookkeeping` documents after the data, the sources' `states` as records last), and
+    /// re-merges on conflicts a bounded number of times; each write also puts the `checkpoint`
+    /// (the embedded store commits it all at once). Returns the results of writing
+    /// `bookkeeping`.
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut bookkeeping: Vec<Doc>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+        let mut states = Some(states);
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -817,9 +819,10 @@ impl Pipeline {
             stats.docs_removed += writes.iter().filter(|d| d.contains_key("_deleted")).count() as u64;
             let n_docs = writes.len();
             if attempt == 0 {
-                writes.append(&mut states);
+                writes.append(&mut bookkeeping);
             }
-            if writes.is_empty() {
+            let records = states.take().unwrap_or_default();
+            if writes.is_empty() && records.is_empty() {
                 if attempt == 0 {
                     self.store.put_local(checkpoint.0, checkpoint.1)?;
                 }
@@ -827,9 +830,14 @@ impl Pipeline {
             }
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
-            let nw = writes.len();
-            let results = self.store.bulk_write_and_put_local(writes, Some(checkpoint))?;
+            let nw = writes.len() + records.len();
+            let (results, record_results) = self.store.bulk_write_with_records(writes, records, Some(checkpoint))?;
             crate::timing::record("W:bulk_write", t0, nw);
+            for r in record_results {
+                if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
+                    tracing::warn!("the state record {id} changed under us; it will be rewritten on the next run");
+                }
+            }
             if attempt == 0 {
                 state_results = results[n_docs.min(results.len())..].to_vec();
             }
@@ -1099,17 +1107,31 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Ve
     Ok(results)
 }
 
-/// Per-extension counts from the state documents: (processed sources, errors).
-pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
-    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// Calls `f` with each page of the sources' state records: from the store's records, or —
+/// from a store whose records are ordinary documents — from the changes feed.
+fn state_pages<E: From<StoreError>>(store: &dyn Store, size: usize, mut f: impl FnMut(Vec<Doc>) -> Result<(), E>) -> Result<(), E> {
+    let mut after: Option<String> = None;
+    while let Some(records) = store.records_after(STATE_PREFIX, after.as_deref(), size)? {
+        let Some(last) = records.last() else { return Ok(()) };
+        after = Some(doc_str(last, "_id").to_string());
+        f(records)?;
+    }
     let mut since = Seq::zero();
     loop {
-        let page = store.changes(&since, 1000, true)?;
+        let page = store.changes(&since, size, true)?;
         if page.changes.is_empty() {
-            return Ok(counts);
+            return Ok(());
         }
-        for c in &page.changes {
-            let Some(doc) = c.doc.as_ref().filter(|_| c.id.starts_with(STATE_PREFIX) && !c.deleted) else { continue };
+        f(page.changes.into_iter().filter(|c| c.id.starts_with(STATE_PREFIX) && !c.deleted).filter_map(|c| c.doc).collect())?;
+        since = page.last_seq;
+    }
+}
+
+/// Per-extension counts from the state records: (processed sources, errors).
+pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    state_pages(store, 1000, |states| -> Result<(), StoreError> {
+        for doc in &states {
             for (ext, entry) in doc.iter().filter(|(k, _)| !k.starts_with('_')) {
                 let e = counts.entry(ext.clone()).or_default();
                 e.0 += 1;
@@ -1118,26 +1140,21 @@ pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)
                 }
             }
         }
-        since = page.last_seq;
-    }
+        Ok(())
+    })?;
+    Ok(counts)
 }
 
 /// Forgets what `ext` (or every extension) did, so the next run re-runs it; with `remove`, its
 /// outputs are also withdrawn (`unprocess`). With `only_errors`, only failed runs are forgotten
 /// (`retry-errors`). Returns how many source states changed.
 pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: bool) -> Result<u64, PipelineError> {
-    let mut since = Seq::zero();
     let mut changed = 0;
     let started = Instant::now();
-    loop {
-        let page = store.changes(&since, 500, true)?;
-        if page.changes.is_empty() {
-            break;
-        }
+    state_pages(store, 500, |states| -> Result<(), PipelineError> {
         let mut removals = Vec::new();
         let mut writes = Vec::new();
-        for c in &page.changes {
-            let Some(mut doc) = c.doc.clone().filter(|_| c.id.starts_with(STATE_PREFIX) && !c.deleted) else { continue };
+        for mut doc in states {
             let keys: Vec<String> = doc.keys().filter(|k| !k.starts_with('_') && ext.is_none_or(|e| e == *k)).cloned().collect();
             let mut touched = false;
             for k in keys {
@@ -1163,8 +1180,8 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
         if !removals.is_empty() || !writes.is_empty() {
             Remover { store }.apply(removals, writes)?;
         }
-        since = page.last_seq;
-    }
+        Ok(())
+    })?;
     if only_errors {
         changed += requeue_later_failures(store, ext)?;
     }
@@ -1244,9 +1261,9 @@ impl Remover<'_> {
                 (None, None) => {}
             }
         }
-        let mut writes: Vec<Doc> = docs.into_values().flatten().collect();
-        writes.extend(states);
-        for r in self.store.bulk_write(writes)? {
+        let writes: Vec<Doc> = docs.into_values().flatten().collect();
+        let (results, record_results) = self.store.bulk_write_with_records(writes, states, None)?;
+        for r in results.into_iter().chain(record_results) {
             if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
                 tracing::warn!("could not update {id}; run the command again");
             }

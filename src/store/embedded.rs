@@ -60,6 +60,11 @@ CREATE TABLE IF NOT EXISTS field_index (
     PRIMARY KEY (schema, field, value, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS field_index_by_id ON field_index (id);
+CREATE TABLE IF NOT EXISTS records (
+    id   TEXT PRIMARY KEY,
+    rev  TEXT NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Values longer than this (as JSON) are not indexed, as in the CouchDB view.
@@ -413,13 +418,16 @@ struct Incoming {
     schema: Option<String>,
     /// `None`: the document has no `_attachments` member (all existing ones are dropped).
     attachments: Option<Map<String, Value>>,
-    /// The live document's fields, for the field index.
-    doc: Option<Doc>,
+    /// Its rows of the field index, for the fields indexed when it was split (see
+    /// `EmbeddedStore::write_all`).
+    index: Vec<(String, String)>,
     /// Its next revision when it has no attachments (the common one-statement write).
     plain_rev: Option<String>,
 }
 
-fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
+/// Checks `doc` and splits it into what is stored; `indexed` gives the indexed fields per
+/// schema. The parsed document is dropped here: only its text and index rows are kept.
+fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Result<Incoming, (String, String)> {
     let id = match doc.remove("_id") {
         Some(Value::String(s)) => s,
         None => super::new_doc_id(),
@@ -442,9 +450,12 @@ fn split_incoming(mut doc: Doc) -> Result<Incoming, (String, String)> {
     }
     let schema = if deleted { None } else { doc.get("rd_schema_id").and_then(Value::as_str).map(str::to_string) };
     let body = if deleted { "{}".to_string() } else { serde_json::to_string(&doc).unwrap_or_default() };
-    let doc = (!deleted).then_some(doc);
+    let index = match schema.as_ref().and_then(|s| indexed.get(s)) {
+        Some(fields) if !deleted => index_entries(&doc, fields),
+        _ => Vec::new(),
+    };
     let plain_rev = attachments.is_none().then(|| rev::next(rev.as_deref(), deleted, body.as_bytes(), &[]));
-    Ok(Incoming { id, rev, deleted, body, schema, attachments, doc, plain_rev })
+    Ok(Incoming { id, rev, deleted, body, schema, attachments, index, plain_rev })
 }
 
 
@@ -570,44 +581,41 @@ impl Store for EmbeddedStore {
     }
 
     fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
-        // Checked, printed as JSON and given their next revisions side by side, before the
-        // writer lock: only the statements need the one connection.
-        let prepared = crate::par::map_in_parts(docs, 256, split_incoming);
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let tx = conn.transaction().map_err(|e| self.e(e))?;
-        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
-        let mut results = Vec::with_capacity(prepared.len());
-        for incoming in prepared {
-            let incoming = match incoming {
-                Ok(i) => i,
-                Err((id, reason)) => {
-                    results.push(WriteResult::Error { id, reason });
-                    continue;
-                }
-            };
-            let fields = incoming.schema.as_ref().and_then(|s| indexed.get(s)).map(Vec::as_slice).unwrap_or(&[]);
-            let index = match (&incoming.doc, fields.is_empty()) {
-                (Some(doc), false) => index_entries(doc, fields),
-                _ => Vec::new(),
-            };
-            match write_one(&tx, incoming, seq + 1, &index).map_err(|e| self.e(e))? {
-                Ok(result) => {
-                    seq += 1;
-                    results.push(result);
-                }
-                Err(result) => results.push(result),
+        Ok(self.write_all(docs, Vec::new(), local)?.0)
+    }
+
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+        self.write_all(docs, records, local)
+    }
+
+    fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT rev, body FROM records WHERE id = ?1")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let row = stmt.query_row([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).optional()?;
+                out.push(row.map(|(rev, body)| assemble(c, id, &rev, false, false, &body, false)).transpose()?);
             }
-        }
-        if let Some((id, body)) = local {
-            tx.prepare_cached(PUT_LOCAL).and_then(|mut s| s.execute(params![id, body.to_string()])).map_err(|e| self.e(e))?;
-        }
-        tx.commit().map_err(|e| self.e(e))?;
-        drop(conn);
-        self.checkpointer.committed();
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
-        self.wake.notify_all();
-        Ok(results)
+            Ok(out)
+        })
+    }
+
+    fn records_after(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Option<Vec<Doc>>, StoreError> {
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        self.read(|c| {
+            // Ids with the prefix sort together, from the prefix itself on.
+            let mut stmt = c.prepare_cached("SELECT id, rev, body FROM records WHERE id >= ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+            let mut rows = stmt.query(params![prefix, after.unwrap_or(""), limit])?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next()? {
+                let (id, rev, body): (String, String, String) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                if !id.starts_with(prefix) {
+                    break;
+                }
+                out.push(assemble(c, &id, &rev, false, false, &body, false)?);
+            }
+            Ok(Some(out))
+        })
     }
 
     fn get_many_fields(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
@@ -752,6 +760,87 @@ impl Store for EmbeddedStore {
         }
         *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = 0;
         Ok(())
+    }
+}
+
+/// One record of a bulk write, against the revision it was read at (none: it must not exist;
+/// `_deleted`: it goes). Records carry no attachments.
+fn write_record(tx: &rusqlite::Transaction<'_>, r: Incoming) -> rusqlite::Result<WriteResult> {
+    let Some(new_rev) = r.plain_rev else {
+        return Ok(WriteResult::Error { id: r.id, reason: "a record cannot have attachments".into() });
+    };
+    let written = match (r.deleted, &r.rev) {
+        (true, Some(given)) => tx.prepare_cached("DELETE FROM records WHERE id = ?1 AND rev = ?2")?.execute(params![r.id, given])?,
+        (true, None) => {
+            tx.prepare_cached("DELETE FROM records WHERE id = ?1")?.execute([&r.id])?;
+            1
+        }
+        (false, None) => tx
+            .prepare_cached("INSERT INTO records (id, rev, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO NOTHING")?
+            .execute(params![r.id, new_rev, r.body])?,
+        (false, Some(given)) => tx
+            .prepare_cached("UPDATE records SET rev = ?2, body = ?3 WHERE id = ?1 AND rev = ?4")?
+            .execute(params![r.id, new_rev, r.body, given])?,
+    };
+    Ok(if written == 1 { WriteResult::Ok { id: r.id, rev: new_rev } } else { WriteResult::Conflict { id: r.id } })
+}
+
+impl EmbeddedStore {
+    /// Documents, then records, then the local document, in one transaction.
+    fn write_all(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+        // Checked, printed as JSON and given their next revisions side by side, before the
+        // writer lock: only the statements need the one connection.
+        // The index rows too, for the fields indexed now; a field whose index is built before
+        // the lock is taken below gets its rows from the documents' text there.
+        let n = docs.len();
+        let mut all = docs;
+        all.extend(records);
+        let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut prepared = crate::par::map_in_parts(all, 256, |d| split_incoming(d, &seen));
+        let records = prepared.split_off(n);
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let tx = conn.transaction().map_err(|e| self.e(e))?;
+        let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
+        let mut results = Vec::with_capacity(prepared.len());
+        for incoming in prepared {
+            let incoming = match incoming {
+                Ok(i) => i,
+                Err((id, reason)) => {
+                    results.push(WriteResult::Error { id, reason });
+                    continue;
+                }
+            };
+            let mut incoming = incoming;
+            if let Some(fields) = incoming.schema.as_ref().and_then(|s| indexed.get(s)).filter(|f| Some(*f) != incoming.schema.as_ref().and_then(|s| seen.get(s))) {
+                let wanted: Vec<String> = fields.iter().map(|f| f.strip_suffix("[]").unwrap_or(f).to_string()).collect();
+                incoming.index = index_entries(&projected(&incoming.body, &wanted), fields);
+            }
+            let index = std::mem::take(&mut incoming.index);
+            match write_one(&tx, incoming, seq + 1, &index).map_err(|e| self.e(e))? {
+                Ok(result) => {
+                    seq += 1;
+                    results.push(result);
+                }
+                Err(result) => results.push(result),
+            }
+        }
+        let mut record_results = Vec::with_capacity(records.len());
+        for record in records {
+            record_results.push(match record {
+                Ok(r) => write_record(&tx, r).map_err(|e| self.e(e))?,
+                Err((id, reason)) => WriteResult::Error { id, reason },
+            });
+        }
+        if let Some((id, body)) = local {
+            tx.prepare_cached(PUT_LOCAL).and_then(|mut s| s.execute(params![id, body.to_string()])).map_err(|e| self.e(e))?;
+        }
+        tx.commit().map_err(|e| self.e(e))?;
+        drop(conn);
+        self.checkpointer.committed();
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.wake.notify_all();
+        Ok((results, record_results))
     }
 }
 

@@ -150,6 +150,34 @@ pub trait Store: Send + Sync {
         Ok(results)
     }
 
+    /// [`Store::bulk_write_and_put_local`] that also writes `records`, after `docs`, in the same
+    /// write; the results of `docs`, then of `records`. Records are bookkeeping (the pipeline's
+    /// state per source): written and read like documents, with revisions, but a store may keep
+    /// them apart — out of the changes feed, with no sequence numbers or indexes, as the
+    /// embedded store does (they were half of all the rows it wrote on the mail benchmark).
+    /// By default they are ordinary documents.
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+        let n = docs.len();
+        let mut all = docs;
+        all.extend(records);
+        let mut results = self.bulk_write_and_put_local(all, local)?;
+        let records = results.split_off(n.min(results.len()));
+        Ok((results, records))
+    }
+
+    /// The records (see [`Store::bulk_write_with_records`]) with these ids, `None` where there
+    /// is none.
+    fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        self.get_many(ids)
+    }
+
+    /// Up to `limit` records whose id starts with `prefix` and sorts after `after`, in id
+    /// order; `None` from a store whose records are ordinary documents (read them from the
+    /// changes feed).
+    fn records_after(&self, _prefix: &str, _after: Option<&str>, _limit: usize) -> Result<Option<Vec<Doc>>, StoreError> {
+        Ok(None)
+    }
+
     /// Live documents of schema `schema_id` (their `rd_schema_id`), optionally only those whose
     /// top-level `field` equals `value` — or, with `field` written `name[]`, whose array `name`
     /// contains `value` — at most `limit`. Values over 512 bytes of JSON are not indexed.

@@ -334,6 +334,41 @@ fn an_index_readied_before_the_documents_finds_them(s: &dyn Store) {
     assert_eq!(s.find("rd.test.late", Some(("tag", &json!(0))), 10).unwrap().len(), 3);
 }
 
+fn records_beside_documents(s: &dyn Store) {
+    // Written with a page of documents, read back by id, updated at their revision only.
+    let data = doc(json!({"_id": "rc!t.r!rd.test.r", "rd_key": ["t", "r"], "rd_schema_id": "rd.test.r", "n": 1}));
+    let records: Vec<Doc> = (0..3).map(|i| doc(json!({"_id": format!("rdtest!{i}"), "ext": {"done": i}}))).collect();
+    let (docs, recs) = s.bulk_write_with_records(vec![data], records, Some(("rdtest-ckpt", &json!({"seq": "x"})))).unwrap();
+    assert!(matches!(docs[..], [WriteResult::Ok { .. }]), "{docs:?}");
+    let revs: Vec<String> = recs.iter().map(ok_rev).collect();
+    assert_eq!(s.get_local("rdtest-ckpt").unwrap(), Some(json!({"seq": "x"})));
+    let ids: Vec<String> = ["rdtest!1", "rdtest!9", "rdtest!0"].iter().map(|s| s.to_string()).collect();
+    let got = s.get_records(&ids).unwrap();
+    assert_eq!(got[0].as_ref().unwrap()["ext"], json!({"done": 1}));
+    assert_eq!(got[0].as_ref().unwrap()["_rev"], json!(revs[1]));
+    assert!(got[1].is_none());
+    // A stale revision is a conflict; the current one replaces; a delete removes.
+    let stale = doc(json!({"_id": "rdtest!1", "ext": {"done": 7}}));
+    let current = doc(json!({"_id": "rdtest!2", "_rev": revs[2], "ext": {"done": 8}}));
+    let gone = doc(json!({"_id": "rdtest!0", "_rev": revs[0], "_deleted": true}));
+    let (_, recs) = s.bulk_write_with_records(Vec::new(), vec![stale, current, gone], None).unwrap();
+    assert!(matches!(recs[0], WriteResult::Conflict { .. }), "{recs:?}");
+    assert!(matches!(recs[1], WriteResult::Ok { .. }) && matches!(recs[2], WriteResult::Ok { .. }), "{recs:?}");
+    let got = s.get_records(&["rdtest!0".into(), "rdtest!2".into()]).unwrap();
+    assert!(got[0].is_none());
+    assert_eq!(got[1].as_ref().unwrap()["ext"], json!({"done": 8}));
+    // A store that keeps records apart lists them by prefix, in pages, and not in the feed.
+    if let Some(first) = s.records_after("rdtest!", None, 1).unwrap() {
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0]["_id"], "rdtest!1");
+        let rest = s.records_after("rdtest!", Some("rdtest!1"), 10).unwrap().unwrap();
+        assert_eq!(rest.iter().map(|d| d["_id"].clone()).collect::<Vec<_>>(), vec![json!("rdtest!2")]);
+        assert!(s.records_after("rdtest!", Some("rdtest!2"), 10).unwrap().unwrap().is_empty());
+        assert!(s.records_after("rdtesu", None, 10).unwrap().unwrap().is_empty());
+        assert!(all_changes(s, 100).iter().all(|c| !c.id.starts_with("rdtest!")), "records stay out of the feed");
+    }
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod embedded {
@@ -348,6 +383,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    records_beside_documents,
     an_index_readied_before_the_documents_finds_them,
     crud_with_revisions,
     conflicts,
