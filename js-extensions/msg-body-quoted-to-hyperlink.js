@@ -3,10 +3,12 @@
 extension({
   id: "rd.ext.core.msg-body-quoted-to-hyperlink",
   source_schemas: ["rd.msg.body.quoted"],
+  source_fields: ["parts"],
   handler(doc) {
     const seen = new Set();
     for (const part of doc.parts || []) {
-      if (part.type === "quote") continue;
+      // (no "http": no link; most text has none)
+      if (part.type === "quote" || part.text.indexOf("http") < 0) continue;
       for (const m of part.text.matchAll(/\bhttps?:\/\/[^\s<>"')\]]+/g)) {
         const url = m[0].replace(/[.,;:!?]+$/, "");
         if (seen.has(url)) continue;

@@ -35,6 +35,7 @@ function preview(body) {
 extension({
   id: "rd.ext.core.msg-email-to-body",
   source_schemas: ["rd.msg.email"],
+  source_fields: ["headers", "body", "timestamp"],
   category: "provider",
   handler(doc) {
     const headers = doc.headers || {};
