@@ -417,12 +417,34 @@ struct Incoming {
     /// Its `rd_schema_id`, if it is a live document with one.
     schema: Option<String>,
     /// `None`: the document has no `_attachments` member (all existing ones are dropped).
-    attachments: Option<Map<String, Value>>,
+    attachments: Option<Vec<IncomingAttachment>>,
     /// Its rows of the field index, for the fields indexed when it was split (see
     /// `EmbeddedStore::write_all`).
     index: Vec<(String, String)>,
     /// Its next revision when it has no attachments (the common one-statement write).
     plain_rev: Option<String>,
+}
+
+/// One member of a document's `_attachments`: new data (decoded, with its digest, or why it
+/// could not be), or a stub that keeps what is stored under `name`.
+struct IncomingAttachment {
+    name: String,
+    content_type: String,
+    data: Option<Result<(Vec<u8>, String), String>>,
+}
+
+impl IncomingAttachment {
+    fn read(name: String, att: &Value) -> IncomingAttachment {
+        let content_type = att.get("content_type").and_then(Value::as_str).unwrap_or("application/octet-stream").to_string();
+        let data = att.get("data").and_then(Value::as_str).map(|b64| match base64::engine::general_purpose::STANDARD.decode(b64) {
+            Ok(data) => {
+                let digest = format!("fnv128-{}", crate::digest::digest(&[&data]));
+                Ok((data, digest))
+            }
+            Err(e) => Err(format!("attachment {name} is not base64: {e}")),
+        });
+        IncomingAttachment { name, content_type, data }
+    }
 }
 
 /// Checks `doc` and splits it into what is stored; `indexed` gives the indexed fields per
@@ -440,8 +462,9 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
         Some(_) => return Err((id, "_rev must be a string".into())),
     };
     let deleted = matches!(doc.remove("_deleted"), Some(Value::Bool(true)));
+    // Decoded here, beside the other documents of the write, not under the writer lock.
     let attachments = match doc.remove("_attachments") {
-        Some(Value::Object(m)) => Some(m),
+        Some(Value::Object(m)) => Some(m.into_iter().map(|(name, att)| IncomingAttachment::read(name, &att)).collect()),
         None | Some(Value::Null) => None,
         Some(_) => return Err((id, "_attachments must be an object".into())),
     };
@@ -796,7 +819,7 @@ impl EmbeddedStore {
         let mut all = docs;
         all.extend(records);
         let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut prepared = crate::par::map_in_parts(all, 256, |d| split_incoming(d, &seen));
+        let mut prepared = crate::par::map_in_parts(all, 64, |d| split_incoming(d, &seen));
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -889,15 +912,14 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
     let mut keep: Vec<String> = Vec::new();
     let mut digests: Vec<String> = Vec::new();
     if let (false, Some(atts)) = (doc.deleted, &doc.attachments) {
-        for (name, att) in atts {
-            let content_type = att.get("content_type").and_then(Value::as_str).unwrap_or("application/octet-stream");
-            match att.get("data").and_then(Value::as_str) {
-                Some(b64) => {
-                    let data = match base64::engine::general_purpose::STANDARD.decode(b64) {
-                        Ok(d) => d,
-                        Err(e) => return Ok(Err(WriteResult::Error { id: doc.id, reason: format!("attachment {name} is not base64: {e}") })),
-                    };
-                    let digest = format!("fnv128-{}", crate::digest::digest(&[&data]));
+        // Refused before anything of it is stored.
+        if let Some(Some(Err(reason))) = atts.iter().map(|a| a.data.as_ref()).find(|d| matches!(d, Some(Err(_)))) {
+            return Ok(Err(WriteResult::Error { id: doc.id, reason: reason.clone() }));
+        }
+        for IncomingAttachment { name, content_type, data } in atts {
+            match data {
+                Some(Err(reason)) => return Ok(Err(WriteResult::Error { id: doc.id, reason: reason.clone() })),
+                Some(Ok((data, digest))) => {
                     tx.prepare_cached(
                         "INSERT INTO attachments (doc_id, name, content_type, length, digest, revpos, data)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
@@ -905,7 +927,7 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
                            length = excluded.length, digest = excluded.digest, revpos = excluded.revpos, data = excluded.data",
                     )?
                     .execute(params![doc.id, name, content_type, data.len() as i64, digest, generation as i64, data])?;
-                    digests.push(digest);
+                    digests.push(digest.clone());
                 }
                 None => {
                     let digest: Option<String> = tx
