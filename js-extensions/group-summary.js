@@ -5,7 +5,6 @@ extension({
   id: "rd.ext.core.group-summary",
   source_fields: ["all_grouping_tags", "unread_grouping_tags"],
   indexes: [["rd.conv.summary", "unread_grouping_tags[]"]],
-  later_in_parts: true,
   filter(id, rev, schema_id) {
     return schema_id === "rd.conv.summary";
   },

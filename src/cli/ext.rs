@@ -45,10 +45,14 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     for ext in pool.extensions() {
         let file = ext.source.file_name();
         match &ext.declaration {
-            Ok(d) if json => writeln!(out, "{}", serde_json::json!({
-                "file": file, "id": d.id, "source_schemas": d.source_schemas,
-                "category": d.category, "confidence": d.confidence,
-            }))?,
+            Ok(d) if json => {
+                // The whole declaration as the driver validated it, and the file it came from.
+                let mut line = serde_json::to_value(d)?;
+                if let Some(fields) = line.as_object_mut() {
+                    fields.insert("file".into(), serde_json::json!(file));
+                }
+                writeln!(out, "{line}")?
+            }
             Ok(d) => {
                 let schemas = d.source_schemas.as_ref().map_or("(filter)".to_string(), |s| s.join(","));
                 writeln!(out, "{:<40} {:<9} {:>4}  {:<30} {}", d.id, d.category.to_string(), d.confidence, schemas, file)?

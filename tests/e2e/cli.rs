@@ -39,7 +39,7 @@ fn ext_run_reports_errors_with_file_and_line() {
 #[test]
 fn ext_list_shows_declarations_and_load_errors() {
     let dir = TempDir::new("cli");
-    std::fs::write(dir.path().join("a.js"), "extension({ id: 'a.one', source_schemas: ['s1', 's2'], category: 'extender', confidence: 2, handler() {} });").unwrap();
+    std::fs::write(dir.path().join("a.js"), "extension({ id: 'a.one', source_schemas: ['s1', 's2'], category: 'extender', confidence: 2,\n source_fields: ['x'], indexes: [['s3', 'y']], handler() {}, later_handler() {}, later_in_parts: true });").unwrap();
     std::fs::write(dir.path().join("b.js"), "extension({ id: 'b.two', source_schemas: ['s1'],\n handler() { syntax error here } });").unwrap();
     let out = raindrop().args(["ext", "list", "--json", "--extensions"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "a load error makes the listing fail");
@@ -47,5 +47,11 @@ fn ext_list_shows_declarations_and_load_errors() {
     assert_eq!(lines[0]["id"], "a.one");
     assert_eq!(lines[0]["category"], "extender");
     assert_eq!(lines[0]["source_schemas"], serde_json::json!(["s1", "s2"]));
+    // The whole declaration: what the handler reads, what it looks up, how its later values run.
+    assert_eq!(lines[0]["source_fields"], serde_json::json!(["x"]));
+    assert_eq!(lines[0]["indexes"], serde_json::json!([["s3", "y"]]));
+    assert_eq!(lines[0]["later_in_parts"], serde_json::json!(true));
+    assert_eq!(lines[0]["has_later_handler"], serde_json::json!(true));
+    assert!(lines[0]["file"].as_str().unwrap().ends_with("a.js"), "{}", lines[0]);
     assert!(lines[1]["error"].as_str().unwrap().contains("b.js:2:"), "{}", lines[1]);
 }
