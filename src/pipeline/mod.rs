@@ -771,8 +771,7 @@ impl Pipeline {
     /// re-merges on conflicts a bounded number of times; each write also puts the `checkpoint`
     /// (the embedded store commits it all at once). Returns the results of writing
     /// `bookkeeping`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut bookkeeping: Vec<Doc>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
-        let mut states = Some(states);
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut bookkeeping: Vec<Doc>, mut states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -821,7 +820,8 @@ impl Pipeline {
             if attempt == 0 {
                 writes.append(&mut bookkeeping);
             }
-            let records = states.take().unwrap_or_default();
+            // Written with the first attempt only, as `bookkeeping` is.
+            let records = std::mem::take(&mut states);
             if writes.is_empty() && records.is_empty() {
                 if attempt == 0 {
                     self.store.put_local(checkpoint.0, checkpoint.1)?;
@@ -976,21 +976,21 @@ fn members(text: &str) -> Option<Members<'_>> {
 
 /// [`project`] from members already read.
 fn project_members(members: &Members<'_>, fields: &[String]) -> Option<String> {
-    let mut out = String::with_capacity(members.values().map(|raw| raw.get().len() + 8).sum::<usize>().min(4096));
-    out.push('{');
-    let mut written: Vec<&str> = Vec::new();
+    let mut picked: Vec<(&str, &str)> = Vec::new();
     for name in ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)) {
-        let Some(raw) = members.get(name) else { continue };
-        if written.contains(&name) {
-            continue;
+        if let Some(raw) = members.get(name).filter(|_| !picked.iter().any(|(n, _)| *n == name)) {
+            picked.push((name, raw.get()));
         }
-        if !written.is_empty() {
+    }
+    let mut out = String::with_capacity(picked.iter().map(|(n, raw)| n.len() + raw.len() + 4).sum::<usize>() + 2);
+    out.push('{');
+    for (i, (name, raw)) in picked.into_iter().enumerate() {
+        if i > 0 {
             out.push(',');
         }
         out.push_str(&serde_json::to_string(name).ok()?);
         out.push(':');
-        out.push_str(raw.get());
-        written.push(name);
+        out.push_str(raw);
     }
     out.push('}');
     Some(out)

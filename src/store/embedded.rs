@@ -233,12 +233,9 @@ impl EmbeddedStore {
             rows.collect::<rusqlite::Result<_>>().map_err(|e| self.e(e))?
         };
         let fields = [field.to_string()];
-        // Only the indexed field is parsed.
-        let wanted = [field.strip_suffix("[]").unwrap_or(field).to_string()];
         let n = docs.len();
         for (id, body) in docs {
-            let doc = projected(&body, &wanted);
-            for (f, value) in index_entries(&doc, &fields) {
+            for (f, value) in index_entries_of_text(&body, &fields) {
                 tx.prepare_cached("INSERT OR IGNORE INTO field_index (schema, field, value, id) VALUES (?1, ?2, ?3, ?4)")
                     .and_then(|mut st| st.execute(params![schema, f, value, id]))
                     .map_err(|e| self.e(e))?;
@@ -249,6 +246,12 @@ impl EmbeddedStore {
         crate::timing::record("S:index", t0, n);
         Ok(())
     }
+}
+
+/// [`index_entries`] of a stored body, parsing only the indexed members.
+fn index_entries_of_text(body: &str, fields: &[String]) -> Vec<(String, String)> {
+    let wanted: Vec<String> = fields.iter().map(|f| f.strip_suffix("[]").unwrap_or(f).to_string()).collect();
+    index_entries(&projected(body, &wanted), fields)
 }
 
 /// The index rows of a document for the indexed `fields`: `(field, value as JSON)`. A field
@@ -836,8 +839,7 @@ impl EmbeddedStore {
             };
             let mut incoming = incoming;
             if let Some(fields) = incoming.schema.as_ref().and_then(|s| indexed.get(s)).filter(|f| Some(*f) != incoming.schema.as_ref().and_then(|s| seen.get(s))) {
-                let wanted: Vec<String> = fields.iter().map(|f| f.strip_suffix("[]").unwrap_or(f).to_string()).collect();
-                incoming.index = index_entries(&projected(&incoming.body, &wanted), fields);
+                incoming.index = index_entries_of_text(&incoming.body, fields);
             }
             let index = std::mem::take(&mut incoming.index);
             match write_one(&tx, incoming, seq + 1, &index).map_err(|e| self.e(e))? {
