@@ -8,7 +8,17 @@
 //! Layout: `docs` holds the latest revision of each document, keyed by its sequence number (so a
 //! changes read is a range scan and an update moves the document to the end of the feed);
 //! tombstones stay there as `deleted = 1`. `attachments` holds bodies by (document, name);
-//! `local` holds checkpoint documents, which never enter the feed.
+//! `local` holds checkpoint documents, which never enter the feed; `records` holds bookkeeping
+//! records (no sequence, no feed row).
+//!
+//! `attachments` and `records` are rowid tables with a unique index, not `WITHOUT ROWID` tables
+//! keyed by their text ids: rows then land in insertion order (a write appends to the last
+//! pages) and only the small index entries land at random. Keyed by id, each commit of the mail
+//! run rewrote pages all over the state records (their ids are base64 digests, so random), and a
+//! mail attachment of a few KiB, larger than a `WITHOUT ROWID` row keeps in its page, spilled
+//! into a mostly empty overflow page: 1.45 GB written for a 0.5 GB file, against 1.07 GB for
+//! 0.44 GB now (and ~12% more messages/s). A database made before keeps its tables; every
+//! statement works on both layouts.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,8 +51,8 @@ CREATE TABLE IF NOT EXISTS attachments (
     digest       TEXT NOT NULL,
     revpos       INTEGER NOT NULL,
     data         BLOB NOT NULL,
-    PRIMARY KEY (doc_id, name)
-) WITHOUT ROWID;
+    UNIQUE (doc_id, name)
+);
 CREATE TABLE IF NOT EXISTS local (
     id   TEXT PRIMARY KEY,
     body TEXT NOT NULL
@@ -61,10 +71,10 @@ CREATE TABLE IF NOT EXISTS field_index (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS field_index_by_id ON field_index (id);
 CREATE TABLE IF NOT EXISTS records (
-    id   TEXT PRIMARY KEY,
+    id   TEXT NOT NULL UNIQUE,
     rev  TEXT NOT NULL,
     body TEXT NOT NULL
-) WITHOUT ROWID;
+);
 ";
 
 /// Values longer than this (as JSON) are not indexed, as in the CouchDB view.
