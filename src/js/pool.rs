@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::engine::{CallFailure, JsRuntime, RuntimeLimits, SandboxId};
 use super::extension::{Declaration, ExtensionSource, LoadedExtension};
@@ -66,14 +66,14 @@ pub struct BatchResult {
     pub outcomes: Vec<DocOutcome>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum DocOutcome {
     Emitted(Emission),
     Failed(HandlerError),
 }
 
 /// What one handler call emitted.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 pub struct Emission {
     #[serde(rename = "ok")]
     pub items: Vec<EmittedItem>,
@@ -83,10 +83,12 @@ pub struct Emission {
 }
 
 /// One `emit_schema(schema_id, items, opts)` call.
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct EmittedItem {
     pub schema_id: String,
-    pub items: Option<Map<String, Value>>,
+    /// The fields as the JSON text the handler emitted (an object, or absent for `null`): the
+    /// pipeline writes most of them into a new document's text without parsing them.
+    pub items: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rd_key: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +97,13 @@ pub struct EmittedItem {
     pub deps: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rd_source: Option<Value>,
+}
+
+impl EmittedItem {
+    /// The fields parsed (`None` for `null`, or text that is not an object).
+    pub fn fields(&self) -> Option<serde_json::Map<String, Value>> {
+        self.items.as_ref().and_then(|raw| serde_json::from_str(raw.get()).ok())
+    }
 }
 
 /// Why a handler call produced nothing.
@@ -701,8 +710,11 @@ impl OneOutcome {
 /// `usize::MAX` for a partial run); each outcome is read on its own, so one bad emission fails
 /// only its own document.
 fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOutcome> {
-    // The common case in one pass; per-document reading only when something is wrong.
-    if let Ok(all) = serde_json::from_str::<Vec<OneOutcome>>(text) {
+    // The common case in one pass; per-document reading only when something is wrong. Emitted
+    // fields are kept as text, which serde_json takes without decoding its escapes: a lone
+    // surrogate (that no store can hold) is looked for here instead.
+    let lone = has_lone_surrogate(text);
+    if let (false, Ok(all)) = (lone, serde_json::from_str::<Vec<OneOutcome>>(text)) {
         if expected == usize::MAX || all.len() == expected {
             return all.into_iter().map(|o| o.into_outcome(out_of_memory)).collect();
         }
@@ -717,6 +729,10 @@ fn parse_outcomes(text: &str, expected: usize, out_of_memory: bool) -> Vec<DocOu
     let mut out: Vec<DocOutcome> = raw
         .into_iter()
         .map(|one| match serde_json::from_str::<OneOutcome>(one.get()) {
+            Ok(_) if lone && has_lone_surrogate(one.get()) => DocOutcome::Failed(HandlerError::new(
+                FailureKind::BadOutput,
+                "the handler emitted a string holding a lone UTF-16 surrogate, which JSON text cannot carry",
+            )),
             Ok(o) => o.into_outcome(out_of_memory),
             Err(e) => DocOutcome::Failed(HandlerError::new(
                 FailureKind::BadOutput,

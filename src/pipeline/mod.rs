@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
-use crate::store::{Change, Doc, Seq, Store, StoreError, WriteResult};
+use crate::store::{Change, Doc, NewDoc, Seq, Store, StoreError, WriteResult};
 use later::LaterQueue;
 use model::SchemaItem;
 
@@ -709,7 +709,13 @@ impl Pipeline {
                 return (Vec::new(), Some(problem));
             }
             let source = Some((src.id.clone(), src.rev.clone()));
-            out.push(schema_item(ext, rd_key, source, e));
+            match schema_item(ext, rd_key, source, e) {
+                Ok(item) => out.push(item),
+                Err(err) => {
+                    let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: err, file: None, line: None, stack: None };
+                    return (Vec::new(), Some(problem));
+                }
+            }
         }
         (out, None)
     }
@@ -761,7 +767,7 @@ impl Pipeline {
                     [Value::String(id), Value::String(rev)] => Some((id.clone(), rev.clone())),
                     _ => None,
                 });
-                Ok(schema_item(ext, rd_key, rd_source, e))
+                schema_item(ext, rd_key, rd_source, e)
             })
             .collect()
     }
@@ -793,8 +799,15 @@ impl Pipeline {
             let current = self.store.get_many(&ids)?;
             crate::timing::record("W:get_many", t0, ids.len());
             let t0 = Instant::now();
-            // Each document merges on its own: the page's documents merge side by side.
-            let merge = |(id, existing): (&String, Option<Doc>)| -> Option<Doc> {
+            // Each document merges on its own: the page's documents merge side by side. A new
+            // document from one item is made as text (see `model::Fields`).
+            let merge = |(id, existing): (&String, Option<Doc>)| -> Option<Write> {
+                let items = pending_items.get(id).map(Vec::as_slice).unwrap_or_default();
+                if let (None, None, [item]) = (&existing, pending_removals.get(id), items) {
+                    if let Some(body) = model::new_doc_body(item) {
+                        return Some(Write::New(NewDoc { id: id.clone(), schema: item.schema_id.clone(), body }));
+                    }
+                }
                 let mut doc = existing.clone();
                 for ext in pending_removals.get(id).into_iter().flatten() {
                     doc = doc.and_then(|d| model::remove_contributor(&d, ext));
@@ -810,19 +823,30 @@ impl Pipeline {
                 }
                 match (existing, doc) {
                     (Some(old), Some(new)) if model::same_content(&old, &new) => None,
-                    (Some(old), None) => Some(model::tombstone(id, old.get("_rev").cloned())),
-                    (_, new) => new,
+                    (Some(old), None) => Some(Write::Doc(model::tombstone(id, old.get("_rev").cloned()))),
+                    (_, new) => new.map(Write::Doc),
                 }
             };
-            let mut writes: Vec<Doc> = crate::par::map_in_parts(ids.iter().zip(current).collect(), 256, merge).into_iter().flatten().collect();
+            let mut writes: Vec<Doc> = Vec::new();
+            let mut new_docs: Vec<NewDoc> = Vec::new();
+            for write in crate::par::map_in_parts(ids.iter().zip(current).collect(), 256, merge).into_iter().flatten() {
+                match write {
+                    Write::Doc(d) => writes.push(d),
+                    Write::New(d) => new_docs.push(d),
+                }
+            }
             stats.docs_removed += writes.iter().filter(|d| d.contains_key("_deleted")).count() as u64;
-            let n_docs = writes.len();
+            // Results come back as written: the merged documents, the bookkeeping (first
+            // attempt only), then the new documents.
+            let n_merged = writes.len();
             if attempt == 0 {
                 writes.append(&mut bookkeeping);
             }
+            let n_bookkeeping = writes.len() - n_merged;
+            let is_data = |i: usize| i < n_merged || i >= n_merged + n_bookkeeping;
             // Written with the first attempt only, as `bookkeeping` is.
             let records = std::mem::take(&mut states);
-            if writes.is_empty() && records.is_empty() {
+            if writes.is_empty() && new_docs.is_empty() && records.is_empty() {
                 if attempt == 0 {
                     self.store.put_local(checkpoint.0, checkpoint.1)?;
                 }
@@ -830,8 +854,8 @@ impl Pipeline {
             }
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
-            let nw = writes.len() + records.len();
-            let (results, record_results) = self.store.bulk_write_with_records(writes, records, Some(checkpoint))?;
+            let nw = writes.len() + new_docs.len() + records.len();
+            let (results, record_results) = self.store.bulk_write_with_records(writes, new_docs, records, Some(checkpoint))?;
             crate::timing::record("W:bulk_write", t0, nw);
             for r in record_results {
                 if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
@@ -839,14 +863,14 @@ impl Pipeline {
                 }
             }
             if attempt == 0 {
-                state_results = results[n_docs.min(results.len())..].to_vec();
+                state_results = results.iter().enumerate().filter(|(i, _)| !is_data(*i)).map(|(_, r)| r.clone()).collect();
             }
             let mut conflicted: Vec<String> = Vec::new();
             for (i, r) in results.iter().enumerate() {
                 match r {
-                    WriteResult::Ok { .. } if i < n_docs => stats.docs_written += 1,
+                    WriteResult::Ok { .. } if is_data(i) => stats.docs_written += 1,
                     WriteResult::Ok { .. } => {}
-                    WriteResult::Conflict { id } if i < n_docs => conflicted.push(id.clone()),
+                    WriteResult::Conflict { id } if is_data(i) => conflicted.push(id.clone()),
                     WriteResult::Conflict { id } => tracing::warn!("bookkeeping document {id} changed under us; it will be rewritten on the next run"),
                     WriteResult::Error { id, reason } => tracing::error!("the store refused {id}: {reason}"),
                 }
@@ -862,14 +886,24 @@ impl Pipeline {
     }
 }
 
+/// One document of a write, as the merge made it.
+enum Write {
+    Doc(Doc),
+    New(NewDoc),
+}
+
 /// The schema item for one `emit_schema` call of `ext`.
-fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> SchemaItem {
-    SchemaItem {
+fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> Result<SchemaItem, String> {
+    let items = match e.items {
+        Some(raw) => Some(model::Fields::from_raw(raw).map_err(|err| format!("emit_schema({}): {err}", e.schema_id))?),
+        None => None,
+    };
+    Ok(SchemaItem {
         rd_key,
         schema_id: e.schema_id,
         ext_id: ext.id.clone(),
         rd_source,
-        items: e.items,
+        items,
         deps: match e.deps {
             Some(Value::Array(deps)) => deps,
             _ => Vec::new(),
@@ -881,7 +915,7 @@ fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e:
         provider: ext.provider,
         confidence: ext.confidence,
         fingerprint: ext.fingerprint.clone(),
-    }
+    })
 }
 
 fn doc_str<'a>(doc: &'a Doc, key: &str) -> &'a str {
@@ -905,7 +939,12 @@ fn in_slice(id: &str, worker: Option<(u64, u64)>) -> bool {
 
 /// The `rd.core.error` item recording a failed handler against its source.
 fn error_item(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError) -> SchemaItem {
-    let details = json!({
+    error_item_with(rd_key, source, ext, e, Map::new())
+}
+
+/// [`error_item`] with more members in its `error_details`.
+fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError, more: Map<String, Value>) -> SchemaItem {
+    let mut details = json!({
         "ext_id": ext.id,
         "kind": e.kind,
         "message": e.message,
@@ -914,12 +953,17 @@ fn error_item(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError)
         "stack": e.stack,
         "source": [source.0, source.1],
     });
+    if let Value::Object(d) = &mut details {
+        d.extend(more);
+    }
+    let mut fields = Map::new();
+    fields.insert("error_details".into(), details);
     SchemaItem {
         rd_key: rd_key.clone(),
         schema_id: "rd.core.error".into(),
         ext_id: ext.id.clone(),
         rd_source: Some((source.0.to_string(), source.1.to_string())),
-        items: Some(json!({ "error_details": details }).as_object().cloned().unwrap_or_default()),
+        items: Some(model::Fields::from_map(&fields)),
         deps: Vec::new(),
         attachments: None,
         provider: true,
@@ -934,12 +978,10 @@ fn error_item(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError)
 fn later_error_item(ext: &Ext, e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
     let digest = crate::digest::digest(&[Value::Array(values.clone()).to_string().as_bytes()]);
     let rd_key = json!(["ext", format!("{}#later-{}", ext.id, &digest[..16])]);
-    let mut item = error_item(&rd_key, (&format!("ext!{}", ext.id), ""), ext, e);
-    if let Some(Value::Object(details)) = item.items.as_mut().and_then(|i| i.get_mut("error_details")) {
-        details.insert("later_values".into(), Value::Array(values));
-        details.insert("later_queue".into(), Value::String(later_id.to_string()));
-    }
-    item
+    let mut more = Map::new();
+    more.insert("later_values".into(), Value::Array(values));
+    more.insert("later_queue".into(), Value::String(later_id.to_string()));
+    error_item_with(&rd_key, (&format!("ext!{}", ext.id), ""), ext, e, more)
 }
 
 /// A source document as the pipeline sees it: the few members it reads, and the JSON text that
@@ -1077,7 +1119,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Ve
             continue;
         }
         items.push(SchemaItem {
-            rd_key, schema_id, ext_id, rd_source: None, items: Some(fields), deps: Vec::new(),
+            rd_key, schema_id, ext_id, rd_source: None, items: Some(model::Fields::from_map(&fields)), deps: Vec::new(),
             attachments, provider: true, confidence: 0.0, fingerprint: String::new(),
         });
     }
@@ -1262,7 +1304,7 @@ impl Remover<'_> {
             }
         }
         let writes: Vec<Doc> = docs.into_values().flatten().collect();
-        let (results, record_results) = self.store.bulk_write_with_records(writes, states, None)?;
+        let (results, record_results) = self.store.bulk_write_with_records(writes, Vec::new(), states, None)?;
         for r in results.into_iter().chain(record_results) {
             if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
                 tracing::warn!("could not update {id}; run the command again");

@@ -18,6 +18,7 @@
 //! extensions are re-run.
 
 use base64::Engine as _;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::store::Doc;
@@ -31,7 +32,7 @@ pub struct SchemaItem {
     /// `[source id, source rev]`, or `None` for raw data.
     pub rd_source: Option<(String, String)>,
     /// The fields, or `None` for an assertion schema (e.g. `rd.identity.exists`).
-    pub items: Option<Map<String, Value>>,
+    pub items: Option<Fields>,
     pub deps: Vec<Value>,
     /// Attachments as given (`{name: {content_type, data(base64)}}`); stored as `<ext>/<name>`.
     pub attachments: Option<Map<String, Value>>,
@@ -41,8 +42,50 @@ pub struct SchemaItem {
     pub fingerprint: String,
 }
 
+/// An item's fields as the JSON text of an object, as the handler emitted them.
+///
+/// Kept as text from the JS thread to the store: most items make a new document with one
+/// contributor, whose text is then the fields' text inside the model's members
+/// ([`new_doc_body`]). Parsing every emission into values, copying them into a document and
+/// printing that again was ~15% of the mail run's CPU, most of it on the writer thread. The
+/// fields are parsed only when they merge into a document that exists ([`Fields::to_map`]).
+#[derive(Debug, Clone)]
+pub struct Fields(Box<RawValue>);
+
+impl Fields {
+    /// The fields of JSON text that must be an object.
+    pub fn from_raw(raw: Box<RawValue>) -> Result<Fields, ModelError> {
+        match raw.get().trim_start().as_bytes().first() {
+            Some(b'{') => Ok(Fields(raw)),
+            _ => Err(ModelError::NotAnObject(raw.get().chars().take(60).collect())),
+        }
+    }
+
+    pub fn from_map(map: &Map<String, Value>) -> Fields {
+        // A map of JSON values always prints.
+        Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+    }
+
+    pub fn to_map(&self) -> Map<String, Value> {
+        // Valid JSON text of an object (checked when made): the parse cannot fail.
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+
+    pub fn text(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for Fields {
+    fn eq(&self, other: &Fields) -> bool {
+        self.text() == other.text() || self.to_map() == other.to_map()
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {
+    #[error("the fields must be an object, not {0}")]
+    NotAnObject(String),
     #[error("rd_key must be [key type (a string), key value], not {0}")]
     BadKey(String),
 }
@@ -125,9 +168,8 @@ pub fn apply_item(existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, Mode
     apply_item_at(&id, existing, item)
 }
 
-/// [`apply_item`] for a caller that has the document's id already (it is `item`'s).
-pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
-    let mut contributors: Map<String, Value> = existing.map(contributors).unwrap_or_default();
+/// `item`'s entry in `rd_schema_items`, without its `schema` (its fields).
+fn contributor_entry(item: &SchemaItem) -> Map<String, Value> {
     let mut entry = Map::new();
     entry.insert(
         "rd_source".into(),
@@ -136,7 +178,6 @@ pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Res
             None => Value::Null,
         },
     );
-    entry.insert("schema".into(), item.items.clone().map(Value::Object).unwrap_or(Value::Null));
     if !item.deps.is_empty() {
         entry.insert("rd_deps".into(), Value::Array(item.deps.clone()));
     }
@@ -145,6 +186,92 @@ pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Res
     if item.provider {
         entry.insert("provider".into(), Value::Bool(true));
     }
+    entry
+}
+
+/// The stored body (every member but `_id`) of the document `item` makes when its document does
+/// not exist yet: what [`apply_item_at`] would give with no existing document, built from the
+/// fields' text without parsing them. `None` when that shortcut does not apply — the item has
+/// attachments, or a field is named like a model or special member (`apply_item_at` then
+/// decides, and the store refuses a `_` member).
+pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
+    if item.attachments.is_some() {
+        return None;
+    }
+    let mut entry = contributor_entry(item);
+    let fields = match &item.items {
+        Some(fields) => {
+            let text = fields.text().trim();
+            if !plain_keys(text) {
+                return None;
+            }
+            // Checked to be an object when made: the members between the braces.
+            Some(text.strip_prefix('{')?.strip_suffix('}')?.trim())
+        }
+        None => {
+            entry.insert("schema".into(), Value::Null);
+            None
+        }
+    };
+    let provider = item.provider || item.rd_source.is_none();
+    // Model members printed as serde_json prints them; their values are small.
+    fn json(v: &impl serde::Serialize) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let mut body = String::with_capacity(fields.map_or(0, str::len) + 256);
+    body.push_str("{\"rd_key\":");
+    body.push_str(&json(&item.rd_key));
+    body.push_str(",\"rd_schema_id\":");
+    body.push_str(&json(&item.schema_id));
+    if let Some(f) = fields.filter(|f| !f.is_empty()) {
+        body.push(',');
+        body.push_str(f);
+    }
+    if provider {
+        body.push_str(",\"rd_schema_provider\":");
+        body.push_str(&json(&item.ext_id));
+    }
+    body.push_str(",\"rd_schema_items\":{");
+    body.push_str(&json(&item.ext_id));
+    body.push(':');
+    body.push_str(&json(&Value::Object(entry)));
+    body.push_str("}}");
+    Some(body)
+}
+
+/// Whether no top-level member of an object's JSON text is named like a special (`_…`) or model
+/// member; read without building the values.
+fn plain_keys(text: &str) -> bool {
+    struct Plain(bool);
+    impl<'de> serde::Deserialize<'de> for Plain {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Plain, D::Error> {
+            struct Keys;
+            impl<'de> serde::de::Visitor<'de> for Keys {
+                type Value = Plain;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
+                    let mut plain = true;
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        plain &= !key.starts_with('_') && !MODEL_KEYS.contains(&key.as_ref());
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                    Ok(Plain(plain))
+                }
+            }
+            d.deserialize_map(Keys)
+        }
+    }
+    serde_json::from_str::<Plain>(text).is_ok_and(|p| p.0)
+}
+
+
+/// [`apply_item`] for a caller that has the document's id already (it is `item`'s).
+pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
+    let mut contributors: Map<String, Value> = existing.map(contributors).unwrap_or_default();
+    let mut entry = contributor_entry(item);
+    entry.insert("schema".into(), item.items.as_ref().map(|f| Value::Object(f.to_map())).unwrap_or(Value::Null));
     contributors.insert(item.ext_id.clone(), Value::Object(entry));
 
     let mut attachments: Map<String, Value> = existing
@@ -178,7 +305,8 @@ pub fn holds_same_from_other_source(doc: &Doc, item: &SchemaItem) -> bool {
     if !other_source || item.attachments.is_some() || entry.get("confidence").and_then(Value::as_f64) != Some(item.confidence) {
         return false;
     }
-    match (entry.get("schema"), &item.items) {
+    let fields = item.items.as_ref().map(Fields::to_map);
+    match (entry.get("schema"), &fields) {
         (Some(Value::Object(held)), Some(fields)) => held == fields,
         (Some(Value::Null), None) => true,
         // A lone contributor's fields are the document's own (see `contributors`).
@@ -356,13 +484,50 @@ mod tests {
             schema_id: "rd.msg.body".into(),
             ext_id: ext.into(),
             rd_source: Some(("src".into(), "1-x".into())),
-            items: fields.as_object().cloned(),
+            items: fields.as_object().map(Fields::from_map),
             deps: vec![],
             attachments: None,
             provider: true,
             confidence,
             fingerprint: "fp".into(),
         }
+    }
+
+    #[test]
+    fn a_new_documents_text_is_what_the_merge_makes() {
+        let raw = |text: &str| Fields::from_raw(RawValue::from_string(text.to_string()).unwrap()).unwrap();
+        let mut cases = vec![
+            item("ext.a", 0.0, json!({"body": "x \" é", "n": [1, 2.5, {"k": null}]})),
+            item("ext.a", 0.0, json!({})),
+            item("ext.a", 10.0, Value::Null),
+        ];
+        let mut extender = item("ext.b", 5.0, json!({"tag": "t"}));
+        extender.provider = false;
+        extender.deps = vec![json!([["email", "d"], "rd.msg.body"])];
+        cases.push(extender);
+        let mut raw_data = item("proto.import", 0.0, json!({"a": 1}));
+        raw_data.rd_source = None;
+        raw_data.provider = false;
+        cases.push(raw_data);
+        let mut spaced = item("ext.c", 0.0, Value::Null);
+        spaced.items = Some(raw(" { \"a\" : [ 1 ] , \"b\":{} } "));
+        cases.push(spaced);
+        for case in cases {
+            let mut merged = apply_item(None, &case).unwrap();
+            merged.remove("_id");
+            let body = new_doc_body(&case).expect("a plain item");
+            assert_eq!(serde_json::from_str::<Doc>(&body).unwrap(), merged, "{body}");
+        }
+        // Members the model or the store own are left to the merge (and the store's checks).
+        for named in [r#"{"rd_key": 1}"#, r#"{"_id": "x"}"#, r#"{"a": 1, "rd_schema_items": {}}"#] {
+            let mut odd = item("ext.a", 0.0, Value::Null);
+            odd.items = Some(raw(named));
+            assert_eq!(new_doc_body(&odd), None, "{named}");
+        }
+        let mut attached = item("ext.a", 0.0, json!({"a": 1}));
+        attached.attachments = Some(Map::new());
+        assert_eq!(new_doc_body(&attached), None);
+        assert!(Fields::from_raw(RawValue::from_string("[1]".into()).unwrap()).is_err());
     }
 
     #[test]
@@ -455,15 +620,15 @@ mod tests {
         b.rd_source = Some(("other".into(), "1-y".into()));
         assert!(holds_same_from_other_source(&doc, &b), "same fields, other source: keep");
         assert!(!holds_same_from_other_source(&doc, &a), "the same source re-emitting is applied");
-        b.items = json!({"conversation_id": ["conv", 2]}).as_object().cloned();
+        b.items = json!({"conversation_id": ["conv", 2]}).as_object().map(Fields::from_map);
         assert!(!holds_same_from_other_source(&doc, &b), "different fields are applied");
-        b.items = json!({"conversation_id": ["conv", 1], "more": 1}).as_object().cloned();
+        b.items = json!({"conversation_id": ["conv", 1], "more": 1}).as_object().map(Fields::from_map);
         assert!(!holds_same_from_other_source(&doc, &b), "more fields are applied");
         // With two contributors each entry holds its own fields.
         let both = apply_item(Some(&doc), &item("ext2", 1.0, json!({"tag": "x"}))).unwrap();
         b.items = a.items.clone();
         assert!(holds_same_from_other_source(&both, &b));
-        b.items = json!({"tag": "x"}).as_object().cloned();
+        b.items = json!({"tag": "x"}).as_object().map(Fields::from_map);
         assert!(!holds_same_from_other_source(&both, &b), "another contributor's fields are not this one's");
     }
 }

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::{rev, Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+use super::{rev, Attachment, NewDoc, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
 
 const PUT_LOCAL: &str = "INSERT INTO local (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body";
 
@@ -495,6 +495,20 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
 }
 
 
+/// A document to write as members or as the text of a new one.
+enum Either {
+    Doc(Doc),
+    New(NewDoc),
+}
+
+/// [`split_incoming`] for a new document's text: nothing to take apart or print.
+fn new_incoming(doc: NewDoc, indexed: &HashMap<String, Vec<String>>) -> Result<Incoming, (String, String)> {
+    check_id(&doc.id).map_err(|e| (doc.id.clone(), e))?;
+    let index = indexed.get(&doc.schema).map(|fields| index_entries_of_text(&doc.body, fields)).unwrap_or_default();
+    let plain_rev = Some(rev::next(None, false, doc.body.as_bytes(), &[]));
+    Ok(Incoming { id: doc.id, rev: None, deleted: false, body: doc.body, schema: Some(doc.schema), attachments: None, index, plain_rev })
+}
+
 /// One row of the changes feed as stored.
 struct ChangeRow {
     id: String,
@@ -617,11 +631,11 @@ impl Store for EmbeddedStore {
     }
 
     fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
-        Ok(self.write_all(docs, Vec::new(), local)?.0)
+        Ok(self.write_all(docs, Vec::new(), Vec::new(), local)?.0)
     }
 
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
-        self.write_all(docs, records, local)
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+        self.write_all(docs, new, records, local)
     }
 
     fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
@@ -823,16 +837,18 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: Incoming) -> rusqlite::Result
 
 impl EmbeddedStore {
     /// Documents, then records, then the local document, in one transaction.
-    fn write_all(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         // Checked, printed as JSON and given their next revisions side by side, before the
         // writer lock: only the statements need the one connection.
         // The index rows too, for the fields indexed now; a field whose index is built before
         // the lock is taken below gets its rows from the documents' text there.
-        let n = docs.len();
-        let mut all = docs;
-        all.extend(records);
+        let n = docs.len() + new.len();
+        let all: Vec<Either> = docs.into_iter().map(Either::Doc).chain(new.into_iter().map(Either::New)).chain(records.into_iter().map(Either::Doc)).collect();
         let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut prepared = crate::par::map_in_parts(all, 64, |d| split_incoming(d, &seen));
+        let mut prepared = crate::par::map_in_parts(all, 64, |d| match d {
+            Either::Doc(d) => split_incoming(d, &seen),
+            Either::New(d) => new_incoming(d, &seen),
+        });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -118,6 +118,27 @@ pub struct Attachment {
 }
 
 /// `doc` cut down to `rd_key` and `fields` (see [`Store::get_many_fields`]).
+/// A document that does not exist yet, given as its stored text: every member but `_id` (no
+/// `_rev`, `_deleted` or `_attachments`). The pipeline builds most of its outputs so, from the
+/// JSON text the handlers emitted, without parsing and printing them again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDoc {
+    pub id: String,
+    /// Its `rd_schema_id`.
+    pub schema: String,
+    /// The JSON text of an object.
+    pub body: String,
+}
+
+impl NewDoc {
+    /// The document as members, `_id` included.
+    pub fn into_doc(self) -> Result<Doc, StoreError> {
+        let mut doc: Doc = serde_json::from_str(&self.body).map_err(|e| StoreError::BadRequest(format!("the text of new document {} is not a JSON object: {e}", self.id)))?;
+        doc.insert("_id".into(), Value::String(self.id));
+        Ok(doc)
+    }
+}
+
 pub fn project(mut doc: Doc, fields: &[String]) -> Doc {
     doc.retain(|k, _| k == "rd_key" || fields.iter().any(|f| f == k));
     doc
@@ -150,15 +171,19 @@ pub trait Store: Send + Sync {
         Ok(results)
     }
 
-    /// [`Store::bulk_write_and_put_local`] that also writes `records`, after `docs`, in the same
-    /// write; the results of `docs`, then of `records`. Records are bookkeeping (the pipeline's
-    /// state per source): written and read like documents, with revisions, but a store may keep
-    /// them apart — out of the changes feed, with no sequence numbers or indexes, as the
-    /// embedded store does (they were half of all the rows it wrote on the mail benchmark).
-    /// By default they are ordinary documents.
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
-        let n = docs.len();
+    /// [`Store::bulk_write_and_put_local`] that also writes the [`NewDoc`]s `new` after `docs`,
+    /// and `records` after them, in the same write; the results of `docs` and `new`, then of
+    /// `records`. Records are bookkeeping (the pipeline's state per source): written and read
+    /// like documents, with revisions, but a store may keep them apart — out of the changes
+    /// feed, with no sequence numbers or indexes, as the embedded store does (they were half of
+    /// all the rows it wrote on the mail benchmark). By default they are ordinary documents,
+    /// and `new` is parsed and written like `docs`.
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         let mut all = docs;
+        for doc in new {
+            all.push(doc.into_doc()?);
+        }
+        let n = all.len();
         all.extend(records);
         let mut results = self.bulk_write_and_put_local(all, local)?;
         let records = results.split_off(n.min(results.len()));

@@ -17,7 +17,7 @@ fn docs(values: &[Value]) -> Vec<Arc<str>> {
 
 fn emitted(outcome: &DocOutcome) -> Vec<(String, Value)> {
     match outcome {
-        DocOutcome::Emitted(e) => e.items.iter().map(|i| (i.schema_id.clone(), Value::Object(i.items.clone().unwrap_or_default()))).collect(),
+        DocOutcome::Emitted(e) => e.items.iter().map(|i| (i.schema_id.clone(), Value::Object(i.fields().unwrap_or_default()))).collect(),
         DocOutcome::Failed(e) => panic!("expected emitted items, got {e:?}"),
     }
 }
@@ -48,11 +48,11 @@ fn emitted_items_round_trip() {
     let DocOutcome::Emitted(e) = &r.outcomes[0] else { panic!("{:?}", r.outcomes[0]) };
     assert_eq!(e.items.len(), 2);
     assert_eq!(e.items[0].schema_id, "rd.test.out");
-    assert_eq!(e.items[0].items.as_ref().unwrap()["same"], input);
-    assert_eq!(e.items[0].items.as_ref().unwrap()["keys"], 3);
+    assert_eq!(e.items[0].fields().unwrap()["same"], input);
+    assert_eq!(e.items[0].fields().unwrap()["keys"], 3);
     assert_eq!(e.items[0].rd_key, Some(json!(["test", 1])));
     assert_eq!(e.items[1].schema_id, "rd.test.second");
-    assert_eq!(e.items[1].items, None);
+    assert!(e.items[1].items.is_none());
 }
 
 #[test]
