@@ -421,7 +421,7 @@ impl Store for CouchStore {
             if rows.len() != batch.len() {
                 return Err(self.protocol("_bulk_docs returned a different number of results than documents"));
             }
-            for (row, doc) in rows.into_iter().zip(batch) {
+            for (row, doc) in in_input_order(rows, batch, |r| r.id.as_deref()).into_iter().zip(batch) {
                 let id = row.id.or_else(|| doc.get("_id").and_then(Value::as_str).map(str::to_string)).unwrap_or_default();
                 results.push(match (row.rev, row.error.as_deref()) {
                     (Some(rev), None) => WriteResult::Ok { id, rev },
@@ -612,6 +612,34 @@ pub fn inline_attachment(content_type: &str, data: &[u8]) -> Value {
     json!({ "content_type": content_type, "data": base64::engine::general_purpose::STANDARD.encode(data) })
 }
 
+/// `_bulk_docs` rows put back in the order of the documents written. CouchDB answers in input
+/// order, PouchDB Server not always (the records of a pipeline write came back before its
+/// documents now and then): each row goes back to the document with its id, and rows naming
+/// no document of the batch (ids the server chose) fill the rest in the order they came.
+fn in_input_order<R>(rows: Vec<R>, batch: &[Doc], id_of: impl Fn(&R) -> Option<&str>) -> Vec<R> {
+    let mut by_id: std::collections::HashMap<String, std::collections::VecDeque<usize>> = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(id) = id_of(row) {
+            by_id.entry(id.to_string()).or_default().push_back(i);
+        }
+    }
+    let mut taken = vec![false; rows.len()];
+    let mut order: Vec<Option<usize>> = batch
+        .iter()
+        .map(|doc| {
+            let i = doc.get("_id").and_then(Value::as_str).and_then(|id| by_id.get_mut(id)).and_then(|q| q.pop_front())?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect();
+    let mut rest = (0..rows.len()).filter(|i| !taken[*i]);
+    for slot in order.iter_mut().filter(|s| s.is_none()) {
+        *slot = rest.next();
+    }
+    let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| rows.get_mut(i?)?.take()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,6 +661,19 @@ mod tests {
     fn credentials_are_percent_decoded() {
         assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
         assert_eq!(percent_decode("plain%"), "plain%");
+    }
+
+    #[test]
+    fn bulk_rows_go_back_to_their_documents() {
+        let batch: Vec<Doc> = [json!({"_id": "a"}), json!({}), json!({"_id": "b"}), json!({"_id": "a"})]
+            .iter()
+            .map(|d| d.as_object().unwrap().clone())
+            .collect();
+        // As a server might answer: out of order, one id of its own choosing.
+        let rows = vec![Some("b"), Some("a"), Some("fresh"), Some("a")];
+        let back = in_input_order(rows.clone(), &batch, |r| *r);
+        assert_eq!(back, vec![Some("a"), Some("fresh"), Some("b"), Some("a")]);
+        assert_eq!(in_input_order(vec![Some("a"), Some("x")], &batch[..2], |r| *r), vec![Some("a"), Some("x")]);
     }
 
     #[test]
