@@ -569,9 +569,12 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
 }
 
 /// Imports a generated mailbox into a fresh embedded store and processes it to stability with
-/// the bundled extensions; returns (seconds importing, seconds processing, documents written,
-/// errors, bodies written, conversations with a digest of how they partition the messages).
-fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64, f64, u64, u64, usize, String) {
+/// the bundled extensions — after the import, or `beside` it (the pipeline follows the feed
+/// while the import writes, as `raindrop import --process` and `raindrop run` do); returns
+/// (seconds importing, seconds from the import's start to the last derived document, documents
+/// written, errors, bodies written, conversations with a digest of how they partition the
+/// messages).
+fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside: bool) -> (f64, f64, u64, u64, usize, String) {
     use raindrop::pipeline::{self, Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
     let exts = std::env::var("BENCH_EXTENSIONS").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
@@ -582,21 +585,29 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64
     raindrop::mail::register_natives(&mut host);
     config.host_functions = host;
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
-    let start = Instant::now();
-    for chunk in messages.chunks(200) {
-        let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(m, "proto.import")).collect();
-        pipeline::add_schemas(&*store, items).unwrap();
-    }
-    let imported = start.elapsed().as_secs_f64();
     let p = Pipeline::new(store.clone(), pool);
-    let start = Instant::now();
     let verbose = std::env::var("BENCH_VERBOSE").is_ok();
     let mut options = RunOptions::default();
     if let Some(n) = std::env::var("BENCH_PAGE").ok().and_then(|s| s.parse().ok()) {
         options.page_size = n;
     }
-    let stats = p.run(&options, |s| if verbose { eprintln!("{s:?}") }).unwrap();
-    let processed = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let import = || {
+        for chunk in messages.chunks(200) {
+            let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(m, "proto.import")).collect();
+            pipeline::add_schemas(&*store, items).unwrap();
+        }
+        start.elapsed().as_secs_f64()
+    };
+    let progress = |s: &raindrop::pipeline::Stats| if verbose { eprintln!("{s:?}") };
+    let (stats, imported) = if beside {
+        let (stats, imported) = p.run_beside(&options, progress, import);
+        (stats.unwrap(), imported)
+    } else {
+        let imported = import();
+        (p.run(&options, progress).unwrap(), imported)
+    };
+    let total = start.elapsed().as_secs_f64();
     let bodies = store.find("rd.msg.body", None, usize::MAX).unwrap().len();
     // The conversations as a partition of the messages (whatever their ids): equal digests mean
     // equal threading, so runs with 1 and 2 threads can be compared.
@@ -612,7 +623,7 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize) -> (f64
         partition.hash(&mut h);
         h.finish() & 0xffff_ffff
     });
-    (imported, processed, stats.docs_written, stats.errors, bodies, shape)
+    (imported, total, stats.docs_written, stats.errors, bodies, shape)
 }
 
 fn bench_mail() {
@@ -620,27 +631,44 @@ fn bench_mail() {
     let messages = mailbox(n);
     let mb = messages.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     println!("raindrop-bench mail — one run; {n} generated messages ({mb:.1} MB), the bundled extensions, embedded store");
-    println!("{:>10} {:>12} {:>12} {:>12} {:>14} {:>16} {:>8}  {}", "JS threads", "import s", "process s", "messages/s", "docs written", "rd.msg.body", "errors", "conversations (digest)");
+    println!("{:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  {}", "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors", "conversations (digest)");
     let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut rates = Vec::new();
-    // BENCH_THREADS=2 runs one thread count only (for profiling); the ratio needs both.
+    // BENCH_THREADS=2 runs one thread count only, BENCH_MODE=beside|after one way of running
+    // the import (for profiling); the ratios need both.
     let counts: Vec<usize> = match std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()) {
         Some(t) => vec![t],
         None => vec![1, 2],
     };
+    let modes: Vec<bool> = match std::env::var("BENCH_MODE").as_deref() {
+        Ok("beside") => vec![true],
+        Ok("after") => vec![false],
+        _ => vec![false, true],
+    };
+    let mut rates = std::collections::BTreeMap::new();
     for threads in counts {
-        let (imported, processed, written, errors, bodies, conversations) = mail_run(&dir.join(format!("t{threads}")), &messages, threads);
-        let rate = n as f64 / (imported + processed);
-        rates.push(rate);
-        println!("{threads:>10} {imported:>12.2} {processed:>12.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}");
-        if raindrop::timing::enabled() {
-            eprint!("{}", raindrop::timing::take_report());
+        for &beside in &modes {
+            let mode = if beside { "beside" } else { "after" };
+            let (imported, total, written, errors, bodies, conversations) = mail_run(&dir.join(format!("t{threads}-{mode}")), &messages, threads, beside);
+            let rate = n as f64 / total;
+            rates.insert((mode, threads), rate);
+            println!("{threads:>10} {mode:>8} {imported:>10.2} {total:>10.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}");
+            if raindrop::timing::enabled() {
+                eprint!("{}", raindrop::timing::take_report());
+            }
         }
     }
-    if let [one, two] = rates[..] {
-        println!("2 threads / 1 thread: {:.2}x", two / one);
+    for mode in ["after", "beside"] {
+        if let (Some(one), Some(two)) = (rates.get(&(mode, 1)), rates.get(&(mode, 2))) {
+            println!("{mode}: 2 threads / 1 thread: {:.2}x", two / one);
+        }
     }
+    for threads in [1, 2] {
+        if let (Some(after), Some(beside)) = (rates.get(&("after", threads)), rates.get(&("beside", threads))) {
+            println!("{threads} thread(s): beside / after the import: {:.2}x", beside / after);
+        }
+    }
+    println!("process: `after` the import (raindrop import, then raindrop process) or `beside` it (raindrop import --process)");
     println!("target: >= 2000 messages/s with 2 threads, every derived document written");
     // BENCH_KEEP=1 leaves the databases for a look inside (`raindrop db ...`).
     if std::env::var_os("BENCH_KEEP").is_some() {

@@ -71,6 +71,10 @@ pub enum Command {
     Status,
     /// Import mail: .eml files, mbox files and Maildir folders (folders are walked).
     Import {
+        /// Process while importing: the extensions run on the messages as they are written, and
+        /// the command returns once everything is derived.
+        #[arg(long)]
+        process: bool,
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
@@ -195,7 +199,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::RetryErrors => process::forget(&settings, None, false, true, true),
         Command::Status => process::status(&settings),
         Command::AddSchemas { files } => process::add_schemas(&settings, files),
-        Command::Import { paths } => process::import(&settings, paths),
+        Command::Import { paths, process: and_process } => process::import(&settings, paths, *and_process),
         Command::Sync { account } => sync::sync_once(&settings, account.as_deref()),
     }
 }

@@ -42,7 +42,7 @@ fn parse_worker(s: &str) -> Result<(u64, u64), String> {
 
 impl ProcessArgs {
     fn options(&self) -> RunOptions {
-        RunOptions { page_size: self.page_size.max(1), continuous: self.continuous, stop_on_error: self.stop_on_error, worker: self.worker }
+        RunOptions { page_size: self.page_size.max(1), continuous: self.continuous, until: None, stop_on_error: self.stop_on_error, worker: self.worker }
     }
 }
 
@@ -161,29 +161,42 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
 }
 
 /// `raindrop import PATH…`: .eml files, mbox files and Maildir folders become `rd.msg.rfc822`
-/// documents (the raw bytes as attachment `rfc822`); importing again adds nothing.
-pub fn import(settings: &Settings, paths: &[std::path::PathBuf]) -> anyhow::Result<ExitCode> {
-    let store = settings.open_store()?;
+/// documents (the raw bytes as attachment `rfc822`); importing again adds nothing. With
+/// `--process`, the pipeline follows the feed while the import writes.
+pub fn import(settings: &Settings, paths: &[std::path::PathBuf], and_process: bool) -> anyhow::Result<ExitCode> {
     let mut found = Vec::new();
     for path in paths {
         raindrop::mail::import::read_messages(path, &mut found).with_context(|| format!("cannot read {}", path.display()))?;
     }
-    let tty = std::io::stderr().is_terminal();
+    let refused = if and_process {
+        let started = Instant::now();
+        let (store, pipeline) = start(settings)?;
+        let (stats, imported) = pipeline.run_beside(&RunOptions::default(), progress_printer(), || write_messages(&*store, &found, false));
+        let stats = stats?;
+        finish(&stats, started);
+        imported?
+    } else {
+        write_messages(&*settings.open_store()?, &found, std::io::stderr().is_terminal())?
+    };
+    eprintln!("{} message(s) read, {refused} refused", found.len());
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+/// Writes the messages 200 at a time; returns how many the store refused.
+fn write_messages(store: &dyn Store, found: &[raindrop::mail::import::FoundMessage], progress: bool) -> anyhow::Result<u64> {
     let (mut done, mut refused) = (0usize, 0u64);
     for chunk in found.chunks(200) {
         let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes, "proto.import")).collect();
-        // Results name the message's document; they do not come back in input order.
-        refused += super::tally(pipeline::add_schemas(&*store, items)?, "not imported").1;
+        refused += super::tally(pipeline::add_schemas(store, items)?, "not imported").1;
         done += chunk.len();
-        if tty {
+        if progress {
             eprint!("\r\x1b[2K{done}/{} messages", found.len());
         }
     }
-    if tty {
+    if progress {
         eprintln!();
     }
-    eprintln!("{} message(s) read, {refused} refused", found.len());
-    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(refused)
 }
 
 pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<ExitCode> {

@@ -70,6 +70,10 @@ pub struct RunOptions {
     pub page_size: usize,
     /// Keep following the feed instead of stopping when it is drained.
     pub continuous: bool,
+    /// With `continuous`: follow the feed until this is raised, then finish what it holds (the
+    /// later_handlers included) and return. An import that processes as it writes raises it
+    /// when its last message is written.
+    pub until: Option<Arc<std::sync::atomic::AtomicBool>>,
     pub stop_on_error: bool,
     /// `(k, n)`: take only sources whose id hashes to slice `k` of `n`.
     pub worker: Option<(u64, u64)>,
@@ -77,7 +81,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { page_size: 2000, continuous: false, stop_on_error: false, worker: None }
+        RunOptions { page_size: 2000, continuous: false, until: None, stop_on_error: false, worker: None }
     }
 }
 
@@ -287,11 +291,16 @@ impl Pipeline {
             };
             let mut read = || -> Result<(), PipelineError> {
                 let mut in_flight = 0usize;
+                // Short waits when a signal may end the run, so it is seen soon.
+                let wait = if options.until.is_some() { Duration::from_millis(20) } else { Duration::from_secs(30) };
                 loop {
+                    // Read before the page: raised then, everything it was raised after is in
+                    // the feed this page reads.
+                    let stopping = options.until.as_ref().is_some_and(|u| u.load(std::sync::atomic::Ordering::SeqCst));
                     let t0 = Instant::now();
                     let page = if options.continuous && in_flight == 0 && later.is_empty() {
                         // Wait for something new, then read it as text like any page.
-                        let news = self.store.wait_changes(&since, 1, false, Duration::from_secs(30))?;
+                        let news = self.store.wait_changes(&since, 1, false, wait)?;
                         if news.changes.is_empty() {
                             crate::store::ChangesPage { changes: Vec::new(), last_seq: since.clone() }
                         } else {
@@ -320,7 +329,7 @@ impl Pipeline {
                         continue;
                     }
                     if drained && later.is_empty() {
-                        if options.continuous {
+                        if options.continuous && !stopping {
                             continue;
                         }
                         return Ok(());
@@ -369,6 +378,33 @@ impl Pipeline {
             write_result.and(read_result)
         })?;
         Ok(stats.into_inner().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Runs `writer` (something that writes to the store: an import) on a thread of its own
+    /// while following the feed, and returns once it has finished and everything it wrote has
+    /// been processed: its messages are processed as they arrive instead of after it.
+    pub fn run_beside<R: Send>(&self, options: &RunOptions, progress: impl FnMut(&Stats) + Send, writer: impl FnOnce() -> R + Send) -> (Result<Stats, PipelineError>, R) {
+        /// Raised however the writer ends, a panic included, so the run always ends.
+        struct RaiseOnDrop(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for RaiseOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let options = RunOptions { continuous: true, until: Some(done.clone()), ..options.clone() };
+        std::thread::scope(|scope| {
+            let raise = RaiseOnDrop(done);
+            let written = scope.spawn(move || {
+                let _raise = raise;
+                writer()
+            });
+            let stats = self.run(&options, progress);
+            match written.join() {
+                Ok(r) => (stats, r),
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        })
     }
 
     /// Runs every wanting extension over one page of changes and returns what to write, with

@@ -142,6 +142,22 @@ fn the_test_mail_is_imported_and_processed_by_the_core_extensions() {
     assert!(log.contains("0 handler runs"), "{log}");
 }
 
+#[test]
+fn importing_with_process_derives_what_import_then_process_does() {
+    // The pipeline follows the feed while the import writes: the same documents in the end.
+    let dir = TempDir::new("mail-beside");
+    let mail = repo().join("fixtures/mail");
+    let after = dir.path().join("after").to_string_lossy().into_owned();
+    run(&after, &["import", mail.to_str().unwrap()]);
+    run(&after, &["process"]);
+    let beside = dir.path().join("beside").to_string_lossy().into_owned();
+    let log = run(&beside, &["import", "--process", mail.to_str().unwrap()]);
+    assert!(log.contains("30 message(s) read, 0 refused") && log.contains("0 errors"), "{log}");
+    crate::support::assert_same_docs(&dump(&beside, &exts()), &dump(&after, &exts()), "import --process");
+    let log = run(&beside, &["process"]);
+    assert!(log.contains("0 handler runs"), "{log}");
+}
+
 /// One list's unsubscribe flow: `steps` are (fixture, expected status after it); before
 /// `pending_at` the UI's request is recorded as the original's front end did it.
 fn unsubscribe_flow(list: &str, pending_before: usize, pending_at: i64, steps: &[(&str, &str)], confirm_to: &str) {
