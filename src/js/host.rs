@@ -16,12 +16,21 @@ pub struct HostCall<'a> {
     pub extension_id: &'a str,
 }
 
-type HostFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync;
+type ValueFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync;
+type TextFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<String, String> + Send + Sync;
+
+/// A host function answers a JSON value, or JSON text it already has (documents read from a
+/// store as text go to JS without being parsed and printed on the way).
+#[derive(Clone)]
+enum HostFn {
+    Value(Arc<ValueFn>),
+    Text(Arc<TextFn>),
+}
 
 /// The host functions every sandbox gets, by global name.
 #[derive(Clone, Default)]
 pub struct HostFunctions {
-    functions: BTreeMap<String, Arc<HostFn>>,
+    functions: BTreeMap<String, HostFn>,
 }
 
 impl HostFunctions {
@@ -35,7 +44,18 @@ impl HostFunctions {
         name: &str,
         f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync + 'static,
     ) -> &mut Self {
-        self.functions.insert(name.to_string(), Arc::new(f));
+        self.functions.insert(name.to_string(), HostFn::Value(Arc::new(f)));
+        self
+    }
+
+    /// [`HostFunctions::register`] for a function that answers JSON text. The text must be
+    /// valid JSON: it goes to JS as it is.
+    pub fn register_text(
+        &mut self,
+        name: &str,
+        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<String, String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.functions.insert(name.to_string(), HostFn::Text(Arc::new(f)));
         self
     }
 
@@ -53,18 +73,19 @@ impl HostFunctions {
 
     /// [`HostFunctions::call_json`] without the timing.
     fn answer(&self, extension_id: &str, name: &str, args_json: &str) -> String {
+        let call = HostCall { extension_id };
         let answer = match self.functions.get(name) {
             None => Err(format!("no host function named {name}")),
-            Some(f) => match serde_json::from_str::<Vec<Value>>(args_json) {
-                Err(e) => Err(format!("arguments are not JSON: {e}")),
-                Ok(args) => f(&HostCall { extension_id }, args),
+            Some(f) => match (serde_json::from_str::<Vec<Value>>(args_json), f) {
+                (Err(e), _) => Err(format!("arguments are not JSON: {e}")),
+                (Ok(args), HostFn::Value(f)) => f(&call, args).map(|v| v.to_string()),
+                (Ok(args), HostFn::Text(f)) => f(&call, args),
             },
         };
-        let body = match answer {
-            Ok(v) => serde_json::json!({ "ok": v }),
-            Err(e) => serde_json::json!({ "error": e }),
-        };
-        body.to_string()
+        match answer {
+            Ok(text) => format!("{{\"ok\":{text}}}"),
+            Err(e) => serde_json::json!({ "error": e }).to_string(),
+        }
     }
 }
 
@@ -83,5 +104,8 @@ mod tests {
         assert_eq!(h.call_json("x", "add", "[1,2]"), r#"{"ok":3.0}"#);
         assert_eq!(h.call_json("x", "add", "[1]"), r#"{"error":"need numbers"}"#);
         assert_eq!(h.call_json("x", "nope", "[]"), r#"{"error":"no host function named nope"}"#);
+        h.register_text("raw", |_, args| if args.is_empty() { Ok(r#"[{"a": 1}]"#.into()) } else { Err("no".into()) });
+        assert_eq!(h.call_json("x", "raw", "[]"), r#"{"ok":[{"a": 1}]}"#);
+        assert_eq!(h.call_json("x", "raw", "[0]"), r#"{"error":"no"}"#);
     }
 }

@@ -16,8 +16,9 @@ use crate::store::{Store, WriteResult};
 pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
     host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
     let s = store.clone();
-    // open_schemas([[rd_key, schema_id], …][, fields]) → [doc or null, …]
-    host.register("open_schemas", move |_, args| {
+    // open_schemas([[rd_key, schema_id], …][, fields]) → [doc or null, …]; with fields, the
+    // documents go to JS as the store's text (a summary reads many bodies' few fields)
+    host.register_text("open_schemas", move |_, args| {
         let wanted = args.first().and_then(Value::as_array).ok_or("open_schemas needs an array of [rd_key, schema_id] pairs")?;
         let mut ids = Vec::with_capacity(wanted.len());
         for pair in wanted {
@@ -27,12 +28,16 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             };
             ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
         }
-        let docs = match field_list(args.get(1))? {
-            Some(fields) => s.get_many_fields(&ids, &fields),
-            None => s.get_many(&ids),
+        match field_list(args.get(1))? {
+            Some(fields) => {
+                let docs = s.get_many_fields_text(&ids, &fields).map_err(|e| e.to_string())?;
+                Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
+            }
+            None => {
+                let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
+                Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()).to_string())
+            }
         }
-        .map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()))
     });
     let s = store.clone();
     // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
@@ -70,15 +75,23 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
     let s = store.clone();
     // find_schemas_each(schema_id, field, [value, …][, limit[, fields]]) → [[doc, …], …]:
     // find_schemas for each value, in one call
-    host.register("find_schemas_each", move |_, args| {
+    host.register_text("find_schemas_each", move |_, args| {
         let (schema, field, values) = match (args.first(), args.get(1), args.get(2)) {
             (Some(Value::String(s)), Some(Value::String(f)), Some(Value::Array(v))) => (s, f, v),
             _ => return Err("find_schemas_each needs a schema id, a top-level field name and an array of values".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        let fields = field_list(args.get(4))?;
-        let found = s.find_each(schema, field, values, limit, fields.as_deref()).map_err(|e| e.to_string())?;
-        Ok(Value::Array(found.into_iter().map(|docs| Value::Array(docs.into_iter().map(Value::Object).collect())).collect()))
+        match field_list(args.get(4))? {
+            Some(fields) => {
+                let found = s.find_each_fields_text(schema, field, values, limit, &fields).map_err(|e| e.to_string())?;
+                let lists: Vec<String> = found.iter().map(|docs| json_list(docs.iter().map(String::as_str))).collect();
+                Ok(json_list(lists.iter().map(String::as_str)))
+            }
+            None => {
+                let found = s.find_each(schema, field, values, limit, None).map_err(|e| e.to_string())?;
+                Ok(Value::Array(found.into_iter().map(|docs| Value::Array(docs.into_iter().map(Value::Object).collect())).collect()).to_string())
+            }
+        }
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
@@ -128,6 +141,19 @@ fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>,
         }
     }
     Ok(store.get_attachment(&id, &full).map_err(|e| e.to_string())?.map(|att| att.data))
+}
+
+/// A JSON array of the JSON texts `items`.
+fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(item);
+    }
+    out.push(']');
+    out
 }
 
 /// The optional list of fields to keep (besides `rd_key`) of the documents a call reads: much

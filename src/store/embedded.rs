@@ -410,6 +410,29 @@ fn projected(body: &str, fields: &[String]) -> Doc {
     doc
 }
 
+/// [`projected`] as JSON text: the members' text is copied, not parsed and printed again. A
+/// body whose member names have escapes (never the model's) takes the parsing way.
+fn projected_text(body: &str, fields: &[String]) -> String {
+    let Ok(raw) = serde_json::from_str::<HashMap<&str, &serde_json::value::RawValue>>(body) else {
+        return Value::Object(projected(body, fields)).to_string();
+    };
+    let mut out = String::with_capacity(256);
+    out.push('{');
+    let mut seen: Vec<&str> = Vec::with_capacity(fields.len() + 1);
+    for name in fields.iter().map(String::as_str).chain(["rd_key"]) {
+        let Some(value) = raw.get(name).filter(|_| !seen.contains(&name)) else { continue };
+        seen.push(name);
+        if out.len() > 1 {
+            out.push(',');
+        }
+        out.push_str(&Value::from(name).to_string());
+        out.push(':');
+        out.push_str(value.get());
+    }
+    out.push('}');
+    out
+}
+
 /// Checks an id the way CouchDB does: non-empty, and `_` only for design documents.
 fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
@@ -677,6 +700,46 @@ impl Store for EmbeddedStore {
                 out.push(body.map(|b| projected(&b, fields)));
             }
             Ok(out)
+        })
+    }
+
+    fn get_many_fields_text(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached("SELECT body FROM docs WHERE id = ?1 AND deleted = 0")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                // Read in place: the body text is borrowed from SQLite, not copied out first.
+                let mut rows = stmt.query([id])?;
+                out.push(match rows.next()? {
+                    Some(row) => Some(projected_text(row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?, fields)),
+                    None => None,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn find_each_fields_text(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: &[String]) -> Result<Vec<Vec<String>>, StoreError> {
+        self.ensure_index(schema_id, field)?;
+        let limit = limit.clamp(1, i64::MAX as usize) as i64;
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.body FROM field_index f JOIN docs d ON d.id = f.id
+                 WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
+                 ORDER BY d.seq LIMIT ?4",
+            )?;
+            values
+                .iter()
+                .map(|v| {
+                    let mut rows = stmt.query(params![schema_id, field, v.to_string(), limit])?;
+                    let mut docs = Vec::new();
+                    while let Some(row) = rows.next()? {
+                        let body = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+                        docs.push(projected_text(body, fields));
+                    }
+                    Ok(docs)
+                })
+                .collect()
         })
     }
 

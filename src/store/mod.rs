@@ -244,6 +244,23 @@ pub trait Store: Send + Sync {
             .collect()
     }
 
+    /// [`Store::get_many_fields`] with each document as JSON text, for a caller that hands them
+    /// on as text (to JS). A store that keeps documents as text copies the fields' text instead
+    /// of parsing and printing them.
+    fn get_many_fields_text(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        Ok(self.get_many_fields(ids, fields)?.into_iter().map(|d| d.map(|d| Value::Object(d).to_string())).collect())
+    }
+
+    /// [`Store::find_each`] with `fields`, each document as JSON text (see
+    /// [`Store::get_many_fields_text`]).
+    fn find_each_fields_text(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: &[String]) -> Result<Vec<Vec<String>>, StoreError> {
+        Ok(self
+            .find_each(schema_id, field, values, limit, Some(fields))?
+            .into_iter()
+            .map(|docs| docs.into_iter().map(|d| Value::Object(d).to_string()).collect())
+            .collect())
+    }
+
     /// [`Store::changes`] with every document as its JSON text (`_id`, `_rev`, attachment stubs
     /// and `_deleted` included), not parsed: the pipeline hands most documents to JS as they
     /// are, and parsing them into values only to print them again was most of its reading.

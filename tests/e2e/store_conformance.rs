@@ -298,6 +298,15 @@ fn reading_only_some_fields(s: &dyn Store) {
     found.sort_by_key(|d| d.to_string());
     assert_eq!(found, vec![json!({"rd_key": ["t", "p1"]}), json!({"rd_key": ["t", "p2"]})]);
     assert_eq!(s.find_fields("rd.test.p", None, 10, &["n".to_string()]).unwrap().len(), 2);
+    // As text: the same documents.
+    let parse = |t: &String| serde_json::from_str::<Value>(t).unwrap();
+    let texts = s.get_many_fields_text(&ids, &fields).unwrap();
+    assert_eq!(texts.iter().map(|t| t.as_ref().map(parse)).collect::<Vec<_>>(), got.into_iter().map(|d| d.map(Value::Object)).collect::<Vec<_>>());
+    let each = s.find_each_fields_text("rd.test.p", "k", &[json!("same"), json!("other")], 10, &["n".to_string(), "nested".to_string()]).unwrap();
+    let mut first: Vec<Value> = each[0].iter().map(parse).collect();
+    first.sort_by_key(|d| d.to_string());
+    assert_eq!(first, vec![json!({"rd_key": ["t", "p1"], "n": 1, "nested": {"a": [1, "é"]}}), json!({"rd_key": ["t", "p2"], "n": 2})]);
+    assert!(each[1].is_empty());
 }
 
 fn finding_for_many_values_at_once(s: &dyn Store) {
