@@ -693,8 +693,6 @@ impl Pipeline {
         // Sources cut down to `source_fields`, by (source, fields): extensions that ask for the
         // same fields share one cut.
         let mut cut: HashMap<(usize, &[String]), Arc<str>> = HashMap::new();
-        // Each source's members are read once, for all the lists asked of it.
-        let mut read: HashMap<usize, Option<Members<'_>>> = HashMap::new();
         for (ext, job_ids) in by_ext {
             let fields = self.exts[ext].fields.as_deref();
             for chunk in job_ids.chunks(HANDLER_BATCH) {
@@ -705,8 +703,7 @@ impl Pipeline {
                         let Some(fields) = fields else { return source.text.clone() };
                         cut.entry((jobs[j].source, fields))
                             .or_insert_with(|| {
-                                let members = read.entry(jobs[j].source).or_insert_with(|| members(&source.text));
-                                members.as_ref().and_then(|m| project_members(m, fields)).map_or_else(|| source.text.clone(), Arc::from)
+                                source.members.as_ref().and_then(|m| project_members(&source.text, m, fields)).map_or_else(|| source.text.clone(), Arc::from)
                             })
                             .clone()
                     })
@@ -1033,6 +1030,9 @@ struct Source {
     /// The extensions contributing to it (the keys of `rd_schema_items`).
     contributors: Vec<String>,
     text: Arc<str>,
+    /// Its members in `text`, for cutting it down to `source_fields`; `None` when they could
+    /// not be read so (the whole text is handed over).
+    members: Option<Members>,
 }
 
 /// A document's JSON `text` with only the top-level `fields` (and its `_id`, `_rev`, `rd_key`
@@ -1041,23 +1041,55 @@ struct Source {
 /// it was. `None` when `text` is not an object with plain (unescaped) member names; the caller
 /// then hands over the whole text.
 pub fn project(text: &str, fields: &[String]) -> Option<String> {
-    project_members(&members(text)?, fields)
+    project_members(text, &members(text)?, fields)
 }
 
-/// A document's top-level members as their text, for [`project_members`]: read once per source
-/// however many different `source_fields` lists its extensions declared.
-type Members<'a> = HashMap<&'a str, &'a serde_json::value::RawValue>;
+/// A document's top-level members as byte ranges of its text (name without its quotes, value),
+/// in order: read once per source (with what the pipeline needs of it) however many
+/// `source_fields` lists its extensions declared.
+type Members = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
 
-fn members(text: &str) -> Option<Members<'_>> {
-    serde_json::from_str(text).ok()
+/// The members of a JSON object's `text`; `None` when it is not an object or a member name has
+/// escapes (names are then compared as they are written).
+fn members(text: &str) -> Option<Members> {
+    struct Raw<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+    impl<'de> serde::Deserialize<'de> for Raw<'de> {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Raw<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(entry) = map.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
+                        out.push(entry);
+                    }
+                    Ok(Raw(out))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
+    let base = text.as_ptr() as usize;
+    let range = |s: &str| {
+        let start = s.as_ptr() as usize - base;
+        start..start + s.len()
+    };
+    Some(raw.0.into_iter().map(|(name, value)| (range(name), range(value.get()))).collect())
 }
 
 /// [`project`] from members already read.
-fn project_members(members: &Members<'_>, fields: &[String]) -> Option<String> {
+fn project_members(text: &str, members: &Members, fields: &[String]) -> Option<String> {
     let mut picked: Vec<(&str, &str)> = Vec::new();
     for name in ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)) {
-        if let Some(raw) = members.get(name).filter(|_| !picked.iter().any(|(n, _)| *n == name)) {
-            picked.push((name, raw.get()));
+        if picked.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        if let Some((_, value)) = members.iter().find(|(n, _)| text.get(n.clone()) == Some(name)) {
+            picked.push((name, text.get(value.clone())?));
         }
     }
     let mut out = String::with_capacity(picked.iter().map(|(n, raw)| n.len() + raw.len() + 4).sum::<usize>() + 2);
@@ -1075,50 +1107,37 @@ fn project_members(members: &Members<'_>, fields: &[String]) -> Option<String> {
 }
 
 impl Source {
-    /// Reads the members the pipeline needs, skipping the rest of the text unparsed; `None`
-    /// when the text is not a JSON object.
+    /// Reads where each member is and the few the pipeline needs, in one pass over the text
+    /// (the rest is not parsed into values); `None` when the text is not a JSON object.
     fn from_text(text: Arc<str>) -> Option<Source> {
-        /// Whether a member is there at all, whatever its value.
-        #[derive(Default)]
-        struct Present(bool);
-        impl<'de> serde::Deserialize<'de> for Present {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                serde::de::IgnoredAny::deserialize(d)?;
-                Ok(Present(true))
+        if let Some(members) = members(&text) {
+            let mut source = Source { id: String::new(), rev: String::new(), schema: String::new(), rd_key: Value::Null, provider: false, contributors: Vec::new(), text: text.clone(), members: None };
+            let mut plain = true;
+            for (name, value) in &members {
+                let value = &text[value.clone()];
+                match &text[name.clone()] {
+                    "_id" => plain &= serde_json::from_str(value).map(|v| source.id = v).is_ok(),
+                    "_rev" => plain &= serde_json::from_str(value).map(|v| source.rev = v).is_ok(),
+                    "rd_schema_id" => source.schema = serde_json::from_str::<String>(value).unwrap_or_default(),
+                    "rd_key" => plain &= serde_json::from_str(value).map(|v| source.rd_key = v).is_ok(),
+                    "rd_schema_provider" => source.provider = true,
+                    "rd_schema_items" => {
+                        plain &= serde_json::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(value)
+                            .map(|m| source.contributors = m.into_keys().collect())
+                            .is_ok()
+                    }
+                    _ => {}
+                }
+            }
+            if plain {
+                source.members = Some(members);
+                return Some(source);
             }
         }
-        #[derive(serde::Deserialize)]
-        struct Head {
-            #[serde(rename = "_id", default)]
-            id: String,
-            #[serde(rename = "_rev", default)]
-            rev: String,
-            #[serde(default)]
-            rd_schema_id: Value,
-            #[serde(default)]
-            rd_key: Value,
-            #[serde(default)]
-            rd_schema_provider: Present,
-            #[serde(default)]
-            rd_schema_items: Option<BTreeMap<String, serde::de::IgnoredAny>>,
-        }
-        match serde_json::from_str::<Head>(&text) {
-            Ok(head) => Some(Source {
-                id: head.id,
-                rev: head.rev,
-                schema: head.rd_schema_id.as_str().unwrap_or_default().to_string(),
-                rd_key: head.rd_key,
-                provider: head.rd_schema_provider.0,
-                contributors: head.rd_schema_items.map(|m| m.into_keys().collect()).unwrap_or_default(),
-                text,
-            }),
-            // An object whose `_id`, `_rev` or `rd_schema_items` has an unexpected type: read
-            // it the slow way, as a whole document.
-            Err(_) => {
-                let doc: Doc = serde_json::from_str(&text).ok()?;
-                Some(Source::from_map(&doc, text))
-            }
-        }
+        // Not read so (escaped member names, or an `_id`, `_rev` or `rd_schema_items` of an
+        // unexpected type): the slow way, as a whole document.
+        let doc: Doc = serde_json::from_str(&text).ok()?;
+        Some(Source::from_map(&doc, text))
     }
 
     fn from_doc(doc: &Doc) -> Source {
@@ -1134,6 +1153,7 @@ impl Source {
             provider: doc.contains_key("rd_schema_provider"),
             contributors: doc.get("rd_schema_items").and_then(Value::as_object).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
             text,
+            members: None,
         }
     }
 }
@@ -1352,7 +1372,7 @@ impl Remover<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{project, Source};
+    use super::{project, project_members, Source};
     use serde_json::json;
 
     #[test]
@@ -1376,6 +1396,11 @@ mod tests {
         assert!(s.provider, "present, even null, is a provider's mark");
         assert_eq!(s.contributors, vec!["e1".to_string(), "e2".to_string()]);
         assert_eq!(&*s.text, text, "the text goes on as it came");
+        assert_eq!(project_members(&s.text, s.members.as_ref().unwrap(), &["body".into()]).unwrap(),
+                   r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["email","m"],"rd_schema_id":"s","body":"long \"text\" é"}"#);
+        // Escaped member names are read the slow way, and then not cut down.
+        let escaped = Source::from_text(r#"{"_id":"e","rd_schema_provider":1,"a\u0062":2}"#.into()).unwrap();
+        assert!(escaped.provider && escaped.members.is_none());
         // Odd member types are read the slow way; what is not an object is no source.
         let odd = Source::from_text(r#"{"_id":"i","rd_schema_items":[1],"rd_schema_id":3}"#.into()).unwrap();
         assert_eq!((odd.id.as_str(), odd.schema.as_str(), odd.provider), ("i", "", false));

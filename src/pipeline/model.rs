@@ -218,9 +218,11 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     fn json(v: &impl serde::Serialize) -> String {
         serde_json::to_string(v).unwrap_or_default()
     }
-    let mut body = String::with_capacity(fields.map_or(0, str::len) + 256);
+    let (rd_key, ext, entry) = (json(&item.rd_key), json(&item.ext_id), json(&Value::Object(entry)));
+    // Sized once: the fields are most of it, and growing would copy them.
+    let mut body = String::with_capacity(fields.map_or(0, str::len) + rd_key.len() + 2 * ext.len() + entry.len() + item.schema_id.len() + 80);
     body.push_str("{\"rd_key\":");
-    body.push_str(&json(&item.rd_key));
+    body.push_str(&rd_key);
     body.push_str(",\"rd_schema_id\":");
     body.push_str(&json(&item.schema_id));
     if let Some(f) = fields.filter(|f| !f.is_empty()) {
@@ -229,12 +231,12 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     }
     if provider {
         body.push_str(",\"rd_schema_provider\":");
-        body.push_str(&json(&item.ext_id));
+        body.push_str(&ext);
     }
     body.push_str(",\"rd_schema_items\":{");
-    body.push_str(&json(&item.ext_id));
+    body.push_str(&ext);
     body.push(':');
-    body.push_str(&json(&Value::Object(entry)));
+    body.push_str(&entry);
     body.push_str("}}");
     Some(body)
 }
