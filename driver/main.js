@@ -184,6 +184,21 @@
     push(emitted, stringify(item));
   }
 
+  // withdraw_schema(schema_id, {rd_key}) takes back this extension's contribution to a
+  // document (the document goes when no contributor is left): for a later_handler, whose
+  // outputs are not tracked per source (a conversation merged into another has no summary).
+  function withdraw_schema(schema_id, opts) {
+    if (emitted === null) throw new ErrorCtor("withdraw_schema() may only be called while a handler runs");
+    if (typeof schema_id !== "string" || schema_id.length === 0)
+      throw new TypeError("withdraw_schema: schema_id must be a non-empty string");
+    const item = { schema_id, items: null, withdraw: true };
+    if (opts !== undefined && opts !== null) {
+      if (typeof opts !== "object") throw new TypeError("withdraw_schema: opts must be an object");
+      if (opts.rd_key !== undefined) item.rd_key = opts.rd_key;
+    }
+    push(emitted, stringify(item));
+  }
+
   function log() {
     const parts = [];
     for (let i = 0; i < arguments.length; i++) push(parts, formatArg(arguments[i]));
@@ -300,6 +315,7 @@
 
   defineGlobal("extension", extension);
   defineGlobal("emit_schema", emit_schema);
+  defineGlobal("withdraw_schema", withdraw_schema);
   defineGlobal("log", log);
   defineGlobal("process_later", process_later);
   for (const name of host.natives) {

@@ -11,6 +11,7 @@ const SUMMARISED = ["rd.msg.conversation", "rd.msg.body", "rd.msg.seen", "rd.msg
 const FIELDS = ["from", "from_display", "to", "to_display", "cc", "subject", "timestamp",
   "body_preview", "seen", "deleted", "archived", "tag", "attachments"];
 
+// The summaries of `convs` (null for a conversation with no live message), and their members.
 function summariseAll(convs) {
   const members = find_schemas_each("rd.msg.conversation", "conversation_id", convs, 1000000, []).map((docs) => docs.map((d) => d.rd_key));
   const wanted = [];
@@ -19,11 +20,28 @@ function summariseAll(convs) {
   const docs = wanted.length ? open_schemas(wanted, FIELDS) : [];
   const per = SUMMARISED.length - 1;
   let at = 0;
-  return members.map((keys) => {
+  const summaries = members.map((keys) => {
     const mine = docs.slice(at, at + keys.length * per);
     at += keys.length * per;
     return summarise(keys, mine);
   });
+  return { summaries, members };
+}
+
+// Emits (or, for a conversation left with no message, withdraws) the summaries of `convs`, in
+// slices so one read never holds every message of a large mailbox; returns their members.
+function writeSummaries(convs) {
+  const members = [];
+  for (let i = 0; i < convs.length; i += 500) {
+    const slice = convs.slice(i, i + 500);
+    const done = summariseAll(slice);
+    done.summaries.forEach((summary, j) => {
+      if (summary) emit_schema("rd.conv.summary", summary, { rd_key: slice[j] });
+      else withdraw_schema("rd.conv.summary", { rd_key: slice[j] });
+    });
+    for (const keys of done.members) members.push(...keys);
+  }
+  return members;
 }
 
 function summarise(members, docs) {
@@ -79,7 +97,8 @@ function summarise(members, docs) {
 extension({
   id: "rd.ext.core.convo-to-summary",
   source_fields: ["conversation_id"],
-  indexes: [["rd.msg.conversation", "conversation_id"]],
+  // Summaries are found by their messages too: see the later_handler.
+  indexes: [["rd.msg.conversation", "conversation_id"], ["rd.conv.summary", "message_ids[]"]],
   // Each conversation is summarised from the store alone: parts of the messages can be
   // summarised side by side (a conversation with messages in two parts comes out the same).
   later_in_parts: true,
@@ -104,13 +123,17 @@ extension({
     for (const c of unique.length ? open_schemas(unique, ["conversation_id"]) : []) {
       if (c && c.conversation_id) convs.set(JSON.stringify(c.conversation_id), c.conversation_id);
     }
-    const list = [...convs.values()];
-    // In slices, so one read never holds every message of a large mailbox.
-    for (let i = 0; i < list.length; i += 500) {
-      const slice = list.slice(i, i + 500);
-      summariseAll(slice).forEach((summary, j) => {
-        if (summary) emit_schema("rd.conv.summary", summary, { rd_key: slice[j] });
-      });
+    const members = writeSummaries([...convs.values()]);
+    // A message that moved to another conversation (two merged when a later message joined
+    // them) is still claimed by its old conversation's summary: that conversation is summarised
+    // again — or withdrawn, when nothing is left in it.
+    const left = new Map();
+    for (const found of members.length ? find_schemas_each("rd.conv.summary", "message_ids[]", members, 100, []) : []) {
+      for (const s of found) {
+        const conv = s.rd_key;
+        if (!convs.has(JSON.stringify(conv))) left.set(JSON.stringify(conv), conv);
+      }
     }
+    if (left.size) writeSummaries([...left.values()]);
   },
 });

@@ -97,6 +97,9 @@ pub struct EmittedItem {
     pub deps: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rd_source: Option<Value>,
+    /// `withdraw_schema`: the extension's contribution to the document is taken back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub withdraw: bool,
 }
 
 impl EmittedItem {

@@ -352,9 +352,10 @@ impl Pipeline {
                             }
                         }
                         let t0 = Instant::now();
-                        let (items, error) = self.run_later(later.take(), &later_id, &mut local);
+                        let (items, removals, error) = self.run_later(later.take(), &later_id, &mut local);
                         crate::timing::record("R:later", t0, 0);
                         work.items.extend(items);
+                        work.removals.extend(removals);
                         first_error = first_error.or(error);
                     }
                     add_stats(&local);
@@ -547,12 +548,20 @@ impl Pipeline {
         for (job, outcome) in jobs.iter().zip(outcomes) {
             let src = &sources[job.source];
             let ext = &self.exts[job.ext];
+            let mut withdrawn: Vec<(String, String)> = Vec::new();
             let (produced, error) = match outcome {
                 DocOutcome::Emitted(emission) => {
                     if !emission.later.is_empty() {
                         later.entry(job.ext).or_default().extend(emission.later);
                     }
-                    self.items_from_emission(src, ext, emission.items)
+                    let (taken_back, emitted): (Vec<EmittedItem>, Vec<EmittedItem>) = emission.items.into_iter().partition(|e| e.withdraw);
+                    match withdrawals(ext, Some(&src.rd_key), taken_back) {
+                        Ok(w) => {
+                            withdrawn = w;
+                            self.items_from_emission(src, ext, emitted)
+                        }
+                        Err(e) => (Vec::new(), Some(HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None })),
+                    }
                 }
                 DocOutcome::Failed(e) => (Vec::new(), Some(e)),
             };
@@ -579,6 +588,14 @@ impl Pipeline {
                 .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
                 .unwrap_or_default();
             let mut output_ids = output_ids;
+            // What `withdraw_schema` named goes (unless the call failed) and is no output.
+            if error.is_some() {
+                withdrawn.clear();
+            }
+            let is_withdrawn = |o: &String| withdrawn.iter().any(|(w, _)| w == o);
+            output_ids.retain(|o| !is_withdrawn(o));
+            let previous: Vec<String> = previous.into_iter().filter(|o| !is_withdrawn(o)).collect();
+            removals.extend(withdrawn);
             if ext.smart {
                 // Kept (and still listed, so `unprocess` can withdraw them).
                 output_ids.extend(previous.into_iter().filter(|o| !output_ids.contains(o)).collect::<Vec<_>>());
@@ -631,8 +648,9 @@ impl Pipeline {
     /// written) leaves an `rd.core.error` document holding its values and the queue they came
     /// from (`later_id`), so `retry-errors` can queue them again: nothing is lost to a
     /// handler that failed for a while (a time limit, a store that was away).
-    fn run_later(&self, values: BTreeMap<String, Vec<Value>>, later_id: &str, stats: &mut Stats) -> (Vec<SchemaItem>, Option<String>) {
+    fn run_later(&self, values: BTreeMap<String, Vec<Value>>, later_id: &str, stats: &mut Stats) -> (Vec<SchemaItem>, Vec<(String, String)>, Option<String>) {
         let mut items = Vec::new();
+        let mut removals = Vec::new();
         let mut first_error = None;
         let mut calls: Vec<(usize, Vec<Value>)> = Vec::new();
         for (ext_id, values) in values {
@@ -664,13 +682,17 @@ impl Pipeline {
         for (ei, values, call) in pending {
             let ext = &self.exts[ei];
             let failure = match call.wait() {
-                DocOutcome::Emitted(emission) => match self.later_items(ext, emission.items) {
-                    Ok(produced) => {
-                        items.extend(produced);
-                        continue;
+                DocOutcome::Emitted(emission) => {
+                    let (withdrawn, emitted): (Vec<EmittedItem>, Vec<EmittedItem>) = emission.items.into_iter().partition(|e| e.withdraw);
+                    match (self.later_items(ext, emitted), withdrawals(ext, None, withdrawn)) {
+                        (Ok(produced), Ok(withdrawn)) => {
+                            items.extend(produced);
+                            removals.extend(withdrawn);
+                            continue;
+                        }
+                        (Err(e), _) | (_, Err(e)) => HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None },
                     }
-                    Err(e) => HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None },
-                },
+                }
                 DocOutcome::Failed(e) => e,
             };
             stats.errors += 1;
@@ -679,7 +701,7 @@ impl Pipeline {
             items.push(later_error_item(ext, &failure, values, later_id));
         }
 
-        (items, first_error)
+        (items, removals, first_error)
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
@@ -917,6 +939,19 @@ impl Pipeline {
         tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
         Ok(state_results)
     }
+}
+
+/// The (document id, extension id) pairs `withdraw_schema` named; each names its `rd_key`, or
+/// takes `default_key` (the source's, in a handler).
+fn withdrawals(ext: &Ext, default_key: Option<&Value>, items: Vec<EmittedItem>) -> Result<Vec<(String, String)>, String> {
+    items
+        .into_iter()
+        .map(|e| {
+            let key = e.rd_key.as_ref().or(default_key).ok_or_else(|| format!("withdraw_schema({}) in later_handler needs an rd_key", e.schema_id))?;
+            let id = model::doc_id(key, &e.schema_id).map_err(|err| format!("withdraw_schema({}): {err}", e.schema_id))?;
+            Ok((id, ext.id.clone()))
+        })
+        .collect()
 }
 
 /// One document of a write, as the merge made it.
