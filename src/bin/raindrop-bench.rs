@@ -631,7 +631,7 @@ fn bench_mail() {
     let messages = mailbox(n);
     let mb = messages.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     println!("raindrop-bench mail — one run; {n} generated messages ({mb:.1} MB), the bundled extensions, embedded store");
-    println!("{:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  {}", "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors", "conversations (digest)");
+    println!("{:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  conversations (digest)", "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors");
     let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // BENCH_THREADS=2 runs one thread count only, BENCH_MODE=beside|after one way of running

@@ -146,7 +146,7 @@ pub enum FailureKind {
 }
 
 impl HandlerError {
-    fn new(kind: FailureKind, message: impl Into<String>) -> HandlerError {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> HandlerError {
         HandlerError { kind, message: message.into(), file: None, line: None, stack: None }
     }
 }

@@ -560,7 +560,7 @@ impl Pipeline {
                             withdrawn = w;
                             self.items_from_emission(src, ext, emitted)
                         }
-                        Err(e) => (Vec::new(), Some(HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None })),
+                        Err(e) => (Vec::new(), Some(HandlerError::new(crate::js::FailureKind::BadOutput, e))),
                     }
                 }
                 DocOutcome::Failed(e) => (Vec::new(), Some(e)),
@@ -690,7 +690,7 @@ impl Pipeline {
                             removals.extend(withdrawn);
                             continue;
                         }
-                        (Err(e), _) | (_, Err(e)) => HandlerError { kind: crate::js::FailureKind::BadOutput, message: e, file: None, line: None, stack: None },
+                        (Err(e), _) | (_, Err(e)) => HandlerError::new(crate::js::FailureKind::BadOutput, e),
                     }
                 }
                 DocOutcome::Failed(e) => e,
@@ -756,18 +756,18 @@ impl Pipeline {
         for mut e in emitted {
             let rd_key = e.rd_key.take().unwrap_or_else(|| src.rd_key.clone());
             if e.deps.as_ref().and_then(Value::as_array).is_some_and(|d| !d.is_empty()) && !ext.uses_dependencies {
-                let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): deps need `uses_dependencies: true` in the declaration", e.schema_id), file: None, line: None, stack: None };
+                let problem = HandlerError::new(crate::js::FailureKind::BadOutput, format!("emit_schema({}): deps need `uses_dependencies: true` in the declaration", e.schema_id));
                 return (Vec::new(), Some(problem));
             }
             if let Err(err) = model::doc_id(&rd_key, &e.schema_id) {
-                let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: format!("emit_schema({}): {err}", e.schema_id), file: None, line: None, stack: None };
+                let problem = HandlerError::new(crate::js::FailureKind::BadOutput, format!("emit_schema({}): {err}", e.schema_id));
                 return (Vec::new(), Some(problem));
             }
             let source = Some((src.id.clone(), src.rev.clone()));
             match schema_item(ext, rd_key, source, e) {
                 Ok(item) => out.push(item),
                 Err(err) => {
-                    let problem = HandlerError { kind: crate::js::FailureKind::BadOutput, message: err, file: None, line: None, stack: None };
+                    let problem = HandlerError::new(crate::js::FailureKind::BadOutput, err);
                     return (Vec::new(), Some(problem));
                 }
             }

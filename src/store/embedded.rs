@@ -518,8 +518,13 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
 }
 
 
+/// The body of a row whose first column is one, borrowed from SQLite rather than copied out.
+fn body_text<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<&'r str> {
+    row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+}
+
 /// A document to write as members or as the text of a new one.
-enum Either {
+enum ToWrite {
     Doc(Doc),
     New(NewDoc),
 }
@@ -708,10 +713,9 @@ impl Store for EmbeddedStore {
             let mut stmt = c.prepare_cached("SELECT body FROM docs WHERE id = ?1 AND deleted = 0")?;
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                // Read in place: the body text is borrowed from SQLite, not copied out first.
                 let mut rows = stmt.query([id])?;
                 out.push(match rows.next()? {
-                    Some(row) => Some(projected_text(row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?, fields)),
+                    Some(row) => Some(projected_text(body_text(row)?, fields)),
                     None => None,
                 });
             }
@@ -734,7 +738,7 @@ impl Store for EmbeddedStore {
                     let mut rows = stmt.query(params![schema_id, field, v.to_string(), limit])?;
                     let mut docs = Vec::new();
                     while let Some(row) = rows.next()? {
-                        let body = row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))?;
+                        let body = body_text(row)?;
                         docs.push(projected_text(body, fields));
                     }
                     Ok(docs)
@@ -906,11 +910,11 @@ impl EmbeddedStore {
         // The index rows too, for the fields indexed now; a field whose index is built before
         // the lock is taken below gets its rows from the documents' text there.
         let n = docs.len() + new.len();
-        let all: Vec<Either> = docs.into_iter().map(Either::Doc).chain(new.into_iter().map(Either::New)).chain(records.into_iter().map(Either::Doc)).collect();
+        let all: Vec<ToWrite> = docs.into_iter().map(ToWrite::Doc).chain(new.into_iter().map(ToWrite::New)).chain(records.into_iter().map(ToWrite::Doc)).collect();
         let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut prepared = crate::par::map_in_parts(all, 64, |d| match d {
-            Either::Doc(d) => split_incoming(d, &seen),
-            Either::New(d) => new_incoming(d, &seen),
+            ToWrite::Doc(d) => split_incoming(d, &seen),
+            ToWrite::New(d) => new_incoming(d, &seen),
         });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
