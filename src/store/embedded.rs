@@ -162,15 +162,7 @@ impl EmbeddedStore {
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
             .map_err(|e| err(path, e))?;
-        let mut indexed: HashMap<String, Vec<String>> = HashMap::new();
-        {
-            let mut stmt = writer.prepare("SELECT schema, field FROM indexed_fields").map_err(|e| err(path, e))?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| err(path, e))?;
-            for row in rows {
-                let (schema, field) = row.map_err(|e| err(path, e))?;
-                indexed.entry(schema).or_default().push(field);
-            }
-        }
+        let indexed = indexed_fields(&writer).map_err(|e| err(path, e))?;
         Ok(EmbeddedStore {
             checkpointer: Checkpointer::start(path)?,
             indexed: Mutex::new(indexed),
@@ -235,7 +227,7 @@ impl EmbeddedStore {
         if self.indexed.lock().unwrap_or_else(|p| p.into_inner()).get(schema).is_some_and(|f| f.iter().any(|x| x == field)) {
             return Ok(());
         }
-        let tx = conn.transaction().map_err(|e| self.e(e))?;
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.e(e))?;
         tx.execute("INSERT OR IGNORE INTO indexed_fields (schema, field) VALUES (?1, ?2)", params![schema, field]).map_err(|e| self.e(e))?;
         let docs: Vec<(String, String)> = {
             let mut stmt = tx.prepare("SELECT id, body FROM docs WHERE schema = ?1 AND deleted = 0").map_err(|e| self.e(e))?;
@@ -292,6 +284,17 @@ fn index_entries(doc: &Doc, fields: &[String]) -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// The indexed fields by schema, as the database records them.
+fn indexed_fields(conn: &Connection) -> rusqlite::Result<HashMap<String, Vec<String>>> {
+    let mut indexed: HashMap<String, Vec<String>> = HashMap::new();
+    let mut stmt = conn.prepare_cached("SELECT schema, field FROM indexed_fields")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (schema, field) = row?;
+        indexed.entry(schema).or_default().push(field);
+    }
+    Ok(indexed)
 }
 
 /// Brings a database made by an earlier version up to date: the `schema` column (each
@@ -918,8 +921,14 @@ impl EmbeddedStore {
         });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let indexed = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let tx = conn.transaction().map_err(|e| self.e(e))?;
+        // Immediate: the write lock is taken (waiting for another process's writer, if any)
+        // before anything is read. A deferred transaction that read first could not upgrade
+        // once another process had committed meanwhile, and failed at once with "database is
+        // locked" — `raindrop run` died when `raindrop import` wrote beside it.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.e(e))?;
+        // As recorded now: another process may have indexed a field since this one looked.
+        let indexed = indexed_fields(&tx).map_err(|e| self.e(e))?;
+        *self.indexed.lock().unwrap_or_else(|p| p.into_inner()) = indexed.clone();
         let mut seq: i64 = tx.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| self.e(e))?;
         let mut results = Vec::with_capacity(prepared.len());
         for incoming in prepared {

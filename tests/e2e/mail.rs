@@ -162,6 +162,35 @@ fn importing_with_process_derives_what_import_then_process_does() {
     assert!(log.contains("0 handler runs"), "{log}");
 }
 
+#[test]
+fn importing_beside_a_running_daemon_is_processed_by_it() {
+    // Two processes on one embedded database: `raindrop process --continuous` (as `raindrop
+    // run` does) and imports beside it. The daemon used to die with "database is locked".
+    let dir = TempDir::new("mail-two-processes");
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let mut daemon = rdm(&db);
+    daemon.args(["process", "--continuous"]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut daemon = daemon.spawn().unwrap();
+    let mail = repo().join("fixtures/mail");
+    for part in ["hand-rolled", "mailing-list", "malformed", "raindrop"] {
+        import(&db, &mail.join(part));
+    }
+    let bodies = || of_schema(&dump(&db, &exts()), "rd.msg.body").len();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while bodies() < 25 && std::time::Instant::now() < deadline {
+        assert!(daemon.try_wait().unwrap().is_none(), "the daemon stopped");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let alive = daemon.try_wait().unwrap().is_none();
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(alive && !log.contains("locked"), "{log}");
+    assert_eq!(bodies(), 25);
+    let log = run(&db, &["process"]);
+    assert!(log.contains("0 handler runs"), "{log}");
+}
+
 /// One list's unsubscribe flow: `steps` are (fixture, expected status after it); before
 /// `pending_at` the UI's request is recorded as the original's front end did it.
 fn unsubscribe_flow(list: &str, pending_before: usize, pending_at: i64, steps: &[(&str, &str)], confirm_to: &str) {
