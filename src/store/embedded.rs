@@ -156,9 +156,7 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(path, e))?;
         }
-        let writer = connect(path)?;
-        writer.execute_batch(SCHEMA).map_err(|e| err(path, e))?;
-        migrate(&writer).map_err(|e| err(path, e))?;
+        let writer = set_up(path)?;
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
             .map_err(|e| err(path, e))?;
@@ -314,8 +312,33 @@ fn err(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Embedded { path: path.display().to_string(), reason: e.to_string() }
 }
 
+/// The writer's connection, with the tables made or brought up to date. Two processes opening
+/// a new file at once (`raindrop import` and `raindrop run`) race to make it, and turning a new
+/// file's journal into a write-ahead log answers "busy" at once instead of waiting: the loser
+/// tries again (for up to the busy timeout) rather than failing.
+fn set_up(path: &Path) -> Result<Connection, StoreError> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = open_connection(path).and_then(|c| {
+            c.execute_batch(SCHEMA)?;
+            migrate(&c)?;
+            Ok(c)
+        });
+        match attempt {
+            Err(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other.map_err(|e| err(path, e)),
+        }
+    }
+}
+
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| err(path, e))?;
+    open_connection(path).map_err(|e| err(path, e))
+}
+
+fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
     // WAL + synchronous=FULL: every commit is durable once it returns, readers run beside the
     // writer, and a crash leaves the last committed state. The log is copied into the database
     // by the `Checkpointer`, not by the commits. Reads of the database file go through a memory
@@ -327,16 +350,15 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
     // chain of many 4 KiB overflow pages, which made commits ~10% of the mail run's CPU
     // (8 KiB measured in between, 32 KiB the same as 16; the store benchmark did not change).
     conn.execute_batch(
-        "PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=10000; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-32768; PRAGMA mmap_size=1073741824;",
-    )
-    .map_err(|e| err(path, e))?;
+        "PRAGMA busy_timeout=10000; PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-32768; PRAGMA mmap_size=1073741824;",
+    )?;
     // Room for every statement the store uses (rusqlite keeps 16 by default): an evicted one
     // is parsed again on its next use.
     conn.set_prepared_statement_cache_capacity(64);
     // One query plan per statement, whatever the bound values: without it SQLite re-parsed
     // and re-planned the field-index query at every run (its plan depended on the values),
     // which profiles of the mail run showed as ~4% of all CPU.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true).map_err(|e| err(path, e))?;
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
 

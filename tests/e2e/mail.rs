@@ -176,10 +176,18 @@ fn importing_beside_a_running_daemon_is_processed_by_it() {
         import(&db, &mail.join(part));
     }
     let bodies = || of_schema(&dump(&db, &exts()), "rd.msg.body").len();
+    // Until the daemon is idle: nothing left in the feed, and nothing written for a second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while bodies() < 25 && std::time::Instant::now() < deadline {
+    let mut before = String::new();
+    loop {
         assert!(daemon.try_wait().unwrap().is_none(), "the daemon stopped");
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(std::time::Instant::now() < deadline, "the daemon did not finish in time: {} bodies; {before}", bodies());
+        let status = || String::from_utf8_lossy(&rdm(&db).arg("status").output().unwrap().stdout).into_owned();
+        before = status();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        if before.contains("backlog: 0 change") && bodies() == 25 && status() == before {
+            break;
+        }
     }
     let alive = daemon.try_wait().unwrap().is_none();
     let _ = daemon.kill();
