@@ -7,6 +7,7 @@
 pub mod config;
 mod digest;
 pub mod js;
+mod json_text;
 pub mod mail;
 mod par;
 pub mod pipeline;

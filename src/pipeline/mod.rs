@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
+use crate::json_text::{self, Members};
 use crate::store::{Change, Doc, NewDoc, Seq, Store, StoreError, WriteResult};
 use later::LaterQueue;
 use model::SchemaItem;
@@ -725,7 +726,7 @@ impl Pipeline {
                         let Some(fields) = fields else { return source.text.clone() };
                         cut.entry((jobs[j].source, fields))
                             .or_insert_with(|| {
-                                source.members.as_ref().and_then(|m| project_members(&source.text, m, fields)).map_or_else(|| source.text.clone(), Arc::from)
+                                source.members.as_ref().map_or_else(|| source.text.clone(), |m| Arc::from(project_members(&source.text, m, fields)))
                             })
                             .clone()
                     })
@@ -1076,76 +1077,19 @@ struct Source {
 /// it was. `None` when `text` is not an object with plain (unescaped) member names; the caller
 /// then hands over the whole text.
 pub fn project(text: &str, fields: &[String]) -> Option<String> {
-    project_members(text, &members(text)?, fields)
-}
-
-/// A document's top-level members as byte ranges of its text (name without its quotes, value),
-/// in order: read once per source (with what the pipeline needs of it) however many
-/// `source_fields` lists its extensions declared.
-type Members = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
-
-/// The members of a JSON object's `text`; `None` when it is not an object or a member name has
-/// escapes (names are then compared as they are written).
-fn members(text: &str) -> Option<Members> {
-    struct Raw<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
-    impl<'de> serde::Deserialize<'de> for Raw<'de> {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = Raw<'de>;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("an object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Raw<'de>, A::Error> {
-                    let mut out = Vec::new();
-                    while let Some(entry) = map.next_entry::<&'de str, &'de serde_json::value::RawValue>()? {
-                        out.push(entry);
-                    }
-                    Ok(Raw(out))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    let raw: Raw<'_> = serde_json::from_str(text).ok()?;
-    let base = text.as_ptr() as usize;
-    let range = |s: &str| {
-        let start = s.as_ptr() as usize - base;
-        start..start + s.len()
-    };
-    Some(raw.0.into_iter().map(|(name, value)| (range(name), range(value.get()))).collect())
+    Some(project_members(text, &json_text::members(text)?, fields))
 }
 
 /// [`project`] from members already read.
-fn project_members(text: &str, members: &Members, fields: &[String]) -> Option<String> {
-    let mut picked: Vec<(&str, &str)> = Vec::new();
-    for name in ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)) {
-        if picked.iter().any(|(n, _)| *n == name) {
-            continue;
-        }
-        if let Some((_, value)) = members.iter().find(|(n, _)| text.get(n.clone()) == Some(name)) {
-            picked.push((name, text.get(value.clone())?));
-        }
-    }
-    let mut out = String::with_capacity(picked.iter().map(|(n, raw)| n.len() + raw.len() + 4).sum::<usize>() + 2);
-    out.push('{');
-    for (i, (name, raw)) in picked.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(&serde_json::to_string(name).ok()?);
-        out.push(':');
-        out.push_str(raw);
-    }
-    out.push('}');
-    Some(out)
+fn project_members(text: &str, members: &Members, fields: &[String]) -> String {
+    json_text::pick(text, members, ["_id", "_rev", "rd_key", "rd_schema_id"].into_iter().chain(fields.iter().map(String::as_str)))
 }
 
 impl Source {
     /// Reads where each member is and the few the pipeline needs, in one pass over the text
     /// (the rest is not parsed into values); `None` when the text is not a JSON object.
     fn from_text(text: Arc<str>) -> Option<Source> {
-        if let Some(members) = members(&text) {
+        if let Some(members) = json_text::members(&text) {
             let mut source = Source { id: String::new(), rev: String::new(), schema: String::new(), rd_key: Value::Null, provider: false, contributors: Vec::new(), text: text.clone(), members: None };
             let mut plain = true;
             for (name, value) in &members {
@@ -1431,7 +1375,7 @@ mod tests {
         assert!(s.provider, "present, even null, is a provider's mark");
         assert_eq!(s.contributors, vec!["e1".to_string(), "e2".to_string()]);
         assert_eq!(&*s.text, text, "the text goes on as it came");
-        assert_eq!(project_members(&s.text, s.members.as_ref().unwrap(), &["body".into()]).unwrap(),
+        assert_eq!(project_members(&s.text, s.members.as_ref().unwrap(), &["body".into()]),
                    r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["email","m"],"rd_schema_id":"s","body":"long \"text\" é"}"#);
         // Escaped member names are read the slow way, and then not cut down.
         let escaped = Source::from_text(r#"{"_id":"e","rd_schema_provider":1,"a\u0062":2}"#.into()).unwrap();

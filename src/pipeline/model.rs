@@ -242,30 +242,10 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
 }
 
 /// Whether no top-level member of an object's JSON text is named like a special (`_…`) or model
-/// member; read without building the values.
+/// member; read without building the values (a name with escapes counts as not plain: the
+/// merge then decides).
 fn plain_keys(text: &str) -> bool {
-    struct Plain(bool);
-    impl<'de> serde::Deserialize<'de> for Plain {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Plain, D::Error> {
-            struct Keys;
-            impl<'de> serde::de::Visitor<'de> for Keys {
-                type Value = Plain;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("an object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Plain, A::Error> {
-                    let mut plain = true;
-                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                        plain &= !key.starts_with('_') && !MODEL_KEYS.contains(&key.as_ref());
-                        map.next_value::<serde::de::IgnoredAny>()?;
-                    }
-                    Ok(Plain(plain))
-                }
-            }
-            d.deserialize_map(Keys)
-        }
-    }
-    serde_json::from_str::<Plain>(text).is_ok_and(|p| p.0)
+    crate::json_text::members(text).is_some_and(|m| crate::json_text::names(text, &m).all(|n| !n.starts_with('_') && !MODEL_KEYS.contains(&n)))
 }
 
 

@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS records (
 );
 ";
 
+/// The live documents of a schema whose indexed field has a value: (id, rev, has_att, body).
+const FIND_BY_FIELD: &str = "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
+     WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
+     ORDER BY d.seq LIMIT ?4";
+
 /// Values longer than this (as JSON) are not indexed, as in the CouchDB view.
 const MAX_INDEXED_VALUE: usize = 512;
 
@@ -438,24 +443,10 @@ fn projected(body: &str, fields: &[String]) -> Doc {
 /// [`projected`] as JSON text: the members' text is copied, not parsed and printed again. A
 /// body whose member names have escapes (never the model's) takes the parsing way.
 fn projected_text(body: &str, fields: &[String]) -> String {
-    let Ok(raw) = serde_json::from_str::<HashMap<&str, &serde_json::value::RawValue>>(body) else {
-        return Value::Object(projected(body, fields)).to_string();
-    };
-    let mut out = String::with_capacity(256);
-    out.push('{');
-    let mut seen: Vec<&str> = Vec::with_capacity(fields.len() + 1);
-    for name in fields.iter().map(String::as_str).chain(["rd_key"]) {
-        let Some(value) = raw.get(name).filter(|_| !seen.contains(&name)) else { continue };
-        seen.push(name);
-        if out.len() > 1 {
-            out.push(',');
-        }
-        out.push_str(&Value::from(name).to_string());
-        out.push(':');
-        out.push_str(value.get());
+    match crate::json_text::members(body) {
+        Some(members) => crate::json_text::pick(body, &members, fields.iter().map(String::as_str).chain(["rd_key"])),
+        None => Value::Object(projected(body, fields)).to_string(),
     }
-    out.push('}');
-    out
 }
 
 /// Checks an id the way CouchDB does: non-empty, and `_` only for design documents.
@@ -543,9 +534,9 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
 }
 
 
-/// The body of a row whose first column is one, borrowed from SQLite rather than copied out.
-fn body_text<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<&'r str> {
-    row.get_ref(0)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
+/// Column `i` of a row, a document's body, borrowed from SQLite rather than copied out.
+fn body_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    row.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 /// A document to write as members or as the text of a new one.
@@ -621,11 +612,7 @@ fn find_on(c: &Connection, schema_id: &str, field: Option<(&str, &Value)>, limit
     };
     match field {
         Some((name, value)) => {
-            let mut stmt = c.prepare_cached(
-                "SELECT d.id, d.rev, d.has_att, d.body FROM field_index f JOIN docs d ON d.id = f.id
-                 WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
-                 ORDER BY d.seq LIMIT ?4",
-            )?;
+            let mut stmt = c.prepare_cached(FIND_BY_FIELD)?;
             collect(&mut stmt.query(params![schema_id, name, value.to_string(), limit])?)?;
         }
         None => {
@@ -740,7 +727,7 @@ impl Store for EmbeddedStore {
             for id in ids {
                 let mut rows = stmt.query([id])?;
                 out.push(match rows.next()? {
-                    Some(row) => Some(projected_text(body_text(row)?, fields)),
+                    Some(row) => Some(projected_text(body_text(row, 0)?, fields)),
                     None => None,
                 });
             }
@@ -752,18 +739,14 @@ impl Store for EmbeddedStore {
         self.ensure_index(schema_id, field)?;
         let limit = limit.clamp(1, i64::MAX as usize) as i64;
         self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT d.body FROM field_index f JOIN docs d ON d.id = f.id
-                 WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
-                 ORDER BY d.seq LIMIT ?4",
-            )?;
+            let mut stmt = c.prepare_cached(FIND_BY_FIELD)?;
             values
                 .iter()
                 .map(|v| {
                     let mut rows = stmt.query(params![schema_id, field, v.to_string(), limit])?;
                     let mut docs = Vec::new();
                     while let Some(row) = rows.next()? {
-                        let body = body_text(row)?;
+                        let body = body_text(row, 3)?;
                         docs.push(projected_text(body, fields));
                     }
                     Ok(docs)
