@@ -34,7 +34,7 @@ use serde_json::{json, Map, Value};
 
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
 use crate::json_text::{self, Members};
-use crate::store::{Change, Doc, NewDoc, Seq, Store, StoreError, WriteResult};
+use crate::store::{Change, Doc, Durability, NewDoc, Seq, Store, StoreError, WriteResult};
 use later::LaterQueue;
 use model::SchemaItem;
 
@@ -911,7 +911,7 @@ impl Pipeline {
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
             let nw = writes.len() + new_docs.len() + records.len();
-            let (results, record_results) = self.store.bulk_write_with_records(writes, new_docs, records, Some(checkpoint))?;
+            let (results, record_results) = self.store.bulk_write_with_records(writes, new_docs, records, Some(checkpoint), Durability::Deferred)?;
             crate::timing::record("W:bulk_write", t0, nw);
             for r in record_results {
                 if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
@@ -1339,7 +1339,7 @@ impl Remover<'_> {
             }
         }
         let writes: Vec<Doc> = docs.into_values().flatten().collect();
-        let (results, record_results) = self.store.bulk_write_with_records(writes, Vec::new(), states, None)?;
+        let (results, record_results) = self.store.bulk_write_with_records(writes, Vec::new(), states, None, Durability::Immediate)?;
         for r in results.into_iter().chain(record_results) {
             if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
                 tracing::warn!("could not update {id}; run the command again");

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::{rev, Attachment, NewDoc, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+use super::{rev, Attachment, Durability, NewDoc, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
 
 const PUT_LOCAL: &str = "INSERT INTO local (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body";
 
@@ -344,8 +344,9 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
 
 fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    // WAL + synchronous=FULL: every commit is durable once it returns, readers run beside the
-    // writer, and a crash leaves the last committed state. The log is copied into the database
+    // WAL + synchronous=FULL: every commit is durable once it returns (but for a
+    // `Durability::Deferred` write, see `write_all`), readers run beside the writer, and a crash
+    // leaves the last committed state. The log is copied into the database
     // by the `Checkpointer`, not by the commits. Reads of the database file go through a memory
     // map (up to 1 GiB) instead of a `pread` per page: the mail run's attachment and feed reads
     // were mostly system calls. The price: a disk I/O error while reading ends the process
@@ -671,11 +672,11 @@ impl Store for EmbeddedStore {
     }
 
     fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
-        Ok(self.write_all(docs, Vec::new(), Vec::new(), local)?.0)
+        Ok(self.write_all(docs, Vec::new(), Vec::new(), local, Durability::Immediate)?.0)
     }
 
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
-        self.write_all(docs, new, records, local)
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+        self.write_all(docs, new, records, local, durability)
     }
 
     fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
@@ -912,7 +913,7 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: Incoming) -> rusqlite::Result
 
 impl EmbeddedStore {
     /// Documents, then records, then the local document, in one transaction.
-    fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         // Checked, printed as JSON and given their next revisions side by side, before the
         // writer lock: only the statements need the one connection.
         // The index rows too, for the fields indexed now; a field whose index is built before
@@ -926,6 +927,34 @@ impl EmbeddedStore {
         });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if durability == Durability::Deferred {
+            // The commit returns once the log is written, without waiting for the disk; the
+            // `Checkpointer` syncs the log before it copies it, and so does the next
+            // `Immediate` commit (the connection is set back below, whatever happens).
+            conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| self.e(e))?;
+        }
+        let written = self.write_prepared(&mut conn, prepared, records, local, &seen);
+        if durability == Durability::Deferred {
+            conn.pragma_update(None, "synchronous", "FULL").map_err(|e| self.e(e))?;
+        }
+        let (seq, results, record_results) = written?;
+        drop(conn);
+        self.checkpointer.committed();
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
+        self.wake.notify_all();
+        Ok((results, record_results))
+    }
+
+    /// The transaction of [`EmbeddedStore::write_all`]: the last sequence number and the
+    /// results of the documents and of the records.
+    fn write_prepared(
+        &self,
+        conn: &mut Connection,
+        prepared: Vec<Checked>,
+        records: Vec<Checked>,
+        local: Option<(&str, &Value)>,
+        seen: &HashMap<String, Vec<String>>,
+    ) -> Result<(i64, Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         // Immediate: the write lock is taken (waiting for another process's writer, if any)
         // before anything is read. A deferred transaction that read first could not upgrade
         // once another process had committed meanwhile, and failed at once with "database is
@@ -968,13 +997,12 @@ impl EmbeddedStore {
             tx.prepare_cached(PUT_LOCAL).and_then(|mut s| s.execute(params![id, body.to_string()])).map_err(|e| self.e(e))?;
         }
         tx.commit().map_err(|e| self.e(e))?;
-        drop(conn);
-        self.checkpointer.committed();
-        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = seq;
-        self.wake.notify_all();
-        Ok((results, record_results))
+        Ok((seq, results, record_results))
     }
 }
+
+/// A document or record ready for its row, or why it was refused (its id and the reason).
+type Checked = Result<Incoming, (String, String)>;
 
 /// Writes one document inside the bulk transaction. `Ok(Err(_))` is a per-document refusal.
 fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(String, String)]) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
@@ -1078,4 +1106,35 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
         }
     }
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn synchronous(store: &EmbeddedStore) -> i64 {
+        store.writer.lock().unwrap().query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn a_deferred_write_leaves_the_connection_durable() {
+        let dir = std::env::temp_dir().join(format!("rd-embedded-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir.join("db.sqlite")).unwrap();
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&store), FULL);
+        let doc = |id: &str| json!({"_id": id, "n": 1}).as_object().unwrap().clone();
+        let (written, _) = store.bulk_write_with_records(vec![doc("a")], Vec::new(), Vec::new(), Some(("ckpt", &json!(1))), Durability::Deferred).unwrap();
+        assert!(matches!(written[..], [WriteResult::Ok { .. }]));
+        assert_eq!(synchronous(&store), FULL, "set back after the commit");
+        // And after a write whose transaction fails (a trigger refuses its checkpoint).
+        let blocked = store.writer.lock().unwrap().execute_batch("CREATE TRIGGER no_local BEFORE INSERT ON local BEGIN SELECT RAISE(ABORT, 'no'); END;");
+        blocked.unwrap();
+        assert!(store.bulk_write_with_records(vec![doc("b")], Vec::new(), Vec::new(), Some(("ckpt2", &json!(2))), Durability::Deferred).is_err());
+        assert_eq!(synchronous(&store), FULL, "set back after a failed transaction");
+        assert!(store.get("b", false).unwrap().is_none(), "the failed write took nothing");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
