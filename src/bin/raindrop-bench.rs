@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use raindrop::js::engine::{JsRuntime, RuntimeLimits};
 use raindrop::js::{Batch, ExtensionSource, JsPool, PoolConfig};
-use raindrop::store::Store;
+use raindrop::store::{Durability, Store};
 use serde_json::{json, Value};
 
 const EXTENSION: &str = r#"extension({
@@ -413,7 +413,7 @@ fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64,
         .map(|i| json!({"rd_key": ["bench", i], "rd_schema_id": "rd.bench.a", "v": i, "s": "small source document"}).as_object().unwrap().clone())
         .collect();
     for chunk in raw.chunks(1000) {
-        pipeline::add_schemas(&*store, chunk.to_vec()).unwrap();
+        pipeline::add_schemas(&*store, chunk.to_vec(), Durability::Immediate).unwrap();
     }
     let sources = CHAIN.iter().map(|(name, src)| ExtensionSource::from_string(name, src)).collect();
     let mut config = PoolConfig::new(threads);
@@ -593,10 +593,12 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside:
     }
     let start = Instant::now();
     let import = || {
+        // As `raindrop import` writes: chunks not waiting for the disk, then one sync.
         for chunk in messages.chunks(200) {
             let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(m, "proto.import")).collect();
-            pipeline::add_schemas(&*store, items).unwrap();
+            pipeline::add_schemas(&*store, items, Durability::Deferred).unwrap();
         }
+        store.sync().unwrap();
         start.elapsed().as_secs_f64()
     };
     let progress = |s: &raindrop::pipeline::Stats| if verbose { eprintln!("{s:?}") };

@@ -11,7 +11,7 @@ use clap::Args;
 
 use raindrop::js::{extension, HostFunctions, JsPool, PoolConfig};
 use raindrop::pipeline::{self, Pipeline, RunOptions, Stats};
-use raindrop::store::Store;
+use raindrop::store::{Durability, Store};
 
 use super::Settings;
 
@@ -182,17 +182,20 @@ pub fn import(settings: &Settings, paths: &[std::path::PathBuf], and_process: bo
     Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// Writes the messages 200 at a time; returns how many the store refused.
+/// Writes the messages 200 at a time; returns how many the store refused. The chunks do not
+/// wait for the disk one by one: the messages are durable together when this returns (an
+/// import cut short is run again, and adds only what is missing).
 fn write_messages(store: &dyn Store, found: &[raindrop::mail::import::FoundMessage], progress: bool) -> anyhow::Result<u64> {
     let (mut done, mut refused) = (0usize, 0u64);
     for chunk in found.chunks(200) {
         let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes, "proto.import")).collect();
-        refused += super::tally(pipeline::add_schemas(store, items)?, "not imported").1;
+        refused += super::tally(pipeline::add_schemas(store, items, Durability::Deferred)?, "not imported").1;
         done += chunk.len();
         if progress {
             eprint!("\r\x1b[2K{done}/{} messages", found.len());
         }
     }
+    store.sync()?;
     if progress {
         eprintln!();
     }
@@ -205,11 +208,12 @@ pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<Exit
     for file in files {
         let batch = super::read_json_lines(file)?;
         for chunk in batch.chunks(1000) {
-            let (written, failed) = super::tally(pipeline::add_schemas(&*store, chunk.to_vec())?, file);
+            let (written, failed) = super::tally(pipeline::add_schemas(&*store, chunk.to_vec(), Durability::Deferred)?, file);
             ok += written;
             refused += failed;
         }
     }
+    store.sync()?;
     eprintln!("{ok} schema document(s) written, {refused} refused");
     Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

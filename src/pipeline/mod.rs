@@ -1139,8 +1139,9 @@ impl Source {
 
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
-/// document as raw data, with no source.
-pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Vec<WriteResult>, PipelineError> {
+/// document as raw data, with no source. A caller writing `Durability::Deferred` calls
+/// `Store::sync` before it reports the items kept.
+pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: Durability) -> Result<Vec<WriteResult>, PipelineError> {
     let mut items = Vec::new();
     let mut bad = Vec::new();
     for (i, mut fields) in raw.into_iter().enumerate() {
@@ -1178,7 +1179,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>) -> Result<Ve
         }
         _ => true,
     });
-    let mut results = store.bulk_write(merged.into_values().collect())?;
+    let mut results = store.bulk_write_and_put_local(merged.into_values().collect(), None, durability)?;
     results.extend(unchanged);
     results.extend(bad);
     Ok(results)

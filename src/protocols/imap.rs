@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value};
 
 use crate::mail::import::{message_id, message_key, rfc822_item};
 use crate::pipeline::{self, model};
-use crate::store::{Store, StoreError, WriteResult};
+use crate::store::{Durability, Store, StoreError, WriteResult};
 
 const EXT_ID: &str = "proto.imap";
 const MAX_CONNECTIONS: usize = 6;
@@ -447,7 +447,7 @@ fn attempt(
                 items.push(rfc822_item(body, EXT_ID));
             }
             drop(fetches);
-            for r in pipeline::add_schemas(store, items).map_err(|e| JobError::Store(e.to_string()))? {
+            for r in pipeline::add_schemas(store, items, Durability::Immediate).map_err(|e| JobError::Store(e.to_string()))? {
                 match r {
                     WriteResult::Ok { .. } | WriteResult::Conflict { .. } => {} // a conflict: the same message, stored by a concurrent writer
                     WriteResult::Error { id, reason } => return Err(JobError::Store(format!("{id}: {reason}"))),
@@ -785,7 +785,7 @@ fn write_results(
                 items.push(item(json!(["email", key]), "rd.msg.seen", json!({ "seen": s, "outgoing_state": "incoming" })));
             }
         }
-        check(pipeline::add_schemas(store, items)?)?;
+        check(pipeline::add_schemas(store, items, Durability::Immediate)?)?;
     }
     // The caches last: they record that everything above is done.
     let mut items = Vec::new();
@@ -807,7 +807,7 @@ fn write_results(
             items.push(cache_item(&FolderCache { messages: Vec::new(), ..old.clone() }));
         }
     }
-    check(pipeline::add_schemas(store, items)?)
+    check(pipeline::add_schemas(store, items, Durability::Immediate)?)
 }
 
 fn cache_item(cache: &FolderCache) -> Map<String, Value> {

@@ -668,11 +668,26 @@ impl Store for EmbeddedStore {
     }
 
     fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
-        self.bulk_write_and_put_local(docs, None)
+        self.bulk_write_and_put_local(docs, None, Durability::Immediate)
     }
 
-    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
-        Ok(self.write_all(docs, Vec::new(), Vec::new(), local, Durability::Immediate)?.0)
+    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
+        Ok(self.write_all(docs, Vec::new(), Vec::new(), local, durability)?.0)
+    }
+
+    /// Syncs the write-ahead log, where every commit since the last copy into the database
+    /// file is (the `Checkpointer` syncs the file after each copy). Under the writer lock, so
+    /// after any commit of this process in progress.
+    fn sync(&self) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        match std::fs::File::open(&wal) {
+            Ok(file) => file.sync_all().map_err(|e| self.e(format!("cannot sync {}: {e}", Path::new(&wal).display()))),
+            // No log: the last connection copied it into the database file, synced, on closing.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.e(format!("cannot open {}: {e}", Path::new(&wal).display()))),
+        }
     }
 
     fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
@@ -1128,6 +1143,7 @@ mod tests {
         let (written, _) = store.bulk_write_with_records(vec![doc("a")], Vec::new(), Vec::new(), Some(("ckpt", &json!(1))), Durability::Deferred).unwrap();
         assert!(matches!(written[..], [WriteResult::Ok { .. }]));
         assert_eq!(synchronous(&store), FULL, "set back after the commit");
+        store.sync().unwrap();
         // And after a write whose transaction fails (a trigger refuses its checkpoint).
         let blocked = store.writer.lock().unwrap().execute_batch("CREATE TRIGGER no_local BEFORE INSERT ON local BEGIN SELECT RAISE(ABORT, 'no'); END;");
         blocked.unwrap();

@@ -177,7 +177,7 @@ pub trait Store: Send + Sync {
     /// [`Store::bulk_write`], then [`Store::put_local`] of `local` when given: the pipeline
     /// writes a page and its checkpoint so. The embedded store does both in one transaction,
     /// one durable commit instead of two.
-    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>) -> Result<Vec<WriteResult>, StoreError> {
+    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>, _durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
         let results = if docs.is_empty() { Vec::new() } else { self.bulk_write(docs)? };
         if let Some((id, body)) = local {
             self.put_local(id, body)?;
@@ -192,16 +192,22 @@ pub trait Store: Send + Sync {
     /// feed, with no sequence numbers or indexes, as the embedded store does (they were half of
     /// all the rows it wrote on the mail benchmark). By default they are ordinary documents,
     /// `new` is parsed and written like `docs`, and every write is durable when it returns.
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, _durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         let mut all = docs;
         for doc in new {
             all.push(doc.into_doc()?);
         }
         let n = all.len();
         all.extend(records);
-        let mut results = self.bulk_write_and_put_local(all, local)?;
+        let mut results = self.bulk_write_and_put_local(all, local, durability)?;
         let records = results.split_off(n.min(results.len()));
         Ok((results, records))
+    }
+
+    /// Makes every write this store has returned from durable, [`Durability::Deferred`] ones
+    /// included: what a command that wrote deferred calls before it says it is done.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// The records (see [`Store::bulk_write_with_records`]) with these ids, `None` where there
