@@ -7,8 +7,9 @@
 //! the pipeline runs the handlers when the feed is drained (everything written, nothing new),
 //! or sooner when the queue grows large or old ([`LaterQueue::due`]).
 //!
-//! The queue is a document in the store (`rdlater!<checkpoint id>`), written in the same bulk
-//! write as the page that changed it, before the page's state documents: a source is never
+//! The queue is a record in the store (`rdlater!<checkpoint id>`, see
+//! `Store::bulk_write_with_records`), written in the same bulk write as the page that changed
+//! it, before the page's state records: a source is never
 //! recorded as done while the values it gave are not yet kept, so a crash loses none of them
 //! (such a source would not run again). On the embedded store that write is one transaction.
 

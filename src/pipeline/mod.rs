@@ -13,7 +13,8 @@
 //!   writes are done, and the extensions' fingerprints: when they change, the feed is read from
 //!   the start again (unchanged extensions skip cheaply).
 //! - the values waiting for later_handlers (`rdlater!<checkpoint id>`, see `later`), written
-//!   with the page that added them, before its state records.
+//!   with the page that added them, before its state records, and the dependency index
+//!   (`rddeps!<doc id>`): records too.
 //!
 //! A crash at any moment leaves a state from which the next run converges to the same documents:
 //! a page is either checkpointed after its writes, or re-read; re-running a source produces the
@@ -40,12 +41,12 @@ use model::SchemaItem;
 
 pub use natives::register_natives;
 
-/// Prefix of state documents' ids.
+/// Prefix of state records' ids.
 const STATE_PREFIX: &str = "rdstate!";
-/// Prefix of dependency index documents' ids: `rddeps!<doc id>` lists the (source, extension)
+/// Prefix of dependency index records' ids: `rddeps!<doc id>` lists the (source, extension)
 /// pairs whose outputs declared that document in `deps`.
 const DEPS_PREFIX: &str = "rddeps!";
-/// Prefix of the document holding the values waiting for later_handlers (see `later`).
+/// Prefix of the record holding the values waiting for later_handlers (see `later`).
 const LATER_PREFIX: &str = "rdlater!";
 /// How many times a conflicting write is re-merged before it becomes an error.
 const CONFLICT_RETRIES: usize = 5;
@@ -224,7 +225,8 @@ impl Pipeline {
         // Kept even when the extensions changed: the sources that gave these values are done
         // and an unchanged extension will not be asked again.
         let later_id = format!("{LATER_PREFIX}{ckpt_id}");
-        let later_doc = self.store.get(&later_id, false)?;
+        bookkeeping_to_records(&*self.store)?;
+        let later_doc = self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten();
         let mut later = LaterQueue::from_saved(later_doc.as_ref().and_then(|d| d.get("values")));
         let mut later_rev = later_doc.and_then(|mut d| d.remove("_rev"));
         let stats = std::sync::Mutex::new(Stats::default());
@@ -244,7 +246,7 @@ impl Pipeline {
                         doc.insert("_id".into(), Value::String(later_id.clone()));
                         if later_rev.is_none() {
                             // Not written by this run yet (or its last write failed).
-                            later_rev = self.store.get(&later_id, false)?.and_then(|mut d| d.remove("_rev"));
+                            later_rev = self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten().and_then(|mut d| d.remove("_rev"));
                         }
                         if let Some(rev) = later_rev.take() {
                             doc.insert("_rev".into(), rev);
@@ -418,7 +420,7 @@ impl Pipeline {
         let mut extra_sources: Vec<Source> = Vec::new();
         if self.exts.iter().any(|e| e.uses_dependencies) {
             let index_ids: Vec<String> = changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
-            for index in self.store.get_many(&index_ids)?.into_iter().flatten() {
+            for index in self.store.get_records(&index_ids)?.into_iter().flatten() {
                 for pair in index.get("dependents").and_then(Value::as_array).into_iter().flatten() {
                     if let Some([Value::String(src), Value::String(ext)]) = pair.as_array().map(Vec::as_slice) {
                         forced.push((src.clone(), ext.clone()));
@@ -788,7 +790,7 @@ impl Pipeline {
         }
         let ids: Vec<String> = by_dep.keys().cloned().collect();
         let mut writes = Vec::new();
-        for (id, existing) in ids.iter().zip(self.store.get_many(&ids)?) {
+        for (id, existing) in ids.iter().zip(self.store.get_records(&ids)?) {
             let mut doc = existing.unwrap_or_else(|| {
                 let mut m = Map::new();
                 m.insert("_id".into(), Value::String(id.clone()));
@@ -833,7 +835,7 @@ impl Pipeline {
     /// re-merges on conflicts a bounded number of times; each write also puts the `checkpoint`
     /// (the embedded store commits it all at once). Returns the results of writing
     /// `bookkeeping`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, mut bookkeeping: Vec<Doc>, mut states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Doc>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -849,7 +851,13 @@ impl Pipeline {
         let mut ids: Vec<String> = pending_items.keys().chain(pending_removals.keys()).cloned().collect();
         ids.sort();
         ids.dedup();
-        let mut state_results = Vec::new();
+        // Records, written with the first attempt only: the bookkeeping before the states (on a
+        // store whose write is not one transaction, a crash in between then leaves no state
+        // naming what is not kept).
+        let n_bookkeeping = bookkeeping.len();
+        let mut records = bookkeeping;
+        records.extend(states);
+        let mut bookkeeping_results = Vec::new();
         for attempt in 0..=CONFLICT_RETRIES {
             let t0 = Instant::now();
             let current = self.store.get_many(&ids)?;
@@ -892,53 +900,43 @@ impl Pipeline {
                 }
             }
             stats.docs_removed += writes.iter().filter(|d| d.contains_key("_deleted")).count() as u64;
-            // Results come back as written: the merged documents, the bookkeeping (first
-            // attempt only), then the new documents.
-            let n_merged = writes.len();
-            if attempt == 0 {
-                writes.append(&mut bookkeeping);
-            }
-            let n_bookkeeping = writes.len() - n_merged;
-            let is_data = |i: usize| i < n_merged || i >= n_merged + n_bookkeeping;
-            // Written with the first attempt only, as `bookkeeping` is.
-            let records = std::mem::take(&mut states);
+            let records = std::mem::take(&mut records);
             if writes.is_empty() && new_docs.is_empty() && records.is_empty() {
                 if attempt == 0 {
                     self.store.put_local(checkpoint.0, checkpoint.1)?;
                 }
-                return Ok(state_results);
+                return Ok(bookkeeping_results);
             }
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
             let nw = writes.len() + new_docs.len() + records.len();
             let (results, record_results) = self.store.bulk_write_with_records(writes, new_docs, records, Some(checkpoint), Durability::Deferred)?;
             crate::timing::record("W:bulk_write", t0, nw);
-            for r in record_results {
+            for r in &record_results {
                 if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
-                    tracing::warn!("the state record {id} changed under us; it will be rewritten on the next run");
+                    tracing::warn!("the record {id} changed under us; it will be rewritten on the next run");
                 }
             }
             if attempt == 0 {
-                state_results = results.iter().enumerate().filter(|(i, _)| !is_data(*i)).map(|(_, r)| r.clone()).collect();
+                bookkeeping_results = record_results;
+                bookkeeping_results.truncate(n_bookkeeping);
             }
             let mut conflicted: Vec<String> = Vec::new();
-            for (i, r) in results.iter().enumerate() {
+            for r in &results {
                 match r {
-                    WriteResult::Ok { .. } if is_data(i) => stats.docs_written += 1,
-                    WriteResult::Ok { .. } => {}
-                    WriteResult::Conflict { id } if is_data(i) => conflicted.push(id.clone()),
-                    WriteResult::Conflict { id } => tracing::warn!("bookkeeping document {id} changed under us; it will be rewritten on the next run"),
+                    WriteResult::Ok { .. } => stats.docs_written += 1,
+                    WriteResult::Conflict { id } => conflicted.push(id.clone()),
                     WriteResult::Error { id, reason } => tracing::error!("the store refused {id}: {reason}"),
                 }
             }
             if conflicted.is_empty() {
-                return Ok(state_results);
+                return Ok(bookkeeping_results);
             }
             stats.conflicts_retried += conflicted.len() as u64;
             ids = conflicted;
         }
         tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
-        Ok(state_results)
+        Ok(bookkeeping_results)
     }
 }
 
@@ -1267,6 +1265,19 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
     Ok(changed)
 }
 
+/// Bookkeeping kept as documents before 2026-11-28 (the dependency index, the later queues)
+/// becomes records, as it is kept now: out of the changes feed, which read every version of a
+/// growing queue or index again.
+fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError> {
+    for prefix in [DEPS_PREFIX, LATER_PREFIX] {
+        let moved = store.move_to_records(prefix)?;
+        if moved > 0 {
+            tracing::info!(moved, prefix, "bookkeeping documents moved to records");
+        }
+    }
+    Ok(())
+}
+
 /// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
 /// in the queues they came from, then withdraws those documents. Returns how many calls.
 fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
@@ -1285,8 +1296,9 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
         by_queue.entry(queue.clone()).or_default().push((doc_str(&doc, "_id").to_string(), ext_id.clone(), values.clone()));
     }
     let mut requeued = 0;
+    bookkeeping_to_records(store)?;
     for (queue, failures) in by_queue {
-        let existing = store.get(&queue, false)?;
+        let existing = store.get_records(std::slice::from_ref(&queue))?.pop().flatten();
         let mut later = LaterQueue::from_saved(existing.as_ref().and_then(|d| d.get("values")));
         let mut removals = Vec::new();
         for (id, ext_id, values) in failures {
@@ -1301,7 +1313,7 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
                 m
             });
             doc.insert("values".into(), values);
-            match store.bulk_write(vec![doc])?.pop() {
+            match store.bulk_write_with_records(Vec::new(), Vec::new(), vec![doc], None, Durability::Immediate)?.1.pop() {
                 Some(WriteResult::Ok { .. }) => {}
                 other => {
                     tracing::warn!("could not update {queue} ({other:?}); run the command again");

@@ -694,6 +694,30 @@ impl Store for EmbeddedStore {
         self.write_all(docs, new, records, local, durability)
     }
 
+    fn move_to_records(&self, prefix: &str) -> Result<u64, StoreError> {
+        // Ids with the prefix sort from the prefix up to (not including) the prefix with its
+        // last character's successor. Looked for first outside the writer lock: there is
+        // nothing to move after the first time.
+        let Some(end) = prefix.chars().last().and_then(|c| char::from_u32(c as u32 + 1)).map(|c| format!("{}{c}", &prefix[..prefix.len() - c.len_utf8()])) else {
+            return Ok(0);
+        };
+        let range = "id >= ?1 AND id < ?2";
+        let any: bool = self.read(|c| c.query_row(&format!("SELECT EXISTS (SELECT 1 FROM docs WHERE {range})"), params![prefix, end], |r| r.get(0)))?;
+        if !any {
+            return Ok(0);
+        }
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.e(e))?;
+        tx.execute(&format!("INSERT INTO records (id, rev, body) SELECT id, rev, body FROM docs WHERE {range} AND deleted = 0 ON CONFLICT (id) DO NOTHING"), params![prefix, end])
+            .map_err(|e| self.e(e))?;
+        let moved = tx.execute(&format!("DELETE FROM docs WHERE {range}"), params![prefix, end]).map_err(|e| self.e(e))?;
+        // Records have neither index rows nor attachments.
+        tx.execute(&format!("DELETE FROM field_index WHERE {range}"), params![prefix, end]).map_err(|e| self.e(e))?;
+        tx.execute("DELETE FROM attachments WHERE doc_id >= ?1 AND doc_id < ?2", params![prefix, end]).map_err(|e| self.e(e))?;
+        tx.commit().map_err(|e| self.e(e))?;
+        Ok(moved as u64)
+    }
+
     fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
         self.read(|c| {
             let mut stmt = c.prepare_cached("SELECT rev, body FROM records WHERE id = ?1")?;
@@ -1150,6 +1174,33 @@ mod tests {
         assert!(store.bulk_write_with_records(vec![doc("b")], Vec::new(), Vec::new(), Some(("ckpt2", &json!(2))), Durability::Deferred).is_err());
         assert_eq!(synchronous(&store), FULL, "set back after a failed transaction");
         assert!(store.get("b", false).unwrap().is_none(), "the failed write took nothing");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn documents_move_to_records_by_id_prefix() {
+        let dir = std::env::temp_dir().join(format!("rd-embedded-move-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir.join("db.sqlite")).unwrap();
+        let doc = |v: Value| v.as_object().unwrap().clone();
+        let written = store.bulk_write(vec![doc(json!({"_id": "rdx!a", "n": 1})), doc(json!({"_id": "rdx!b", "n": 2})), doc(json!({"_id": "rdx", "n": 3})), doc(json!({"_id": "rdy!a", "n": 4}))]).unwrap();
+        let rev = |r: &WriteResult| match r {
+            WriteResult::Ok { rev, .. } => rev.clone(),
+            other => panic!("{other:?}"),
+        };
+        let rev_a = rev(&written[0]);
+        let gone = store.bulk_write(vec![doc(json!({"_id": "rdx!b", "_rev": rev(&written[1]), "_deleted": true}))]).unwrap();
+        assert!(matches!(gone[..], [WriteResult::Ok { .. }]));
+        assert_eq!(store.move_to_records("rdx!").unwrap(), 2, "the live one and the deleted one");
+        let ids: Vec<String> = ["rdx!a", "rdx!b", "rdx", "rdy!a"].iter().map(|s| s.to_string()).collect();
+        let records = store.get_records(&ids).unwrap();
+        assert_eq!(records[0].as_ref().unwrap()["n"], json!(1));
+        assert_eq!(records[0].as_ref().unwrap()["_rev"], json!(rev_a), "the same revision: the next write of it follows on");
+        assert!(records[1..].iter().all(Option::is_none), "{records:?}");
+        let docs = store.get_many(&ids).unwrap();
+        assert!(docs[0].is_none() && docs[1].is_none() && docs[2].is_some() && docs[3].is_some());
+        assert_eq!(store.move_to_records("rdx!").unwrap(), 0, "nothing left to move");
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
