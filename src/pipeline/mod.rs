@@ -141,6 +141,16 @@ struct Job {
     ext: usize,
 }
 
+/// What one job gives its page (see `Pipeline::job_result`).
+struct JobResult {
+    later: Vec<Value>,
+    items: Vec<SchemaItem>,
+    removals: Vec<(String, String)>,
+    dependencies: Vec<(String, String, String)>,
+    state: Value,
+    error: Option<HandlerError>,
+}
+
 pub struct Pipeline {
     store: Arc<dyn Store>,
     pool: Arc<JsPool>,
@@ -531,90 +541,43 @@ impl Pipeline {
             }
         }
 
+        // Each outcome becomes its items, removals and state as it arrives, while the pool
+        // runs the page's other batches; they are gathered in job order below.
         let t0 = Instant::now();
-        let mut outcomes = self.run_jobs(&sources, &jobs);
+        let mut results: Vec<Option<JobResult>> = (0..jobs.len()).map(|_| None).collect();
+        self.run_jobs(&sources, &jobs, |j, outcome| {
+            let job = &jobs[j];
+            results[j] = Some(self.job_result(&sources[job.source], &self.exts[job.ext], states[job.source].as_ref(), outcome));
+        });
         crate::timing::record("P:run_jobs", t0, jobs.len());
         let t0 = Instant::now();
         stats.handler_calls += jobs.len() as u64;
         for (si, ei, e) in filter_failures {
             jobs.push(Job { source: si, ext: ei });
-            outcomes.push(DocOutcome::Failed(e));
+            results.push(Some(self.job_result(&sources[si], &self.exts[ei], states[si].as_ref(), DocOutcome::Failed(e))));
         }
 
-        // Turn outcomes into schema items, and note what each (source, extension) produced.
         let mut items: Vec<SchemaItem> = Vec::new();
         let mut removals: Vec<(String, String)> = Vec::new(); // (doc id, ext id)
         let mut first_error = None;
         let mut new_states: HashMap<usize, Map<String, Value>> = HashMap::new();
         let mut dependencies: Vec<(String, String, String)> = Vec::new();
         let mut later: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
-        for (job, outcome) in jobs.iter().zip(outcomes) {
-            let src = &sources[job.source];
-            let ext = &self.exts[job.ext];
-            let mut withdrawn: Vec<(String, String)> = Vec::new();
-            let (produced, error) = match outcome {
-                DocOutcome::Emitted(emission) => {
-                    if !emission.later.is_empty() {
-                        later.entry(job.ext).or_default().extend(emission.later);
-                    }
-                    let (taken_back, emitted): (Vec<EmittedItem>, Vec<EmittedItem>) = emission.items.into_iter().partition(|e| e.withdraw);
-                    match withdrawals(ext, Some(&src.rd_key), taken_back) {
-                        Ok(w) => {
-                            withdrawn = w;
-                            self.items_from_emission(src, ext, emitted)
-                        }
-                        Err(e) => (Vec::new(), Some(HandlerError::new(crate::js::FailureKind::BadOutput, e))),
-                    }
-                }
-                DocOutcome::Failed(e) => (Vec::new(), Some(e)),
-            };
-            let mut produced = produced;
-            if let Some(e) = &error {
+        for (job, result) in jobs.iter().zip(results) {
+            let Some(result) = result else { continue };
+            let (src, ext) = (&sources[job.source], &self.exts[job.ext]);
+            if let Some(e) = &result.error {
                 stats.errors += 1;
                 tracing::warn!(ext = %ext.id, source = %src.id, "handler failed: {e}");
                 first_error.get_or_insert_with(|| format!("{}: {e}", ext.id));
-                produced.push(error_item(&src.rd_key, (&src.id, &src.rev), ext, e));
             }
-            let output_ids: Vec<String> = produced.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
-            for item in &produced {
-                for dep in &item.deps {
-                    if let Some(Ok(dep_id)) = dep.as_array().and_then(|d| Some(model::doc_id(d.first()?, d.get(1)?.as_str()?))) {
-                        dependencies.push((dep_id, src.id.clone(), ext.id.clone()));
-                    }
-                }
+            if !result.later.is_empty() {
+                later.entry(job.ext).or_default().extend(result.later);
             }
-            let previous: Vec<String> = states[job.source]
-                .as_ref()
-                .and_then(|s| s.get(&ext.id))
-                .and_then(|d| d.get("outputs"))
-                .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
-                .unwrap_or_default();
-            let mut output_ids = output_ids;
-            // What `withdraw_schema` named goes (unless the call failed) and is no output.
-            if error.is_some() {
-                withdrawn.clear();
-            }
-            let is_withdrawn = |o: &String| withdrawn.iter().any(|(w, _)| w == o);
-            output_ids.retain(|o| !is_withdrawn(o));
-            let previous: Vec<String> = previous.into_iter().filter(|o| !is_withdrawn(o)).collect();
-            removals.extend(withdrawn);
-            if ext.smart {
-                // Kept (and still listed, so `unprocess` can withdraw them).
-                output_ids.extend(previous.into_iter().filter(|o| !output_ids.contains(o)).collect::<Vec<_>>());
-            } else {
-                for old in previous.iter().filter(|o| !output_ids.contains(o)) {
-                    removals.push((old.clone(), ext.id.clone()));
-                }
-            }
-            let entry = new_states.entry(job.source).or_default();
-            entry.insert(ext.id.clone(), json!({
-                "rev": src.rev,
-                "fingerprint": ext.fingerprint,
-                "outputs": output_ids,
-                "error": error.is_some(),
-            }));
-            items.extend(produced);
+            removals.extend(result.removals);
+            dependencies.extend(result.dependencies);
+            new_states.entry(job.source).or_default().insert(ext.id.clone(), result.state);
+            items.extend(result.items);
         }
 
         crate::timing::record("P:outcomes", t0, 0);
@@ -708,7 +671,9 @@ impl Pipeline {
     }
 
     /// Submits the jobs to the pool in per-extension batches and returns one outcome per job.
-    fn run_jobs(&self, sources: &[Source], jobs: &[Job]) -> Vec<DocOutcome> {
+    /// Runs `jobs` across the pool and gives `each` every job's outcome (by job index) as its
+    /// batch comes back.
+    fn run_jobs(&self, sources: &[Source], jobs: &[Job], mut each: impl FnMut(usize, DocOutcome)) {
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut by_ext: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         for (j, job) in jobs.iter().enumerate() {
@@ -738,20 +703,83 @@ impl Pipeline {
             }
         }
         drop(tx);
-        let mut outcomes: Vec<Option<DocOutcome>> = (0..jobs.len()).map(|_| None).collect();
+        let mut answered = vec![false; jobs.len()];
         for result in rx.iter() {
             for (&j, outcome) in batches[result.tag as usize].iter().zip(result.outcomes) {
-                outcomes[j] = Some(outcome);
+                answered[j] = true;
+                each(j, outcome);
             }
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| DocOutcome::Failed(HandlerError {
+        for (j, _) in answered.iter().enumerate().filter(|(_, a)| !**a) {
+            each(j, DocOutcome::Failed(HandlerError {
                 kind: crate::js::FailureKind::Exception,
                 message: "the JS pool returned no outcome".into(),
                 file: None, line: None, stack: None,
-            })))
-            .collect()
+            }));
+        }
+    }
+
+    /// What `ext` running on `src` (whose state record is `state`) gives the page: the items
+    /// it emitted (or its error document), the outputs it no longer makes or withdrew, the
+    /// documents they depend on, its values for `process_later` and its new state.
+    fn job_result(&self, src: &Source, ext: &Ext, state: Option<&Doc>, outcome: DocOutcome) -> JobResult {
+        let mut later = Vec::new();
+        let mut withdrawn: Vec<(String, String)> = Vec::new();
+        let (mut produced, error) = match outcome {
+            DocOutcome::Emitted(emission) => {
+                later = emission.later;
+                let (taken_back, emitted): (Vec<EmittedItem>, Vec<EmittedItem>) = emission.items.into_iter().partition(|e| e.withdraw);
+                match withdrawals(ext, Some(&src.rd_key), taken_back) {
+                    Ok(w) => {
+                        withdrawn = w;
+                        self.items_from_emission(src, ext, emitted)
+                    }
+                    Err(e) => (Vec::new(), Some(HandlerError::new(crate::js::FailureKind::BadOutput, e))),
+                }
+            }
+            DocOutcome::Failed(e) => (Vec::new(), Some(e)),
+        };
+        if let Some(e) = &error {
+            produced.push(error_item(&src.rd_key, (&src.id, &src.rev), ext, e));
+        }
+        let mut output_ids: Vec<String> = produced.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
+        let mut dependencies = Vec::new();
+        for item in &produced {
+            for dep in &item.deps {
+                if let Some(Ok(dep_id)) = dep.as_array().and_then(|d| Some(model::doc_id(d.first()?, d.get(1)?.as_str()?))) {
+                    dependencies.push((dep_id, src.id.clone(), ext.id.clone()));
+                }
+            }
+        }
+        let previous: Vec<String> = state
+            .and_then(|s| s.get(&ext.id))
+            .and_then(|d| d.get("outputs"))
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        // What `withdraw_schema` named goes (unless the call failed) and is no output.
+        if error.is_some() {
+            withdrawn.clear();
+        }
+        let is_withdrawn = |o: &String| withdrawn.iter().any(|(w, _)| w == o);
+        output_ids.retain(|o| !is_withdrawn(o));
+        let previous: Vec<String> = previous.into_iter().filter(|o| !is_withdrawn(o)).collect();
+        let mut removals = withdrawn;
+        if ext.smart {
+            // Kept (and still listed, so `unprocess` can withdraw them).
+            output_ids.extend(previous.into_iter().filter(|o| !output_ids.contains(o)).collect::<Vec<_>>());
+        } else {
+            for old in previous.iter().filter(|o| !output_ids.contains(o)) {
+                removals.push((old.clone(), ext.id.clone()));
+            }
+        }
+        let state = json!({
+            "rev": src.rev,
+            "fingerprint": ext.fingerprint,
+            "outputs": output_ids,
+            "error": error.is_some(),
+        });
+        JobResult { later, items: produced, removals, dependencies, state, error }
     }
 
     fn items_from_emission(&self, src: &Source, ext: &Ext, emitted: Vec<EmittedItem>) -> (Vec<SchemaItem>, Option<HandlerError>) {
