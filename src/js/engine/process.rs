@@ -75,7 +75,20 @@ fn start_engine_thread() -> Result<Sender<Request>, String> {
                     return;
                 }
             };
-            let parent = Runtime::new(engine.handle());
+            let mut parent = Runtime::new(engine.handle());
+            if std::env::var_os("JIT_OPTION_writeProtectCode").is_none() {
+                // JIT code pages stay writable while executable (SpiderMonkey's W^X policy,
+                // off): with it on, every piece of code the JIT makes or patches costs two
+                // `mprotect` calls and the TLB flushes they send to every core — ~2% of the
+                // mail benchmark. The policy hardens a browser against hostile scripts; here
+                // the scripts are the user's own extensions, which run with the daemon's
+                // rights anyway. `JIT_OPTION_writeProtectCode=true` in the environment keeps it.
+                // SAFETY: the parent runtime's live context on its own thread, before any
+                // script has run (the option is process-wide).
+                unsafe {
+                    mozjs::rust::wrappers2::JS_SetGlobalJitCompilerOption(parent.cx(), mozjs::jsapi::JSJitCompilerOption::JSJITCOMPILER_WRITE_PROTECT_CODE, 0)
+                };
+            }
             // SAFETY: registers a plain `extern "C" fn()` that catches panics.
             unsafe { libc::atexit(shutdown_at_exit) };
             let _ = ready_tx.send(Ok(()));
