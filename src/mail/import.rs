@@ -103,7 +103,10 @@ pub fn rfc822_item(bytes: &[u8], ext_id: &str) -> Map<String, Value> {
             "data": base64::engine::general_purpose::STANDARD.encode(bytes),
         }},
     });
-    item.as_object().cloned().unwrap_or_default()
+    match item {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }
 
 #[cfg(test)]

@@ -57,7 +57,8 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
     });
     let s = store.clone();
     // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
-    host.register("find_schemas", move |_, args| {
+    // (by a field with a field list: the store's text, as find_schemas_each answers)
+    host.register_text("find_schemas", move |_, args| {
         let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
         let field = match (args.get(1), args.get(2)) {
             (Some(Value::String(f)), Some(v)) => Some((f.as_str(), v)),
@@ -65,12 +66,16 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        let docs = match field_list(args.get(4))? {
-            Some(fields) => s.find_fields(schema, field, limit, &fields),
-            None => s.find(schema, field, limit),
+        let docs = match (field, field_list(args.get(4))?) {
+            (Some((field, value)), Some(fields)) => {
+                let found = s.find_each_fields_text(schema, field, std::slice::from_ref(value), limit, &fields).map_err(|e| e.to_string())?;
+                return Ok(json_list(found.iter().flatten().map(String::as_str)));
+            }
+            (field, Some(fields)) => s.find_fields(schema, field, limit, &fields),
+            (field, None) => s.find(schema, field, limit),
         }
         .map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()))
+        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()).to_string())
     });
     let s = store.clone();
     // find_schemas_each(schema_id, field, [value, …][, limit[, fields]]) → [[doc, …], …]:
