@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// Distinct values per extension above which the queue is run without waiting for the drain.
 const MAX_VALUES: usize = 20_000;
@@ -27,7 +27,7 @@ const MAX_AGE: Duration = Duration::from_secs(10);
 /// Waiting values per extension id, each value once, in the order first given.
 #[derive(Debug, Default, Clone)]
 pub(super) struct LaterQueue {
-    values: BTreeMap<String, (Vec<Value>, HashSet<String>)>,
+    values: BTreeMap<String, Waiting>,
     oldest: Option<Instant>,
     /// Changed since [`LaterQueue::saved`] was last called.
     changed: bool,
@@ -44,22 +44,42 @@ impl LaterQueue {
         queue
     }
 
-    /// The queue to save, if it changed since the last call.
-    pub(super) fn saved(&mut self) -> Option<Value> {
+    /// The JSON text of the queue to save (`{ext id: [values]}`), if it changed since the last
+    /// call. Made of each value's text kept since it came (the queue is saved with nearly every
+    /// page, and grows to thousands of values).
+    pub(super) fn saved(&mut self) -> Option<String> {
         if !std::mem::take(&mut self.changed) {
             return None;
         }
-        Some(Value::Object(self.values.iter().map(|(ext, (values, _))| (ext.clone(), Value::Array(values.clone()))).collect::<Map<_, _>>()))
+        let mut out = String::with_capacity(self.values.values().map(|w| w.text.len() + 64).sum::<usize>() + 2);
+        out.push('{');
+        for (i, (ext, waiting)) in self.values.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(&Value::from(ext.as_str()).to_string());
+            out.push_str(":[");
+            out.push_str(&waiting.text);
+            out.push(']');
+        }
+        out.push('}');
+        Some(out)
     }
 
     pub(super) fn extend(&mut self, ext: &str, values: Vec<Value>) {
         if values.is_empty() {
             return;
         }
-        let (list, seen) = self.values.entry(ext.to_string()).or_default();
+        let waiting = self.values.entry(ext.to_string()).or_default();
         for v in values {
-            if seen.insert(v.to_string()) {
-                list.push(v);
+            let text = v.to_string();
+            if !waiting.seen.contains(&text) {
+                if !waiting.text.is_empty() {
+                    waiting.text.push(',');
+                }
+                waiting.text.push_str(&text);
+                waiting.seen.insert(text);
+                waiting.list.push(v);
                 self.changed = true;
             }
         }
@@ -72,15 +92,25 @@ impl LaterQueue {
 
     /// Whether the queue should run now rather than at the drain.
     pub(super) fn due(&self) -> bool {
-        self.values.values().any(|(v, _)| v.len() >= MAX_VALUES) || self.oldest.is_some_and(|t| t.elapsed() >= MAX_AGE)
+        self.values.values().any(|w| w.list.len() >= MAX_VALUES) || self.oldest.is_some_and(|t| t.elapsed() >= MAX_AGE)
     }
 
     /// Empties the queue, giving each extension's values.
     pub(super) fn take(&mut self) -> BTreeMap<String, Vec<Value>> {
         self.oldest = None;
         self.changed |= !self.values.is_empty();
-        std::mem::take(&mut self.values).into_iter().map(|(ext, (values, _))| (ext, values)).collect()
+        std::mem::take(&mut self.values).into_iter().map(|(ext, waiting)| (ext, waiting.list)).collect()
     }
+}
+
+/// One extension's waiting values.
+#[derive(Debug, Default, Clone)]
+struct Waiting {
+    list: Vec<Value>,
+    /// Each value's JSON text, to keep it once.
+    seen: HashSet<String>,
+    /// The values' texts joined by commas: the saved list without its brackets.
+    text: String,
 }
 
 #[cfg(test)]
@@ -95,7 +125,7 @@ mod tests {
         q.extend("a", vec![json!(["email", "x"]), json!(1), json!(["email", "x"])]);
         q.extend("a", vec![json!(2), json!(1)]);
         q.extend("b", vec![json!("t")]);
-        let saved = q.saved().unwrap();
+        let saved: Value = serde_json::from_str(&q.saved().unwrap()).unwrap();
         assert_eq!(saved, json!({"a": [["email", "x"], 1, 2], "b": ["t"]}));
         q.extend("a", vec![json!(1)]);
         assert!(q.saved().is_none(), "nothing new: nothing to save");
@@ -105,7 +135,7 @@ mod tests {
         let taken = back.take();
         assert_eq!(taken["a"], vec![json!(["email", "x"]), json!(1), json!(2)]);
         assert!(back.is_empty());
-        assert_eq!(back.saved(), Some(json!({})), "emptied: saved empty");
+        assert_eq!(back.saved().as_deref(), Some("{}"), "emptied: saved empty");
         assert!(LaterQueue::from_saved(Some(&json!(null))).is_empty());
     }
 

@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value};
 
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
 use crate::json_text::{self, Members};
-use crate::store::{Change, Doc, Durability, NewDoc, Seq, Store, StoreError, WriteResult};
+use crate::store::{Change, Doc, Durability, NewDoc, Record, Seq, Store, StoreError, WriteResult};
 use later::LaterQueue;
 use model::SchemaItem;
 
@@ -128,7 +128,7 @@ struct Ext {
 struct PageWork {
     items: Vec<SchemaItem>,
     removals: Vec<(String, String)>,
-    states: Vec<Doc>,
+    states: Vec<Record>,
     /// (document depended on, source, extension): outputs to recompute when it changes.
     dependencies: Vec<(String, String, String)>,
     /// Values given to `process_later`, by extension id.
@@ -147,7 +147,8 @@ struct JobResult {
     items: Vec<SchemaItem>,
     removals: Vec<(String, String)>,
     dependencies: Vec<(String, String, String)>,
-    state: Value,
+    /// Its entry in the source's state record, as JSON text.
+    state: String,
     error: Option<HandlerError>,
 }
 
@@ -238,10 +239,11 @@ impl Pipeline {
         bookkeeping_to_records(&*self.store)?;
         let later_doc = self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten();
         let mut later = LaterQueue::from_saved(later_doc.as_ref().and_then(|d| d.get("values")));
-        let mut later_rev = later_doc.and_then(|mut d| d.remove("_rev"));
+        let rev_of = |d: Option<Doc>| d.and_then(|d| d.get("_rev").and_then(Value::as_str).map(str::to_string));
+        let mut later_rev: Option<String> = rev_of(later_doc);
         let stats = std::sync::Mutex::new(Stats::default());
         // A page's work, the feed position after it, and the later queue if the page changed it.
-        let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq, Option<Value>)>(1);
+        let (work_tx, work_rx) = crossbeam_channel::bounded::<(PageWork, Seq, Option<String>)>(1);
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
         std::thread::scope(|scope| {
             let writer = std::thread::Builder::new().name("pipeline-writer".into()).spawn_scoped(scope, || -> Result<(), PipelineError> {
@@ -252,17 +254,11 @@ impl Pipeline {
                     // The queue is written before the states of the sources that fed it.
                     let mut bookkeeping = Vec::new();
                     if let Some(values) = waiting {
-                        let mut doc = Map::new();
-                        doc.insert("_id".into(), Value::String(later_id.clone()));
                         if later_rev.is_none() {
                             // Not written by this run yet (or its last write failed).
-                            later_rev = self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten().and_then(|mut d| d.remove("_rev"));
+                            later_rev = rev_of(self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten());
                         }
-                        if let Some(rev) = later_rev.take() {
-                            doc.insert("_rev".into(), rev);
-                        }
-                        doc.insert("values".into(), values);
-                        bookkeeping.push(doc);
+                        bookkeeping.push(Record::Text { id: later_id.clone(), rev: later_rev.take(), body: format!("{{\"values\":{values}}}") });
                     }
                     // The dependency index before the states, in the same write: if a crash
                     // comes between, it names outputs not yet written, which costs a re-run.
@@ -274,7 +270,7 @@ impl Pipeline {
                     for result in self.write(work.items, work.removals, index, work.states, (&ckpt_id, &checkpoint), &mut local)? {
                         if let WriteResult::Ok { id, rev } = result {
                             if id == later_id {
-                                later_rev = Some(Value::String(rev));
+                                later_rev = Some(rev);
                             }
                         }
                     }
@@ -560,7 +556,8 @@ impl Pipeline {
         let mut items: Vec<SchemaItem> = Vec::new();
         let mut removals: Vec<(String, String)> = Vec::new(); // (doc id, ext id)
         let mut first_error = None;
-        let mut new_states: HashMap<usize, Map<String, Value>> = HashMap::new();
+        // Each source's new state entries as text, by extension id.
+        let mut new_states: HashMap<usize, BTreeMap<String, String>> = HashMap::new();
         let mut dependencies: Vec<(String, String, String)> = Vec::new();
         let mut later: BTreeMap<usize, Vec<Value>> = BTreeMap::new();
         for (job, result) in jobs.iter().zip(results) {
@@ -582,7 +579,7 @@ impl Pipeline {
 
         crate::timing::record("P:outcomes", t0, 0);
         // Sources that were deleted: their outputs go, and so does their state.
-        let mut state_writes: Vec<Doc> = Vec::new();
+        let mut state_writes: Vec<Record> = Vec::new();
         for (k, id) in deleted.iter().enumerate() {
             let si = sources.len() + k;
             if let Some(state) = states[si].take() {
@@ -591,17 +588,35 @@ impl Pipeline {
                         removals.push((out.to_string(), ext_id.clone()));
                     }
                 }
-                state_writes.push(model::tombstone(&state_id(id), state.get("_rev").cloned()));
+                state_writes.push(model::tombstone(&state_id(id), state.get("_rev").cloned()).into());
             }
         }
         for (si, entries) in new_states {
-            let mut state = states[si].take().unwrap_or_else(|| {
-                let mut m = Map::new();
-                m.insert("_id".into(), Value::String(state_id(&sources[si].id)));
-                m
-            });
-            state.extend(entries);
-            state_writes.push(state);
+            let id = state_id(&sources[si].id);
+            match states[si].take() {
+                // Joining a record written before (another extension's state, an older run).
+                Some(mut state) => {
+                    for (ext, text) in entries {
+                        state.insert(ext, serde_json::from_str(&text).unwrap_or(Value::Null));
+                    }
+                    state_writes.push(state.into());
+                }
+                // Most sources: a new record, whose text is the entries' joined.
+                None => {
+                    let mut body = String::with_capacity(entries.iter().map(|(e, t)| e.len() + t.len() + 4).sum::<usize>() + 2);
+                    body.push('{');
+                    for (i, (ext, text)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            body.push(',');
+                        }
+                        body.push_str(&Value::from(ext.as_str()).to_string());
+                        body.push(':');
+                        body.push_str(text);
+                    }
+                    body.push('}');
+                    state_writes.push(Record::Text { id, rev: None, body });
+                }
+            }
         }
 
         let later = later.into_iter().map(|(ei, values)| (self.exts[ei].id.clone(), values)).collect();
@@ -773,12 +788,17 @@ impl Pipeline {
                 removals.push((old.clone(), ext.id.clone()));
             }
         }
-        let state = json!({
-            "rev": src.rev,
-            "fingerprint": ext.fingerprint,
-            "outputs": output_ids,
-            "error": error.is_some(),
-        });
+        // Printed here, as the record's text holds it (members in serde_json's order).
+        fn json(v: &impl serde::Serialize) -> String {
+            serde_json::to_string(v).unwrap_or_default()
+        }
+        let state = format!(
+            "{{\"error\":{},\"fingerprint\":{},\"outputs\":{},\"rev\":{}}}",
+            error.is_some(),
+            json(&ext.fingerprint),
+            json(&output_ids),
+            json(&src.rev),
+        );
         JobResult { later, items: produced, removals, dependencies, state, error }
     }
 
@@ -808,7 +828,7 @@ impl Pipeline {
 
     /// The dependency index documents to write for `dependencies`: each lists the (source,
     /// extension) pairs whose outputs declared that document in `deps`.
-    fn dependency_index_updates(&self, dependencies: Vec<(String, String, String)>) -> Result<Vec<Doc>, StoreError> {
+    fn dependency_index_updates(&self, dependencies: Vec<(String, String, String)>) -> Result<Vec<Record>, StoreError> {
         if dependencies.is_empty() {
             return Ok(Vec::new());
         }
@@ -835,7 +855,7 @@ impl Pipeline {
                 }
             }
             if list.len() != before {
-                writes.push(doc);
+                writes.push(doc.into());
             }
         }
         Ok(writes)
@@ -863,7 +883,7 @@ impl Pipeline {
     /// re-merges on conflicts a bounded number of times; each write also puts the `checkpoint`
     /// (the embedded store commits it all at once). Returns the results of writing
     /// `bookkeeping`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Doc>, states: Vec<Doc>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -1278,7 +1298,7 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
             }
             if touched {
                 changed += 1;
-                writes.push(doc);
+                writes.push(Record::Doc(doc));
             }
         }
         if !removals.is_empty() || !writes.is_empty() {
@@ -1335,13 +1355,9 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
         }
         // The queue first: the error documents go only once their values are safe in it.
         if let Some(values) = later.saved() {
-            let mut doc = existing.unwrap_or_else(|| {
-                let mut m = Map::new();
-                m.insert("_id".into(), Value::String(queue.clone()));
-                m
-            });
-            doc.insert("values".into(), values);
-            match store.bulk_write_with_records(Vec::new(), Vec::new(), vec![doc], None, Durability::Immediate)?.1.pop() {
+            let rev = existing.as_ref().and_then(|d| d.get("_rev")).and_then(Value::as_str).map(str::to_string);
+            let record = Record::Text { id: queue.clone(), rev, body: format!("{{\"values\":{values}}}") };
+            match store.bulk_write_with_records(Vec::new(), Vec::new(), vec![record], None, Durability::Immediate)?.1.pop() {
                 Some(WriteResult::Ok { .. }) => {}
                 other => {
                     tracing::warn!("could not update {queue} ({other:?}); run the command again");
@@ -1361,7 +1377,7 @@ struct Remover<'a> {
 }
 
 impl Remover<'_> {
-    fn apply(&self, removals: Vec<(String, String)>, states: Vec<Doc>) -> Result<(), StoreError> {
+    fn apply(&self, removals: Vec<(String, String)>, states: Vec<Record>) -> Result<(), StoreError> {
         let ids: Vec<String> = removals.iter().map(|(id, _)| id.clone()).collect();
         let current = self.store.get_many(&ids)?;
         let mut docs: BTreeMap<String, Option<Doc>> = BTreeMap::new();

@@ -29,7 +29,7 @@ use base64::Engine as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::{rev, Attachment, Durability, NewDoc, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+use super::{rev, Attachment, Durability, NewDoc, Record, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
 
 const PUT_LOCAL: &str = "INSERT INTO local (id, body) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET body = excluded.body";
 
@@ -544,6 +544,8 @@ fn body_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r s
 enum ToWrite {
     Doc(Doc),
     New(NewDoc),
+    /// A record built as text (see [`Record::Text`]).
+    Text { id: String, rev: Option<String>, body: String },
 }
 
 /// [`split_incoming`] for a new document's text: nothing to take apart or print.
@@ -552,6 +554,13 @@ fn new_incoming(doc: NewDoc, indexed: &HashMap<String, Vec<String>>) -> Result<I
     let index = indexed.get(&doc.schema).map(|fields| index_entries_of_text(&doc.body, fields)).unwrap_or_default();
     let plain_rev = Some(rev::next(None, false, doc.body.as_bytes(), &[]));
     Ok(Incoming { id: doc.id, rev: None, deleted: false, body: doc.body, schema: Some(doc.schema), attachments: None, index, plain_rev })
+}
+
+/// [`split_incoming`] for a record's text (no schema, index rows or attachments).
+fn text_incoming(id: String, rev: Option<String>, body: String) -> Result<Incoming, (String, String)> {
+    check_id(&id).map_err(|e| (id.clone(), e))?;
+    let plain_rev = Some(rev::next(rev.as_deref(), false, body.as_bytes(), &[]));
+    Ok(Incoming { id, rev, deleted: false, body, schema: None, attachments: None, index: Vec::new(), plain_rev })
 }
 
 /// One row of the changes feed as stored.
@@ -690,7 +699,7 @@ impl Store for EmbeddedStore {
         }
     }
 
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Record>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         self.write_all(docs, new, records, local, durability)
     }
 
@@ -952,17 +961,26 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: Incoming) -> rusqlite::Result
 
 impl EmbeddedStore {
     /// Documents, then records, then the local document, in one transaction.
-    fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Doc>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Record>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         // Checked, printed as JSON and given their next revisions side by side, before the
         // writer lock: only the statements need the one connection.
         // The index rows too, for the fields indexed now; a field whose index is built before
         // the lock is taken below gets its rows from the documents' text there.
         let n = docs.len() + new.len();
-        let all: Vec<ToWrite> = docs.into_iter().map(ToWrite::Doc).chain(new.into_iter().map(ToWrite::New)).chain(records.into_iter().map(ToWrite::Doc)).collect();
+        let all: Vec<ToWrite> = docs
+            .into_iter()
+            .map(ToWrite::Doc)
+            .chain(new.into_iter().map(ToWrite::New))
+            .chain(records.into_iter().map(|r| match r {
+                Record::Doc(d) => ToWrite::Doc(d),
+                Record::Text { id, rev, body } => ToWrite::Text { id, rev, body },
+            }))
+            .collect();
         let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut prepared = crate::par::map_in_parts(all, 64, |d| match d {
             ToWrite::Doc(d) => split_incoming(d, &seen),
             ToWrite::New(d) => new_incoming(d, &seen),
+            ToWrite::Text { id, rev, body } => text_incoming(id, rev, body),
         });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());

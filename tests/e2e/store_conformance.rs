@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use raindrop::store::couch::{inline_attachment, CouchStore, RetryPolicy};
 use raindrop::store::embedded::EmbeddedStore;
-use raindrop::store::{Doc, Durability, Seq, Store, WriteResult};
+use raindrop::store::{Doc, Durability, Record, Seq, Store, WriteResult};
 use serde_json::{json, Value};
 
 use crate::support::{PouchServer, TempDir};
@@ -346,7 +346,9 @@ fn an_index_readied_before_the_documents_finds_them(s: &dyn Store) {
 fn records_beside_documents(s: &dyn Store) {
     // Written with a page of documents, read back by id, updated at their revision only.
     let data = doc(json!({"_id": "rc!t.r!rd.test.r", "rd_key": ["t", "r"], "rd_schema_id": "rd.test.r", "n": 1}));
-    let records: Vec<Doc> = (0..3).map(|i| doc(json!({"_id": format!("rdtest!{i}"), "ext": {"done": i}}))).collect();
+    // Records as documents, and one as text.
+    let mut records: Vec<Record> = (0..2).map(|i| doc(json!({"_id": format!("rdtest!{i}"), "ext": {"done": i}})).into()).collect();
+    records.push(Record::Text { id: "rdtest!2".into(), rev: None, body: r#"{"ext":{"done":2}}"#.into() });
     let (docs, recs) = s.bulk_write_with_records(vec![data], Vec::new(), records, Some(("rdtest-ckpt", &json!({"seq": "x"}))), Durability::Deferred).unwrap();
     assert!(matches!(docs[..], [WriteResult::Ok { .. }]), "{docs:?}");
     let revs: Vec<String> = recs.iter().map(ok_rev).collect();
@@ -358,9 +360,9 @@ fn records_beside_documents(s: &dyn Store) {
     assert!(got[1].is_none());
     // A stale revision is a conflict; the current one replaces; a delete removes.
     let stale = doc(json!({"_id": "rdtest!1", "ext": {"done": 7}}));
-    let current = doc(json!({"_id": "rdtest!2", "_rev": revs[2], "ext": {"done": 8}}));
+    let current = Record::Text { id: "rdtest!2".into(), rev: Some(revs[2].clone()), body: r#"{"ext":{"done":8}}"#.into() };
     let gone = doc(json!({"_id": "rdtest!0", "_rev": revs[0], "_deleted": true}));
-    let (_, recs) = s.bulk_write_with_records(Vec::new(), Vec::new(), vec![stale, current, gone], None, Durability::Immediate).unwrap();
+    let (_, recs) = s.bulk_write_with_records(Vec::new(), Vec::new(), vec![stale.into(), current, gone.into()], None, Durability::Immediate).unwrap();
     assert!(matches!(recs[0], WriteResult::Conflict { .. }), "{recs:?}");
     assert!(matches!(recs[1], WriteResult::Ok { .. }) && matches!(recs[2], WriteResult::Ok { .. }), "{recs:?}");
     let got = s.get_records(&["rdtest!0".into(), "rdtest!2".into()]).unwrap();
