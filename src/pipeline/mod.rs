@@ -23,6 +23,7 @@
 //! Invariant: the pipeline talks to the store only through the `Store` trait and to JS only
 //! through the pool; it does not know which store it has.
 
+mod deps;
 mod later;
 pub mod model;
 mod natives;
@@ -36,6 +37,7 @@ use serde_json::{json, Map, Value};
 use crate::js::{Batch, Category, DocOutcome, EmittedItem, FilterKeys, HandlerError, JsPool};
 use crate::json_text::{self, Members};
 use crate::store::{Change, Doc, Durability, NewDoc, Record, Seq, Store, StoreError, WriteResult};
+use deps::{DepsIndex, DEPS_PREFIX};
 use later::LaterQueue;
 use model::SchemaItem;
 
@@ -43,9 +45,6 @@ pub use natives::register_natives;
 
 /// Prefix of state records' ids.
 const STATE_PREFIX: &str = "rdstate!";
-/// Prefix of dependency index records' ids: `rddeps!<doc id>` lists the (source, extension)
-/// pairs whose outputs declared that document in `deps`.
-const DEPS_PREFIX: &str = "rddeps!";
 /// Prefix of the record holding the values waiting for later_handlers (see `later`).
 const LATER_PREFIX: &str = "rdlater!";
 /// How many times a conflicting write is re-merged before it becomes an error.
@@ -248,6 +247,7 @@ impl Pipeline {
         std::thread::scope(|scope| {
             let writer = std::thread::Builder::new().name("pipeline-writer".into()).spawn_scoped(scope, || -> Result<(), PipelineError> {
                 let mut progress = progress;
+                let mut deps_index = DepsIndex::default();
                 for (work, seq, waiting) in work_rx {
                     let mut local = Stats::default();
                     let t0 = Instant::now();
@@ -263,11 +263,13 @@ impl Pipeline {
                     // The dependency index before the states, in the same write: if a crash
                     // comes between, it names outputs not yet written, which costs a re-run.
                     let t1 = Instant::now();
-                    let mut index = self.dependency_index_updates(work.dependencies)?;
+                    let mut index = if work.dependencies.is_empty() { Vec::new() } else { deps_index.updates(&*self.store, work.dependencies)? };
                     crate::timing::record("W:deps", t1, 0);
                     index.append(&mut bookkeeping);
                     let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": fingerprints });
-                    for result in self.write(work.items, work.removals, index, work.states, (&ckpt_id, &checkpoint), &mut local)? {
+                    let bookkeeping_results = self.write(work.items, work.removals, index, work.states, (&ckpt_id, &checkpoint), &mut local)?;
+                    deps_index.written(&bookkeeping_results);
+                    for result in bookkeeping_results {
                         if let WriteResult::Ok { id, rev } = result {
                             if id == later_id {
                                 later_rev = Some(rev);
@@ -824,41 +826,6 @@ impl Pipeline {
             }
         }
         (out, None)
-    }
-
-    /// The dependency index documents to write for `dependencies`: each lists the (source,
-    /// extension) pairs whose outputs declared that document in `deps`.
-    fn dependency_index_updates(&self, dependencies: Vec<(String, String, String)>) -> Result<Vec<Record>, StoreError> {
-        if dependencies.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut by_dep: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-        for (dep, src, ext) in dependencies {
-            by_dep.entry(format!("{DEPS_PREFIX}{dep}")).or_default().push(json!([src, ext]));
-        }
-        let ids: Vec<String> = by_dep.keys().cloned().collect();
-        let mut writes = Vec::new();
-        for (id, existing) in ids.iter().zip(self.store.get_records(&ids)?) {
-            let mut doc = existing.unwrap_or_else(|| {
-                let mut m = Map::new();
-                m.insert("_id".into(), Value::String(id.clone()));
-                m
-            });
-            let list = doc.entry("dependents").or_insert_with(|| Value::Array(Vec::new()));
-            let Value::Array(list) = list else { continue };
-            let before = list.len();
-            // A popular document (the user's own identity) has many dependents: no scan per pair.
-            let mut present: std::collections::HashSet<String> = list.iter().map(Value::to_string).collect();
-            for pair in by_dep.remove(id).unwrap_or_default() {
-                if present.insert(pair.to_string()) {
-                    list.push(pair);
-                }
-            }
-            if list.len() != before {
-                writes.push(doc.into());
-            }
-        }
-        Ok(writes)
     }
 
     /// Items emitted by a `later_handler`: each names its `rd_key` (and, optionally, its
