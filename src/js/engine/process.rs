@@ -60,30 +60,6 @@ pub fn shutdown() {
     }
 }
 
-/// Sets SpiderMonkey's W^X policy for JIT code (process-wide). Off in Raindrop: with it on,
-/// every piece of code the JIT makes or patches costs two `mprotect` calls and the TLB flushes
-/// they send to every core — ~2% of the mail benchmark. The policy hardens a browser against
-/// hostile scripts; here the scripts are the user's own extensions, which run with the daemon's
-/// rights anyway (`JIT_OPTION_writeProtectCode=true` in the environment keeps it on).
-///
-/// Must run after `JSEngine::init` and before any runtime exists: code pages are mapped by the
-/// policy in force when they are made, and code made under one policy cannot be written under
-/// the other (the parent runtime's, made when it starts, crashed the process at shutdown when
-/// the policy was turned off after it). The option is set through a bare context made for it
-/// alone — the only JSAPI way in needs one — which has no JIT code and is destroyed at once.
-fn write_protect_jit_code(on: bool) {
-    // SAFETY: the engine is initialised and no other context exists on this thread; the
-    // context is used for this one call and destroyed before anything else is made.
-    unsafe {
-        let cx = mozjs::jsapi::JS_NewContext(1 << 20, std::ptr::null_mut());
-        if cx.is_null() {
-            return;
-        }
-        mozjs::jsapi::JS_SetGlobalJitCompilerOption(cx, mozjs::jsapi::JSJitCompilerOption::JSJITCOMPILER_WRITE_PROTECT_CODE, u32::from(on));
-        mozjs::jsapi::JS_DestroyContext(cx);
-    }
-}
-
 fn start_engine_thread() -> Result<Sender<Request>, String> {
     let (req_tx, req_rx) = crossbeam_channel::unbounded::<Request>();
     let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);
@@ -99,9 +75,6 @@ fn start_engine_thread() -> Result<Sender<Request>, String> {
                     return;
                 }
             };
-            if std::env::var_os("JIT_OPTION_writeProtectCode").is_none() {
-                write_protect_jit_code(false);
-            }
             let parent = Runtime::new(engine.handle());
             // SAFETY: registers a plain `extern "C" fn()` that catches panics.
             unsafe { libc::atexit(shutdown_at_exit) };
