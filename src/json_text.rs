@@ -245,7 +245,7 @@ mod tests {
             0 => "null".into(),
             1 => ["true", "false"][(next() % 2) as usize].into(),
             2 => ["0", "-1", "12.5e+3", "1E-7", "-0.25", "123456789012345678901234"][(next() % 6) as usize].into(),
-            3 | 4 | 5 => {
+            3..=5 => {
                 let parts = ["plain", "caf\\u00e9 東京", "q\\\"uo\\\\te", "\\n\\t\\/", "\\u00e9\\uD83D\\uDE00", "", "}{][,:"];
                 format!("\"{}\"", parts[(next() % parts.len() as u64) as usize])
             }
