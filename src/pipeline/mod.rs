@@ -846,7 +846,8 @@ impl Pipeline {
     }
 
     /// Merges items into their documents, removes withdrawn contributions, writes everything
-    /// (the `bookkeeping` documents after the data, the sources' `states` as records last), and
+    /// (the data, then as records the `bookkeeping` — dependency index, later queue — and the
+    /// sources' `states` last), and
     /// re-merges on conflicts a bounded number of times; each write also puts the `checkpoint`
     /// (the embedded store commits it all at once). Returns the results of writing
     /// `bookkeeping`.
