@@ -178,9 +178,16 @@ pub fn pick<'a>(text: &str, members: &Members, wanted: impl IntoIterator<Item = 
             picked.push((name, &text[value.clone()]));
         }
     }
-    let mut out = String::with_capacity(picked.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2);
+    object(picked)
+}
+
+/// The text of an object of these members: each name (quoted and escaped here) with the JSON
+/// text of its value, copied as it is.
+pub fn object<'a>(members: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let members: Vec<(&str, &str)> = members.into_iter().collect();
+    let mut out = String::with_capacity(members.iter().map(|(n, v)| n.len() + v.len() + 4).sum::<usize>() + 2);
     out.push('{');
-    for (i, (name, value)) in picked.into_iter().enumerate() {
+    for (i, (name, value)) in members.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }

@@ -51,19 +51,8 @@ impl LaterQueue {
         if !std::mem::take(&mut self.changed) {
             return None;
         }
-        let mut out = String::with_capacity(self.values.values().map(|w| w.text.len() + 64).sum::<usize>() + 2);
-        out.push('{');
-        for (i, (ext, waiting)) in self.values.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&Value::from(ext.as_str()).to_string());
-            out.push_str(":[");
-            out.push_str(&waiting.text);
-            out.push(']');
-        }
-        out.push('}');
-        Some(out)
+        let lists: Vec<(&str, String)> = self.values.iter().map(|(ext, waiting)| (ext.as_str(), format!("[{}]", waiting.text))).collect();
+        Some(crate::json_text::object(lists.iter().map(|(ext, list)| (*ext, list.as_str()))))
     }
 
     pub(super) fn extend(&mut self, ext: &str, values: Vec<Value>) {

@@ -263,7 +263,7 @@ impl Pipeline {
                     // The dependency index before the states, in the same write: if a crash
                     // comes between, it names outputs not yet written, which costs a re-run.
                     let t1 = Instant::now();
-                    let mut index = if work.dependencies.is_empty() { Vec::new() } else { deps_index.updates(&*self.store, work.dependencies)? };
+                    let mut index = deps_index.updates(&*self.store, work.dependencies)?;
                     crate::timing::record("W:deps", t1, 0);
                     index.append(&mut bookkeeping);
                     let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": fingerprints });
@@ -605,17 +605,7 @@ impl Pipeline {
                 }
                 // Most sources: a new record, whose text is the entries' joined.
                 None => {
-                    let mut body = String::with_capacity(entries.iter().map(|(e, t)| e.len() + t.len() + 4).sum::<usize>() + 2);
-                    body.push('{');
-                    for (i, (ext, text)) in entries.iter().enumerate() {
-                        if i > 0 {
-                            body.push(',');
-                        }
-                        body.push_str(&Value::from(ext.as_str()).to_string());
-                        body.push(':');
-                        body.push_str(text);
-                    }
-                    body.push('}');
+                    let body = json_text::object(entries.iter().map(|(ext, text)| (ext.as_str(), text.as_str())));
                     state_writes.push(Record::Text { id, rev: None, body });
                 }
             }

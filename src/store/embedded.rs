@@ -540,12 +540,11 @@ fn body_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r s
     row.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
-/// A document to write as members or as the text of a new one.
+/// A document to write as members or as the text of a new one, or a record.
 enum ToWrite {
     Doc(Doc),
     New(NewDoc),
-    /// A record built as text (see [`Record::Text`]).
-    Text { id: String, rev: Option<String>, body: String },
+    Record(Record),
 }
 
 /// [`split_incoming`] for a new document's text: nothing to take apart or print.
@@ -971,16 +970,13 @@ impl EmbeddedStore {
             .into_iter()
             .map(ToWrite::Doc)
             .chain(new.into_iter().map(ToWrite::New))
-            .chain(records.into_iter().map(|r| match r {
-                Record::Doc(d) => ToWrite::Doc(d),
-                Record::Text { id, rev, body } => ToWrite::Text { id, rev, body },
-            }))
+            .chain(records.into_iter().map(ToWrite::Record))
             .collect();
         let seen = self.indexed.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut prepared = crate::par::map_in_parts(all, 64, |d| match d {
-            ToWrite::Doc(d) => split_incoming(d, &seen),
+            ToWrite::Doc(d) | ToWrite::Record(Record::Doc(d)) => split_incoming(d, &seen),
             ToWrite::New(d) => new_incoming(d, &seen),
-            ToWrite::Text { id, rev, body } => text_incoming(id, rev, body),
+            ToWrite::Record(Record::Text { id, rev, body }) => text_incoming(id, rev, body),
         });
         let records = prepared.split_off(n);
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());

@@ -133,9 +133,7 @@ pub struct NewDoc {
 impl NewDoc {
     /// The document as members, `_id` included.
     pub fn into_doc(self) -> Result<Doc, StoreError> {
-        let mut doc: Doc = serde_json::from_str(&self.body).map_err(|e| StoreError::BadRequest(format!("the text of new document {} is not a JSON object: {e}", self.id)))?;
-        doc.insert("_id".into(), Value::String(self.id));
-        Ok(doc)
+        doc_of_text(self.id, None, &self.body, "new document")
     }
 }
 
@@ -165,16 +163,19 @@ impl Record {
     pub fn into_doc(self) -> Result<Doc, StoreError> {
         match self {
             Record::Doc(doc) => Ok(doc),
-            Record::Text { id, rev, body } => {
-                let mut doc: Doc = serde_json::from_str(&body).map_err(|e| StoreError::BadRequest(format!("the text of record {id} is not a JSON object: {e}")))?;
-                doc.insert("_id".into(), Value::String(id));
-                if let Some(rev) = rev {
-                    doc.insert("_rev".into(), Value::String(rev));
-                }
-                Ok(doc)
-            }
+            Record::Text { id, rev, body } => doc_of_text(id, rev, &body, "record"),
         }
     }
+}
+
+/// The document whose members (but `_id` and `_rev`) are the JSON text `body`.
+fn doc_of_text(id: String, rev: Option<String>, body: &str, what: &str) -> Result<Doc, StoreError> {
+    let mut doc: Doc = serde_json::from_str(body).map_err(|e| StoreError::BadRequest(format!("the text of {what} {id} is not a JSON object: {e}")))?;
+    doc.insert("_id".into(), Value::String(id));
+    if let Some(rev) = rev {
+        doc.insert("_rev".into(), Value::String(rev));
+    }
+    Ok(doc)
 }
 
 pub fn project(mut doc: Doc, fields: &[String]) -> Doc {
