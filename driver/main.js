@@ -15,6 +15,8 @@
 //   __rd_host.log(level, text)        write to the daemon's log, tagged with the extension id
 //   __rd_host.begin()                 a handler call starts now (the watchdog's clock)
 //   __rd_host.call(name, json) -> json  call a Rust host function registered by name
+//   __rd_host.drain()                 run the promise jobs queued so far (throws what a job
+//                                     could not catch; a stop from the watchdog ends it too)
 //   __rd_host.natives                 the names of those host functions
 //
 // The script's completion value is the control object (see the end of this file).
@@ -28,6 +30,10 @@
   const hostLog = host.log;
   const hostBegin = host.begin;
   const hostCall = host.call;
+  const hostDrain = host.drain;
+  const PromiseCtor = Promise;
+  const promiseResolve = Function.prototype.call.bind(Promise.resolve);
+  const promiseThen = Function.prototype.call.bind(Promise.prototype.then);
   // Array methods called as functions, so an extension that patches Array.prototype (in its
   // own realm) cannot break the driver's bookkeeping.
   const uncurry = (f) => Function.prototype.call.bind(f);
@@ -35,7 +41,16 @@
   const join = uncurry(Array.prototype.join);
   const slice = uncurry(Array.prototype.slice);
   const indexOf = uncurry(Array.prototype.indexOf);
+  const strSplit = uncurry(String.prototype.split);
+  const strLastIndexOf = uncurry(String.prototype.lastIndexOf);
+  const strSlice = uncurry(String.prototype.slice);
+  const strStartsWith = uncurry(String.prototype.startsWith);
   const numberIsFinite = Number.isFinite;
+  const NumberCtor = Number;
+  const DRIVER_FILE = "driver/main.js";
+  // An extension may ask for up to an hour per call; anything longer is a mistake (and a
+  // number of milliseconds past the range of a Rust Duration would opt out of the watchdog).
+  const MAX_TIME_LIMIT_MS = 3600000;
   const defineProperty = Object.defineProperty;
   const CATEGORIES = ["provider", "extender", "smart"];
 
@@ -45,12 +60,44 @@
   let laterValues = null; // values given to process_later by the running handler
   let partial = null; // per-document outcomes of the batch being run
 
+  // "file:line:column" of a stack frame ("name@file:line:column").
+  function frameSite(frame) {
+    const at = strLastIndexOf(frame, "@");
+    return at >= 0 ? strSlice(frame, at + 1) : frame;
+  }
+
   // "file:line" of the caller `depth` frames above the function calling this.
   function callerSite(depth) {
-    const lines = StringCtor(new ErrorCtor().stack || "").split("\n");
-    const frame = lines[depth + 1] || "";
-    const at = frame.lastIndexOf("@");
-    return at >= 0 ? frame.slice(at + 1) : frame;
+    const lines = strSplit(StringCtor(new ErrorCtor().stack || ""), "\n");
+    return frameSite(lines[depth + 1] || "");
+  }
+
+  // An error raised by the driver on behalf of an extension (a bad emit_schema call, a host
+  // function that refused its arguments) is placed at the extension's line that made the
+  // call — the first frame outside this file — not at the driver's own.
+  function placed(e) {
+    const lines = strSplit(StringCtor(e.stack || new ErrorCtor().stack || ""), "\n");
+    for (let i = 0; i < lines.length; i++) {
+      const site = frameSite(lines[i]);
+      if (site === "" || strStartsWith(site, DRIVER_FILE + ":")) continue;
+      // file:line:column — the file name itself may hold colons.
+      const c2 = strLastIndexOf(site, ":");
+      const c1 = c2 > 0 ? strLastIndexOf(site, ":", c2 - 1) : -1;
+      if (c1 <= 0) continue;
+      try {
+        e.fileName = strSlice(site, 0, c1);
+        e.lineNumber = NumberCtor(strSlice(site, c1 + 1, c2));
+        e.columnNumber = NumberCtor(strSlice(site, c2 + 1));
+      } catch (_) {
+        // A frozen error keeps its own place.
+      }
+      break;
+    }
+    return e;
+  }
+
+  function apiError(Ctor, message) {
+    return placed(new Ctor(message));
   }
 
   function fail(site, message) {
@@ -155,7 +202,8 @@
     let limit = null;
     if (d.time_limit_ms !== undefined) {
       limit = d.time_limit_ms;
-      if (typeof limit !== "number" || !(limit > 0)) fail(site, "time_limit_ms must be a positive number");
+      if (typeof limit !== "number" || !(limit >= 1 && limit <= MAX_TIME_LIMIT_MS))
+        fail(site, "time_limit_ms must be a number of milliseconds from 1 to " + MAX_TIME_LIMIT_MS + " (an hour)");
     }
     return {
       id, source_schemas: schemas, source_fields: fields, category, confidence, time_limit_ms: limit,
@@ -165,15 +213,15 @@
   }
 
   function emit_schema(schema_id, items, opts) {
-    if (emitted === null) throw new ErrorCtor("emit_schema() may only be called while a handler runs");
+    if (emitted === null) throw apiError(ErrorCtor, "emit_schema() may only be called while a handler runs");
     if (typeof schema_id !== "string" || schema_id.length === 0)
-      throw new TypeError("emit_schema: schema_id must be a non-empty string");
+      throw apiError(TypeError, "emit_schema: schema_id must be a non-empty string");
     if (items === undefined) items = null;
     if (items !== null && (typeof items !== "object" || isArray(items)))
-      throw new TypeError("emit_schema: items must be an object or null");
+      throw apiError(TypeError, "emit_schema(" + schema_id + "): items must be an object or null");
     const item = { schema_id, items };
     if (opts !== undefined && opts !== null) {
-      if (typeof opts !== "object") throw new TypeError("emit_schema: opts must be an object");
+      if (typeof opts !== "object") throw apiError(TypeError, "emit_schema(" + schema_id + "): opts must be an object");
       if (opts.rd_key !== undefined) item.rd_key = opts.rd_key;
       if (opts.attachments !== undefined) item.attachments = opts.attachments;
       if (opts.deps !== undefined) item.deps = opts.deps;
@@ -181,22 +229,36 @@
     }
     // Serialised now, so a handler that later mutates `items` does not change what it emitted,
     // and a value JSON cannot hold fails here, at the line that emitted it.
-    push(emitted, stringify(item));
+    let text;
+    try {
+      text = stringify(item);
+    } catch (e) {
+      throw apiError(TypeError, "emit_schema(" + schema_id + "): the items cannot be written as JSON: " +
+        StringCtor(e && e.message !== undefined ? e.message : e));
+    }
+    if (text === undefined) throw apiError(TypeError, "emit_schema(" + schema_id + "): the items cannot be written as JSON");
+    push(emitted, text);
   }
 
   // withdraw_schema(schema_id, {rd_key}) takes back this extension's contribution to a
   // document (the document goes when no contributor is left): for a later_handler, whose
   // outputs are not tracked per source (a conversation merged into another has no summary).
   function withdraw_schema(schema_id, opts) {
-    if (emitted === null) throw new ErrorCtor("withdraw_schema() may only be called while a handler runs");
+    if (emitted === null) throw apiError(ErrorCtor, "withdraw_schema() may only be called while a handler runs");
     if (typeof schema_id !== "string" || schema_id.length === 0)
-      throw new TypeError("withdraw_schema: schema_id must be a non-empty string");
+      throw apiError(TypeError, "withdraw_schema: schema_id must be a non-empty string");
     const item = { schema_id, items: null, withdraw: true };
     if (opts !== undefined && opts !== null) {
-      if (typeof opts !== "object") throw new TypeError("withdraw_schema: opts must be an object");
+      if (typeof opts !== "object") throw apiError(TypeError, "withdraw_schema: opts must be an object");
       if (opts.rd_key !== undefined) item.rd_key = opts.rd_key;
     }
-    push(emitted, stringify(item));
+    let text;
+    try {
+      text = stringify(item);
+    } catch (e) {
+      throw apiError(TypeError, "withdraw_schema(" + schema_id + "): the rd_key cannot be written as JSON");
+    }
+    push(emitted, text);
   }
 
   function log() {
@@ -206,7 +268,7 @@
   }
 
   function process_later(value) {
-    if (laterValues === null) throw new ErrorCtor("process_later() may only be called while a handler runs");
+    if (laterValues === null) throw apiError(ErrorCtor, "process_later() may only be called while a handler runs");
     push(laterValues, value);
   }
 
@@ -215,11 +277,14 @@
   }
 
   function callNative(name, args) {
-    const answer = parse(hostCall(name, stringify(args)));
-    if (answer.error !== undefined) {
-      const e = new ErrorCtor(name + ": " + answer.error);
-      throw e;
+    let json;
+    try {
+      json = stringify(args);
+    } catch (e) {
+      throw apiError(TypeError, name + ": the arguments cannot be written as JSON");
     }
+    const answer = parse(hostCall(name, json === undefined ? "[]" : json));
+    if (answer.error !== undefined) throw apiError(ErrorCtor, name + ": " + answer.error);
     return answer.ok;
   }
 
@@ -313,6 +378,11 @@
     return chosen;
   }
 
+  // No WebAssembly: its memories are reserved outside the runtime's memory cap, compiled
+  // modules are not covered by the code fingerprint's idea of "the source", and extensions
+  // transform documents, which JS does at the engine's JSON speed.
+  delete globalThis.WebAssembly;
+
   defineGlobal("extension", extension);
   defineGlobal("emit_schema", emit_schema);
   defineGlobal("withdraw_schema", withdraw_schema);
@@ -346,6 +416,30 @@
     defineGlobal("find_and_emit_conversation", find_and_emit_conversation);
   }
 
+  function isThenable(v) {
+    return v !== null && (typeof v === "object" || typeof v === "function") && typeof v.then === "function";
+  }
+
+  // Handlers are synchronous, but modern JS uses promises: the jobs a call queued run before
+  // the call ends (`hostDrain`), so `.then` callbacks and `await`s on work that is already
+  // done take effect in that call. A returned promise (an `async` handler) must be settled by
+  // then: its rejection is the call's error, and a promise still pending is one too — there is
+  // no later for it to settle in.
+  function settle(result) {
+    if (!isThenable(result)) {
+      hostDrain();
+      return;
+    }
+    let state = "pending";
+    let reason;
+    promiseThen(promiseResolve(PromiseCtor, result), () => { state = "fulfilled"; }, (e) => { state = "rejected"; reason = e; });
+    hostDrain();
+    if (state === "rejected") throw reason;
+    if (state === "pending")
+      throw new ErrorCtor("the handler returned a promise that was still pending when the call ended: " +
+        "handlers are synchronous, and an async handler may await only work that is already done");
+  }
+
   // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:
   // {"ok":[items…],"later":[…]} or {"error":{…}}.
   function runOne(fn, arg) {
@@ -353,7 +447,7 @@
     laterValues = [];
     hostBegin();
     try {
-      fn(arg);
+      settle(fn(arg));
       let text = '{"ok":[' + join(emitted, ",") + "]";
       if (laterValues.length > 0) text += ',"later":' + stringify(laterValues);
       return text + "}";
@@ -406,7 +500,10 @@
       for (let i = 0; i < keys.length; i++) {
         hostBegin();
         try {
-          push(out, !!declaration.filter(keys[i][0], keys[i][1], keys[i][2]));
+          const answer = declaration.filter(keys[i][0], keys[i][1], keys[i][2]);
+          if (isThenable(answer)) throw new ErrorCtor("filter returned a promise: filters are synchronous and answer true or false");
+          hostDrain();
+          push(out, !!answer);
         } catch (e) {
           push(out, { error: describeError(e) });
         }

@@ -8,6 +8,7 @@ pub mod config;
 mod digest;
 pub mod js;
 mod json_text;
+pub mod json_lines;
 pub mod mail;
 mod par;
 pub mod pipeline;

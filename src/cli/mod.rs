@@ -27,15 +27,17 @@ pub struct Cli {
 
     /// The database: a path for the embedded store, or an http(s):// CouchDB URL
     /// (default: the embedded store in ~/.local/share/raindrop/raindrop-data).
-    #[arg(long, global = true, env = "RAINDROP_DB")]
+    // The value is hidden from --help: a URL may hold a password.
+    #[arg(long, global = true, env = "RAINDROP_DB", hide_env_values = true)]
     pub db: Option<String>,
 
     /// Folder of extension `.js` files (default: js-extensions).
     #[arg(long, global = true, env = "RAINDROP_EXTENSIONS")]
     pub extensions: Option<PathBuf>,
 
-    /// JS worker threads, each with its own SpiderMonkey runtime (default: number of cores).
-    #[arg(long, global = true, env = "RAINDROP_JS_THREADS")]
+    /// JS worker threads, each with its own SpiderMonkey runtime (default: number of cores;
+    /// at most 64).
+    #[arg(long, global = true, env = "RAINDROP_JS_THREADS", value_parser = parse_js_threads)]
     pub js_threads: Option<usize>,
 
     #[command(subcommand)]
@@ -90,6 +92,24 @@ pub enum Command {
     },
 }
 
+/// The most JS threads a process runs. Each is a SpiderMonkey runtime with every extension
+/// loaded and a memory cap of its own; a thousand exhausted the machine's memory while they
+/// started.
+const MAX_JS_THREADS: usize = 64;
+
+fn parse_js_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|_| format!("{s:?} is not a number of threads"))?;
+    check_js_threads(n)
+}
+
+fn check_js_threads(n: usize) -> Result<usize, String> {
+    if (1..=MAX_JS_THREADS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("JS threads must be from 1 to {MAX_JS_THREADS}, not {n}"))
+    }
+}
+
 /// Flags, environment and config file, resolved (flags and environment win).
 pub struct Settings {
     pub store: StoreSpec,
@@ -108,7 +128,10 @@ impl Settings {
         Ok(Settings {
             store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
             extensions: cli.extensions.clone().or(file.extensions.clone()).unwrap_or_else(|| PathBuf::from("js-extensions")),
-            js_threads: cli.js_threads.or(file.js_threads).unwrap_or_else(num_cpus::get).max(1),
+            js_threads: match cli.js_threads.or(file.js_threads) {
+                Some(n) => check_js_threads(n).map_err(anyhow::Error::msg)?,
+                None => num_cpus::get().clamp(1, MAX_JS_THREADS),
+            },
             identities: my_identities(&file),
             sync_interval: std::time::Duration::from_secs(file.sync_interval_secs.unwrap_or(300).max(1)),
             accounts: file.accounts,
@@ -157,22 +180,12 @@ pub fn tally(results: Vec<raindrop::store::WriteResult>, label: &str) -> (u64, u
 /// The JSON objects of a JSON-lines file (`-` for standard input), blank lines skipped; a bad
 /// line is an error naming the file and line.
 pub fn read_json_lines(file: &str) -> anyhow::Result<Vec<serde_json::Map<String, serde_json::Value>>> {
-    use std::io::BufRead;
     use anyhow::Context;
-    let reader: Box<dyn BufRead> = if file == "-" {
-        Box::new(std::io::stdin().lock())
-    } else {
-        Box::new(std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?))
-    };
-    let mut out = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("cannot read {file}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        out.push(serde_json::from_str(&line).with_context(|| format!("{file}:{}: not a JSON object", n + 1))?);
+    if file == "-" {
+        return Ok(raindrop::json_lines::read_objects(std::io::stdin().lock(), "standard input")?);
     }
-    Ok(out)
+    let reader = std::io::BufReader::new(std::fs::File::open(file).with_context(|| format!("cannot open {file}"))?);
+    Ok(raindrop::json_lines::read_objects(reader, file)?)
 }
 
 pub fn init_logging(verbose: u8) {

@@ -165,8 +165,12 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
 /// `--process`, the pipeline follows the feed while the import writes.
 pub fn import(settings: &Settings, paths: &[std::path::PathBuf], and_process: bool) -> anyhow::Result<ExitCode> {
     let mut found = Vec::new();
+    let mut skipped = Vec::new();
     for path in paths {
-        raindrop::mail::import::read_messages(path, &mut found).with_context(|| format!("cannot read {}", path.display()))?;
+        raindrop::mail::import::read_messages(path, &mut found, &mut skipped);
+    }
+    for s in &skipped {
+        eprintln!("warning: skipped {}: {}", s.path.display(), s.error);
     }
     let refused = if and_process {
         let started = Instant::now();
@@ -178,8 +182,8 @@ pub fn import(settings: &Settings, paths: &[std::path::PathBuf], and_process: bo
     } else {
         write_messages(&*settings.open_store()?, &found, std::io::stderr().is_terminal())?
     };
-    eprintln!("{} message(s) read, {refused} refused", found.len());
-    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    eprintln!("{} message(s) read, {refused} refused, {} path(s) skipped", found.len(), skipped.len());
+    Ok(if refused > 0 || !skipped.is_empty() { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// Writes the messages 200 at a time; returns how many the store refused. The chunks do not

@@ -91,6 +91,18 @@ pub enum Category {
     Smart,
 }
 
+/// The longest time limit an extension may declare (the driver refuses more): an hour.
+pub const MAX_TIME_LIMIT_MS: f64 = 3_600_000.0;
+
+impl Declaration {
+    /// The declared time limit per call, if any. The driver checks the range; a value out of it
+    /// (a declaration not made by the driver) counts as none rather than as no limit at all.
+    pub fn time_limit(&self) -> Option<std::time::Duration> {
+        let ms = self.time_limit_ms?;
+        (ms >= 1.0 && ms <= MAX_TIME_LIMIT_MS).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+    }
+}
+
 impl std::fmt::Display for Category {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

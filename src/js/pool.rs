@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::engine::{CallFailure, JsRuntime, RuntimeLimits, SandboxId};
+use super::engine::{CallFailure, JsRuntime, LoadFailure, RuntimeLimits, SandboxId};
 use super::extension::{Declaration, ExtensionSource, LoadedExtension};
 use super::host::HostFunctions;
 use super::watchdog::{WatchSlot, Watchdog};
@@ -405,13 +405,22 @@ impl Worker<'_> {
         let mut sandboxes = Vec::new();
         let mut declarations = Vec::new();
         let mut seen_ids: Vec<(String, String)> = Vec::new();
-        for source in &self.shared.sources {
+        let limit = self.shared.config.time_limit;
+        for (i, source) in self.shared.sources.iter().enumerate() {
             let file = source.file_name();
+            // A file that failed to load in this worker's first runtime fails the same way in
+            // a recycled one: it is not run again (a top-level loop cost its time limit at
+            // every recycle).
+            if let Some(Err(e)) = self.declarations.get(i) {
+                sandboxes.push(None);
+                declarations.push(Err(e.clone()));
+                continue;
+            }
             // Loading runs top-level extension code: it gets the default time limit too.
-            self.slot.arm(self.shared.config.time_limit);
+            self.slot.arm(limit);
             let loaded = rt.load(&file, &source.source);
             self.slot.disarm();
-            let decl = loaded.map_err(|e| e.to_string()).and_then(|(id, json)| {
+            let decl = loaded.map_err(|failure| load_error(&file, failure, limit, self.shared.config.heap_bytes)).and_then(|(id, json)| {
                 let decl: Declaration = serde_json::from_str(&json)
                     .map_err(|e| format!("{file}: the driver described the extension badly: {e}"))?;
                 if let Some((_, other)) = seen_ids.iter().find(|(i, _)| *i == decl.id) {
@@ -482,7 +491,7 @@ impl Worker<'_> {
 
     /// The time limit for one call of `decl`'s functions: its own, or the pool's default.
     fn time_limit(&self, decl: &Declaration) -> Duration {
-        decl.time_limit_ms.map(|ms| Duration::from_secs_f64(ms / 1000.0)).unwrap_or(self.shared.config.time_limit)
+        decl.time_limit().unwrap_or(self.shared.config.time_limit)
     }
 
     /// One call of a control method other than `run`, under the extension's time limit; the
@@ -503,9 +512,10 @@ impl Worker<'_> {
         let oom = call.out_of_memory;
         let result = match call.result {
             Ok(text) => Ok(text),
-            Err(_) if oom => Err(HandlerError::new(FailureKind::OutOfMemory, "ran out of memory (the runtime's heap cap)")),
+            Err(_) if oom => Err(HandlerError::new(FailureKind::OutOfMemory, out_of_memory_message(self.shared.config.heap_bytes))),
             Err(CallFailure::Interrupted) => Err(HandlerError::new(FailureKind::TimeLimit, format!("ran past its time limit of {} ms and was stopped", limit.as_millis()))),
             Err(CallFailure::Threw(e)) => Err(HandlerError::new(FailureKind::Exception, e.to_string())),
+            Err(CallFailure::BadInput(e)) => Err(HandlerError::new(FailureKind::BadInput, e.to_string())),
         };
         if oom {
             self.recycle();
@@ -571,7 +581,7 @@ impl Worker<'_> {
                     outcomes.extend(parse_outcomes(&text, rest.len(), out_of_memory));
                     rest = &[];
                 }
-                Err(CallFailure::Threw(e)) if e.message.starts_with("invalid input") && !out_of_memory => {
+                Err(CallFailure::BadInput(e)) if !out_of_memory => {
                     if rest.len() == 1 {
                         outcomes.push(DocOutcome::Failed(HandlerError::new(FailureKind::BadInput, e.message)));
                     } else {
@@ -591,8 +601,9 @@ impl Worker<'_> {
                         CallFailure::Interrupted if !out_of_memory => {
                             (FailureKind::TimeLimit, format!("the handler ran past its time limit of {} ms and was stopped", limit.as_millis()))
                         }
-                        _ if out_of_memory => (FailureKind::OutOfMemory, "the handler ran out of memory (the runtime's heap cap)".to_string()),
+                        _ if out_of_memory => (FailureKind::OutOfMemory, format!("the handler {}", out_of_memory_message(self.shared.config.heap_bytes))),
                         CallFailure::Threw(e) => (FailureKind::Exception, e.to_string()),
+                        CallFailure::BadInput(e) => (FailureKind::BadInput, e.to_string()),
                         CallFailure::Interrupted => unreachable!("handled above"),
                     };
                     if out_of_memory {
@@ -616,6 +627,22 @@ impl Worker<'_> {
         }
         outcomes
     }
+}
+
+/// Why an extension did not load, as `ext list` and the logs say it.
+fn load_error(file: &str, failure: LoadFailure, limit: Duration, heap_bytes: u32) -> String {
+    match failure {
+        LoadFailure::Threw(e) => e.to_string(),
+        LoadFailure::Interrupted => format!(
+            "{file}: its top-level code ran past the load time limit of {} ms and was stopped (a loop at the top level?)",
+            limit.as_millis()
+        ),
+        LoadFailure::OutOfMemory => format!("{file}: its top-level code {}", out_of_memory_message(heap_bytes)),
+    }
+}
+
+fn out_of_memory_message(heap_bytes: u32) -> String {
+    format!("ran out of memory: over the runtime's cap of {} MiB (JS objects, strings and array buffers)", heap_bytes >> 20)
 }
 
 /// Whether JSON text holds a `\\uHHHH` escape of a surrogate that is not part of a pair.

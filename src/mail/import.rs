@@ -14,10 +14,39 @@ pub struct FoundMessage {
     pub bytes: Vec<u8>,
 }
 
-/// Every message under `path` (sorted by file name, so imports are repeatable).
-pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+/// A file or folder an import could not read, and why.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: std::io::Error,
+}
+
+/// Every message under `path` (sorted by file name, so imports are repeatable). What cannot be
+/// read — a file without permission, a folder reached again through a symbolic link loop — is
+/// listed in `skipped` and the walk goes on: one bad file does not stop a mailbox's import.
+pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>, skipped: &mut Vec<Unreadable>) {
+    walk(path, out, skipped, &mut std::collections::HashSet::new());
+}
+
+fn walk(path: &Path, out: &mut Vec<FoundMessage>, skipped: &mut Vec<Unreadable>, folders_read: &mut std::collections::HashSet<PathBuf>) {
+    let mut skip = |error: std::io::Error| skipped.push(Unreadable { path: path.to_path_buf(), error });
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) => return skip(e),
+    };
+    if meta.is_dir() {
+        // Each folder once, by its real path: a link back up the tree is not walked for ever.
+        match std::fs::canonicalize(path) {
+            Ok(real) if !folders_read.insert(real.clone()) => {
+                return skip(std::io::Error::other(format!("{} was read already (a symbolic link loop?)", real.display())));
+            }
+            Ok(_) => {}
+            Err(e) => return skip(e),
+        }
+        let mut entries: Vec<PathBuf> = match std::fs::read_dir(path) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => return skip(e),
+        };
         entries.sort();
         for entry in entries {
             let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -25,11 +54,14 @@ pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>) -> std::io::Resul
             if name.starts_with('.') || (name == "tmp" && entry.is_dir()) {
                 continue;
             }
-            read_messages(&entry, out)?;
+            walk(&entry, out, skipped, folders_read);
         }
-        return Ok(());
+        return;
     }
-    let bytes = std::fs::read(path)?;
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => return skip(e),
+    };
     let origin = path.display().to_string();
     if bytes.starts_with(b"From ") {
         for (i, message) in split_mbox(&bytes).into_iter().enumerate() {
@@ -38,7 +70,6 @@ pub fn read_messages(path: &Path, out: &mut Vec<FoundMessage>) -> std::io::Resul
     } else if !bytes.is_empty() {
         out.push(FoundMessage { origin, bytes });
     }
-    Ok(())
 }
 
 /// Splits an mbox into messages: a line starting "From " begins one; ">From " lines are

@@ -45,6 +45,8 @@ pub use natives::register_natives;
 
 /// Prefix of state records' ids.
 const STATE_PREFIX: &str = "rdstate!";
+/// The schema of the documents that record failures.
+const ERROR_SCHEMA: &str = "rd.core.error";
 /// Prefix of the record holding the values waiting for later_handlers (see `later`).
 const LATER_PREFIX: &str = "rdlater!";
 /// How many times a conflicting write is re-merged before it becomes an error.
@@ -282,6 +284,7 @@ impl Pipeline {
                         s.docs_written += local.docs_written;
                         s.docs_removed += local.docs_removed;
                         s.conflicts_retried += local.conflicts_retried;
+                        s.errors += local.errors;
                         s.clone()
                     };
                     progress(&snapshot);
@@ -478,12 +481,17 @@ impl Pipeline {
         let t0 = Instant::now();
 
         // Extensions without source_schemas are asked, per source, through their filter().
+        // Error documents are not offered to filters: a filter that failed on every document
+        // failed again on each error document it caused, and so without end (4 sources made
+        // 228,000 writes). An extension that wants them names `rd.core.error` in its
+        // source_schemas.
         let mut accepted: HashMap<usize, Vec<bool>> = HashMap::new();
         let mut filter_failures: Vec<(usize, usize, HandlerError)> = Vec::new();
-        if !sources.is_empty() && self.exts.iter().any(|e| e.filtered) {
-            let keys: Vec<(String, String, String)> = sources
+        let offered: Vec<usize> = (0..sources.len()).filter(|&si| sources[si].schema != ERROR_SCHEMA).collect();
+        if !offered.is_empty() && self.exts.iter().any(|e| e.filtered) {
+            let keys: Vec<(String, String, String)> = offered
                 .iter()
-                .map(|d| (d.id.clone(), d.rev.clone(), d.schema.clone()))
+                .map(|&si| (sources[si].id.clone(), sources[si].rev.clone(), sources[si].schema.clone()))
                 .collect();
             // Encoded once for all filters, which run side by side.
             let keys = Arc::new(FilterKeys::new(&keys));
@@ -497,9 +505,12 @@ impl Pipeline {
             for (ei, call) in pending {
                 let answers = call.wait();
                 let mut yes = vec![false; sources.len()];
-                for (si, answer) in answers.into_iter().enumerate() {
+                for (&si, answer) in offered.iter().zip(answers) {
                     match answer {
                         Ok(b) => yes[si] = b,
+                        // The extension would not run on its own output anyway, and an error
+                        // recorded there would be its output again.
+                        Err(_) if sources[si].contributors.contains(&self.exts[ei].id) => {}
                         Err(e) => filter_failures.push((si, ei, e)),
                     }
                 }
@@ -842,6 +853,22 @@ impl Pipeline {
     /// (the embedded store commits it all at once). Returns the results of writing
     /// `bookkeeping`.
     fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+        let (bookkeeping_results, refused) = self.write_merged(items, removals, bookkeeping, states, checkpoint, stats)?;
+        if !refused.is_empty() {
+            let (errors, states) = self.refusal_errors(refused, stats)?;
+            // Once: an error document the store refuses too is only logged (below).
+            let (_, refused_again) = self.write_merged(errors, Vec::new(), Vec::new(), states, checkpoint, stats)?;
+            for (id, _, reason) in refused_again {
+                tracing::error!("the store refused {id}, the error document of an output it refused: {reason}");
+            }
+        }
+        Ok(bookkeeping_results)
+    }
+
+    /// [`Pipeline::write`] without the second chance: also returns the documents the store
+    /// refused, with the items that made each and the store's reason.
+    fn write_merged(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: (&str, &Value), stats: &mut Stats) -> Result<(Vec<WriteResult>, Vec<Refused>), StoreError> {
+        let mut refused: Vec<Refused> = Vec::new();
         let mut pending_items: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
         for item in items {
             if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
@@ -911,7 +938,7 @@ impl Pipeline {
                 if attempt == 0 {
                     self.store.put_local(checkpoint.0, checkpoint.1)?;
                 }
-                return Ok(bookkeeping_results);
+                return Ok((bookkeeping_results, refused));
             }
             crate::timing::record("W:merge", t0, 0);
             let t0 = Instant::now();
@@ -932,19 +959,74 @@ impl Pipeline {
                 match r {
                     WriteResult::Ok { .. } => stats.docs_written += 1,
                     WriteResult::Conflict { id } => conflicted.push(id.clone()),
-                    WriteResult::Error { id, reason } => tracing::error!("the store refused {id}: {reason}"),
+                    WriteResult::Error { id, reason } => {
+                        tracing::warn!("the store refused {id}: {reason}");
+                        let made_by = pending_items.remove(id).unwrap_or_default();
+                        refused.push((id.clone(), made_by, reason.clone()));
+                    }
                 }
             }
             if conflicted.is_empty() {
-                return Ok(bookkeeping_results);
+                return Ok((bookkeeping_results, refused));
             }
             stats.conflicts_retried += conflicted.len() as u64;
             ids = conflicted;
         }
         tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
-        Ok(bookkeeping_results)
+        Ok((bookkeeping_results, refused))
+    }
+
+    /// The error documents for outputs the store refused (a name or a value it does not take,
+    /// a size over its limit), each against the source whose handler made it, and those
+    /// sources' state records marked failed (so `status` counts them and `retry-errors` runs
+    /// them again). Written in a write of their own right after the page's.
+    fn refusal_errors(&self, refused: Vec<Refused>, stats: &mut Stats) -> Result<(Vec<SchemaItem>, Vec<Record>), StoreError> {
+        let mut errors = Vec::new();
+        // source id → extension id → (refused output, error document) pairs
+        let mut by_source: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>> = BTreeMap::new();
+        for (id, made_by, reason) in refused {
+            for item in made_by {
+                let Some(ext) = self.exts.iter().find(|e| e.id == item.ext_id) else { continue };
+                stats.errors += 1;
+                let e = HandlerError::new(crate::js::FailureKind::BadOutput, format!("the store refused the output {id}: {reason}"));
+                let error = match &item.rd_source {
+                    Some((sid, srev)) => {
+                        let key = model::rd_key_of_id(sid).unwrap_or_else(|| item.rd_key.clone());
+                        error_item(&key, (sid, srev), ext, &e)
+                    }
+                    // A later_handler's output: an error document of its own, keyed by it.
+                    None => error_item(&json!(["ext", format!("{}#refused-{}", ext.id, &crate::digest::digest(&[id.as_bytes()])[..16])]), (&format!("ext!{}", ext.id), ""), ext, &e),
+                };
+                if let (Some((sid, _)), Ok(error_id)) = (&item.rd_source, model::doc_id(&error.rd_key, &error.schema_id)) {
+                    by_source.entry(sid.clone()).or_default().entry(ext.id.clone()).or_default().push((id.clone(), error_id));
+                }
+                errors.push(error);
+            }
+        }
+        let ids: Vec<String> = by_source.keys().map(|sid| state_id(sid)).collect();
+        let mut states = Vec::new();
+        for (state, (_, by_ext)) in self.store.get_records(&ids)?.into_iter().zip(by_source) {
+            let Some(mut state) = state else { continue };
+            for (ext_id, swaps) in by_ext {
+                let Some(Value::Object(entry)) = state.get_mut(&ext_id) else { continue };
+                let mut outputs: Vec<Value> = entry.get("outputs").and_then(Value::as_array).cloned().unwrap_or_default();
+                for (output, error_id) in swaps {
+                    outputs.retain(|o| o.as_str() != Some(output.as_str()));
+                    if !outputs.iter().any(|o| o.as_str() == Some(error_id.as_str())) {
+                        outputs.push(Value::String(error_id));
+                    }
+                }
+                entry.insert("outputs".into(), Value::Array(outputs));
+                entry.insert("error".into(), Value::Bool(true));
+            }
+            states.push(Record::Doc(state));
+        }
+        Ok((errors, states))
     }
 }
+
+/// A document the store refused: its id, the items that made it, and the store's reason.
+type Refused = (String, Vec<SchemaItem>, String);
 
 /// The (document id, extension id) pairs `withdraw_schema` named; each names its `rd_key`, or
 /// takes `default_key` (the source's, in a handler).
@@ -995,6 +1077,14 @@ fn doc_str<'a>(doc: &'a Doc, key: &str) -> &'a str {
     doc.get(key).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// Whether `id` is not for an extension to write with `update_documents`: the pipeline's own
+/// records (per-source state, later queues, the dependency index — writing one injected values
+/// into another extension's queue) and the server's special documents (`_design/…` would be a
+/// live design document on CouchDB, `_local/…` a checkpoint).
+pub fn is_reserved_id(id: &str) -> bool {
+    id.starts_with('_') || [STATE_PREFIX, LATER_PREFIX, DEPS_PREFIX].iter().any(|p| id.starts_with(p))
+}
+
 fn state_id(source_id: &str) -> String {
     format!("{STATE_PREFIX}{source_id}")
 }
@@ -1033,7 +1123,7 @@ fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerE
     fields.insert("error_details".into(), details);
     SchemaItem {
         rd_key: rd_key.clone(),
-        schema_id: "rd.core.error".into(),
+        schema_id: ERROR_SCHEMA.into(),
         ext_id: ext.id.clone(),
         rd_source: Some((source.0.to_string(), source.1.to_string())),
         items: Some(model::Fields::from_map(&fields)),
@@ -1246,7 +1336,7 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
                 }
                 if remove || only_errors {
                     for out in entry.get("outputs").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
-                        if remove || model::schema_of_id(out) == Some("rd.core.error") {
+                        if remove || model::schema_of_id(out) == Some(ERROR_SCHEMA) {
                             removals.push((out.to_string(), k.clone()));
                         }
                     }
@@ -1289,7 +1379,7 @@ fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError> {
 fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
     // queue id → (error document id, extension id, values)
     let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
-    for doc in store.find("rd.core.error", None, usize::MAX)? {
+    for doc in store.find(ERROR_SCHEMA, None, usize::MAX)? {
         let Some(details) = doc.get("error_details") else { continue };
         let (Some(Value::Array(values)), Some(Value::String(queue)), Some(Value::String(ext_id))) =
             (details.get("later_values"), details.get("later_queue"), details.get("ext_id"))

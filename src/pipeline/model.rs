@@ -49,21 +49,43 @@ pub struct SchemaItem {
 /// ([`new_doc_body`]). Parsing every emission into values, copying them into a document and
 /// printing that again was ~15% of the mail run's CPU, most of it on the writer thread. The
 /// fields are parsed only when they merge into a document that exists ([`Fields::to_map`]).
+///
+/// No field is named like a member the store or the model owns ([`is_reserved_field`]): an
+/// emitted `_id` and `_rev` replaced another document outright, and an `rd_schema_items`
+/// would corrupt the merge.
 #[derive(Debug, Clone)]
 pub struct Fields(Box<RawValue>);
 
+/// Whether a field name belongs to the store (`_id`, `_rev`, `_deleted`, `_attachments`, …)
+/// or to the document model (`rd_key`, `rd_schema_id`, `rd_schema_items`, …): no extension
+/// may emit one.
+pub fn is_reserved_field(name: &str) -> bool {
+    name.starts_with('_') || name.starts_with("rd_")
+}
+
 impl Fields {
-    /// The fields of JSON text that must be an object.
+    /// The fields of JSON text that must be an object without reserved names.
     pub fn from_raw(raw: Box<RawValue>) -> Result<Fields, ModelError> {
-        match raw.get().trim_start().as_bytes().first() {
-            Some(b'{') => Ok(Fields(raw)),
-            _ => Err(ModelError::NotAnObject(raw.get().chars().take(60).collect())),
+        let text = raw.get();
+        let reserved = match crate::json_text::members(text) {
+            Some(members) => crate::json_text::names(text, &members).find(|n| is_reserved_field(n)).map(str::to_string),
+            // Not an object, or a name written with escapes: read the names the slow way.
+            None => match serde_json::from_str::<Map<String, Value>>(text) {
+                Ok(map) => map.keys().find(|n| is_reserved_field(n)).cloned(),
+                Err(_) => return Err(ModelError::NotAnObject(text.chars().take(60).collect())),
+            },
+        };
+        match reserved {
+            Some(name) => Err(ModelError::ReservedField(name)),
+            None => Ok(Fields(raw)),
         }
     }
 
+    /// The fields of `map`, leaving out reserved names (raw data written by `add-schemas`).
     pub fn from_map(map: &Map<String, Value>) -> Fields {
+        let kept: Map<String, Value> = map.iter().filter(|(k, _)| !is_reserved_field(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
         // A map of JSON values always prints.
-        Fields(serde_json::value::to_raw_value(map).expect("a JSON map serialises"))
+        Fields(serde_json::value::to_raw_value(&kept).expect("a JSON map serialises"))
     }
 
     pub fn to_map(&self) -> Map<String, Value> {
@@ -86,6 +108,8 @@ impl PartialEq for Fields {
 pub enum ModelError {
     #[error("the fields must be an object, not {0}")]
     NotAnObject(String),
+    #[error("field `{0}` is reserved: names starting with `_` or `rd_` belong to the store and the document model")]
+    ReservedField(String),
     #[error("rd_key must be [key type (a string), key value], not {0}")]
     BadKey(String),
 }
@@ -155,6 +179,19 @@ pub fn doc_id(rd_key: &Value, schema_id: &str) -> Result<String, ModelError> {
     }
 }
 
+/// The `rd_key` a document id made by [`doc_id`] encodes; `None` for other documents.
+pub fn rd_key_of_id(id: &str) -> Option<Value> {
+    let rest = id.strip_prefix("rc!")?;
+    // Base64 holds neither `.` nor `!`.
+    let (key, schema) = rest.rsplit_once('!')?;
+    let (key_type, encoded) = key.rsplit_once('.')?;
+    let json = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let value: Value = serde_json::from_slice(&json).ok()?;
+    let rd_key = Value::Array(vec![Value::String(key_type.to_string()), value]);
+    // Read back only if it makes the same id (a `!` in a schema id would fool the cut).
+    (doc_id(&rd_key, schema).ok()? == id).then_some(rd_key)
+}
+
 /// The schema id of a document id made by [`doc_id`]; `None` for other documents.
 pub fn schema_of_id(id: &str) -> Option<&str> {
     let rest = id.strip_prefix("rc!")?;
@@ -191,9 +228,8 @@ fn contributor_entry(item: &SchemaItem) -> Map<String, Value> {
 
 /// The stored body (every member but `_id`) of the document `item` makes when its document does
 /// not exist yet: what [`apply_item_at`] would give with no existing document, built from the
-/// fields' text without parsing them. `None` when that shortcut does not apply — the item has
-/// attachments, or a field is named like a model or special member (`apply_item_at` then
-/// decides, and the store refuses a `_` member).
+/// fields' text without parsing them. `None` when that shortcut does not apply: the item has
+/// attachments.
 pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     if item.attachments.is_some() {
         return None;
@@ -202,10 +238,8 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     let fields = match &item.items {
         Some(fields) => {
             let text = fields.text().trim();
-            if !plain_keys(text) {
-                return None;
-            }
-            // Checked to be an object when made: the members between the braces.
+            // Checked when made: an object without reserved names; the members between the
+            // braces.
             Some(text.strip_prefix('{')?.strip_suffix('}')?.trim())
         }
         None => {
@@ -239,13 +273,6 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     body.push_str(&entry);
     body.push_str("}}");
     Some(body)
-}
-
-/// Whether no top-level member of an object's JSON text is named like a special (`_…`) or model
-/// member; read without building the values (a name with escapes counts as not plain: the
-/// merge then decides).
-fn plain_keys(text: &str) -> bool {
-    crate::json_text::members(text).is_some_and(|m| crate::json_text::names(text, &m).all(|n| !n.starts_with('_') && !MODEL_KEYS.contains(&n)))
 }
 
 
@@ -500,12 +527,12 @@ mod tests {
             let body = new_doc_body(&case).expect("a plain item");
             assert_eq!(serde_json::from_str::<Doc>(&body).unwrap(), merged, "{body}");
         }
-        // Members the model or the store own are left to the merge (and the store's checks).
-        for named in [r#"{"rd_key": 1}"#, r#"{"_id": "x"}"#, r#"{"a": 1, "rd_schema_items": {}}"#] {
-            let mut odd = item("ext.a", 0.0, Value::Null);
-            odd.items = Some(raw(named));
-            assert_eq!(new_doc_body(&odd), None, "{named}");
+        // Members the model or the store own cannot be fields at all.
+        for named in [r#"{"rd_key": 1}"#, r#"{"_id": "x"}"#, r#"{"a": 1, "rd_schema_items": {}}"#, r#"{"\u005frev": "1-x"}"#, r#"{"rd_anything": 0}"#] {
+            let refused = Fields::from_raw(RawValue::from_string(named.to_string()).unwrap());
+            assert!(matches!(refused, Err(ModelError::ReservedField(_))), "{named}: {refused:?}");
         }
+        assert_eq!(Fields::from_map(json!({"_id": 1, "rd_x": 2, "a": 3}).as_object().unwrap()).text(), r#"{"a":3}"#);
         let mut attached = item("ext.a", 0.0, json!({"a": 1}));
         attached.attachments = Some(Map::new());
         assert_eq!(new_doc_body(&attached), None);
@@ -520,6 +547,10 @@ mod tests {
         let id = doc_id(&json!(["email", "d3d08a8a534c464881a95b75300e9011@something"]), "rd.msg.body").unwrap();
         assert_eq!(id, "rc!email.ImQzZDA4YThhNTM0YzQ2NDg4MWE5NWI3NTMwMGU5MDExQHNvbWV0aGluZyI=!rd.msg.body");
         assert_eq!(schema_of_id(&id), Some("rd.msg.body"));
+        assert_eq!(rd_key_of_id(&id), Some(json!(["email", "d3d08a8a534c464881a95b75300e9011@something"])));
+        let odd = json!(["conv", ["email", "é!.x"]]);
+        assert_eq!(rd_key_of_id(&doc_id(&odd, "rd.conv.summary").unwrap()), Some(odd));
+        assert_eq!(rd_key_of_id("rdstate!x"), None);
         assert_eq!(schema_of_id("sample!x"), None);
         assert!(doc_id(&json!("nope"), "s").is_err());
         assert!(doc_id(&json!([1, 2]), "s").is_err());

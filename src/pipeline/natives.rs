@@ -100,7 +100,8 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
-    // the document's rd_key and rd_schema_id
+    // the document's rd_key and rd_schema_id; the pipeline's records and the server's special
+    // documents are refused
     host.register("update_documents", move |_, args| {
         let docs = args.first().and_then(Value::as_array).ok_or("update_documents needs an array of documents")?;
         let mut docs = docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
@@ -111,12 +112,26 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
                 doc.insert("_id".into(), Value::String(id));
             }
         }
-        let results = s.bulk_write(docs).map_err(|e| e.to_string())?;
-        Ok(Value::Array(results.into_iter().map(|r| match r {
+        // One answer per document, in order: the refused ones here, the others from the store.
+        let mut answers: Vec<Option<Value>> = Vec::with_capacity(docs.len());
+        let mut writes = Vec::new();
+        for doc in docs {
+            match doc.get("_id").and_then(Value::as_str) {
+                Some(id) if super::is_reserved_id(id) => {
+                    answers.push(Some(json!({"id": id, "error": "reserved: this id belongs to Raindrop's bookkeeping or to the server"})));
+                }
+                _ => {
+                    answers.push(None);
+                    writes.push(doc);
+                }
+            }
+        }
+        let mut results = s.bulk_write(writes).map_err(|e| e.to_string())?.into_iter().map(|r| match r {
             WriteResult::Ok { id, rev } => json!({"id": id, "rev": rev}),
             WriteResult::Conflict { id } => json!({"id": id, "error": "conflict"}),
             WriteResult::Error { id, reason } => json!({"id": id, "error": reason}),
-        }).collect()))
+        });
+        Ok(Value::Array(answers.into_iter().map(|a| a.unwrap_or_else(|| results.next().unwrap_or(Value::Null))).collect()))
     });
 }
 

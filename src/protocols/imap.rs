@@ -45,8 +45,12 @@ const CHUNK_BYTES: u64 = 500 * 1024;
 const HEADER_BATCH: usize = 200;
 /// Tries per job before its folder is left for the next sync.
 const JOB_TRIES: u32 = 4;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
-const IO_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a connection may take to open, and a read or a write to make progress, when the
+/// account does not say (`timeout_secs`): a server that accepts and then says nothing fails
+/// the job after this long instead of holding the sync for ever.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest `timeout_secs` an account may set.
+const MAX_TIMEOUT_SECS: u64 = 600;
 
 /// How the connection is protected. `plain` is allowed only to a loopback address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -78,6 +82,9 @@ pub struct ImapAccount {
     pub exclude_folders: Vec<String>,
     /// Connections to open at most (1–6, default 6).
     pub connections: Option<usize>,
+    /// Seconds a connection may take to open, and a read or a write to make progress
+    /// (1–600, default 60).
+    pub timeout_secs: Option<u64>,
 }
 
 fn default_security() -> Security {
@@ -86,6 +93,18 @@ fn default_security() -> Security {
 
 /// A password, redacted from every `Debug` print.
 pub struct Password(String);
+
+impl Password {
+    /// `text` with the password (as sent, and as IMAP quotes it) blotted out: a hostile or
+    /// broken server may echo the LOGIN line into an error that Raindrop reports.
+    fn redact(&self, text: &str) -> String {
+        if self.0.is_empty() {
+            return text.to_string();
+        }
+        let quoted = self.0.replace('\\', "\\\\").replace('"', "\\\"");
+        text.replace(&quoted, "<password>").replace(&self.0, "<password>")
+    }
+}
 
 impl std::fmt::Debug for Password {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -135,6 +154,10 @@ impl ImapAccount {
         self.connections.unwrap_or(MAX_CONNECTIONS).clamp(1, MAX_CONNECTIONS)
     }
 
+    fn timeout(&self) -> Duration {
+        self.timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+    }
+
     fn config_error(&self, message: impl Into<String>) -> SyncError {
         SyncError::Config { account: self.id.clone(), message: message.into() }
     }
@@ -143,6 +166,9 @@ impl ImapAccount {
     pub fn validate(&self) -> Result<(), SyncError> {
         if self.id.is_empty() || self.host.is_empty() || self.username.is_empty() {
             return Err(self.config_error("id, host and username are required"));
+        }
+        if self.timeout_secs.is_some_and(|t| !(1..=MAX_TIMEOUT_SECS).contains(&t)) {
+            return Err(self.config_error(format!("timeout_secs must be from 1 to {MAX_TIMEOUT_SECS}")));
         }
         if self.security == Security::Plain && !is_loopback(&self.host) {
             return Err(self.config_error(format!(
@@ -180,16 +206,26 @@ enum ConnectError {
     Failed(String),
 }
 
+/// Opens and logs in a session; the errors' text never holds the password.
 fn connect(account: &ImapAccount, password: &Password) -> Result<Session, ConnectError> {
+    match open_session(account, password) {
+        Err(ConnectError::Refused(r)) => Err(ConnectError::Refused(password.redact(&r))),
+        Err(ConnectError::Failed(r)) => Err(ConnectError::Failed(password.redact(&r))),
+        ok => ok,
+    }
+}
+
+fn open_session(account: &ImapAccount, password: &Password) -> Result<Session, ConnectError> {
     let failed = |e: &dyn std::fmt::Display| ConnectError::Failed(e.to_string());
     let addr = (account.host.as_str(), account.port())
         .to_socket_addrs()
         .map_err(|e| failed(&e))?
         .next()
         .ok_or_else(|| ConnectError::Failed("the host name has no address".into()))?;
-    let tcp = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(|e| failed(&e))?;
-    tcp.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| failed(&e))?;
-    tcp.set_write_timeout(Some(IO_TIMEOUT)).map_err(|e| failed(&e))?;
+    let timeout = account.timeout();
+    let tcp = TcpStream::connect_timeout(&addr, timeout).map_err(|e| failed(&e))?;
+    tcp.set_read_timeout(Some(timeout)).map_err(|e| failed(&e))?;
+    tcp.set_write_timeout(Some(timeout)).map_err(|e| failed(&e))?;
     let mut client = match account.security {
         Security::Plain => {
             let mut c = imap::Client::new(Box::new(tcp) as imap::Connection);
@@ -385,6 +421,8 @@ fn worker(account: &ImapAccount, password: &Password, store: &dyn Store, jobs: R
                 Err(JobError::Refused(reason)) => break Outcome::LoginRefused(reason),
                 Err(JobError::Store(error)) => break Outcome::Failed { folder: job.folder().to_string(), error, retries },
                 Err(JobError::Imap(error)) => {
+                    // A server that knows the password may put it in any answer.
+                    let error = password.redact(&error);
                     conn = None;
                     retries += 1;
                     if retries as u32 >= JOB_TRIES {
@@ -554,7 +592,7 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
         ConnectError::Failed(reason) => SyncError::Connect { account: account.id.clone(), server: account.server(), reason },
     })?;
     let folders = list_folders(&mut lister, account)
-        .map_err(|e| SyncError::Connect { account: account.id.clone(), server: account.server(), reason: e.to_string() })?;
+        .map_err(|e| SyncError::Connect { account: account.id.clone(), server: account.server(), reason: password.redact(&e.to_string()) })?;
     let _ = lister.logout();
     let caches = load_caches(store, &account.id).map_err(store_error)?;
 

@@ -28,12 +28,23 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub first_backoff: Duration,
     pub max_backoff: Duration,
+    /// The longest one request may take (a longpoll gets its own wait on top). A server that
+    /// accepts connections and never answers fails a request after this long, and a request
+    /// that timed out is tried once more only: a silent server is not waited for `attempts`
+    /// times over.
+    pub request_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 8, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5) }
+        RetryPolicy { attempts: 8, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), request_timeout: default_request_timeout() }
     }
+}
+
+/// 120 s, or `RAINDROP_DB_TIMEOUT_SECS`.
+fn default_request_timeout() -> Duration {
+    let secs = std::env::var("RAINDROP_DB_TIMEOUT_SECS").ok().and_then(|s| s.parse::<u64>().ok()).filter(|&s| s > 0).unwrap_or(120);
+    Duration::from_secs(secs)
 }
 
 /// A CouchDB database.
@@ -99,8 +110,8 @@ impl CouchStore {
             .map(percent_decode)
             .or_else(|| std::env::var("RAINDROP_DB_PASSWORD").ok());
         let client = Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(None::<Duration>)
+            .connect_timeout(Duration::from_secs(10).min(retry.request_timeout))
+            .timeout(retry.request_timeout)
             .build()
             .map_err(|e| StoreError::Unavailable { location: redact(url), reason: e.to_string() })?;
         let store = CouchStore { client, db_url: redact(url), user, password, retry, views_ready: Default::default() };
@@ -137,8 +148,16 @@ impl CouchStore {
     fn send(&self, make: impl Fn() -> RequestBuilder) -> Result<Response, StoreError> {
         let mut backoff = self.retry.first_backoff;
         let mut last_error = String::new();
+        let mut timeouts = 0;
         for attempt in 1..=self.retry.attempts.max(1) {
             match make().send() {
+                Err(e) if e.is_timeout() => {
+                    timeouts += 1;
+                    last_error = format!("no answer within {} s", self.retry.request_timeout.as_secs_f64());
+                    if timeouts >= 2 {
+                        return Err(self.unavailable(format!("{last_error} ({timeouts} attempts)")));
+                    }
+                }
                 Ok(resp) if resp.status().is_server_error() => {
                     last_error = format!("the server answered {}", resp.status());
                 }

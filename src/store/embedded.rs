@@ -161,6 +161,7 @@ impl EmbeddedStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| err(path, e))?;
         }
+        refuse_foreign(path)?;
         let writer = set_up(path)?;
         let last: i64 = writer
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
@@ -315,6 +316,50 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 
 fn err(path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Embedded { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// Refuses a file that is not a Raindrop database, before anything writes to it: a mistyped
+/// `--db` pointing at another program's SQLite file would otherwise get tables added, a
+/// column added to a `docs` table of its own, and its journal switched to a write-ahead log.
+/// A missing or empty file, or an SQLite database without tables, is a new store.
+fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
+    let refuse = |why: String| Err(StoreError::Embedded { path: path.display().to_string(), reason: format!("{why}; refusing to use it as a Raindrop database (nothing was changed)") });
+    let mut head = [0u8; 16];
+    let n = match std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)) {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(path, e)),
+    };
+    if n == 0 {
+        return Ok(());
+    }
+    if n < head.len() || &head != b"SQLite format 3\0" {
+        return refuse("the file is not an SQLite database".into());
+    }
+    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX) else {
+        // Not readable as it is (a log to recover, say): the full open below reports it.
+        return Ok(());
+    };
+    let tables: Vec<String> = match conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").and_then(|mut st| {
+        st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()
+    }) {
+        Ok(t) => t,
+        Err(e) => return refuse(format!("its tables cannot be read ({e})")),
+    };
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let columns: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('docs')")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>())
+        .unwrap_or_default();
+    let ours = ["seq", "id", "rev", "deleted", "has_att", "body"].iter().all(|c| columns.iter().any(|have| have == c))
+        && tables.iter().any(|t| t == "local");
+    if ours {
+        Ok(())
+    } else {
+        refuse(format!("it is an SQLite database of another program (its tables: {})", tables.join(", ")))
+    }
 }
 
 /// The writer's connection, with the tables made or brought up to date. Two processes opening

@@ -178,15 +178,20 @@ fn a_memory_bomb_is_contained() {
     }});"#);
     let mut config = PoolConfig::new(1);
     config.heap_bytes = 64 << 20;
-    config.time_limit = Duration::from_secs(10);
+    // Far longer than a capped bomb takes: a stop by the clock would fail the test, not pass it.
+    config.time_limit = Duration::from_secs(120);
     let pool = JsPool::start(vec![bomb], config).unwrap();
     for kind in ["objects", "string"] {
         let start = Instant::now();
         let r = pool.run(0, docs(&[json!({"kind": kind}), json!({})]));
         let e = failure(&r.outcomes[0]);
-        assert!(matches!(e.kind, FailureKind::OutOfMemory | FailureKind::TimeLimit | FailureKind::Exception), "{e:?}");
-        assert!(e.kind != FailureKind::Exception || e.message.contains("memory") || e.message.contains("allocation"), "{e:?}");
-        assert!(start.elapsed() < Duration::from_secs(30));
+        match kind {
+            "objects" => assert_eq!(e.kind, FailureKind::OutOfMemory, "{e:?}"),
+            // Doubling a string makes ropes (a few bytes each) until the longest string the
+            // engine allows: a plain exception, not a memory bomb.
+            _ => assert!(e.kind == FailureKind::OutOfMemory || (e.kind == FailureKind::Exception && e.message.contains("allocation size overflow")), "{e:?}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{kind}: {:?}", start.elapsed());
         assert_eq!(emitted(&r.outcomes[1]), vec![("x.ok".to_string(), json!({"fine": true}))], "{kind}: the next document works");
     }
 }

@@ -219,12 +219,25 @@ fn two_workers_on_one_pouchdb_database_equal_one_worker() {
     ok({ let mut c = rd(&one, &exts); c.arg("process"); c });
     ok({ let mut c = rd(&two, &exts); c.arg("add-schemas").arg(&seed); c });
     // Two daemons side by side, each on its slice; a slice's outputs can be the other's
-    // sources, so each runs until neither has anything left.
+    // sources, so each runs until neither has anything left. Each source is run by one worker
+    // only: the handler runs add up to a single worker's, and each did a real share (both
+    // doing everything would give the same final database, but twice the runs).
+    let runs = |log: &str| -> u64 {
+        log.lines().filter_map(|l| l.split(" handler runs").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum()
+    };
+    let mut per_worker = [0u64; 2];
     for _ in 0..4 {
         let w0 = rd(&two, &exts).args(["process", "--worker", "0/2"]).stderr(Stdio::piped()).spawn().unwrap();
         let w1 = rd(&two, &exts).args(["process", "--worker", "1/2"]).stderr(Stdio::piped()).spawn().unwrap();
         let (o0, o1) = (w0.wait_with_output().unwrap(), w1.wait_with_output().unwrap());
         assert!(o0.status.success() && o1.status.success(), "{}{}", String::from_utf8_lossy(&o0.stderr), String::from_utf8_lossy(&o1.stderr));
+        let finals = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.starts_with("done in")).collect::<Vec<_>>().join("\n");
+        per_worker[0] += runs(&finals(&o0));
+        per_worker[1] += runs(&finals(&o1));
+    }
+    assert_eq!(per_worker[0] + per_worker[1], 3 * 800, "each source run by exactly one worker: {per_worker:?}");
+    for runs in per_worker {
+        assert!((3 * 800 * 3 / 10..=3 * 800 * 7 / 10).contains(&runs), "an uneven or missing split: {per_worker:?}");
     }
     let a = dump(&one, &exts);
     let b = dump(&two, &exts);

@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::support::{free_port, PouchServer};
 
 fn quick_retry() -> RetryPolicy {
-    RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(200) }
+    RetryPolicy { attempts: 3, first_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(200), ..RetryPolicy::default() }
 }
 
 #[test]

@@ -13,6 +13,7 @@
 
 #![allow(unsafe_code)]
 
+mod jobs;
 mod memory;
 mod natives;
 mod process;
@@ -33,8 +34,8 @@ use mozjs::rooted;
 use mozjs::rust::wrappers2::{
     JS_AddInterruptCallback, JS_CallFunctionName, JS_DefineFunction,
     JS_DefineProperty, JS_GetGCParameter, JS_IsExceptionPending, JS_NewGlobalObject,
-    JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCParameter, SetOutOfMemoryCallback,
-    JS_GC,
+    JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCCallback, JS_SetGCParameter,
+    SetOutOfMemoryCallback, JS_GC,
 };
 use mozjs::rust::{
     evaluate_script, CompileOptionsWrapper, IntoHandle, RealmOptions, Runtime,
@@ -99,10 +100,23 @@ pub struct CallResult {
 /// Why a call returned no value.
 #[derive(Debug)]
 pub enum CallFailure {
-    /// The method threw (or the input was not JSON).
+    /// The method threw.
     Threw(ScriptError),
+    /// The argument was not JSON the engine could read (a lone surrogate, say).
+    BadInput(ScriptError),
     /// The call was stopped from outside: the interrupt callback said stop.
     Interrupted,
+}
+
+/// Why an extension did not load.
+#[derive(Debug)]
+pub enum LoadFailure {
+    /// Its code (or its declaration) threw; the error names file and line.
+    Threw(ScriptError),
+    /// Its top-level code was stopped by the time limit.
+    Interrupted,
+    /// Its top-level code went over the runtime's memory cap.
+    OutOfMemory,
 }
 
 /// Interrupts a runtime from any thread (the watchdog's handle on it).
@@ -129,16 +143,19 @@ struct Sandbox {
 /// Limits applied to each runtime.
 #[derive(Debug, Clone, Copy)]
 pub struct RuntimeLimits {
-    /// The cap on the GC heap, in bytes.
+    /// The cap on the runtime's memory, in bytes: its GC heap, and with it the memory its
+    /// objects own outside that heap (array buffers, strings' characters).
     pub heap_bytes: u32,
 }
 
 /// One SpiderMonkey runtime with its sandboxes. `!Send`: it lives and dies on one thread, and
 /// only one may exist per thread at a time.
 pub struct JsRuntime {
-    // Field order is drop order: the rooted sandboxes must go before the runtime.
+    // Field order is drop order: the rooted sandboxes must go before the runtime, and the job
+    // queue after it.
     sandboxes: Vec<Sandbox>,
     rt: Runtime,
+    _jobs: jobs::JobQueue,
     utf16: Vec<u16>,
     _child: process::ChildGuard,
 }
@@ -153,24 +170,43 @@ impl JsRuntime {
         }
         let token = process::parent_token()?;
         // SAFETY: the parent runtime lives on the js-engine thread for the rest of the process,
-        // so it outlives this child.
-        let mut rt = unsafe { Runtime::create_with_parent(token) };
+        // so it outlives this child. The crate panics when the engine cannot make a context
+        // (out of memory: a thousand threads asked for at once); that is an error here.
+        let made = std::panic::catch_unwind(|| unsafe { Runtime::create_with_parent(token) });
+        let mut rt = made.map_err(|_| EngineError::Start("SpiderMonkey could not create a runtime (out of memory?)".into()))?;
         let child = process::ChildGuard::new();
         natives::install_host(host);
+        natives::set_memory_cap(u64::from(limits.heap_bytes));
         let cx = rt.cx();
+        let jobs = jobs::JobQueue::install(cx);
         // SAFETY: plain JSAPI calls on this thread's live context; the callbacks are
         // `extern "C"` functions that catch panics.
         unsafe {
             JS_SetGCParameter(cx, JSGCParamKey::JSGC_MAX_BYTES, limits.heap_bytes);
             JS_AddInterruptCallback(cx, Some(natives::interrupt_callback));
+            JS_SetGCCallback(cx, Some(natives::gc_callback), ptr::null_mut());
             SetOutOfMemoryCallback(cx, Some(natives::oom_callback), ptr::null_mut());
         }
-        Ok(JsRuntime { sandboxes: Vec::new(), rt, utf16: Vec::new(), _child: child })
+        Ok(JsRuntime { sandboxes: Vec::new(), rt, _jobs: jobs, utf16: Vec::new(), _child: child })
     }
 
     /// Creates a sandbox, evaluates the driver and then `source` (reported as `file_name`) in
-    /// it, and returns the sandbox with its `describe()` JSON.
-    pub fn load(&mut self, file_name: &str, source: &str) -> Result<(SandboxId, String), ScriptError> {
+    /// it, runs the promise jobs its top-level code queued, and returns the sandbox with its
+    /// `describe()` JSON.
+    pub fn load(&mut self, file_name: &str, source: &str) -> Result<(SandboxId, String), LoadFailure> {
+        natives::take_oom();
+        let loaded = self.load_sandbox(file_name, source);
+        let cx = self.rt.cx();
+        // SAFETY: this thread's live context, between calls.
+        unsafe { jobs::discard_jobs(cx) };
+        let out_of_memory = natives::take_oom();
+        match loaded {
+            Err(LoadFailure::Threw(_) | LoadFailure::Interrupted) if out_of_memory => Err(LoadFailure::OutOfMemory),
+            other => other,
+        }
+    }
+
+    fn load_sandbox(&mut self, file_name: &str, source: &str) -> Result<(SandboxId, String), LoadFailure> {
         natives::set_current(file_name);
         let names = natives::native_names();
         let names_json = serde_json::to_string(&names).unwrap_or_else(|_| "[]".into());
@@ -184,7 +220,7 @@ impl JsRuntime {
                 cx, &SIMPLE_GLOBAL_CLASS, ptr::null_mut(),
                 OnNewGlobalHookOption::FireOnNewGlobalHook, &*options));
             if global.get().is_null() {
-                return Err(take_error(cx, "cannot create a sandbox global"));
+                return Err(LoadFailure::Threw(take_error(cx, "cannot create a sandbox global")));
             }
             let mut realm = AutoRealm::new_from_handle(cx, global.handle());
             let cx: &mut JSContext = &mut realm;
@@ -195,39 +231,48 @@ impl JsRuntime {
                 || JS_DefineFunction(cx, host_obj.handle(), c"log".as_ptr(), Some(natives::js_log), 2, 0).is_null()
                 || JS_DefineFunction(cx, host_obj.handle(), c"begin".as_ptr(), Some(natives::js_begin), 0, 0).is_null()
                 || JS_DefineFunction(cx, host_obj.handle(), c"call".as_ptr(), Some(natives::js_call), 2, 0).is_null()
+                || JS_DefineFunction(cx, host_obj.handle(), c"drain".as_ptr(), Some(natives::js_drain), 0, 0).is_null()
             {
-                return Err(take_error(cx, "cannot define the host natives"));
+                return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
             }
             rooted!(&in(cx) let mut names_val = UndefinedValue());
             if !parse_json(cx, &mut self.utf16, &names_json, names_val.handle_mut())
                 || !JS_DefineProperty(cx, host_obj.handle(), c"natives".as_ptr(), names_val.handle(), 0)
             {
-                return Err(take_error(cx, "cannot define the host natives"));
+                return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
             }
             rooted!(&in(cx) let host_val = ObjectValue(host_obj.get()));
             if !JS_DefineProperty(cx, global.handle(), c"__rd_host".as_ptr(), host_val.handle(), 0) {
-                return Err(take_error(cx, "cannot define the host natives"));
+                return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
             }
 
             rooted!(&in(cx) let mut control = UndefinedValue());
             let opts = CompileOptionsWrapper::new(cx, c"driver/main.js".to_owned(), 1);
             if evaluate_script(cx, global.handle(), DRIVER_SOURCE, control.handle_mut(), opts).is_err() {
+                if !JS_IsExceptionPending(cx) {
+                    return Err(LoadFailure::Interrupted);
+                }
                 let mut e = take_error(cx, "the driver script failed");
                 e.file.get_or_insert_with(|| DRIVER_FILE.to_string());
-                return Err(e);
+                return Err(LoadFailure::Threw(e));
             }
             if !control.get().is_object() {
-                return Err(ScriptError { message: "the driver script did not return its control object".into(), file: Some(DRIVER_FILE.into()), line: None, column: None });
+                return Err(LoadFailure::Threw(ScriptError { message: "the driver script did not return its control object".into(), file: Some(DRIVER_FILE.into()), line: None, column: None }));
             }
 
             let file_c = std::ffi::CString::new(file_name.replace('\0', "")).unwrap_or_default();
             let mut opts = CompileOptionsWrapper::new(cx, file_c, 1);
             opts.set_no_script_rval(true);
             rooted!(&in(cx) let mut ignored = UndefinedValue());
-            if evaluate_script(cx, global.handle(), source, ignored.handle_mut(), opts).is_err() {
+            // The top-level code, then the promise jobs it queued (an extension may declare
+            // itself from a `.then`).
+            if evaluate_script(cx, global.handle(), source, ignored.handle_mut(), opts).is_err() || !jobs::run_jobs(cx) {
+                if !JS_IsExceptionPending(cx) {
+                    return Err(LoadFailure::Interrupted);
+                }
                 let mut e = take_error(cx, "the extension failed to load");
                 e.file.get_or_insert_with(|| file_name.to_string());
-                return Err(e);
+                return Err(LoadFailure::Threw(e));
             }
 
             let sandbox = Sandbox {
@@ -241,16 +286,21 @@ impl JsRuntime {
             self.sandboxes.push(sandbox);
         }
         let id = SandboxId(self.sandboxes.len() - 1);
-        match self.call(id, file_name, c"describe", None).result {
+        let described = self.call(id, file_name, c"describe", None);
+        match described.result {
+            _ if described.out_of_memory => {
+                self.sandboxes.pop();
+                Err(LoadFailure::OutOfMemory)
+            }
             Ok(json) => Ok((id, json)),
-            Err(CallFailure::Threw(e)) => {
+            Err(CallFailure::Threw(e) | CallFailure::BadInput(e)) => {
                 // describe() reports "file:line: problem" in its message; keep it whole.
                 self.sandboxes.pop();
-                Err(ScriptError { message: e.message, file: None, line: None, column: None })
+                Err(LoadFailure::Threw(ScriptError { message: e.message, file: None, line: None, column: None }))
             }
             Err(CallFailure::Interrupted) => {
                 self.sandboxes.pop();
-                Err(ScriptError { message: "the extension was stopped while loading".into(), file: Some(file_name.into()), line: None, column: None })
+                Err(LoadFailure::Interrupted)
             }
         }
     }
@@ -275,7 +325,7 @@ impl JsRuntime {
                 if !parse_json(cx, utf16, json, arg.handle_mut()) {
                     let e = take_error(cx, "the input is not valid JSON");
                     let e = ScriptError { message: format!("invalid input: {}", e.message), file: None, line: None, column: None };
-                    return CallResult { result: Err(CallFailure::Threw(e)), out_of_memory: natives::take_oom() };
+                    return CallResult { result: Err(CallFailure::BadInput(e)), out_of_memory: natives::take_oom() };
                 }
             }
             rooted!(&in(cx) let mut rval = UndefinedValue());
@@ -297,6 +347,9 @@ impl JsRuntime {
                 Err(CallFailure::Threw(ScriptError { message: format!("the driver's {} did not return a string", method.to_string_lossy()), file: Some(DRIVER_FILE.into()), line: None, column: None }))
             }
         };
+        // Jobs a stopped drain left behind must not run in the next call.
+        // SAFETY: this thread's live context, between calls.
+        unsafe { jobs::discard_jobs(rt.cx()) };
         // A handler may catch the out-of-memory exception and return normally: report it all
         // the same, so the caller can recycle a runtime whose heap is full.
         CallResult { result, out_of_memory: natives::take_oom() }

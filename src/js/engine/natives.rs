@@ -1,5 +1,5 @@
-//! The Rust functions SpiderMonkey calls: the three natives of `__rd_host` and the interrupt and
-//! out-of-memory callbacks.
+//! The Rust functions SpiderMonkey calls: the natives of `__rd_host` and the interrupt, garbage
+//! collection and out-of-memory callbacks.
 //!
 //! They reach the rest of Raindrop through the thread's installed [`Host`]. Each native runs its
 //! body under `catch_unwind`: a panic becomes a JS `Error`, never an unwind through C++.
@@ -22,6 +22,13 @@ thread_local! {
     /// The id (or file) of the extension whose code is running, for tagging.
     static CURRENT: RefCell<String> = const { RefCell::new(String::new()) };
     static OOM: Cell<bool> = const { Cell::new(false) };
+    /// The cap on this thread's runtime's memory: its GC heap and the memory its objects own
+    /// outside it (array buffers, long strings), as the engine counts them.
+    static MEMORY_CAP: Cell<u64> = const { Cell::new(u64::MAX) };
+}
+
+pub(super) fn set_memory_cap(bytes: u64) {
+    MEMORY_CAP.with(|c| c.set(bytes));
 }
 
 pub(super) fn host_installed() -> bool {
@@ -61,10 +68,42 @@ fn with_host<R>(f: impl FnOnce(&dyn Host, &str) -> R) -> Option<R> {
     })
 }
 
-/// The engine asks this whenever an interrupt was requested (by the watchdog, or internally):
-/// `false` ends the running script with an uncatchable termination.
-pub(super) unsafe extern "C" fn interrupt_callback(_cx: *mut RawJSContext) -> bool {
-    catch_unwind(|| !with_host(|h, _| h.should_interrupt()).unwrap_or(false)).unwrap_or(true)
+/// The engine asks this whenever an interrupt was requested (by the watchdog, after a garbage
+/// collection, or internally): `false` ends the running script with an uncatchable
+/// termination. A runtime whose memory is over its cap is stopped here, as one whose time is
+/// up: the GC heap cap alone leaves array buffers and string characters uncounted (twelve
+/// 256 MiB buffers took a process past 3 GB), and reaching it makes the collector thrash for
+/// tens of seconds first.
+pub(super) unsafe extern "C" fn interrupt_callback(cx: *mut RawJSContext) -> bool {
+    catch_unwind(|| {
+        // SAFETY: the engine passes this thread's live context; the query only reads counters.
+        if let Some(raw) = NonNull::new(cx) {
+            let cx = unsafe { JSContext::from_ptr(raw) };
+            // SAFETY: as above.
+            let used = unsafe { mozjs::rust::wrappers2::GetGCHeapUsage(&cx) };
+            if used > MEMORY_CAP.with(Cell::get) {
+                OOM.with(|o| o.set(true));
+                return false;
+            }
+        }
+        !with_host(|h, _| h.should_interrupt()).unwrap_or(false)
+    })
+    .unwrap_or(true)
+}
+
+/// After each collection, asks for the interrupt callback, which compares what the runtime
+/// holds with its cap. Collections are what the engine runs as memory grows (the malloc'd kind
+/// included), so a runaway allocation is seen within one collection of going over.
+pub(super) unsafe extern "C" fn gc_callback(
+    cx: *mut RawJSContext,
+    status: mozjs::jsapi::JSGCStatus,
+    _reason: mozjs::jsapi::GCReason,
+    _data: *mut std::ffi::c_void,
+) {
+    if status == mozjs::jsapi::JSGCStatus::JSGC_END && !cx.is_null() {
+        // SAFETY: asking for an interrupt is safe from any point, this thread's context is live.
+        unsafe { mozjs::jsapi::JS_RequestInterruptCallback(cx) };
+    }
 }
 
 pub(super) unsafe extern "C" fn oom_callback(_cx: *mut RawJSContext, _data: *mut std::ffi::c_void) {
@@ -138,6 +177,26 @@ pub(super) unsafe extern "C" fn js_begin(raw: *mut RawJSContext, argc: u32, vp: 
             args.rval().set(UndefinedValue());
             Ok(())
         })
+    }
+}
+
+/// `__rd_host.drain()`: runs the promise jobs queued so far (see `jobs`). Not `guarded`: a job
+/// stopped by the watchdog must end the call the same way, with `false` and nothing pending.
+pub(super) unsafe extern "C" fn js_drain(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
+    let Some(raw) = NonNull::new(raw) else { return false };
+    // SAFETY: SpiderMonkey passes the live context of this thread to the native.
+    let mut cx = unsafe { JSContext::from_ptr(raw) };
+    // SAFETY: `vp`/`argc` come straight from the engine for this call.
+    let args = unsafe { CallArgs::from_vp(vp, argc) };
+    args.rval().set(UndefinedValue());
+    // SAFETY: this thread's live context, inside a native (no GC in progress).
+    match catch_unwind(AssertUnwindSafe(|| unsafe { super::jobs::run_jobs(&mut cx) })) {
+        Ok(done) => done,
+        Err(_) => {
+            // SAFETY: reporting an error on this thread's context.
+            unsafe { JS_ReportErrorUTF8(cx.raw_cx(), c"%s".as_ptr(), c"drain: internal error (panic)".as_ptr()) };
+            false
+        }
     }
 }
 
