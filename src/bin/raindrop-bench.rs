@@ -408,17 +408,17 @@ const CHAIN: [(&str, &str); 3] = [
 /// Seeds `n` source documents, runs the chain to stability, then runs again over the
 /// up-to-date database; returns (sources/s, seconds of the second run, documents it wrote).
 fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64, u64) {
-    use raindrop::pipeline::{self, Pipeline, RunOptions};
+    use raindrop::pipeline::{Pipeline, RunOptions};
     let raw: Vec<serde_json::Map<String, Value>> = (0..n)
         .map(|i| json!({"rd_key": ["bench", i], "rd_schema_id": "rd.bench.a", "v": i, "s": "small source document"}).as_object().unwrap().clone())
         .collect();
     for chunk in raw.chunks(1000) {
-        pipeline::add_schemas(&*store, chunk.to_vec(), Durability::Immediate).unwrap();
+        raindrop::ingest::add_schemas(&*store, chunk.to_vec(), Durability::Immediate).unwrap();
     }
     let sources = CHAIN.iter().map(|(name, src)| ExtensionSource::from_string(name, src)).collect();
     let mut config = PoolConfig::new(threads);
     let mut host = raindrop::js::HostFunctions::new();
-    pipeline::register_natives(&mut host, store.clone(), Vec::new());
+    raindrop::host_api::register_all(&mut host, store.clone(), Vec::new());
     config.host_functions = host;
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
     let p = Pipeline::new(store, pool);
@@ -575,14 +575,13 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
 /// written, errors, bodies written, conversations with a digest of how they partition the
 /// messages).
 fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside: bool) -> (f64, f64, u64, u64, usize, String) {
-    use raindrop::pipeline::{self, Pipeline, RunOptions};
+    use raindrop::pipeline::{Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
     let exts = std::env::var("BENCH_EXTENSIONS").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
     let sources = raindrop::js::extension::read_dir(&exts).unwrap();
     let mut config = PoolConfig::new(threads);
     let mut host = raindrop::js::HostFunctions::new();
-    pipeline::register_natives(&mut host, store.clone(), vec![json!(["email", "me@example.com"])]);
-    raindrop::mail::register_natives(&mut host);
+    raindrop::host_api::register_all(&mut host, store.clone(), vec![json!(["email", "me@example.com"])]);
     config.host_functions = host;
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
     let p = Pipeline::new(store.clone(), pool);
@@ -596,7 +595,7 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside:
         // As `raindrop import` writes: chunks not waiting for the disk, then one sync.
         for chunk in messages.chunks(200) {
             let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(m, "proto.import")).collect();
-            pipeline::add_schemas(&*store, items, Durability::Deferred).unwrap();
+            raindrop::ingest::add_schemas(&*store, items, Durability::Deferred).unwrap();
         }
         store.sync().unwrap();
         start.elapsed().as_secs_f64()

@@ -82,7 +82,7 @@ fn run_one(file: &PathBuf, doc: &str) -> anyhow::Result<ExitCode> {
     // The helpers that need no database (raindrop.mail.parse) work here too.
     let mut config = PoolConfig::new(1);
     let mut host = HostFunctions::new();
-    raindrop::mail::register_natives(&mut host);
+    raindrop::host_api::register_without_store(&mut host);
     config.host_functions = host;
     let pool = JsPool::start(vec![source], config)?;
     let declaration = match &pool.extensions()[0].declaration {

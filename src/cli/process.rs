@@ -52,8 +52,7 @@ fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
     let sources = extension::read_dir(&settings.extensions)?;
     let mut config = PoolConfig::new(settings.js_threads);
     let mut host = HostFunctions::new();
-    pipeline::register_natives(&mut host, store.clone(), settings.identities.clone());
-    raindrop::mail::register_natives(&mut host);
+    raindrop::host_api::register_all(&mut host, store.clone(), settings.identities.clone());
     config.host_functions = host;
     let pool = JsPool::start(sources, config)?;
     for e in pool.extensions() {
@@ -193,7 +192,7 @@ fn write_messages(store: &dyn Store, found: &[raindrop::mail::import::FoundMessa
     let (mut done, mut refused) = (0usize, 0u64);
     for chunk in found.chunks(200) {
         let items = chunk.iter().map(|m| raindrop::mail::import::rfc822_item(&m.bytes, "proto.import")).collect();
-        refused += super::tally(pipeline::add_schemas(store, items, Durability::Deferred)?, "not imported").1;
+        refused += super::tally(raindrop::ingest::add_schemas(store, items, Durability::Deferred)?, "not imported").1;
         done += chunk.len();
         if progress {
             eprint!("\r\x1b[2K{done}/{} messages", found.len());
@@ -212,7 +211,7 @@ pub fn add_schemas(settings: &Settings, files: &[String]) -> anyhow::Result<Exit
     for file in files {
         let batch = super::read_json_lines(file)?;
         for chunk in batch.chunks(1000) {
-            let (written, failed) = super::tally(pipeline::add_schemas(&*store, chunk.to_vec(), Durability::Deferred)?, file);
+            let (written, failed) = super::tally(raindrop::ingest::add_schemas(&*store, chunk.to_vec(), Durability::Deferred)?, file);
             ok += written;
             refused += failed;
         }

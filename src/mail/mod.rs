@@ -3,32 +3,12 @@
 
 pub mod import;
 
-use base64::Engine as _;
 use mailparse::{MailAddr, MailHeaderMap, ParsedMail};
 use serde_json::{json, Map, Value};
 
-use crate::js::HostFunctions;
-
-/// Registers `mail_parse(base64 bytes)` (which the driver exposes as `raindrop.mail.parse`).
-pub fn register_natives(host: &mut HostFunctions) {
-    host.register("mail_parse", |_, args| {
-        let data = match args.first() {
-            Some(Value::String(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| format!("raindrop.mail.parse takes the message as base64: {e}"))?,
-            _ => return Err("raindrop.mail.parse takes the message as a base64 string".into()),
-        };
-        Ok(parse(&data))
-    });
-    host.register("mail_addresses", |_, args| match args.first() {
-        Some(Value::String(text)) => Ok(addresses(text)),
-        Some(Value::Null) | None => Ok(json!([])),
-        _ => Err("raindrop.mail.addresses takes a header value (a string)".into()),
-    });
-    host.register("mail_date", |_, args| match args.first() {
-        Some(Value::String(text)) => Ok(mailparse::dateparse(text).map(Value::from).unwrap_or(Value::Null)),
-        _ => Ok(Value::Null),
-    });
+/// A date header's value as seconds since the epoch, if it can be read.
+pub fn date(text: &str) -> Option<i64> {
+    mailparse::dateparse(text).ok()
 }
 
 /// The message from its first header on: blank or whitespace-only lines before the headers

@@ -25,8 +25,6 @@
 
 mod deps;
 mod later;
-pub mod model;
-mod natives;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -39,9 +37,8 @@ use crate::json_text::{self, Members};
 use crate::store::{Change, Doc, Durability, NewDoc, Record, Seq, Store, StoreError, WriteResult};
 use deps::{DepsIndex, DEPS_PREFIX};
 use later::LaterQueue;
-use model::SchemaItem;
+use crate::model::{self, SchemaItem};
 
-pub use natives::register_natives;
 
 /// Prefix of state records' ids.
 const STATE_PREFIX: &str = "rdstate!";
@@ -1229,54 +1226,6 @@ impl Source {
             members: None,
         }
     }
-}
-
-/// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
-/// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
-/// document as raw data, with no source. A caller writing `Durability::Deferred` calls
-/// `Store::sync` before it reports the items kept.
-pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: Durability) -> Result<Vec<WriteResult>, PipelineError> {
-    let mut items = Vec::new();
-    let mut bad = Vec::new();
-    for (i, mut fields) in raw.into_iter().enumerate() {
-        let rd_key = fields.remove("rd_key").unwrap_or(Value::Null);
-        let schema_id = fields.remove("rd_schema_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
-        let ext_id = fields.remove("rd_ext_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "rd.raw".into());
-        let attachments = fields.remove("_attachments").and_then(|v| v.as_object().cloned());
-        fields.retain(|k, _| !k.starts_with('_'));
-        if schema_id.is_empty() || model::doc_id(&rd_key, &schema_id).is_err() {
-            bad.push(WriteResult::Error { id: format!("line {}", i + 1), reason: "needs rd_key [type, value] and rd_schema_id".into() });
-            continue;
-        }
-        items.push(SchemaItem {
-            rd_key, schema_id, ext_id, rd_source: None, items: Some(model::Fields::from_map(&fields)), deps: Vec::new(),
-            attachments, provider: true, confidence: 0.0, fingerprint: String::new(),
-        });
-    }
-    let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
-    let current = store.get_many(&ids)?;
-    let mut merged: BTreeMap<String, Doc> = BTreeMap::new();
-    let mut unchanged: Vec<WriteResult> = Vec::new();
-    let existing: HashMap<&String, Option<Doc>> = ids.iter().zip(current).collect();
-    for (id, item) in ids.iter().zip(&items) {
-        let base = merged.get(id).cloned().or_else(|| existing.get(id).cloned().flatten());
-        if let Ok(doc) = model::apply_item(base.as_ref(), item) {
-            merged.insert(id.clone(), doc);
-        }
-    }
-    // Adding the same items again changes nothing (and so re-runs nothing).
-    merged.retain(|id, doc| match existing.get(id).cloned().flatten() {
-        Some(old) if model::same_content(&old, doc) => {
-            let rev = old.get("_rev").and_then(Value::as_str).unwrap_or_default().to_string();
-            unchanged.push(WriteResult::Ok { id: id.clone(), rev });
-            false
-        }
-        _ => true,
-    });
-    let mut results = store.bulk_write_and_put_local(merged.into_values().collect(), None, durability)?;
-    results.extend(unchanged);
-    results.extend(bad);
-    Ok(results)
 }
 
 /// Calls `f` with each page of the sources' state records: from the store's records, or —

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::mail::import::{message_id, message_key, rfc822_item};
-use crate::pipeline::{self, model};
+use crate::{ingest, model};
 use crate::store::{Durability, Store, StoreError, WriteResult};
 
 const EXT_ID: &str = "proto.imap";
@@ -123,7 +123,7 @@ pub enum SyncError {
     #[error("account {account}: {failed} folder(s) not synced, they resume on the next sync (first: {first})")]
     Folders { account: String, failed: usize, first: String },
     #[error("account {account}: {source}")]
-    Store { account: String, source: pipeline::PipelineError },
+    Store { account: String, source: StoreError },
 }
 
 /// What one sync did.
@@ -485,7 +485,7 @@ fn attempt(
                 items.push(rfc822_item(body, EXT_ID));
             }
             drop(fetches);
-            for r in pipeline::add_schemas(store, items, Durability::Immediate).map_err(|e| JobError::Store(e.to_string()))? {
+            for r in ingest::add_schemas(store, items, Durability::Immediate).map_err(|e| JobError::Store(e.to_string()))? {
                 match r {
                     WriteResult::Ok { .. } | WriteResult::Conflict { .. } => {} // a conflict: the same message, stored by a concurrent writer
                     WriteResult::Error { id, reason } => return Err(JobError::Store(format!("{id}: {reason}"))),
@@ -581,7 +581,7 @@ struct FolderState {
 pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn FnMut(&str)) -> Result<SyncReport, SyncError> {
     account.validate()?;
     let password = account.password()?;
-    let store_error = |e: StoreError| SyncError::Store { account: account.id.clone(), source: e.into() };
+    let store_error = |e: StoreError| SyncError::Store { account: account.id.clone(), source: e };
     let mut lister = connect(account, &password).map_err(|e| match e {
         ConnectError::Refused(reason) => SyncError::Login {
             account: account.id.clone(),
@@ -745,7 +745,7 @@ fn write_results(
     folders: &[Folder],
     states: &BTreeMap<String, FolderState>,
     caches: &HashMap<String, FolderCache>,
-) -> Result<(), pipeline::PipelineError> {
+) -> Result<(), StoreError> {
     // Each folder's messages as they now stand: synced folders from this sync, failed ones from
     // their old cache, folders gone from the list not at all.
     let mut current: BTreeMap<&str, (Option<&str>, Vec<(u32, &str, bool)>)> = BTreeMap::new();
@@ -823,7 +823,7 @@ fn write_results(
                 items.push(item(json!(["email", key]), "rd.msg.seen", json!({ "seen": s, "outgoing_state": "incoming" })));
             }
         }
-        check(pipeline::add_schemas(store, items, Durability::Immediate)?)?;
+        check(ingest::add_schemas(store, items, Durability::Immediate)?)?;
     }
     // The caches last: they record that everything above is done.
     let mut items = Vec::new();
@@ -845,7 +845,7 @@ fn write_results(
             items.push(cache_item(&FolderCache { messages: Vec::new(), ..old.clone() }));
         }
     }
-    check(pipeline::add_schemas(store, items, Durability::Immediate)?)
+    check(ingest::add_schemas(store, items, Durability::Immediate)?)
 }
 
 fn cache_item(cache: &FolderCache) -> Map<String, Value> {
@@ -861,7 +861,7 @@ fn item(rd_key: Value, schema: &str, fields: Value) -> Map<String, Value> {
     m
 }
 
-fn check(results: Vec<WriteResult>) -> Result<(), pipeline::PipelineError> {
+fn check(results: Vec<WriteResult>) -> Result<(), StoreError> {
     for r in results {
         match r {
             WriteResult::Ok { .. } => {}

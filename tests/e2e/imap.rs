@@ -264,7 +264,7 @@ fn the_daemon_syncs_on_an_interval_and_processes_what_arrives() {
     let reply = [b"In-Reply-To: <while-running@example.com>\r\n".as_slice(), &message("reply-while-running@example.com", "Re: Hello daemon", 1)].concat();
     session.append("INBOX", &reply).finish().unwrap();
     session.logout().unwrap();
-    let id = |msg: &str, schema: &str| raindrop::pipeline::model::doc_id(&json!(["email", msg]), schema).unwrap();
+    let id = |msg: &str, schema: &str| raindrop::model::doc_id(&json!(["email", msg]), schema).unwrap();
     let get = |id: &str| {
         let out = rd(&db, &exts).args(["db", "get", id]).output().unwrap();
         out.status.success().then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())

@@ -204,7 +204,7 @@ fn importing_beside_a_running_daemon_is_processed_by_it() {
 fn unsubscribe_flow(list: &str, pending_before: usize, pending_at: i64, steps: &[(&str, &str)], confirm_to: &str) {
     let dir = TempDir::new("unsub");
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    let list_id = raindrop::pipeline::model::doc_id(&json!(["mailing-list", list]), "rd.mailing-list").unwrap();
+    let list_id = raindrop::model::doc_id(&json!(["mailing-list", list]), "rd.mailing-list").unwrap();
     let status = || -> Value {
         let out = rdm(&db).args(["db", "get", &list_id]).output().unwrap();
         assert!(out.status.success(), "no list {list}");

@@ -1,19 +1,19 @@
-//! Store-backed host functions for extensions: `open_schemas`, `open_attachment`,
-//! `find_schemas` (a key/schema query) and `find_schemas_each` (the same for many values),
-//! `update_documents`. Each blocks only the runtime that calls it.
+//! The store-backed host functions: `open_schemas`, `open_attachment`, `find_schemas` (a
+//! key/schema query) and `find_schemas_each` (the same for many values), `update_documents`,
+//! `get_my_identities`. Each blocks only the runtime that calls it.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::model;
+use crate::model;
 use crate::js::HostFunctions;
 use crate::store::{Store, WriteResult};
 
 /// Registers the store-backed functions in `host`, and `get_my_identities` answering
 /// `identities` (the user's own identity ids, from the configuration).
-pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
+pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
     host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
     let s = store.clone();
     // open_schemas([[rd_key, schema_id], …][, fields]) → [doc or null, …]; with fields, the
@@ -48,12 +48,6 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
             Some(data) if base64 => Value::String(base64::engine::general_purpose::STANDARD.encode(data)),
             Some(data) => Value::String(String::from_utf8_lossy(&data).into_owned()),
         })
-    });
-    let s = store.clone();
-    // mail_parse_attachment(doc or id, name) → raindrop.mail.parse of the attachment, or null:
-    // the message goes from the store to the parser without crossing into JS twice as base64.
-    host.register("mail_parse_attachment", move |_, args| {
-        Ok(read_attachment(&*s, &args)?.map(|data| crate::mail::parse(&data)).unwrap_or(Value::Null))
     });
     let s = store.clone();
     // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
@@ -117,7 +111,7 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
         let mut writes = Vec::new();
         for doc in docs {
             match doc.get("_id").and_then(Value::as_str) {
-                Some(id) if super::is_reserved_id(id) => {
+                Some(id) if crate::pipeline::is_reserved_id(id) => {
                     answers.push(Some(json!({"id": id, "error": "reserved: this id belongs to Raindrop's bookkeeping or to the server"})));
                 }
                 _ => {
@@ -137,7 +131,7 @@ pub fn register_natives(host: &mut HostFunctions, store: Arc<dyn Store>, identit
 
 /// The attachment named by `args` (`[doc or id, name]`); a bare name finds the attachment any
 /// contributor stored as `<ext>/<name>`.
-fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>, String> {
+pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>, String> {
     let id = match args.first() {
         Some(Value::String(id)) => id.clone(),
         Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),

@@ -1,0 +1,30 @@
+//! The host functions: the Rust functions extensions call as plain synchronous JS globals
+//! (`open_schemas`, `find_schemas`, `raindrop.mail.parse`, …), registered into the pool's
+//! [`HostFunctions`].
+//!
+//! They sit between layers that must not know each other: `mail` parses messages and knows
+//! neither JS nor stores, the stores know nothing of extensions, and the pool knows only a
+//! registry of named functions taking and returning JSON. Here those meet.
+
+mod mail;
+mod store;
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::js::HostFunctions;
+use crate::store::Store;
+
+/// Every host function an extension has in the daemon: the store-backed ones (with
+/// `get_my_identities` answering `identities`) and the mail helpers.
+pub fn register_all(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
+    store::register(host, store.clone(), identities);
+    mail::register(host);
+    mail::register_attachment_parser(host, store);
+}
+
+/// The host functions that need no database (`raindrop.mail.parse` and friends).
+pub fn register_without_store(host: &mut HostFunctions) {
+    mail::register(host);
+}
