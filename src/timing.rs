@@ -64,6 +64,33 @@ pub fn record_as(label: impl FnOnce() -> String, start: Instant, items: usize) {
     entry.2 += items as u64;
 }
 
+/// A stage being timed: recorded under its label when it is dropped (see [`span`]).
+#[must_use = "a span records when dropped: bind it to a name for the stage it times"]
+pub struct Span {
+    label: &'static str,
+    start: Instant,
+    items: usize,
+}
+
+/// Starts timing a stage, recorded when the returned [`Span`] is dropped.
+pub fn span(label: &'static str) -> Span {
+    Span { label, start: Instant::now(), items: 0 }
+}
+
+impl Span {
+    /// The number of items the stage handles, for the table.
+    pub fn items(mut self, items: usize) -> Span {
+        self.items = items;
+        self
+    }
+}
+
+impl Drop for Span {
+    fn drop(&mut self) {
+        record(self.label, self.start, self.items);
+    }
+}
+
 /// The table so far, longest first, and empties it.
 pub fn take_report() -> String {
     let mut table = TABLE.lock().unwrap_or_else(|p| p.into_inner());

@@ -18,6 +18,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::store::{Doc, Record};
+
+/// Prefix of the record holding the values waiting for later_handlers.
+pub(super) const LATER_PREFIX: &str = "rdlater!";
+
+/// The id of the queue record of the run whose checkpoint is `checkpoint_id`.
+pub(super) fn later_id(checkpoint_id: &str) -> String {
+    format!("{LATER_PREFIX}{checkpoint_id}")
+}
+
+/// The queue's record: `{"values": {ext id: [values]}}`, with `values` the text
+/// [`LaterQueue::saved`] gave. Its one text form.
+pub(super) fn queue_record(id: &str, rev: Option<String>, values: &str) -> Record {
+    Record::Text { id: id.to_string(), rev, body: format!("{{\"values\":{values}}}") }
+}
+
 /// Distinct values per extension above which the queue is run without waiting for the drain.
 const MAX_VALUES: usize = 20_000;
 /// Age of the oldest waiting value after which the queue is run without waiting for the drain,
@@ -34,6 +50,11 @@ pub(super) struct LaterQueue {
 }
 
 impl LaterQueue {
+    /// The queue a record holds (see [`queue_record`]); no record is an empty queue.
+    pub(super) fn from_record(record: Option<&Doc>) -> LaterQueue {
+        LaterQueue::from_saved(record.and_then(|d| d.get("values")))
+    }
+
     /// The queue as saved (`{ext id: [values]}`); anything else is an empty queue.
     pub(super) fn from_saved(saved: Option<&Value>) -> LaterQueue {
         let mut queue = LaterQueue::default();

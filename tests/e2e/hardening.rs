@@ -263,7 +263,7 @@ fn each_kind_of_memory_bomb_costs_one_error_and_the_next_document_works() {
     let bomb = r#"extension({id: "t.bomb", source_schemas: ["x"], handler(doc) {
         if (doc.kind === "objects") { const a = []; for (;;) a.push({ i: a.length, s: "x" + a.length }); }
         if (doc.kind === "buffers") { const a = []; for (;;) a.push(new ArrayBuffer(8 << 20)); }
-        if (doc.kind === "strings") { const a = []; for (let i = 0;; i++) a.push(("y" + i).repeat(100000)); }
+        if (doc.kind === "strings") { const a = []; for (let i = 0;; i++) a.push(("y" + i).repeat(100000).toUpperCase()); }
         emit_schema("x.ok", { fine: true });
     }});"#;
     let mut config = PoolConfig::new(1);

@@ -1,0 +1,138 @@
+//! Following the feed: the reader stage of a run. It reads a page of changes, has the page
+//! prepared (extensions chosen and run, see `dispatch`), gathers the `process_later` values and
+//! runs the later_handlers when they are due, and hands each page's work to the writer, one
+//! page ahead of it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use super::dispatch::PageWork;
+use super::later::LaterQueue;
+use super::{Pipeline, PipelineError, RunOptions, Stats};
+use crate::store::{ChangesPage, Seq};
+use crate::timing::span;
+
+/// A page's work for the writer: the work, the feed position after it, and the later queue's
+/// new text if the page changed it.
+pub(super) type ToWrite = (PageWork, Seq, Option<String>);
+
+/// The reader stage of one run.
+pub(super) struct Follower<'p> {
+    pub(super) pipeline: &'p Pipeline,
+    pub(super) options: &'p RunOptions,
+    /// Where the next page starts.
+    pub(super) since: Seq,
+    pub(super) later: LaterQueue,
+    pub(super) later_id: String,
+    /// Pages handed to the writer and not yet written.
+    pub(super) in_flight: usize,
+}
+
+/// How the loop goes on after a page was read.
+enum Next {
+    /// Work to hand to the writer.
+    Work(Box<PageWork>, Option<String>),
+    /// Nothing to do with this page: read again.
+    ReadAgain,
+    /// The run is over (or the writer stopped; its error is reported by the caller).
+    Stop,
+}
+
+impl Follower<'_> {
+    /// Follows the feed until it is drained (or, continuous, until told to stop), handing the
+    /// pages' work to the writer through `work` and hearing of each page written on `done`.
+    pub(super) fn run(&mut self, work: &Sender<ToWrite>, done: &Receiver<()>, stats: &Mutex<Stats>) -> Result<(), PipelineError> {
+        loop {
+            let (next, first_error) = self.step(done, stats)?;
+            let (page_work, waiting) = match next {
+                Next::Work(page_work, waiting) => (page_work, waiting),
+                Next::ReadAgain => continue,
+                Next::Stop => return Ok(()),
+            };
+            let t = span("R:send-wait");
+            if work.send((*page_work, self.since.clone(), waiting)).is_err() {
+                return Ok(()); // the writer stopped; its error is reported by the caller
+            }
+            drop(t);
+            self.in_flight += 1;
+            if let (true, Some(e)) = (self.options.stop_on_error, first_error) {
+                return Err(PipelineError::StoppedOnError(e));
+            }
+        }
+    }
+
+    /// Reads one page and prepares its work, with the first handler error.
+    fn step(&mut self, done: &Receiver<()>, stats: &Mutex<Stats>) -> Result<(Next, Option<String>), PipelineError> {
+        // Read before the page: raised then, everything it was raised after is in the feed
+        // this page reads.
+        let stopping = self.options.until.as_ref().is_some_and(|u| u.load(Ordering::SeqCst));
+        let page = self.read_page()?;
+        while done.try_recv().is_ok() {
+            self.in_flight -= 1;
+        }
+        let drained = page.changes.is_empty();
+        if drained && self.in_flight > 0 {
+            // What the writer is writing may cascade: wait for it, then look again.
+            return Ok((if self.written(done) { Next::ReadAgain } else { Next::Stop }, None));
+        }
+        if drained && self.later.is_empty() {
+            let go_on = self.options.continuous && !stopping;
+            return Ok((if go_on { Next::ReadAgain } else { Next::Stop }, None));
+        }
+        let mut local = Stats { changes_read: page.changes.len() as u64, ..Stats::default() };
+        let t = span("R:prepare");
+        let (mut work, mut first_error) = self.pipeline.prepare_page(&page.changes, self.options, &mut local)?;
+        drop(t);
+        for (ext, values) in std::mem::take(&mut work.later) {
+            self.later.extend(&ext, values);
+        }
+        // The later_handlers run once everything before is written and the feed has nothing
+        // new (they then read settled documents), or when the queue is due.
+        if drained || self.later.due() {
+            // Settled means written: a later_handler (the conversations) may build on what the
+            // previous run of the queue emitted.
+            while self.in_flight > 0 {
+                if !self.written(done) {
+                    return Ok((Next::Stop, None));
+                }
+            }
+            let t = span("R:later");
+            let (items, removals, error) = self.pipeline.run_later(self.later.take(), &self.later_id, &mut local);
+            drop(t);
+            work.items.extend(items);
+            work.removals.extend(removals);
+            first_error = first_error.or(error);
+        }
+        stats.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
+        if !drained {
+            self.since = page.last_seq;
+        }
+        Ok((Next::Work(Box::new(work), self.later.saved()), first_error))
+    }
+
+    /// The next page of the feed, as text. Continuous and with nothing in flight, it first waits
+    /// for something new (briefly when a signal may end the run, so it is seen soon).
+    fn read_page(&self) -> Result<ChangesPage<std::sync::Arc<str>>, PipelineError> {
+        let _t = span("R:changes");
+        let store = &*self.pipeline.store;
+        if self.options.continuous && self.in_flight == 0 && self.later.is_empty() {
+            let wait = if self.options.until.is_some() { Duration::from_millis(20) } else { Duration::from_secs(30) };
+            let news = store.wait_changes(&self.since, 1, false, wait)?;
+            if news.changes.is_empty() {
+                return Ok(ChangesPage { changes: Vec::new(), last_seq: self.since.clone() });
+            }
+        }
+        Ok(store.changes_text(&self.since, self.options.page_size)?)
+    }
+
+    /// Waits for the writer to finish one page; false when it stopped (its error is reported
+    /// by the caller).
+    fn written(&mut self, done: &Receiver<()>) -> bool {
+        let ok = done.recv().is_ok();
+        self.in_flight -= usize::from(ok);
+        ok
+    }
+}

@@ -1,0 +1,184 @@
+//! The maintenance commands over the pipeline's bookkeeping, without a pool: per-extension
+//! counts (`status`), forgetting what extensions did (`reprocess`, `unprocess`,
+//! `retry-errors`), putting failed later_handler calls' values back in their queues, and moving
+//! an older database's bookkeeping documents to records.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use super::deps::DEPS_PREFIX;
+use super::later::{queue_record, LaterQueue, LATER_PREFIX};
+use super::state::{StateRecord, STATE_PREFIX};
+use super::{PipelineError, ERROR_SCHEMA};
+use crate::model;
+use crate::store::{Doc, Durability, Record, Seq, Store, StoreError, WriteResult};
+
+/// Calls `f` with each page of the sources' state records: from the store's records, or —
+/// from a store whose records are ordinary documents — from the changes feed.
+fn state_pages<E: From<StoreError>>(store: &dyn Store, size: usize, mut f: impl FnMut(Vec<StateRecord>) -> Result<(), E>) -> Result<(), E> {
+    let mut after: Option<String> = None;
+    while let Some(records) = store.records_after(STATE_PREFIX, after.as_deref(), size)? {
+        let Some(last) = records.last() else { return Ok(()) };
+        after = last.get("_id").and_then(Value::as_str).map(str::to_string);
+        f(records.into_iter().map(StateRecord::from_doc).collect())?;
+    }
+    let mut since = Seq::zero();
+    loop {
+        let page = store.changes(&since, size, true)?;
+        if page.changes.is_empty() {
+            return Ok(());
+        }
+        let records = page.changes.into_iter().filter(|c| c.id.starts_with(STATE_PREFIX) && !c.deleted).filter_map(|c| c.doc).map(StateRecord::from_doc).collect();
+        f(records)?;
+        since = page.last_seq;
+    }
+}
+
+/// Per-extension counts from the state records: (processed sources, errors).
+pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    state_pages(store, 1000, |records| -> Result<(), StoreError> {
+        for record in &records {
+            for (ext, entry) in record.entries() {
+                let e = counts.entry(ext.clone()).or_default();
+                e.0 += 1;
+                e.1 += u64::from(entry.error);
+            }
+        }
+        Ok(())
+    })?;
+    Ok(counts)
+}
+
+/// Forgets what `ext` (or every extension) did, so the next run re-runs it; with `remove`, its
+/// outputs are also withdrawn (`unprocess`). With `only_errors`, only failed runs are forgotten
+/// (`retry-errors`). Returns how many source states changed.
+pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: bool) -> Result<u64, PipelineError> {
+    let mut changed = 0;
+    let started = Instant::now();
+    state_pages(store, 500, |records| -> Result<(), PipelineError> {
+        let mut removals = Vec::new();
+        let mut writes = Vec::new();
+        for mut record in records {
+            let names: Vec<String> = record.entries().map(|(name, _)| name.clone()).filter(|name| ext.is_none_or(|e| e == name)).collect();
+            let mut touched = false;
+            for name in names {
+                if only_errors && !record.entry(&name).is_some_and(|e| e.error) {
+                    continue;
+                }
+                let Some(entry) = record.remove(&name) else { continue };
+                if remove || only_errors {
+                    for out in entry.outputs {
+                        if remove || model::schema_of_id(&out) == Some(ERROR_SCHEMA) {
+                            removals.push((out, name.clone()));
+                        }
+                    }
+                }
+                touched = true;
+            }
+            if touched {
+                changed += 1;
+                writes.push(record.into_record());
+            }
+        }
+        if !removals.is_empty() || !writes.is_empty() {
+            withdraw(store, removals, writes)?;
+        }
+        Ok(())
+    })?;
+    if only_errors {
+        changed += requeue_later_failures(store, ext)?;
+    }
+    tracing::info!(changed, elapsed = ?started.elapsed(), "forgot processing state");
+    Ok(changed)
+}
+
+/// Bookkeeping kept as documents before 2026-11-28 (the dependency index, the later queues)
+/// becomes records, as it is kept now: out of the changes feed, which read every version of a
+/// growing queue or index again.
+pub(super) fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError> {
+    for prefix in [DEPS_PREFIX, LATER_PREFIX] {
+        let moved = store.move_to_records(prefix)?;
+        if moved > 0 {
+            tracing::info!(moved, prefix, "bookkeeping documents moved to records");
+        }
+    }
+    Ok(())
+}
+
+/// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
+/// in the queues they came from, then withdraws those documents. Returns how many calls.
+fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
+    // queue id → (error document id, extension id, values)
+    let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
+    for doc in store.find(ERROR_SCHEMA, None, usize::MAX)? {
+        let Some(details) = doc.get("error_details") else { continue };
+        let (Some(Value::Array(values)), Some(Value::String(queue)), Some(Value::String(ext_id))) =
+            (details.get("later_values"), details.get("later_queue"), details.get("ext_id"))
+        else {
+            continue;
+        };
+        if ext.is_some_and(|e| e != ext_id) || !queue.starts_with(LATER_PREFIX) {
+            continue;
+        }
+        let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        by_queue.entry(queue.clone()).or_default().push((id, ext_id.clone(), values.clone()));
+    }
+    let mut requeued = 0;
+    bookkeeping_to_records(store)?;
+    for (queue, failures) in by_queue {
+        let existing = store.get_records(std::slice::from_ref(&queue))?.pop().flatten();
+        let mut later = LaterQueue::from_record(existing.as_ref());
+        let mut removals = Vec::new();
+        for (id, ext_id, values) in failures {
+            later.extend(&ext_id, values);
+            removals.push((id, ext_id));
+        }
+        // The queue first: the error documents go only once their values are safe in it.
+        if let Some(values) = later.saved() {
+            let rev = existing.as_ref().and_then(|d| d.get("_rev")).and_then(Value::as_str).map(str::to_string);
+            let record = queue_record(&queue, rev, &values);
+            match store.bulk_write_with_records(Vec::new(), Vec::new(), vec![record], None, Durability::Immediate)?.1.pop() {
+                Some(WriteResult::Ok { .. }) => {}
+                other => {
+                    tracing::warn!("could not update {queue} ({other:?}); run the command again");
+                    continue;
+                }
+            }
+        }
+        requeued += removals.len() as u64;
+        withdraw(store, removals, Vec::new())?;
+    }
+    Ok(requeued)
+}
+
+/// Withdraws contributions — (document id, extension id) — and writes `states` with them.
+fn withdraw(store: &dyn Store, removals: Vec<(String, String)>, states: Vec<Record>) -> Result<(), StoreError> {
+    let ids: Vec<String> = removals.iter().map(|(id, _)| id.clone()).collect();
+    let current = store.get_many(&ids)?;
+    let mut docs: BTreeMap<String, Option<Doc>> = BTreeMap::new();
+    for ((id, ext), existing) in removals.iter().zip(current) {
+        let base = docs.get(id).cloned().unwrap_or(existing);
+        let rev = base.as_ref().and_then(|d| d.get("_rev").cloned());
+        let next = base.and_then(|d| model::remove_contributor(&d, ext));
+        match (next, rev) {
+            (Some(d), _) => {
+                docs.insert(id.clone(), Some(d));
+            }
+            (None, Some(rev)) => {
+                docs.insert(id.clone(), Some(model::tombstone(id, Some(rev))));
+            }
+            (None, None) => {}
+        }
+    }
+    let writes: Vec<Doc> = docs.into_values().flatten().collect();
+    let (results, record_results) = store.bulk_write_with_records(writes, Vec::new(), states, None, Durability::Immediate)?;
+    for r in results.into_iter().chain(record_results) {
+        if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
+            tracing::warn!("could not update {id}; run the command again");
+        }
+    }
+    Ok(())
+}

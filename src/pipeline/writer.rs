@@ -1,0 +1,289 @@
+//! Merging and writing: a page's items merged into their current documents (an unchanged
+//! document is not rewritten), withdrawn contributions removed, and everything written in one
+//! store write with the page's bookkeeping and its checkpoint — the data first, then as records
+//! the dependency index and the later queue, then the sources' state records.
+//!
+//! A conflict (another writer got there first) re-reads and re-merges, a bounded number of
+//! times. An output the store refuses becomes an error document against its source, written
+//! right after.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::deps::DepsIndex;
+use super::dispatch::PageWork;
+use super::later::queue_record;
+use super::outcome::{error_item, refused_later_output_item};
+use super::state::{state_id, StateRecord};
+use super::{Pipeline, PipelineError, Stats};
+use crate::js::{FailureKind, HandlerError};
+use crate::model::{self, SchemaItem};
+use crate::store::{Doc, Durability, NewDoc, Record, Seq, StoreError, WriteResult};
+use crate::timing::span;
+
+/// How many times a conflicting write is re-merged before it becomes an error.
+const CONFLICT_RETRIES: usize = 5;
+
+/// The writer stage of a run: it owns what the writes of one run carry from page to page.
+pub(super) struct Writer<'p> {
+    pipeline: &'p Pipeline,
+    checkpoint_id: String,
+    /// The extensions' fingerprints, recorded with each checkpoint.
+    fingerprints: Value,
+    later_id: String,
+    /// The later queue record's revision as last written or read; `None` when it must be read
+    /// again before the next write (never written, or the last write failed).
+    later_rev: Option<String>,
+    deps: DepsIndex,
+}
+
+/// A document the store refused: its id, the items that made it, and the store's reason.
+type Refused = (String, Vec<SchemaItem>, String);
+
+/// One document of a write, as the merge made it.
+enum Write {
+    Doc(Doc),
+    New(NewDoc),
+}
+
+impl<'p> Writer<'p> {
+    pub(super) fn new(pipeline: &'p Pipeline, checkpoint_id: String, fingerprints: Value, later_id: String, later_rev: Option<String>) -> Writer<'p> {
+        Writer { pipeline, checkpoint_id, fingerprints, later_id, later_rev, deps: DepsIndex::default() }
+    }
+
+    /// Writes one page: its work, the later queue's new text if the page changed it
+    /// (`waiting`), and the checkpoint at `seq`. Returns what it wrote, as counts.
+    pub(super) fn write_page(&mut self, work: PageWork, seq: &Seq, waiting: Option<String>) -> Result<Stats, PipelineError> {
+        let _t = span("W:write");
+        let mut stats = Stats::default();
+        // The queue is written before the states of the sources that fed it, and the
+        // dependency index too: if a crash comes between (a store whose write is not one
+        // transaction), it names outputs not yet written, which costs a re-run.
+        let queue = self.later_record(waiting)?;
+        let t = span("W:deps");
+        let mut bookkeeping = self.deps.updates(&*self.pipeline.store, work.dependencies)?;
+        drop(t);
+        bookkeeping.extend(queue);
+        let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": self.fingerprints });
+        let results = self.write(work.items, work.removals, bookkeeping, work.states, &checkpoint, &mut stats)?;
+        self.deps.written(&results);
+        for result in results {
+            if let WriteResult::Ok { id, rev } = result {
+                if id == self.later_id {
+                    self.later_rev = Some(rev);
+                }
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The later queue's record for its new text, at the revision it replaces.
+    fn later_record(&mut self, waiting: Option<String>) -> Result<Option<Record>, StoreError> {
+        let Some(values) = waiting else { return Ok(None) };
+        if self.later_rev.is_none() {
+            let stored = self.pipeline.store.get_records(std::slice::from_ref(&self.later_id))?.pop().flatten();
+            self.later_rev = stored.and_then(|d| d.get("_rev").and_then(Value::as_str).map(str::to_string));
+        }
+        Ok(Some(queue_record(&self.later_id, self.later_rev.take(), &values)))
+    }
+
+    /// Merges and writes (see the module's note); returns the results of writing `bookkeeping`.
+    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: &Value, stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+        let (bookkeeping_results, refused) = self.write_merged(items, removals, bookkeeping, states, checkpoint, stats)?;
+        if !refused.is_empty() {
+            let (errors, states) = self.refusal_errors(refused, stats)?;
+            // Once: an error document the store refuses too is only logged.
+            let (_, refused_again) = self.write_merged(errors, Vec::new(), Vec::new(), states, checkpoint, stats)?;
+            for (id, _, reason) in refused_again {
+                tracing::error!("the store refused {id}, the error document of an output it refused: {reason}");
+            }
+        }
+        Ok(bookkeeping_results)
+    }
+
+    /// [`Writer::write`] without the second chance for refused outputs: also returns the
+    /// documents the store refused, with the items that made each and the store's reason.
+    fn write_merged(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: &Value, stats: &mut Stats) -> Result<(Vec<WriteResult>, Vec<Refused>), StoreError> {
+        let store = &*self.pipeline.store;
+        let mut pending = Pending::new(items, removals);
+        let mut ids = pending.ids();
+        let mut refused: Vec<Refused> = Vec::new();
+        // Records, written with the first attempt only: the bookkeeping before the states.
+        let n_bookkeeping = bookkeeping.len();
+        let mut records = bookkeeping;
+        records.extend(states);
+        let mut bookkeeping_results = Vec::new();
+        for attempt in 0..=CONFLICT_RETRIES {
+            let t = span("W:get_many").items(ids.len());
+            let current = store.get_many(&ids)?;
+            drop(t);
+            let t = span("W:merge");
+            // Each document merges on its own: the page's documents merge side by side.
+            let (writes, new_docs) = pending.merge_all(&ids, current);
+            stats.docs_removed += writes.iter().filter(|d| d.contains_key("_deleted")).count() as u64;
+            drop(t);
+            let records = std::mem::take(&mut records);
+            if writes.is_empty() && new_docs.is_empty() && records.is_empty() {
+                if attempt == 0 {
+                    store.put_local(&self.checkpoint_id, checkpoint)?;
+                }
+                return Ok((bookkeeping_results, refused));
+            }
+            let t = span("W:bulk_write").items(writes.len() + new_docs.len() + records.len());
+            let (results, record_results) = store.bulk_write_with_records(writes, new_docs, records, Some((&self.checkpoint_id, checkpoint)), Durability::Deferred)?;
+            drop(t);
+            for r in &record_results {
+                if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
+                    tracing::warn!("the record {id} changed under us; it will be rewritten on the next run");
+                }
+            }
+            if attempt == 0 {
+                bookkeeping_results = record_results;
+                bookkeeping_results.truncate(n_bookkeeping);
+            }
+            let mut conflicted: Vec<String> = Vec::new();
+            for r in results {
+                match r {
+                    WriteResult::Ok { .. } => stats.docs_written += 1,
+                    WriteResult::Conflict { id } => conflicted.push(id),
+                    WriteResult::Error { id, reason } => {
+                        tracing::warn!("the store refused {id}: {reason}");
+                        let made_by = pending.items.remove(&id).unwrap_or_default();
+                        refused.push((id, made_by, reason));
+                    }
+                }
+            }
+            if conflicted.is_empty() {
+                return Ok((bookkeeping_results, refused));
+            }
+            stats.conflicts_retried += conflicted.len() as u64;
+            ids = conflicted;
+        }
+        tracing::error!("documents still conflicting after {CONFLICT_RETRIES} retries: {ids:?}");
+        Ok((bookkeeping_results, refused))
+    }
+
+    /// The error documents for outputs the store refused (a name or a value it does not take,
+    /// a size over its limit), each against the source whose handler made it, and those
+    /// sources' state records marked failed (so `status` counts them and `retry-errors` runs
+    /// them again).
+    fn refusal_errors(&self, refused: Vec<Refused>, stats: &mut Stats) -> Result<(Vec<SchemaItem>, Vec<Record>), StoreError> {
+        let mut errors = Vec::new();
+        // source id → extension id → (refused output, error document) pairs
+        let mut by_source: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>> = BTreeMap::new();
+        for (id, made_by, reason) in refused {
+            for item in made_by {
+                let Some(ext) = self.pipeline.exts.iter().find(|e| e.id == item.ext_id) else { continue };
+                stats.errors += 1;
+                let e = HandlerError::new(FailureKind::BadOutput, format!("the store refused the output {id}: {reason}"));
+                let Some((sid, srev)) = &item.rd_source else {
+                    errors.push(refused_later_output_item(ext, &e, &id));
+                    continue;
+                };
+                let key = model::rd_key_of_id(sid).unwrap_or_else(|| item.rd_key.clone());
+                let error = error_item(&key, (sid, srev), ext, &e);
+                if let Ok(error_id) = model::doc_id(&error.rd_key, &error.schema_id) {
+                    by_source.entry(sid.clone()).or_default().entry(ext.id.clone()).or_default().push((id.clone(), error_id));
+                }
+                errors.push(error);
+            }
+        }
+        let ids: Vec<String> = by_source.keys().map(|sid| state_id(sid)).collect();
+        let mut states = Vec::new();
+        for (stored, (_, by_ext)) in self.pipeline.store.get_records(&ids)?.into_iter().zip(by_source) {
+            let Some(stored) = stored else { continue };
+            let mut record = StateRecord::from_doc(stored);
+            for (ext_id, swaps) in by_ext {
+                let Some(entry) = record.entry_mut(&ext_id) else { continue };
+                for (output, error_id) in swaps {
+                    entry.outputs.retain(|o| *o != output);
+                    if !entry.outputs.contains(&error_id) {
+                        entry.outputs.push(error_id);
+                    }
+                }
+                entry.error = true;
+            }
+            states.push(record.into_record());
+        }
+        Ok((errors, states))
+    }
+}
+
+/// A page's items and removals by document id, waiting to be merged.
+struct Pending {
+    items: BTreeMap<String, Vec<SchemaItem>>,
+    removals: BTreeMap<String, Vec<String>>,
+}
+
+impl Pending {
+    fn new(items: Vec<SchemaItem>, removals: Vec<(String, String)>) -> Pending {
+        let mut by_id: BTreeMap<String, Vec<SchemaItem>> = BTreeMap::new();
+        for item in items {
+            if let Ok(id) = model::doc_id(&item.rd_key, &item.schema_id) {
+                by_id.entry(id).or_default().push(item);
+            }
+        }
+        let mut removed: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, ext) in removals {
+            // A contribution emitted again in the same page is not withdrawn.
+            if !by_id.get(&id).is_some_and(|v| v.iter().any(|i| i.ext_id == ext)) {
+                removed.entry(id).or_default().push(ext);
+            }
+        }
+        Pending { items: by_id, removals: removed }
+    }
+
+    /// Every document id the page touches, sorted.
+    fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.items.keys().chain(self.removals.keys()).cloned().collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The writes for `ids` given their `current` documents, merged on a few threads: the
+    /// documents to write as values, and the new ones made as text.
+    fn merge_all(&self, ids: &[String], current: Vec<Option<Doc>>) -> (Vec<Doc>, Vec<NewDoc>) {
+        let mut writes = Vec::new();
+        let mut new_docs = Vec::new();
+        let merged = crate::par::map_in_parts(ids.iter().zip(current).collect(), 256, |(id, existing)| self.merge(id, existing));
+        for write in merged.into_iter().flatten() {
+            match write {
+                Write::Doc(d) => writes.push(d),
+                Write::New(d) => new_docs.push(d),
+            }
+        }
+        (writes, new_docs)
+    }
+
+    /// The write that brings document `id` (now `existing`) up to date; `None` when it already
+    /// says what the page would write. A new document from one item is made as text (see
+    /// `model::Fields`).
+    fn merge(&self, id: &String, existing: Option<Doc>) -> Option<Write> {
+        let items = self.items.get(id).map(Vec::as_slice).unwrap_or_default();
+        if let (None, None, [item]) = (&existing, self.removals.get(id), items) {
+            if let Some(body) = model::new_doc_body(item) {
+                return Some(Write::New(NewDoc { id: id.clone(), schema: item.schema_id.clone(), body }));
+            }
+        }
+        let mut doc = existing.clone();
+        for ext in self.removals.get(id).into_iter().flatten() {
+            doc = doc.and_then(|d| model::remove_contributor(&d, ext));
+        }
+        for item in items {
+            if doc.as_ref().is_some_and(|d| model::holds_same_from_other_source(d, item)) {
+                continue;
+            }
+            match model::apply_item_at(id, doc.as_ref(), item) {
+                Ok(d) => doc = Some(d),
+                Err(e) => tracing::error!("cannot merge into {id}: {e}"),
+            }
+        }
+        match (existing, doc) {
+            (Some(old), Some(new)) if model::same_content(&old, &new) => None,
+            (Some(old), None) => Some(Write::Doc(model::tombstone(id, old.get("_rev").cloned()))),
+            (_, new) => new.map(Write::Doc),
+        }
+    }
+}
