@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde_json::{Map, Value};
 
 use crate::model::{self, SchemaItem};
-use crate::store::{Doc, Durability, Store, StoreError, WriteResult};
+use crate::store::{Doc, Durability, Store, StoreError, WriteBatch, WriteResult};
 
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
@@ -34,7 +34,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
         });
     }
     let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
-    let current = store.get_many(&ids)?;
+    let current = store.get_docs(&ids)?;
     let mut merged: BTreeMap<String, Doc> = BTreeMap::new();
     let mut unchanged: Vec<WriteResult> = Vec::new();
     let existing: HashMap<&String, Option<Doc>> = ids.iter().zip(current).collect();
@@ -53,7 +53,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
         }
         _ => true,
     });
-    let mut results = store.bulk_write_and_put_local(merged.into_values().collect(), None, durability)?;
+    let mut results = store.write(WriteBatch { docs: merged.into_values().collect(), durability, ..WriteBatch::default() })?.docs;
     results.extend(unchanged);
     results.extend(bad);
     Ok(results)

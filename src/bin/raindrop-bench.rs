@@ -469,7 +469,7 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
             .collect();
         let start = Instant::now();
         for chunk in docs.chunks(1000) {
-            bulk_store.bulk_write(chunk.to_vec()).unwrap();
+            bulk_store.write(raindrop::store::WriteBatch::docs(chunk.to_vec())).unwrap();
         }
         let bulk_rate = docs.len() as f64 / start.elapsed().as_secs_f64();
         let bound = bulk_rate / 6.0;
@@ -609,11 +609,11 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside:
         (p.run(&options, progress).unwrap(), imported)
     };
     let total = start.elapsed().as_secs_f64();
-    let bodies = store.find("rd.msg.body", None, usize::MAX).unwrap().len();
+    let bodies = store.find_docs("rd.msg.body", None, usize::MAX).unwrap().len();
     // The conversations as a partition of the messages (whatever their ids): equal digests mean
     // equal threading, so runs with 1 and 2 threads can be compared.
     let mut members: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for doc in store.find("rd.msg.conversation", None, usize::MAX).unwrap() {
+    for doc in store.find_docs("rd.msg.conversation", None, usize::MAX).unwrap() {
         members.entry(doc["conversation_id"].to_string()).or_default().push(doc["rd_key"].to_string());
     }
     let mut partition: Vec<Vec<String>> = members.into_values().map(|mut m| { m.sort(); m }).collect();

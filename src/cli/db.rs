@@ -85,7 +85,7 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
                     line["deleted"] = Value::Bool(true);
                 }
                 if let Some(doc) = &c.doc {
-                    line["doc"] = Value::Object(doc.clone());
+                    line["doc"] = Value::Object(raindrop::store::parse_doc(doc)?);
                 }
                 writeln!(out, "{line}")?;
             }
@@ -100,7 +100,9 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
                     break;
                 }
                 for c in page.changes {
-                    let Some(doc) = c.doc.filter(|_| !c.deleted) else { continue };
+                    let Some(text) = c.doc.filter(|_| !c.deleted) else { continue };
+                    // Printed again, members in name order, as every version has.
+                    let doc = raindrop::store::parse_doc(&text)?;
                     if let Some(s) = schema {
                         if doc.get("rd_schema_id").and_then(Value::as_str) != Some(s) {
                             continue;

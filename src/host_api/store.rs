@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::model;
 use crate::js::HostFunctions;
-use crate::store::{Store, WriteResult};
+use crate::store::{Find, Store, WriteResult};
 
 /// Registers the store-backed functions in `host`, and `get_my_identities` answering
 /// `identities` (the user's own identity ids, from the configuration).
@@ -28,16 +28,9 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
             };
             ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
         }
-        match field_list(args.get(1))? {
-            Some(fields) => {
-                let docs = s.get_many_fields_text(&ids, &fields).map_err(|e| e.to_string())?;
-                Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
-            }
-            None => {
-                let docs = s.get_many(&ids).map_err(|e| e.to_string())?;
-                Ok(Value::Array(docs.into_iter().map(|d| d.map(Value::Object).unwrap_or(Value::Null)).collect()).to_string())
-            }
-        }
+        let fields = field_list(args.get(1))?;
+        let docs = s.get_many(&ids, fields.as_deref()).map_err(|e| e.to_string())?;
+        Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
     });
     let s = store.clone();
     // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
@@ -51,25 +44,17 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
     });
     let s = store.clone();
     // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
-    // (by a field with a field list: the store's text, as find_schemas_each answers)
     host.register_text("find_schemas", move |_, args| {
         let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
-        let field = match (args.get(1), args.get(2)) {
-            (Some(Value::String(f)), Some(v)) => Some((f.as_str(), v)),
+        let by = match (args.get(1), args.get(2)) {
+            (Some(Value::String(f)), Some(v)) => Some((f.as_str(), std::slice::from_ref(v))),
             (None | Some(Value::Null), _) => None,
             _ => return Err("find_schemas(schema_id, field, value): field must be a top-level field name".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        let docs = match (field, field_list(args.get(4))?) {
-            (Some((field, value)), Some(fields)) => {
-                let found = s.find_each_fields_text(schema, field, std::slice::from_ref(value), limit, &fields).map_err(|e| e.to_string())?;
-                return Ok(json_list(found.iter().flatten().map(String::as_str)));
-            }
-            (field, Some(fields)) => s.find_fields(schema, field, limit, &fields),
-            (field, None) => s.find(schema, field, limit),
-        }
-        .map_err(|e| e.to_string())?;
-        Ok(Value::Array(docs.into_iter().map(Value::Object).collect()).to_string())
+        let fields = field_list(args.get(4))?;
+        let found = s.find(&Find { schema, by, limit, fields: fields.as_deref() }).map_err(|e| e.to_string())?;
+        Ok(json_list(found.iter().flatten().map(String::as_str)))
     });
     let s = store.clone();
     // find_schemas_each(schema_id, field, [value, …][, limit[, fields]]) → [[doc, …], …]:
@@ -80,17 +65,10 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
             _ => return Err("find_schemas_each needs a schema id, a top-level field name and an array of values".into()),
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
-        match field_list(args.get(4))? {
-            Some(fields) => {
-                let found = s.find_each_fields_text(schema, field, values, limit, &fields).map_err(|e| e.to_string())?;
-                let lists: Vec<String> = found.iter().map(|docs| json_list(docs.iter().map(String::as_str))).collect();
-                Ok(json_list(lists.iter().map(String::as_str)))
-            }
-            None => {
-                let found = s.find_each(schema, field, values, limit, None).map_err(|e| e.to_string())?;
-                Ok(Value::Array(found.into_iter().map(|docs| Value::Array(docs.into_iter().map(Value::Object).collect())).collect()).to_string())
-            }
-        }
+        let fields = field_list(args.get(4))?;
+        let found = s.find(&Find { schema, by: Some((field, values)), limit, fields: fields.as_deref() }).map_err(|e| e.to_string())?;
+        let lists: Vec<String> = found.iter().map(|docs| json_list(docs.iter().map(String::as_str))).collect();
+        Ok(json_list(lists.iter().map(String::as_str)))
     });
     let s = store;
     // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of

@@ -92,11 +92,11 @@ impl DepsIndex {
 mod tests {
     use super::*;
     use crate::store::embedded::EmbeddedStore;
-    use crate::store::Durability;
+    use crate::store::WriteBatch;
 
     fn write(store: &EmbeddedStore, index: &mut DepsIndex, records: Vec<Record>) {
-        let (_, results) = store.bulk_write_with_records(Vec::new(), Vec::new(), records, None, Durability::Immediate).unwrap();
-        index.written(&results);
+        let written = store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+        index.written(&written.records);
     }
 
     fn dependents(store: &EmbeddedStore, id: &str) -> Value {

@@ -135,7 +135,7 @@ impl Pipeline {
         let in_page: HashSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();
         let mut missing: Vec<String> = forced.iter().map(|(src, _)| src.clone()).filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker)).collect();
         missing.dedup();
-        let extra = self.store.get_many(&missing)?.into_iter().flatten().filter(|d| d.contains_key("rd_schema_provider")).map(|d| Source::from_doc(&d)).collect();
+        let extra = self.store.get_many(&missing, None)?.into_iter().flatten().filter_map(|text| Source::from_text(Arc::from(text))).filter(|s| s.provider).collect();
         Ok((forced, extra))
     }
 

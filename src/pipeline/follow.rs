@@ -120,12 +120,11 @@ impl Follower<'_> {
         let store = &*self.pipeline.store;
         if self.options.continuous && self.in_flight == 0 && self.later.is_empty() {
             let wait = if self.options.until.is_some() { Duration::from_millis(20) } else { Duration::from_secs(30) };
-            let news = store.wait_changes(&self.since, 1, false, wait)?;
-            if news.changes.is_empty() {
+            if !store.wait_changes(&self.since, wait)? {
                 return Ok(ChangesPage { changes: Vec::new(), last_seq: self.since.clone() });
             }
         }
-        Ok(store.changes_text(&self.since, self.options.page_size)?)
+        Ok(store.changes(&self.since, self.options.page_size, true)?)
     }
 
     /// Waits for the writer to finish one page; false when it stopped (its error is reported

@@ -13,26 +13,16 @@ use super::later::{queue_record, LaterQueue, LATER_PREFIX};
 use super::state::{StateRecord, STATE_PREFIX};
 use super::{PipelineError, ERROR_SCHEMA};
 use crate::model;
-use crate::store::{Doc, Durability, Record, Seq, Store, StoreError, WriteResult};
+use crate::store::{Doc, Record, Store, StoreError, WriteBatch, WriteResult};
 
-/// Calls `f` with each page of the sources' state records: from the store's records, or —
-/// from a store whose records are ordinary documents — from the changes feed.
+/// Calls `f` with each page of the sources' state records, in id order.
 fn state_pages<E: From<StoreError>>(store: &dyn Store, size: usize, mut f: impl FnMut(Vec<StateRecord>) -> Result<(), E>) -> Result<(), E> {
     let mut after: Option<String> = None;
-    while let Some(records) = store.records_after(STATE_PREFIX, after.as_deref(), size)? {
+    loop {
+        let records = store.records_after(STATE_PREFIX, after.as_deref(), size)?;
         let Some(last) = records.last() else { return Ok(()) };
         after = last.get("_id").and_then(Value::as_str).map(str::to_string);
         f(records.into_iter().map(StateRecord::from_doc).collect())?;
-    }
-    let mut since = Seq::zero();
-    loop {
-        let page = store.changes(&since, size, true)?;
-        if page.changes.is_empty() {
-            return Ok(());
-        }
-        let records = page.changes.into_iter().filter(|c| c.id.starts_with(STATE_PREFIX) && !c.deleted).filter_map(|c| c.doc).map(StateRecord::from_doc).collect();
-        f(records)?;
-        since = page.last_seq;
     }
 }
 
@@ -113,7 +103,7 @@ pub(super) fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError
 fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
     // queue id → (error document id, extension id, values)
     let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
-    for doc in store.find(ERROR_SCHEMA, None, usize::MAX)? {
+    for doc in store.find_docs(ERROR_SCHEMA, None, usize::MAX)? {
         let Some(details) = doc.get("error_details") else { continue };
         let (Some(Value::Array(values)), Some(Value::String(queue)), Some(Value::String(ext_id))) =
             (details.get("later_values"), details.get("later_queue"), details.get("ext_id"))
@@ -140,7 +130,7 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
         if let Some(values) = later.saved() {
             let rev = existing.as_ref().and_then(|d| d.get("_rev")).and_then(Value::as_str).map(str::to_string);
             let record = queue_record(&queue, rev, &values);
-            match store.bulk_write_with_records(Vec::new(), Vec::new(), vec![record], None, Durability::Immediate)?.1.pop() {
+            match store.write(WriteBatch { records: vec![record], ..WriteBatch::default() })?.records.pop() {
                 Some(WriteResult::Ok { .. }) => {}
                 other => {
                     tracing::warn!("could not update {queue} ({other:?}); run the command again");
@@ -157,7 +147,7 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
 /// Withdraws contributions — (document id, extension id) — and writes `states` with them.
 fn withdraw(store: &dyn Store, removals: Vec<(String, String)>, states: Vec<Record>) -> Result<(), StoreError> {
     let ids: Vec<String> = removals.iter().map(|(id, _)| id.clone()).collect();
-    let current = store.get_many(&ids)?;
+    let current = store.get_docs(&ids)?;
     let mut docs: BTreeMap<String, Option<Doc>> = BTreeMap::new();
     for ((id, ext), existing) in removals.iter().zip(current) {
         let base = docs.get(id).cloned().unwrap_or(existing);
@@ -174,8 +164,8 @@ fn withdraw(store: &dyn Store, removals: Vec<(String, String)>, states: Vec<Reco
         }
     }
     let writes: Vec<Doc> = docs.into_values().flatten().collect();
-    let (results, record_results) = store.bulk_write_with_records(writes, Vec::new(), states, None, Durability::Immediate)?;
-    for r in results.into_iter().chain(record_results) {
+    let written = store.write(WriteBatch { docs: writes, records: states, ..WriteBatch::default() })?;
+    for r in written.docs.into_iter().chain(written.records) {
         if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {
             tracing::warn!("could not update {id}; run the command again");
         }

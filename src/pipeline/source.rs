@@ -75,10 +75,6 @@ impl Source {
         Some(Source::from_map(&doc, text))
     }
 
-    pub(super) fn from_doc(doc: &Doc) -> Source {
-        Source::from_map(doc, Arc::from(serde_json::to_string(doc).unwrap_or_else(|_| "{}".into())))
-    }
-
     fn from_map(doc: &Doc, text: Arc<str>) -> Source {
         Source {
             id: doc_str(doc, "_id").to_string(),

@@ -19,7 +19,7 @@ use super::state::{state_id, StateRecord};
 use super::{Pipeline, PipelineError, Stats};
 use crate::js::{FailureKind, HandlerError};
 use crate::model::{self, SchemaItem};
-use crate::store::{Doc, Durability, NewDoc, Record, Seq, StoreError, WriteResult};
+use crate::store::{Doc, Durability, NewDoc, Record, Seq, StoreError, WriteBatch, WriteResult, Written};
 use crate::timing::span;
 
 /// How many times a conflicting write is re-merged before it becomes an error.
@@ -116,7 +116,7 @@ impl<'p> Writer<'p> {
         let mut bookkeeping_results = Vec::new();
         for attempt in 0..=CONFLICT_RETRIES {
             let t = span("W:get_many").items(ids.len());
-            let current = store.get_many(&ids)?;
+            let current = store.get_docs(&ids)?;
             drop(t);
             let t = span("W:merge");
             // Each document merges on its own: the page's documents merge side by side.
@@ -131,7 +131,8 @@ impl<'p> Writer<'p> {
                 return Ok((bookkeeping_results, refused));
             }
             let t = span("W:bulk_write").items(writes.len() + new_docs.len() + records.len());
-            let (results, record_results) = store.bulk_write_with_records(writes, new_docs, records, Some((&self.checkpoint_id, checkpoint)), Durability::Deferred)?;
+            let batch = WriteBatch { docs: writes, new_docs, records, checkpoint: Some((&self.checkpoint_id, checkpoint)), durability: Durability::Deferred };
+            let Written { docs: results, records: record_results } = store.write(batch)?;
             drop(t);
             for r in &record_results {
                 if let WriteResult::Conflict { id } | WriteResult::Error { id, .. } = r {

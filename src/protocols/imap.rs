@@ -350,7 +350,7 @@ struct FolderCache {
 }
 
 fn load_caches(store: &dyn Store, account: &str) -> Result<HashMap<String, FolderCache>, StoreError> {
-    let docs = store.find("rd.imap.mailbox-cache", Some(("account", &json!(account))), usize::MAX)?;
+    let docs = store.find_docs("rd.imap.mailbox-cache", Some(("account", &json!(account))), usize::MAX)?;
     Ok(docs
         .into_iter()
         .filter_map(|d| serde_json::from_value::<FolderCache>(Value::Object(d)).ok())
@@ -709,7 +709,7 @@ fn plan_fetches(
             .iter()
             .filter_map(|e| model::doc_id(&json!(["email", e.key.as_deref().unwrap_or_default()]), "rd.msg.rfc822").ok())
             .collect();
-        let docs = store.get_many(&ids)?;
+        let docs = store.get_docs(&ids)?;
         for (e, doc) in batch.iter().zip(docs) {
             let key = e.key.as_deref().unwrap_or_default();
             if doc.is_some() || scheduled.contains(key) {
@@ -805,7 +805,7 @@ fn write_results(
             .iter()
             .filter_map(|k| model::doc_id(&json!(["email", k]), "rd.msg.imap-locations").ok())
             .collect();
-        let existing = store.get_many(&ids)?;
+        let existing = store.get_docs(&ids)?;
         let mut items = Vec::new();
         for (key, doc) in batch.iter().zip(existing) {
             let mut all: Vec<Value> = doc

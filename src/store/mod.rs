@@ -12,6 +12,7 @@ pub mod embedded;
 mod rev;
 mod spec;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
@@ -47,10 +48,10 @@ impl std::fmt::Display for Seq {
     }
 }
 
-/// One entry of the changes feed: the document's latest revision. The document comes parsed
-/// (`Doc`) or, from [`Store::changes_text`], as its JSON text.
+/// One entry of the changes feed: the document's latest revision, its document as JSON text
+/// when asked for.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Change<D = Doc> {
+pub struct Change<D = Arc<str>> {
     pub seq: Seq,
     pub id: String,
     pub rev: String,
@@ -61,7 +62,7 @@ pub struct Change<D = Doc> {
 
 /// A page of the changes feed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ChangesPage<D = Doc> {
+pub struct ChangesPage<D = Arc<str>> {
     pub changes: Vec<Change<D>>,
     /// Where the next page starts: hand it back as `since`.
     pub last_seq: Seq,
@@ -117,7 +118,6 @@ pub struct Attachment {
     pub data: Vec<u8>,
 }
 
-/// `doc` cut down to `rd_key` and `fields` (see [`Store::get_many_fields`]).
 /// A document that does not exist yet, given as its stored text: every member but `_id` (no
 /// `_rev`, `_deleted` or `_attachments`). The pipeline builds most of its outputs so, from the
 /// JSON text the handlers emitted, without parsing and printing them again.
@@ -137,7 +137,7 @@ impl NewDoc {
     }
 }
 
-/// A record to write (see [`Store::bulk_write_with_records`]): a document, or one its writer
+/// A record to write (see [`Store::get_records`]): a document, or one its writer
 /// built as JSON text — the pipeline's state records and later queue, printed without making
 /// a document of values first (they were a tenth of the bytes the mail benchmark serialised).
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +178,7 @@ fn doc_of_text(id: String, rev: Option<String>, body: &str, what: &str) -> Resul
     Ok(doc)
 }
 
+/// `doc` cut down to `rd_key` and `fields` (see [`Store::get_many`]).
 pub fn project(mut doc: Doc, fields: &[String]) -> Doc {
     doc.retain(|k, _| k == "rd_key" || fields.iter().any(|f| f == k));
     doc
@@ -185,9 +186,10 @@ pub fn project(mut doc: Doc, fields: &[String]) -> Doc {
 
 /// How soon a write must survive a power cut. A crash of the process loses no committed write
 /// either way; this is about the operating system's buffers reaching the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Before the call returns: what a user, an import or a sync is told is kept, is.
+    #[default]
     Immediate,
     /// Soon after (with the next durable write or the store's next copy of its log), for a
     /// write that can be made again from what is already durable: a page of the pipeline's
@@ -197,7 +199,55 @@ pub enum Durability {
     Deferred,
 }
 
-/// What every backend does. Implementations are `Send + Sync`: one store is shared by threads.
+/// What a [`Store::find`] looks for: documents of one schema, all of them or those whose
+/// top-level `field` equals one of `values` — or, with `field` written `name[]`, whose array
+/// `name` contains it (values over 512 bytes of JSON are not indexed) — at most `limit` per
+/// value, whole or cut down to `rd_key` and `fields`.
+#[derive(Debug, Clone, Copy)]
+pub struct Find<'a> {
+    pub schema: &'a str,
+    /// `None`: every document of the schema (one list in the answer).
+    pub by: Option<(&'a str, &'a [Value])>,
+    pub limit: usize,
+    pub fields: Option<&'a [String]>,
+}
+
+/// One write: documents (and new documents as text), then records, then a checkpoint, with one
+/// durability. The embedded store makes it one transaction.
+#[derive(Debug, Default)]
+pub struct WriteBatch<'a> {
+    pub docs: Vec<Doc>,
+    /// New documents given as their stored text, written after `docs`.
+    pub new_docs: Vec<NewDoc>,
+    /// Bookkeeping records, written after the documents (see [`Store::get_records`]).
+    pub records: Vec<Record>,
+    /// A checkpoint document written last: `(id, body)`, as [`Store::put_local`].
+    pub checkpoint: Option<(&'a str, &'a Value)>,
+    pub durability: Durability,
+}
+
+impl WriteBatch<'_> {
+    /// Documents alone, durable when the write returns.
+    pub fn docs(docs: Vec<Doc>) -> WriteBatch<'static> {
+        WriteBatch { docs, ..WriteBatch::default() }
+    }
+}
+
+/// The results of a [`WriteBatch`]: one per document (`docs` then `new_docs`) and one per
+/// record, in order.
+#[derive(Debug, Default)]
+pub struct Written {
+    pub docs: Vec<WriteResult>,
+    pub records: Vec<WriteResult>,
+}
+
+/// What every backend does, fully: each method has one meaning on both, and how a backend makes
+/// it fast (SQL over stored text, one HTTP request for many keys) is its own business.
+/// Implementations are `Send + Sync`: one store is shared by threads.
+///
+/// Documents are read as their JSON text (the pipeline hands most of them to JS as they are);
+/// the methods of `dyn Store` (`get_docs`, `find_docs`, `bulk_write`) parse or wrap for the
+/// callers that want values.
 pub trait Store: Send + Sync {
     fn info(&self) -> Result<DbInfo, StoreError>;
 
@@ -205,150 +255,55 @@ pub trait Store: Send + Sync {
     /// With `attachments`, attachment bodies are inlined as base64 `data`; otherwise stubs.
     fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError>;
 
-    /// Several documents by id, in the order asked; `None` for missing or deleted ones.
-    fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError>;
+    /// Several documents by id, in the order asked, as JSON text; `None` for missing or deleted
+    /// ones. With `fields`, each is cut down to `rd_key` and those fields (a summary reading many
+    /// bodies' few fields then does not pay for the rest); otherwise whole, with `_id`, `_rev`
+    /// and attachment stubs.
+    fn get_many(&self, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError>;
 
-    /// Writes each document (a new one without `_rev`, an update with the current `_rev`, a
-    /// delete with `_deleted: true`); one result per document, in order. Inline attachments
-    /// (`_attachments.{name}.data` in base64) are stored; stubs keep the existing ones.
-    fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError>;
-
-    /// [`Store::bulk_write`], then [`Store::put_local`] of `local` when given: the pipeline
-    /// writes a page and its checkpoint so. The embedded store does both in one transaction,
-    /// one durable commit instead of two.
-    fn bulk_write_and_put_local(&self, docs: Vec<Doc>, local: Option<(&str, &Value)>, _durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
-        let results = if docs.is_empty() { Vec::new() } else { self.bulk_write(docs)? };
-        if let Some((id, body)) = local {
-            self.put_local(id, body)?;
-        }
-        Ok(results)
-    }
-
-    /// [`Store::bulk_write_and_put_local`] that also writes the [`NewDoc`]s `new` after `docs`,
-    /// and `records` after them, in the same write; the results of `docs` and `new`, then of
-    /// `records`. Records are bookkeeping (the pipeline's state per source): written and read
-    /// like documents, with revisions, but a store may keep them apart — out of the changes
-    /// feed, with no sequence numbers or indexes, as the embedded store does (they were half of
-    /// all the rows it wrote on the mail benchmark). By default they are ordinary documents,
-    /// `new` is parsed and written like `docs`, and every write is durable when it returns.
-    fn bulk_write_with_records(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Record>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
-        let mut all = docs;
-        for doc in new {
-            all.push(doc.into_doc()?);
-        }
-        let n = all.len();
-        for record in records {
-            all.push(record.into_doc()?);
-        }
-        let mut results = self.bulk_write_and_put_local(all, local, durability)?;
-        let records = results.split_off(n.min(results.len()));
-        Ok((results, records))
-    }
-
-    /// Makes every write this store has returned from durable, [`Durability::Deferred`] ones
-    /// included: what a command that wrote deferred calls before it says it is done.
-    fn sync(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Turns the live documents whose ids start with `prefix` into records (see
-    /// [`Store::bulk_write_with_records`]) with the same ids, revisions and bodies, and drops
-    /// the documents: for bookkeeping an earlier version kept as documents. Returns how many
-    /// documents went; nothing to do where records are documents.
-    fn move_to_records(&self, _prefix: &str) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-
-    /// The records (see [`Store::bulk_write_with_records`]) with these ids, `None` where there
-    /// is none.
-    fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
-        self.get_many(ids)
-    }
-
-    /// Up to `limit` records whose id starts with `prefix` and sorts after `after`, in id
-    /// order; `None` from a store whose records are ordinary documents (read them from the
-    /// changes feed).
-    fn records_after(&self, _prefix: &str, _after: Option<&str>, _limit: usize) -> Result<Option<Vec<Doc>>, StoreError> {
-        Ok(None)
-    }
-
-    /// Live documents of schema `schema_id` (their `rd_schema_id`), optionally only those whose
-    /// top-level `field` equals `value` — or, with `field` written `name[]`, whose array `name`
-    /// contains `value` — at most `limit`. Values over 512 bytes of JSON are not indexed.
-    /// The embedded store answers from indexes it builds on first use of a field; CouchDB from a
-    /// view.
-    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError>;
+    /// The documents a [`Find`] looks for, as JSON text: one list per value asked for, in order
+    /// (one list when it asks by no field). The embedded store answers from indexes it builds on
+    /// first use of a field; CouchDB from a view.
+    fn find(&self, find: &Find<'_>) -> Result<Vec<Vec<String>>, StoreError>;
 
     /// Readies the index [`Store::find`] uses for `field` of `schema_id`. A store that builds
     /// indexes on first use builds this one now — while the schema may still have few
     /// documents, so that later writes keep it up to date instead of the first lookup reading
     /// every document of the schema. A store that indexes every field does nothing.
-    fn index_field(&self, _schema_id: &str, _field: &str) -> Result<(), StoreError> {
-        Ok(())
-    }
+    fn index_field(&self, schema_id: &str, field: &str) -> Result<(), StoreError>;
 
-    /// [`Store::get_many`], keeping of each document only `rd_key` and `fields`: a caller that
-    /// wants a few fields of many documents (a summary reading message bodies) then does not
-    /// pay for the rest. Stores that can skip the other fields while reading do.
-    fn get_many_fields(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
-        Ok(self.get_many(ids)?.into_iter().map(|d| d.map(|d| project(d, fields))).collect())
-    }
+    /// Changes after `since`, at most `limit`, oldest first, without waiting; with `docs`, each
+    /// document as its JSON text (`_id`, `_rev`, attachment stubs and `_deleted` included).
+    fn changes(&self, since: &Seq, limit: usize, docs: bool) -> Result<ChangesPage<Arc<str>>, StoreError>;
 
-    /// [`Store::find`], keeping of each document only `rd_key` and `fields`.
-    fn find_fields(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize, fields: &[String]) -> Result<Vec<Doc>, StoreError> {
-        Ok(self.find(schema_id, field, limit)?.into_iter().map(|d| project(d, fields)).collect())
-    }
+    /// Waits up to `timeout` for a change after `since`; whether there is one.
+    fn wait_changes(&self, since: &Seq, timeout: Duration) -> Result<bool, StoreError>;
 
-    /// [`Store::find`] (or, with `fields`, [`Store::find_fields`]) by one field for each of
-    /// `values`: one list per value, in order, of at most `limit` documents each. One call
-    /// instead of one per value (the attachments of every message of a page); stores that can
-    /// answer them together do.
-    fn find_each(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: Option<&[String]>) -> Result<Vec<Vec<Doc>>, StoreError> {
-        values
-            .iter()
-            .map(|v| match fields {
-                Some(fields) => self.find_fields(schema_id, Some((field, v)), limit, fields),
-                None => self.find(schema_id, Some((field, v)), limit),
-            })
-            .collect()
-    }
+    /// Writes a [`WriteBatch`]: each document a new one without `_rev`, an update with the
+    /// current `_rev`, a delete with `_deleted: true`; inline attachments
+    /// (`_attachments.{name}.data` in base64) are stored, stubs keep the existing ones.
+    fn write(&self, batch: WriteBatch<'_>) -> Result<Written, StoreError>;
 
-    /// [`Store::get_many_fields`] with each document as JSON text, for a caller that hands them
-    /// on as text (to JS). A store that keeps documents as text copies the fields' text instead
-    /// of parsing and printing them.
-    fn get_many_fields_text(&self, ids: &[String], fields: &[String]) -> Result<Vec<Option<String>>, StoreError> {
-        Ok(self.get_many_fields(ids, fields)?.into_iter().map(|d| d.map(|d| Value::Object(d).to_string())).collect())
-    }
+    /// Makes every write this store has returned from durable, [`Durability::Deferred`] ones
+    /// included: what a command that wrote deferred calls before it says it is done.
+    fn sync(&self) -> Result<(), StoreError>;
 
-    /// [`Store::find_each`] with `fields`, each document as JSON text (see
-    /// [`Store::get_many_fields_text`]).
-    fn find_each_fields_text(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: &[String]) -> Result<Vec<Vec<String>>, StoreError> {
-        Ok(self
-            .find_each(schema_id, field, values, limit, Some(fields))?
-            .into_iter()
-            .map(|docs| docs.into_iter().map(|d| Value::Object(d).to_string()).collect())
-            .collect())
-    }
+    /// The records with these ids, `None` where there is none. Records are bookkeeping (the
+    /// pipeline's state per source, its queues, its dependency index): written with revisions
+    /// like documents, but a store may keep them apart — out of the changes feed, with no
+    /// sequence numbers or indexes, as the embedded store does; on CouchDB they are documents.
+    fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError>;
 
-    /// [`Store::changes`] with every document as its JSON text (`_id`, `_rev`, attachment stubs
-    /// and `_deleted` included), not parsed: the pipeline hands most documents to JS as they
-    /// are, and parsing them into values only to print them again was most of its reading.
-    fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<std::sync::Arc<str>>, StoreError> {
-        let page = self.changes(since, limit, true)?;
-        Ok(page.map_docs(|d| std::sync::Arc::from(serde_json::to_string(&d).unwrap_or_else(|_| "{}".into()))))
-    }
+    /// Up to `limit` records whose id starts with `prefix` and sorts after `after`, in id order.
+    fn records_after(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Doc>, StoreError>;
 
-    /// Changes after `since`, at most `limit`, oldest first, without waiting.
-    fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError>;
-
-    /// Like [`Store::changes`], but when there is nothing after `since`, waits up to `timeout`
-    /// for a change.
-    fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)
-        -> Result<ChangesPage, StoreError>;
+    /// Turns the live documents whose ids start with `prefix` into records with the same ids,
+    /// revisions and bodies: for bookkeeping an earlier version kept as documents. Returns how
+    /// many documents went (none where records are documents).
+    fn move_to_records(&self, prefix: &str) -> Result<u64, StoreError>;
 
     /// Adds or replaces attachment `name` on revision `rev` of `id`; returns the new revision.
-    fn put_attachment(&self, id: &str, rev: &str, name: &str, content_type: &str, data: &[u8])
-        -> Result<String, StoreError>;
+    fn put_attachment(&self, id: &str, rev: &str, name: &str, attachment: &Attachment) -> Result<String, StoreError>;
 
     fn get_attachment(&self, id: &str, name: &str) -> Result<Option<Attachment>, StoreError>;
 
@@ -360,6 +315,40 @@ pub trait Store: Send + Sync {
 
     /// Deletes the whole database.
     fn destroy(&self) -> Result<(), StoreError>;
+}
+
+impl dyn Store + '_ {
+    /// [`Store::get_many`] of whole documents, parsed.
+    pub fn get_docs(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        self.get_many(ids, None)?.into_iter().map(|text| text.map(|t| parse_doc(&t)).transpose()).collect()
+    }
+
+    /// [`Store::find`] of one schema's documents, optionally by one field's value, parsed.
+    pub fn find_docs(&self, schema: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
+        let values;
+        let by = match field {
+            Some((name, value)) => {
+                values = [value.clone()];
+                Some((name, &values[..]))
+            }
+            None => None,
+        };
+        let found = self.find(&Find { schema, by, limit, fields: None })?;
+        found.into_iter().flatten().map(|t| parse_doc(&t)).collect()
+    }
+
+    /// [`Store::write`] of documents alone, durable when it returns.
+    pub fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
+        if docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.write(WriteBatch::docs(docs))?.docs)
+    }
+}
+
+/// A document's JSON text as members.
+pub fn parse_doc(text: &str) -> Result<Doc, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::BadRequest(format!("a stored document is not a JSON object: {e}")))
 }
 
 /// What went wrong talking to a store. Messages never include a password.

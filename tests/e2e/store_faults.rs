@@ -106,7 +106,7 @@ fn a_changes_read_survives_the_server_being_killed_and_restarted() {
     let store = CouchStore::open(&url, RetryPolicy::default()).unwrap();
     let docs: Vec<Doc> = (0..3000).map(|i| json!({"_id": format!("r{i:04}"), "i": i}).as_object().unwrap().clone()).collect();
     for chunk in docs.chunks(1000) {
-        store.bulk_write(chunk.to_vec()).unwrap();
+        store.write(raindrop::store::WriteBatch::docs(chunk.to_vec())).unwrap();
     }
     // Read in small pages; kill the server after the first pages and bring it back a second
     // later. The reader resumes from the last sequence it returned.

@@ -6,16 +6,23 @@
 //! Connection errors and 5xx answers are retried with exponential backoff, a bounded number of
 //! times; a changes read that fails is simply asked again from the same `since`, so a server
 //! restart in the middle of a read loses nothing.
+//!
+//! `wire` holds what the requests are made of: URLs, ids, sequences, rows.
 
+mod wire;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Seq, Store, StoreError, WriteResult};
+use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, WriteBatch, WriteResult, Written};
+use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json};
+pub use wire::{inline_attachment, redact};
 
 /// The view behind `find`: every schema document under `[schema]`, and under
 /// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
@@ -58,39 +65,6 @@ pub struct CouchStore {
     /// Whether the design document behind `find` is known to be installed (done on first use,
     /// so databases that never query carry no design document).
     views_ready: std::sync::atomic::AtomicBool,
-}
-
-/// A URL with its credentials removed, for messages.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.to_string().trim_end_matches('/').to_string()
-        }
-        Err(_) => "(an unparsable URL)".to_string(),
-    }
-}
-
-/// Percent-encodes a document id for a URL path, keeping the `/` of `_design/` and `_local/`.
-fn encode_id(id: &str) -> String {
-    for prefix in ["_design/", "_local/"] {
-        if let Some(rest) = id.strip_prefix(prefix) {
-            return format!("{prefix}{}", encode_component(rest));
-        }
-    }
-    encode_component(id)
-}
-
-fn encode_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 impl CouchStore {
@@ -307,25 +281,7 @@ impl CouchStore {
     }
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The rows of an `_all_docs` or view answer with `include_docs`.
+/// The rows of an `_all_docs` or view answer with `include_docs`, each document as text.
 #[derive(Deserialize)]
 struct Rows {
     rows: Vec<Row>,
@@ -333,84 +289,25 @@ struct Rows {
 
 #[derive(Deserialize)]
 struct Row {
-    doc: Option<Doc>,
+    #[serde(default)]
+    key: Value,
+    doc: Option<Box<RawValue>>,
 }
 
-/// A sequence as CouchDB gave it: strings verbatim, numbers in their JSON form.
-fn seq_from_json(v: &Value) -> Seq {
-    match v {
-        Value::String(s) => Seq::from_raw(s.clone()),
-        other => Seq::from_raw(other.to_string()),
-    }
-}
-
-fn describe_reqwest(e: &reqwest::Error) -> String {
-    // reqwest's messages include the URL; ours never carries credentials, but keep only the
-    // cause chain to stay short.
-    let mut msg = if e.is_connect() {
-        "cannot connect".to_string()
-    } else if e.is_timeout() {
-        "timed out".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
-}
-
-impl Store for CouchStore {
-    fn info(&self) -> Result<DbInfo, StoreError> {
-        let resp = self.send(|| self.request(reqwest::Method::GET, ""))?;
-        let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let v: Value = self.json(resp)?;
-        Ok(DbInfo {
-            db_name: v.get("db_name").and_then(Value::as_str).unwrap_or_default().to_string(),
-            doc_count: v.get("doc_count").and_then(Value::as_u64).unwrap_or(0),
-            doc_del_count: v.get("doc_del_count").and_then(Value::as_u64).unwrap_or(0),
-            update_seq: v.get("update_seq").map(|s| seq_from_json(s).to_string()).unwrap_or_default(),
-            backend: "couchdb",
-            location: self.db_url.clone(),
-        })
-    }
-
-    fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError> {
-        let path = encode_id(id);
-        let resp = self.send(|| {
-            let rb = self.request(reqwest::Method::GET, &path);
-            if attachments {
-                rb.query(&[("attachments", "true")]).header("Accept", "application/json")
-            } else {
-                rb
-            }
-        })?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+/// A document's text, or it cut down to `rd_key` and `fields`.
+fn shaped(doc: &RawValue, fields: Option<&[String]>) -> Result<String, StoreError> {
+    match fields {
+        None => Ok(doc.get().to_string()),
+        Some(fields) => {
+            let doc: Doc = super::parse_doc(doc.get())?;
+            Ok(Value::Object(super::project(doc, fields)).to_string())
         }
-        let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        Ok(Some(self.json(resp)?))
     }
+}
 
-    fn get_many(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(1000) {
-            let body = json!({ "keys": chunk });
-            let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
-            let resp = self.expect_status(resp, &[StatusCode::OK])?;
-            let rows: Rows = self.json(resp)?;
-            if rows.rows.len() != chunk.len() {
-                return Err(self.protocol("_all_docs returned a different number of rows than keys"));
-            }
-            out.extend(rows.rows.into_iter().map(|r| r.doc));
-        }
-        Ok(out)
-    }
-
-    fn bulk_write(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
+impl CouchStore {
+    /// `_bulk_docs` in requests of at most 2,000 documents or 16 MiB; one result per document.
+    fn bulk_docs(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
         #[derive(Deserialize)]
         struct Row {
             id: Option<String>,
@@ -454,56 +351,100 @@ impl Store for CouchStore {
         Ok(results)
     }
 
-    fn find(&self, schema_id: &str, field: Option<(&str, &Value)>, limit: usize) -> Result<Vec<Doc>, StoreError> {
-        let key = match field {
-            None => json!([schema_id]),
-            Some((name, value)) => json!([schema_id, name, value]),
-        };
-        let q = [("key", key.to_string()), ("include_docs", "true".to_string()), ("limit", limit.max(1).to_string())];
+
+    /// The view rows for each of `keys` (each key once: a key given twice would be answered
+    /// twice), in one request.
+    fn view_rows(&self, keys: &[Value], limit: Option<usize>) -> Result<Vec<Row>, StoreError> {
         self.views()?;
-        let resp = self.send(|| self.request(reqwest::Method::GET, "_design/raindrop/_view/by_field").query(&q))?;
+        let path = "_design/raindrop/_view/by_field";
+        let resp = if let [key] = keys {
+            let mut q = vec![("key", key.to_string()), ("include_docs", "true".to_string())];
+            if let Some(limit) = limit {
+                q.push(("limit", limit.max(1).to_string()));
+            }
+            self.send(|| self.request(reqwest::Method::GET, path).query(&q))?
+        } else {
+            let body = json!({ "keys": keys });
+            self.send(|| self.request(reqwest::Method::POST, path).query(&[("include_docs", "true")]).json(&body))?
+        };
+        let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+        Ok(rows.rows)
+    }
+}
+
+impl Store for CouchStore {
+    fn info(&self) -> Result<DbInfo, StoreError> {
+        let resp = self.send(|| self.request(reqwest::Method::GET, ""))?;
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let rows: Rows = self.json(resp)?;
-        Ok(rows.rows.into_iter().filter_map(|r| r.doc).collect())
+        let v: Value = self.json(resp)?;
+        Ok(DbInfo {
+            db_name: v.get("db_name").and_then(Value::as_str).unwrap_or_default().to_string(),
+            doc_count: v.get("doc_count").and_then(Value::as_u64).unwrap_or(0),
+            doc_del_count: v.get("doc_del_count").and_then(Value::as_u64).unwrap_or(0),
+            update_seq: v.get("update_seq").map(|s| seq_from_json(s).to_string()).unwrap_or_default(),
+            backend: "couchdb",
+            location: self.db_url.clone(),
+        })
     }
 
-    fn find_each(&self, schema_id: &str, field: &str, values: &[Value], limit: usize, fields: Option<&[String]>) -> Result<Vec<Vec<Doc>>, StoreError> {
-        #[derive(Deserialize)]
-        struct KeyedRow {
-            key: Value,
-            doc: Option<Doc>,
+    fn get(&self, id: &str, attachments: bool) -> Result<Option<Doc>, StoreError> {
+        let path = encode_id(id);
+        let resp = self.send(|| {
+            let rb = self.request(reqwest::Method::GET, &path);
+            if attachments {
+                rb.query(&[("attachments", "true")]).header("Accept", "application/json")
+            } else {
+                rb
+            }
+        })?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
         }
-        #[derive(Deserialize)]
-        struct KeyedRows {
-            rows: Vec<KeyedRow>,
+        let resp = self.expect_status(resp, &[StatusCode::OK])?;
+        Ok(Some(self.json(resp)?))
+    }
+
+
+    fn get_many(&self, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let body = json!({ "keys": chunk });
+            let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
+            let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+            if rows.rows.len() != chunk.len() {
+                return Err(self.protocol("_all_docs returned a different number of rows than keys"));
+            }
+            for row in rows.rows {
+                out.push(row.doc.as_deref().map(|d| shaped(d, fields)).transpose()?);
+            }
         }
+        Ok(out)
+    }
+
+    fn find(&self, find: &Find<'_>) -> Result<Vec<Vec<String>>, StoreError> {
+        let limit = find.limit.max(1);
+        let Some((field, values)) = find.by else {
+            let rows = self.view_rows(&[json!([find.schema])], Some(limit))?;
+            return Ok(vec![rows.iter().filter_map(|r| r.doc.as_deref()).map(|d| shaped(d, find.fields)).collect::<Result<_, _>>()?]);
+        };
         if values.is_empty() {
             return Ok(Vec::new());
         }
-        self.views()?;
-        // One request for every value: the rows come back with their keys.
-        let keys: Vec<Value> = values.iter().map(|v| json!([schema_id, field, v])).collect();
+        let keys: Vec<Value> = values.iter().map(|v| json!([find.schema, field, v])).collect();
         let mut slot: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut unique = Vec::new();
         for (i, k) in keys.iter().enumerate() {
             slot.entry(k.to_string()).or_insert_with(|| {
-                unique.push(k);
+                unique.push(k.clone());
                 i
             });
         }
-        // Each key once: a key given twice would be answered twice.
-        let body = json!({ "keys": unique });
-        let resp = self.send(|| self.request(reqwest::Method::POST, "_design/raindrop/_view/by_field").query(&[("include_docs", "true")]).json(&body))?;
-        let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let rows: KeyedRows = self.json(resp)?;
-        let mut out: Vec<Vec<Doc>> = vec![Vec::new(); values.len()];
-        for row in rows.rows {
-            if let (Some(&i), Some(doc)) = (slot.get(&row.key.to_string()), row.doc) {
-                if out[i].len() < limit.max(1) {
-                    out[i].push(match fields {
-                        Some(fields) => super::project(doc, fields),
-                        None => doc,
-                    });
+        let rows = self.view_rows(&unique, (unique.len() == 1).then_some(limit))?;
+        let mut out: Vec<Vec<String>> = vec![Vec::new(); values.len()];
+        for row in rows {
+            if let (Some(&i), Some(doc)) = (slot.get(&row.key.to_string()), row.doc.as_deref()) {
+                if out[i].len() < limit {
+                    out[i].push(shaped(doc, find.fields)?);
                 }
             }
         }
@@ -517,46 +458,97 @@ impl Store for CouchStore {
         Ok(out)
     }
 
-    fn changes(&self, since: &Seq, limit: usize, include_docs: bool) -> Result<ChangesPage, StoreError> {
-        let q = Self::changes_query(since, limit, include_docs);
-        self.read_changes(&q, Some(Duration::from_secs(300)), true)
+    /// CouchDB's view indexes every field at once: nothing to ready.
+    fn index_field(&self, _schema_id: &str, _field: &str) -> Result<(), StoreError> {
+        Ok(())
     }
 
-    fn changes_text(&self, since: &Seq, limit: usize) -> Result<ChangesPage<std::sync::Arc<str>>, StoreError> {
-        let q = Self::changes_query(since, limit, true);
-        let page: ChangesPage<Box<serde_json::value::RawValue>> = self.read_changes(&q, Some(Duration::from_secs(300)), true)?;
-        Ok(page.map_docs(|d| std::sync::Arc::from(d.get())))
+    fn changes(&self, since: &Seq, limit: usize, docs: bool) -> Result<ChangesPage<Arc<str>>, StoreError> {
+        let q = Self::changes_query(since, limit, docs);
+        let page: ChangesPage<Box<RawValue>> = self.read_changes(&q, Some(Duration::from_secs(300)), true)?;
+        Ok(page.map_docs(|d| Arc::from(d.get())))
     }
 
-    fn wait_changes(&self, since: &Seq, limit: usize, include_docs: bool, timeout: Duration)
-        -> Result<ChangesPage, StoreError> {
+    fn wait_changes(&self, since: &Seq, timeout: Duration) -> Result<bool, StoreError> {
         // Something there already: no need to wait.
-        let page = self.changes(since, limit, include_docs)?;
-        if !page.changes.is_empty() {
-            return Ok(page);
+        if !self.changes(since, 1, false)?.changes.is_empty() {
+            return Ok(true);
         }
-        let mut q = Self::changes_query(since, limit, include_docs);
+        let mut q = Self::changes_query(since, 1, false);
         q.push(("feed", "longpoll".to_string()));
         q.push(("timeout", timeout.as_millis().max(1).to_string()));
         // CouchDB ends a longpoll at `timeout`; PouchDB Server ignores it and holds the request
         // open. So the client gives up a little later, and a longpoll that ran out of time means
         // "no change yet" — the caller asks again from the same `since`, so nothing is lost.
-        match self.read_changes(&q, Some(timeout + Duration::from_secs(1)), false) {
-            Err(StoreError::Unavailable { reason, .. }) if reason.starts_with("timed out") => {
-                Ok(ChangesPage { changes: Vec::new(), last_seq: since.clone() })
-            }
-            other => other,
+        match self.read_changes::<serde::de::IgnoredAny>(&q, Some(timeout + Duration::from_secs(1)), false) {
+            Err(StoreError::Unavailable { reason, .. }) if reason.starts_with("timed out") => Ok(false),
+            Err(e) => Err(e),
+            Ok(page) => Ok(!page.changes.is_empty()),
         }
     }
 
-    fn put_attachment(&self, id: &str, rev: &str, name: &str, content_type: &str, data: &[u8])
-        -> Result<String, StoreError> {
+    /// Documents, new documents and records in `_bulk_docs` (records are documents here), then
+    /// the checkpoint: not one transaction, so the records come after the data they describe.
+    fn write(&self, batch: WriteBatch<'_>) -> Result<Written, StoreError> {
+        let mut all = batch.docs;
+        for doc in batch.new_docs {
+            all.push(doc.into_doc()?);
+        }
+        let n = all.len();
+        for record in batch.records {
+            all.push(record.into_doc()?);
+        }
+        let mut docs = if all.is_empty() { Vec::new() } else { self.bulk_docs(all)? };
+        let records = docs.split_off(n.min(docs.len()));
+        if let Some((id, body)) = batch.checkpoint {
+            self.put_local(id, body)?;
+        }
+        Ok(Written { docs, records })
+    }
+
+    /// CouchDB 3 has a write acknowledged only once it is on disk: nothing to wait for.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
+        self.get_many(ids, None)?.into_iter().map(|t| t.map(|t| super::parse_doc(&t)).transpose()).collect()
+    }
+
+    /// Records are documents here: `_all_docs` from the prefix on, in the server's id order.
+    fn records_after(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Doc>, StoreError> {
+        let start = after.unwrap_or(prefix);
+        let q = [
+            ("startkey", Value::String(start.to_string()).to_string()),
+            ("endkey", Value::String(format!("{prefix}\u{fff0}")).to_string()),
+            ("include_docs", "true".to_string()),
+            ("limit", (limit.max(1) + 1).to_string()),
+        ];
+        let resp = self.send(|| self.request(reqwest::Method::GET, "_all_docs").query(&q))?;
+        let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+        let mut out = Vec::new();
+        for doc in rows.rows.iter().filter_map(|r| r.doc.as_deref()) {
+            let doc = super::parse_doc(doc.get())?;
+            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
+            if Some(id) != after && id.starts_with(prefix) && out.len() < limit.max(1) {
+                out.push(doc);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records are documents here: nothing to move.
+    fn move_to_records(&self, _prefix: &str) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
+    fn put_attachment(&self, id: &str, rev: &str, name: &str, attachment: &Attachment) -> Result<String, StoreError> {
         let path = format!("{}/{}", encode_id(id), encode_component(name));
         let resp = self.send(|| {
             self.request(reqwest::Method::PUT, &path)
                 .query(&[("rev", rev)])
-                .header(reqwest::header::CONTENT_TYPE, content_type)
-                .body(data.to_vec())
+                .header(reqwest::header::CONTENT_TYPE, attachment.content_type.as_str())
+                .body(attachment.data.clone())
         })?;
         if resp.status() == StatusCode::CONFLICT || resp.status() == StatusCode::NOT_FOUND {
             return Err(StoreError::Conflict { id: id.to_string() });
@@ -626,78 +618,3 @@ impl Store for CouchStore {
     }
 }
 
-/// Inline attachment data for a document written through `_bulk_docs`.
-pub fn inline_attachment(content_type: &str, data: &[u8]) -> Value {
-    json!({ "content_type": content_type, "data": base64::engine::general_purpose::STANDARD.encode(data) })
-}
-
-/// `_bulk_docs` rows put back in the order of the documents written. CouchDB answers in input
-/// order, PouchDB Server not always (the records of a pipeline write came back before its
-/// documents now and then): each row goes back to the document with its id, and rows naming
-/// no document of the batch (ids the server chose) fill the rest in the order they came.
-fn in_input_order<R>(rows: Vec<R>, batch: &[Doc], id_of: impl Fn(&R) -> Option<&str>) -> Vec<R> {
-    let mut by_id: std::collections::HashMap<String, std::collections::VecDeque<usize>> = std::collections::HashMap::new();
-    for (i, row) in rows.iter().enumerate() {
-        if let Some(id) = id_of(row) {
-            by_id.entry(id.to_string()).or_default().push_back(i);
-        }
-    }
-    let mut taken = vec![false; rows.len()];
-    let mut order: Vec<Option<usize>> = batch
-        .iter()
-        .map(|doc| {
-            let i = doc.get("_id").and_then(Value::as_str).and_then(|id| by_id.get_mut(id)).and_then(|q| q.pop_front())?;
-            taken[i] = true;
-            Some(i)
-        })
-        .collect();
-    let mut rest = (0..rows.len()).filter(|i| !taken[*i]);
-    for slot in order.iter_mut().filter(|s| s.is_none()) {
-        *slot = rest.next();
-    }
-    let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
-    order.into_iter().filter_map(|i| rows.get_mut(i?)?.take()).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn redact_removes_credentials() {
-        assert_eq!(redact("http://bob:s3cret@127.0.0.1:5984/db"), "http://127.0.0.1:5984/db");
-        assert!(!redact("http://bob:s3cret@h/db").contains("s3cret"));
-    }
-
-    #[test]
-    fn ids_are_encoded_for_paths() {
-        assert_eq!(encode_id("rc!email.abc=!rd.msg.body"), "rc%21email.abc%3D%21rd.msg.body");
-        assert_eq!(encode_id("_design/x y"), "_design/x%20y");
-        assert_eq!(encode_id("é"), "%C3%A9");
-    }
-
-    #[test]
-    fn credentials_are_percent_decoded() {
-        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
-        assert_eq!(percent_decode("plain%"), "plain%");
-    }
-
-    #[test]
-    fn bulk_rows_go_back_to_their_documents() {
-        let batch: Vec<Doc> = [json!({"_id": "a"}), json!({}), json!({"_id": "b"}), json!({"_id": "a"})]
-            .iter()
-            .map(|d| d.as_object().unwrap().clone())
-            .collect();
-        // As a server might answer: out of order, one id of its own choosing.
-        let rows = vec![Some("b"), Some("a"), Some("fresh"), Some("a")];
-        let back = in_input_order(rows.clone(), &batch, |r| *r);
-        assert_eq!(back, vec![Some("a"), Some("fresh"), Some("b"), Some("a")]);
-        assert_eq!(in_input_order(vec![Some("a"), Some("x")], &batch[..2], |r| *r), vec![Some("a"), Some("x")]);
-    }
-
-    #[test]
-    fn sequences_keep_their_text() {
-        assert_eq!(seq_from_json(&json!(12)).as_str(), "12");
-        assert_eq!(seq_from_json(&json!("12-g1AAA")).as_str(), "12-g1AAA");
-    }
-}

@@ -1,0 +1,162 @@
+//! CouchDB's wire format beside the requests: URLs and ids in them (credentials redacted),
+//! sequences, the rows of bulk answers, and errors of the HTTP client described without the
+//! URL.
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::store::{Doc, Seq};
+
+/// A URL with its credentials removed, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string().trim_end_matches('/').to_string()
+        }
+        Err(_) => "(an unparsable URL)".to_string(),
+    }
+}
+
+/// Percent-encodes a document id for a URL path, keeping the `/` of `_design/` and `_local/`.
+pub(super) fn encode_id(id: &str) -> String {
+    for prefix in ["_design/", "_local/"] {
+        if let Some(rest) = id.strip_prefix(prefix) {
+            return format!("{prefix}{}", encode_component(rest));
+        }
+    }
+    encode_component(id)
+}
+
+pub(super) fn encode_component(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+pub(super) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A sequence as CouchDB gave it: strings verbatim, numbers in their JSON form.
+pub(super) fn seq_from_json(v: &Value) -> Seq {
+    match v {
+        Value::String(s) => Seq::from_raw(s.clone()),
+        other => Seq::from_raw(other.to_string()),
+    }
+}
+
+pub(super) fn describe_reqwest(e: &reqwest::Error) -> String {
+    // reqwest's messages include the URL; ours never carries credentials, but keep only the
+    // cause chain to stay short.
+    let mut msg = if e.is_connect() {
+        "cannot connect".to_string()
+    } else if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}
+
+/// Inline attachment data for a document written through `_bulk_docs`.
+pub fn inline_attachment(content_type: &str, data: &[u8]) -> Value {
+    json!({ "content_type": content_type, "data": base64::engine::general_purpose::STANDARD.encode(data) })
+}
+
+/// `_bulk_docs` rows put back in the order of the documents written. CouchDB answers in input
+/// order, PouchDB Server not always (the records of a pipeline write came back before its
+/// documents now and then): each row goes back to the document with its id, and rows naming
+/// no document of the batch (ids the server chose) fill the rest in the order they came.
+pub(super) fn in_input_order<R>(rows: Vec<R>, batch: &[Doc], id_of: impl Fn(&R) -> Option<&str>) -> Vec<R> {
+    let mut by_id: std::collections::HashMap<String, std::collections::VecDeque<usize>> = std::collections::HashMap::new();
+    for (i, row) in rows.iter().enumerate() {
+        if let Some(id) = id_of(row) {
+            by_id.entry(id.to_string()).or_default().push_back(i);
+        }
+    }
+    let mut taken = vec![false; rows.len()];
+    let mut order: Vec<Option<usize>> = batch
+        .iter()
+        .map(|doc| {
+            let i = doc.get("_id").and_then(Value::as_str).and_then(|id| by_id.get_mut(id)).and_then(|q| q.pop_front())?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect();
+    let mut rest = (0..rows.len()).filter(|i| !taken[*i]);
+    for slot in order.iter_mut().filter(|s| s.is_none()) {
+        *slot = rest.next();
+    }
+    let mut rows: Vec<Option<R>> = rows.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| rows.get_mut(i?)?.take()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_removes_credentials() {
+        assert_eq!(redact("http://bob:s3cret@127.0.0.1:5984/db"), "http://127.0.0.1:5984/db");
+        assert!(!redact("http://bob:s3cret@h/db").contains("s3cret"));
+    }
+
+    #[test]
+    fn ids_are_encoded_for_paths() {
+        assert_eq!(encode_id("rc!email.abc=!rd.msg.body"), "rc%21email.abc%3D%21rd.msg.body");
+        assert_eq!(encode_id("_design/x y"), "_design/x%20y");
+        assert_eq!(encode_id("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn credentials_are_percent_decoded() {
+        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
+        assert_eq!(percent_decode("plain%"), "plain%");
+    }
+
+    #[test]
+    fn bulk_rows_go_back_to_their_documents() {
+        let batch: Vec<Doc> = [json!({"_id": "a"}), json!({}), json!({"_id": "b"}), json!({"_id": "a"})]
+            .iter()
+            .map(|d| d.as_object().unwrap().clone())
+            .collect();
+        // As a server might answer: out of order, one id of its own choosing.
+        let rows = vec![Some("b"), Some("a"), Some("fresh"), Some("a")];
+        let back = in_input_order(rows.clone(), &batch, |r| *r);
+        assert_eq!(back, vec![Some("a"), Some("fresh"), Some("b"), Some("a")]);
+        assert_eq!(in_input_order(vec![Some("a"), Some("x")], &batch[..2], |r| *r), vec![Some("a"), Some("x")]);
+    }
+
+    #[test]
+    fn sequences_keep_their_text() {
+        assert_eq!(seq_from_json(&json!(12)).as_str(), "12");
+        assert_eq!(seq_from_json(&json!("12-g1AAA")).as_str(), "12-g1AAA");
+    }
+}
