@@ -21,13 +21,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, WriteBatch, WriteResult, Written};
-use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json};
+use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json, shaped, Row, Rows, FIND_MAP};
 pub use wire::{inline_attachment, redact};
-
-/// The view behind `find`: every schema document under `[schema]`, and under
-/// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
-/// JSON), like the original's megaview.
-const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n    if (Array.isArray(v)) for (var i = 0; i < v.length; i++) if (v[i] === null || typeof v[i] !== 'object' || JSON.stringify(v[i]).length <= 512) emit([doc.rd_schema_id, k + '[]', v[i]], null);\n  }\n}";
 
 /// How hard to try before calling the server unavailable.
 #[derive(Debug, Clone, Copy)]
@@ -278,30 +273,6 @@ impl CouchStore {
             q.push(("include_docs", "true".to_string()));
         }
         q
-    }
-}
-
-/// The rows of an `_all_docs` or view answer with `include_docs`, each document as text.
-#[derive(Deserialize)]
-struct Rows {
-    rows: Vec<Row>,
-}
-
-#[derive(Deserialize)]
-struct Row {
-    #[serde(default)]
-    key: Value,
-    doc: Option<Box<RawValue>>,
-}
-
-/// A document's text, or it cut down to `rd_key` and `fields`.
-fn shaped(doc: &RawValue, fields: Option<&[String]>) -> Result<String, StoreError> {
-    match fields {
-        None => Ok(doc.get().to_string()),
-        Some(fields) => {
-            let doc: Doc = super::parse_doc(doc.get())?;
-            Ok(Value::Object(super::project(doc, fields)).to_string())
-        }
     }
 }
 

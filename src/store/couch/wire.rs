@@ -3,9 +3,41 @@
 //! URL.
 
 use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::store::{Doc, Seq};
+use crate::store::{Doc, Seq, StoreError};
+
+/// The view behind `find`: every schema document under `[schema]`, and under
+/// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
+/// JSON), like the original's megaview.
+pub(super) const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n    if (Array.isArray(v)) for (var i = 0; i < v.length; i++) if (v[i] === null || typeof v[i] !== 'object' || JSON.stringify(v[i]).length <= 512) emit([doc.rd_schema_id, k + '[]', v[i]], null);\n  }\n}";
+
+/// The rows of an `_all_docs` or view answer with `include_docs`, each document as text.
+#[derive(Deserialize)]
+pub(super) struct Rows {
+    pub(super) rows: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Row {
+    #[serde(default)]
+    pub(super) key: Value,
+    pub(super) doc: Option<Box<RawValue>>,
+}
+
+/// A document's text, or it cut down to `rd_key` and `fields`.
+pub(super) fn shaped(doc: &RawValue, fields: Option<&[String]>) -> Result<String, StoreError> {
+    match fields {
+        None => Ok(doc.get().to_string()),
+        Some(fields) => {
+            let doc: Doc = crate::store::parse_doc(doc.get())?;
+            Ok(Value::Object(crate::store::project(doc, fields)).to_string())
+        }
+    }
+}
+
 
 /// A URL with its credentials removed, for messages.
 pub fn redact(url: &str) -> String {
