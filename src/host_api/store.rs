@@ -8,7 +8,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 use crate::model;
-use crate::js::HostFunctions;
+use crate::js::{HostError, HostFunctions};
 use crate::store::{Find, Store, WriteResult};
 
 /// Registers the store-backed functions in `host`, and `get_my_identities` answering
@@ -24,12 +24,12 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         for pair in wanted {
             let (key, schema) = match pair.as_array().map(Vec::as_slice) {
                 Some([key, Value::String(schema)]) => (key, schema),
-                _ => return Err(format!("not an [rd_key, schema_id] pair: {pair}")),
+                _ => return Err(HostError(format!("not an [rd_key, schema_id] pair: {pair}"))),
             };
-            ids.push(model::doc_id(key, schema).map_err(|e| e.to_string())?);
+            ids.push(model::doc_id(key, schema)?);
         }
         let fields = field_list(args.get(1))?;
-        let docs = s.get_many(&ids, fields.as_deref()).map_err(|e| e.to_string())?;
+        let docs = s.get_many(&ids, fields.as_deref())?;
         Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
     });
     let s = store.clone();
@@ -53,7 +53,7 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
         let fields = field_list(args.get(4))?;
-        let found = s.find(&Find { schema, by, limit, fields: fields.as_deref() }).map_err(|e| e.to_string())?;
+        let found = s.find(&Find { schema, by, limit, fields: fields.as_deref() })?;
         Ok(json_list(found.iter().flatten().map(String::as_str)))
     });
     let s = store.clone();
@@ -66,7 +66,7 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
         let fields = field_list(args.get(4))?;
-        let found = s.find(&Find { schema, by: Some((field, values)), limit, fields: fields.as_deref() }).map_err(|e| e.to_string())?;
+        let found = s.find(&Find { schema, by: Some((field, values)), limit, fields: fields.as_deref() })?;
         let lists: Vec<String> = found.iter().map(|docs| json_list(docs.iter().map(String::as_str))).collect();
         Ok(json_list(lists.iter().map(String::as_str)))
     });
@@ -80,7 +80,7 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         // A document without `_id` gets the id of its `rd_key` and `rd_schema_id`.
         for doc in docs.iter_mut().filter(|d| !d.contains_key("_id")) {
             if let (Some(key), Some(Value::String(schema))) = (doc.get("rd_key"), doc.get("rd_schema_id")) {
-                let id = model::doc_id(key, schema).map_err(|e| e.to_string())?;
+                let id = model::doc_id(key, schema)?;
                 doc.insert("_id".into(), Value::String(id));
             }
         }
@@ -98,7 +98,7 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
                 }
             }
         }
-        let mut results = s.bulk_write(writes).map_err(|e| e.to_string())?.into_iter().map(|r| match r {
+        let mut results = s.bulk_write(writes)?.into_iter().map(|r| match r {
             WriteResult::Ok { id, rev } => json!({"id": id, "rev": rev}),
             WriteResult::Conflict { id } => json!({"id": id, "error": "conflict"}),
             WriteResult::Error { id, reason } => json!({"id": id, "error": reason}),
@@ -109,7 +109,7 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
 
 /// The attachment named by `args` (`[doc or id, name]`); a bare name finds the attachment any
 /// contributor stored as `<ext>/<name>`.
-pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>, String> {
+pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Option<Vec<u8>>, HostError> {
     let id = match args.first() {
         Some(Value::String(id)) => id.clone(),
         Some(Value::Object(doc)) => doc.get("_id").and_then(Value::as_str).ok_or("the document has no _id")?.to_string(),
@@ -126,13 +126,13 @@ pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Optio
         let given = args.first().and_then(Value::as_object).and_then(find);
         let found = match given {
             Some(f) => Some(f),
-            None => store.get(&id, false).map_err(|e| e.to_string())?.as_ref().and_then(find),
+            None => store.get(&id, false)?.as_ref().and_then(find),
         };
         if let Some(found) = found {
             full = found;
         }
     }
-    Ok(store.get_attachment(&id, &full).map_err(|e| e.to_string())?.map(|att| att.data))
+    Ok(store.get_attachment(&id, &full)?.map(|att| att.data))
 }
 
 /// A JSON array of the JSON texts `items`.
@@ -150,14 +150,14 @@ fn json_list<'a>(items: impl Iterator<Item = &'a str>) -> String {
 
 /// The optional list of fields to keep (besides `rd_key`) of the documents a call reads: much
 /// less to read and to hand to JS when a caller wants a few fields of many documents.
-fn field_list(arg: Option<&Value>) -> Result<Option<Vec<String>>, String> {
+fn field_list(arg: Option<&Value>) -> Result<Option<Vec<String>>, HostError> {
     match arg {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(names)) => names
             .iter()
-            .map(|n| n.as_str().map(str::to_string).ok_or_else(|| format!("field names must be strings, not {n}")))
+            .map(|n| n.as_str().map(str::to_string).ok_or_else(|| HostError(format!("field names must be strings, not {n}"))))
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
-        Some(other) => Err(format!("the field list must be an array of names, not {other}")),
+        Some(other) => Err(HostError(format!("the field list must be an array of names, not {other}"))),
     }
 }

@@ -10,14 +10,49 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+/// Why a host function refused a call: a message the driver throws as a JS `Error`, prefixed
+/// with the function's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostError(pub String);
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for HostError {
+    fn from(message: String) -> HostError {
+        HostError(message)
+    }
+}
+
+impl From<&str> for HostError {
+    fn from(message: &str) -> HostError {
+        HostError(message.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for HostError {
+    fn from(e: crate::store::StoreError) -> HostError {
+        HostError(e.to_string())
+    }
+}
+
+impl From<crate::model::ModelError> for HostError {
+    fn from(e: crate::model::ModelError) -> HostError {
+        HostError(e.to_string())
+    }
+}
+
 /// What a host function knows about its caller.
 pub struct HostCall<'a> {
     /// The id of the extension whose code made the call.
     pub extension_id: &'a str,
 }
 
-type ValueFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync;
-type TextFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<String, String> + Send + Sync;
+type ValueFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, HostError> + Send + Sync;
+type TextFn = dyn Fn(&HostCall<'_>, Vec<Value>) -> Result<String, HostError> + Send + Sync;
 
 /// A host function answers a JSON value, or JSON text it already has (documents read from a
 /// store as text go to JS without being parsed and printed on the way).
@@ -42,7 +77,7 @@ impl HostFunctions {
     pub fn register(
         &mut self,
         name: &str,
-        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, String> + Send + Sync + 'static,
+        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<Value, HostError> + Send + Sync + 'static,
     ) -> &mut Self {
         self.functions.insert(name.to_string(), HostFn::Value(Arc::new(f)));
         self
@@ -53,7 +88,7 @@ impl HostFunctions {
     pub fn register_text(
         &mut self,
         name: &str,
-        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<String, String> + Send + Sync + 'static,
+        f: impl Fn(&HostCall<'_>, Vec<Value>) -> Result<String, HostError> + Send + Sync + 'static,
     ) -> &mut Self {
         self.functions.insert(name.to_string(), HostFn::Text(Arc::new(f)));
         self
@@ -75,16 +110,16 @@ impl HostFunctions {
     fn answer(&self, extension_id: &str, name: &str, args_json: &str) -> String {
         let call = HostCall { extension_id };
         let answer = match self.functions.get(name) {
-            None => Err(format!("no host function named {name}")),
+            None => Err(HostError(format!("no host function named {name}"))),
             Some(f) => match (serde_json::from_str::<Vec<Value>>(args_json), f) {
-                (Err(e), _) => Err(format!("arguments are not JSON: {e}")),
+                (Err(e), _) => Err(HostError(format!("arguments are not JSON: {e}"))),
                 (Ok(args), HostFn::Value(f)) => f(&call, args).map(|v| v.to_string()),
                 (Ok(args), HostFn::Text(f)) => f(&call, args),
             },
         };
         match answer {
             Ok(text) => format!("{{\"ok\":{text}}}"),
-            Err(e) => serde_json::json!({ "error": e }).to_string(),
+            Err(e) => serde_json::json!({ "error": e.0 }).to_string(),
         }
     }
 }

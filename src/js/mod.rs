@@ -13,5 +13,5 @@ pub mod pool;
 pub mod watchdog;
 
 pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
-pub use host::{HostCall, HostFunctions};
+pub use host::{HostCall, HostError, HostFunctions};
 pub use pool::{Batch, BatchResult, DocOutcome, EmittedItem, Emission, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater, PoolConfig};

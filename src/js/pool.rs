@@ -154,7 +154,11 @@ impl HandlerError {
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("cannot start the JS pool: {0}")]
-    Start(String),
+    Engine(#[from] super::engine::EngineError),
+    #[error("cannot start the JS pool: cannot start a thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("cannot start the JS pool: a JS worker died while starting")]
+    WorkerDied,
 }
 
 enum Job {
@@ -182,7 +186,7 @@ impl JsPool {
     /// Starts `config.threads` workers and loads every extension into each. Extensions that
     /// fail to load are listed with their error; the others work.
     pub fn start(sources: Vec<ExtensionSource>, config: PoolConfig) -> Result<JsPool, PoolError> {
-        let watchdog = Watchdog::start().map_err(|e| PoolError::Start(e.to_string()))?;
+        let watchdog = Watchdog::start()?;
         let shared = Arc::new(Shared { sources, config });
         let (job_tx, job_rx) = bounded::<Job>(shared.config.threads * 4);
         let mut workers = Vec::new();
@@ -193,17 +197,13 @@ impl JsPool {
             let handle = std::thread::Builder::new()
                 .name(format!("js-{i}"))
                 .stack_size(16 << 20)
-                .spawn(move || worker_main(&shared, slot, jobs, ready_tx))
-                .map_err(|e| PoolError::Start(e.to_string()))?;
+                .spawn(move || worker_main(&shared, slot, jobs, ready_tx))?;
             workers.push(handle);
             ready.push(ready_rx);
         }
         let mut declarations = None;
         for r in ready {
-            let decls = r
-                .recv()
-                .map_err(|_| PoolError::Start("a JS worker died while starting".into()))?
-                .map_err(PoolError::Start)?;
+            let decls = r.recv().map_err(|_| PoolError::WorkerDied)??;
             declarations.get_or_insert(decls);
         }
         let extensions = shared
@@ -335,7 +335,7 @@ fn worker_main(
     shared: &Shared,
     slot: Arc<WatchSlot>,
     jobs: Receiver<Job>,
-    ready: Sender<Result<Vec<Result<Declaration, String>>, String>>,
+    ready: Sender<Result<Vec<Result<Declaration, String>>, super::engine::EngineError>>,
 ) {
     let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new(), json: String::new() };
     if let Err(e) = worker.load() {
@@ -394,13 +394,13 @@ fn job_label(kind: &str, shared: &Shared, ext: usize) -> String {
 
 impl Worker<'_> {
     /// Creates the runtime and loads every extension into it.
-    fn load(&mut self) -> Result<(), String> {
+    fn load(&mut self) -> Result<(), super::engine::EngineError> {
         // Only one runtime may exist per thread: drop the old one first.
         self.loaded = None;
         self.slot.set_interrupter(None);
         let host = WorkerHost { slot: self.slot.clone(), functions: self.shared.config.host_functions.clone() };
         let limits = RuntimeLimits { heap_bytes: self.shared.config.heap_bytes };
-        let mut rt = JsRuntime::new(Box::new(host), limits).map_err(|e| e.to_string())?;
+        let mut rt = JsRuntime::new(Box::new(host), limits)?;
         self.slot.set_interrupter(Some(rt.interrupter()));
         let mut sandboxes = Vec::new();
         let mut declarations = Vec::new();

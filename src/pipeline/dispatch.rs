@@ -302,7 +302,7 @@ impl Pipeline {
                             removals.extend(withdrawn);
                             continue;
                         }
-                        (Err(e), _) | (_, Err(e)) => HandlerError::new(FailureKind::BadOutput, e),
+                        (Err(e), _) | (_, Err(e)) => e,
                     }
                 }
                 DocOutcome::Failed(e) => e,

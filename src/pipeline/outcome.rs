@@ -36,7 +36,7 @@ pub(super) fn job_result(src: &Source, ext: &Ext, previous: Option<&StateEntry>,
                     withdrawn = w;
                     items_from_emission(src, ext, emitted)
                 }
-                Err(e) => (Vec::new(), Some(HandlerError::new(FailureKind::BadOutput, e))),
+                Err(e) => (Vec::new(), Some(e)),
             }
         }
         DocOutcome::Failed(e) => (Vec::new(), Some(e)),
@@ -89,7 +89,7 @@ fn items_from_emission(src: &Source, ext: &Ext, emitted: Vec<EmittedItem>) -> (V
         }
         match schema_item(ext, rd_key, Some((src.id.clone(), src.rev.clone())), e) {
             Ok(item) => out.push(item),
-            Err(err) => return (Vec::new(), Some(HandlerError::new(FailureKind::BadOutput, err))),
+            Err(err) => return (Vec::new(), Some(err)),
         }
     }
     (out, None)
@@ -97,12 +97,13 @@ fn items_from_emission(src: &Source, ext: &Ext, emitted: Vec<EmittedItem>) -> (V
 
 /// Items emitted by a `later_handler`: each names its `rd_key` (and, optionally, its
 /// `rd_source` as `[id, rev]`).
-pub(super) fn later_items(ext: &Ext, emitted: Vec<EmittedItem>) -> Result<Vec<SchemaItem>, String> {
+pub(super) fn later_items(ext: &Ext, emitted: Vec<EmittedItem>) -> Result<Vec<SchemaItem>, HandlerError> {
+    let bad = |message: String| HandlerError::new(FailureKind::BadOutput, message);
     emitted
         .into_iter()
         .map(|mut e| {
-            let rd_key = e.rd_key.take().ok_or_else(|| format!("emit_schema({}) in later_handler needs an rd_key", e.schema_id))?;
-            model::doc_id(&rd_key, &e.schema_id).map_err(|err| err.to_string())?;
+            let rd_key = e.rd_key.take().ok_or_else(|| bad(format!("emit_schema({}) in later_handler needs an rd_key", e.schema_id)))?;
+            model::doc_id(&rd_key, &e.schema_id).map_err(|err| bad(format!("emit_schema({}): {err}", e.schema_id)))?;
             let rd_source = e.rd_source.as_ref().and_then(Value::as_array).and_then(|s| match s.as_slice() {
                 [Value::String(id), Value::String(rev)] => Some((id.clone(), rev.clone())),
                 _ => None,
@@ -114,21 +115,22 @@ pub(super) fn later_items(ext: &Ext, emitted: Vec<EmittedItem>) -> Result<Vec<Sc
 
 /// The (document id, extension id) pairs `withdraw_schema` named; each names its `rd_key`, or
 /// takes `default_key` (the source's, in a handler).
-pub(super) fn withdrawals(ext: &Ext, default_key: Option<&Value>, items: Vec<EmittedItem>) -> Result<Vec<(String, String)>, String> {
+pub(super) fn withdrawals(ext: &Ext, default_key: Option<&Value>, items: Vec<EmittedItem>) -> Result<Vec<(String, String)>, HandlerError> {
+    let bad = |message: String| HandlerError::new(FailureKind::BadOutput, message);
     items
         .into_iter()
         .map(|e| {
-            let key = e.rd_key.as_ref().or(default_key).ok_or_else(|| format!("withdraw_schema({}) in later_handler needs an rd_key", e.schema_id))?;
-            let id = model::doc_id(key, &e.schema_id).map_err(|err| format!("withdraw_schema({}): {err}", e.schema_id))?;
+            let key = e.rd_key.as_ref().or(default_key).ok_or_else(|| bad(format!("withdraw_schema({}) in later_handler needs an rd_key", e.schema_id)))?;
+            let id = model::doc_id(key, &e.schema_id).map_err(|err| bad(format!("withdraw_schema({}): {err}", e.schema_id)))?;
             Ok((id, ext.id.clone()))
         })
         .collect()
 }
 
 /// The schema item for one `emit_schema` call of `ext`.
-fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> Result<SchemaItem, String> {
+fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> Result<SchemaItem, HandlerError> {
     let items = match e.items {
-        Some(raw) => Some(model::Fields::from_raw(raw).map_err(|err| format!("emit_schema({}): {err}", e.schema_id))?),
+        Some(raw) => Some(model::Fields::from_raw(raw).map_err(|err| HandlerError::new(FailureKind::BadOutput, format!("emit_schema({}): {err}", e.schema_id)))?),
         None => None,
     };
     Ok(SchemaItem {
