@@ -29,8 +29,16 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
             continue;
         }
         items.push(SchemaItem {
-            rd_key, schema_id, ext_id, rd_source: None, items: Some(model::Fields::from_map(&fields)), deps: Vec::new(),
-            attachments, provider: true, confidence: 0.0, fingerprint: String::new(),
+            rd_key,
+            schema_id,
+            ext_id,
+            rd_source: None,
+            items: Some(model::Fields::from_map(&fields)),
+            deps: Vec::new(),
+            attachments,
+            provider: true,
+            confidence: 0.0,
+            fingerprint: String::new(),
         });
     }
     let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
@@ -58,4 +66,3 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
     results.extend(bad);
     Ok(results)
 }
-

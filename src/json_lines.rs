@@ -23,7 +23,11 @@ pub fn read_objects(reader: impl BufRead, label: &str) -> Result<Vec<Map<String,
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let object = serde_json::from_slice(&line).map_err(|e| LinesError::NotAnObject { label: label.to_string(), line: n + 1, reason: e.to_string() })?;
+        let object = serde_json::from_slice(&line).map_err(|e| LinesError::NotAnObject {
+            label: label.to_string(),
+            line: n + 1,
+            reason: e.to_string(),
+        })?;
         out.push(object);
     }
     Ok(out)

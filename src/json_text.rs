@@ -5,7 +5,6 @@
 
 use std::ops::Range;
 
-
 /// An object's top-level members as byte ranges of its text (the name without its quotes, the
 /// value), in order.
 pub type Members = Vec<(Range<usize>, Range<usize>)>;
@@ -206,8 +205,8 @@ mod tests {
 
     /// What `members` gave when it was serde_json's: the oracle of the scanner.
     fn members_by_serde(text: &str) -> Option<Vec<(String, String)>> {
-        let map: Vec<(String, String)> = serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(text).ok().map(|_| ())
-            .and_then(|_| {
+        let map: Vec<(String, String)> =
+            serde_json::from_str::<std::collections::BTreeMap<String, serde::de::IgnoredAny>>(text).ok().map(|_| ()).and_then(|_| {
                 struct Raw<'a>(Vec<(&'a str, &'a RawValue)>);
                 impl<'de> serde::Deserialize<'de> for Raw<'de> {
                     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -228,7 +227,9 @@ mod tests {
                         d.deserialize_map(V)
                     }
                 }
-                serde_json::from_str::<Raw<'_>>(text).ok().map(|r| r.0.into_iter().map(|(n, v)| (n.to_string(), v.get().to_string())).collect())
+                serde_json::from_str::<Raw<'_>>(text)
+                    .ok()
+                    .map(|r| r.0.into_iter().map(|(n, v)| (n.to_string(), v.get().to_string())).collect())
             })?;
         Some(map)
     }
@@ -298,9 +299,28 @@ mod tests {
             }
         }
         assert_eq!(objects, 3000);
-        for odd in ["{}", " {} ", "{\"a\":01}", "{\"a\":1.}", "{\"a\":.5}", "{\"a\":-}", "{\"a\":1e}", "{\"a\":tru}",
-                    "{\"a\":\"\\x\"}", "{\"a\":\"\\u12G4\"}", "{\"a\":[1,]}", "{\"a\":{,}}", "{\"a\":1,}", "{\"a\" 1}",
-                    "{\"a\":1} x", "[1]", "\"s\"", "", "{\"a\":[[[[]]]]}", "{\"a\":\"\\ud800\"}"] {
+        for odd in [
+            "{}",
+            " {} ",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":.5}",
+            "{\"a\":-}",
+            "{\"a\":1e}",
+            "{\"a\":tru}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12G4\"}",
+            "{\"a\":[1,]}",
+            "{\"a\":{,}}",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{\"a\":1} x",
+            "[1]",
+            "\"s\"",
+            "",
+            "{\"a\":[[[[]]]]}",
+            "{\"a\":\"\\ud800\"}",
+        ] {
             assert_eq!(members_by_scanner(odd), members_by_serde(odd), "{odd:?}");
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));

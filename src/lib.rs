@@ -6,11 +6,11 @@
 
 pub mod config;
 mod digest;
-pub mod js;
-mod json_text;
-pub mod json_lines;
 pub mod host_api;
 pub mod ingest;
+pub mod js;
+pub mod json_lines;
+mod json_text;
 pub mod mail;
 pub mod model;
 mod par;
@@ -18,4 +18,3 @@ pub mod pipeline;
 pub mod protocols;
 pub mod store;
 pub mod timing;
-

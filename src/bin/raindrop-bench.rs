@@ -159,12 +159,8 @@ fn pool_rate(docs: &[Arc<str>], threads: usize, window: Duration) -> f64 {
 /// The couchjs-style model: the same engine and extension in a child process, one JSON line
 /// per document over stdin, one answer line back before the next document is sent.
 fn stdio_rate(docs: &[Arc<str>], window: Duration) -> f64 {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("stdio-child")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(std::env::current_exe().unwrap()).arg("stdio-child").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut i = 0;
@@ -302,8 +298,16 @@ fn pool_one_cpu(window: Duration) {
         f[k] = std::thread::scope(|s| s.spawn(|| floor(docs, window)).join().unwrap());
         p1[k] = pool_rate(docs, 1, window);
     }
-    println!("{:<44} {:>13.2}x {:>13.2}x  (whole process on one CPU: {:.0} / {:.0} vs {:.0} / {:.0} docs/s)",
-        "pool 1 thread / floor, one CPU", p1[0] / f[0], p1[1] / f[1], p1[0], p1[1], f[0], f[1]);
+    println!(
+        "{:<44} {:>13.2}x {:>13.2}x  (whole process on one CPU: {:.0} / {:.0} vs {:.0} / {:.0} docs/s)",
+        "pool 1 thread / floor, one CPU",
+        p1[0] / f[0],
+        p1[1] / f[1],
+        p1[0],
+        p1[1],
+        f[0],
+        f[1]
+    );
 }
 
 /// Starts PouchDB Server on a free loopback port with its data in `dir`; waits until it answers.
@@ -365,7 +369,14 @@ fn bench_store(pouchdb_bin: Option<String>) {
     }
     if results.len() == 2 {
         let (e, p) = (results[0].1, results[1].1);
-        println!("{:<34} {:>15.1}x {:>15.1}x {:>15.1}x {:>15.1}x", "embedded / PouchDB Server", e[0] / p[0], e[1] / p[1], e[2] / p[2], e[3] / p[3]);
+        println!(
+            "{:<34} {:>15.1}x {:>15.1}x {:>15.1}x {:>15.1}x",
+            "embedded / PouchDB Server",
+            e[0] / p[0],
+            e[1] / p[1],
+            e[2] / p[2],
+            e[3] / p[3]
+        );
     }
     println!("targets (embedded, 1 KB): write >= 50000/s, changes read >= 150000/s");
     let _ = std::fs::remove_dir_all(&dir);
@@ -400,9 +411,18 @@ fn store_rates(store: &dyn Store, size: usize, n: usize) -> (f64, f64) {
 }
 
 const CHAIN: [(&str, &str); 3] = [
-    ("a.js", r#"extension({ id: "bench.a", source_schemas: ["rd.bench.a"], handler(doc) { emit_schema("rd.bench.b", { v: doc.v + 1, s: doc.s }); } });"#),
-    ("b.js", r#"extension({ id: "bench.b", source_schemas: ["rd.bench.b"], handler(doc) { emit_schema("rd.bench.c", { v: doc.v * 2, n: doc.s.length }); } });"#),
-    ("c.js", r#"extension({ id: "bench.c", source_schemas: ["rd.bench.c"], handler(doc) { emit_schema("rd.bench.d", { v: doc.v - 3 }); } });"#),
+    (
+        "a.js",
+        r#"extension({ id: "bench.a", source_schemas: ["rd.bench.a"], handler(doc) { emit_schema("rd.bench.b", { v: doc.v + 1, s: doc.s }); } });"#,
+    ),
+    (
+        "b.js",
+        r#"extension({ id: "bench.b", source_schemas: ["rd.bench.b"], handler(doc) { emit_schema("rd.bench.c", { v: doc.v * 2, n: doc.s.length }); } });"#,
+    ),
+    (
+        "c.js",
+        r#"extension({ id: "bench.c", source_schemas: ["rd.bench.c"], handler(doc) { emit_schema("rd.bench.d", { v: doc.v - 3 }); } });"#,
+    ),
 ];
 
 /// Seeds `n` source documents, runs the chain to stability, then runs again over the
@@ -410,7 +430,9 @@ const CHAIN: [(&str, &str); 3] = [
 fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64, u64) {
     use raindrop::pipeline::{Pipeline, RunOptions};
     let raw: Vec<serde_json::Map<String, Value>> = (0..n)
-        .map(|i| json!({"rd_key": ["bench", i], "rd_schema_id": "rd.bench.a", "v": i, "s": "small source document"}).as_object().unwrap().clone())
+        .map(|i| {
+            json!({"rd_key": ["bench", i], "rd_schema_id": "rd.bench.a", "v": i, "s": "small source document"}).as_object().unwrap().clone()
+        })
         .collect();
     for chunk in raw.chunks(1000) {
         raindrop::ingest::add_schemas(&*store, chunk.to_vec(), Durability::Immediate).unwrap();
@@ -422,7 +444,8 @@ fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64,
     config.host_functions = host;
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
     let p = Pipeline::new(store, pool);
-    let options = RunOptions { page_size: std::env::var("BENCH_PAGE").ok().and_then(|s| s.parse().ok()).unwrap_or(500), ..RunOptions::default() };
+    let options =
+        RunOptions { page_size: std::env::var("BENCH_PAGE").ok().and_then(|s| s.parse().ok()).unwrap_or(500), ..RunOptions::default() };
     let start = Instant::now();
     let stats = p.run(&options, |_| {}).unwrap();
     let rate = n as f64 / start.elapsed().as_secs_f64();
@@ -440,7 +463,10 @@ fn pipeline_rates(store: Arc<dyn Store>, n: usize, threads: usize) -> (f64, f64,
 fn bench_pipeline(pouchdb_bin: Option<String>) {
     use raindrop::store::embedded::EmbeddedStore;
     println!("raindrop-bench pipeline — one run; a chain of three small extensions A -> B -> C");
-    println!("{:<38} {:>9} {:>10} {:>14} {:>16} {:>18}", "store", "sources", "JS threads", "sources/s", "derived docs/s", "2nd run (writes)");
+    println!(
+        "{:<38} {:>9} {:>10} {:>14} {:>16} {:>18}",
+        "store", "sources", "JS threads", "sources/s", "derived docs/s", "2nd run (writes)"
+    );
     let dir = std::env::temp_dir().join(format!("raindrop-bench-pipe-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -459,7 +485,8 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
         // What the server's own bulk writes allow: each source costs six document writes (three
         // derived documents and three state documents), written 1,000 to a request as the
         // pipeline's pages of 500 changes do.
-        let bulk_store = raindrop::store::couch::CouchStore::open(&format!("http://127.0.0.1:{port}/bulkrate"), Default::default()).unwrap();
+        let bulk_store =
+            raindrop::store::couch::CouchStore::open(&format!("http://127.0.0.1:{port}/bulkrate"), Default::default()).unwrap();
         let docs: Vec<serde_json::Map<String, Value>> = (0..6_000)
             .map(|i| json!({"_id": format!("rc!bench.{i}!rd.bench.b"), "rd_key": ["bench", i], "rd_schema_id": "rd.bench.b", "v": i + 1,
                             "s": "small source document", "rd_schema_provider": "bench.a",
@@ -479,7 +506,15 @@ fn bench_pipeline(pouchdb_bin: Option<String>) {
             let url = format!("http://127.0.0.1:{port}/pipeline{threads}");
             let store: Arc<dyn Store> = Arc::new(raindrop::store::couch::CouchStore::open(&url, Default::default()).unwrap());
             let (rate, second, writes) = pipeline_rates(store, n, threads);
-            println!("{:<38} {:>9} {:>10} {:>14.0} {:>16.0} {:>12.3}s ({writes})", "PouchDB Server (loopback HTTP)", n, threads, rate, 3.0 * rate, second);
+            println!(
+                "{:<38} {:>9} {:>10} {:>14.0} {:>16.0} {:>12.3}s ({writes})",
+                "PouchDB Server (loopback HTTP)",
+                n,
+                threads,
+                rate,
+                3.0 * rate,
+                second
+            );
             pouch_rates.push(rate);
             if raindrop::timing::enabled() {
                 eprint!("{}", raindrop::timing::take_report());
@@ -510,7 +545,23 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
         state ^= state << 17;
         state % m.max(1)
     };
-    let words = ["raindrop", "meeting", "notes", "the", "build", "release", "café", "review", "patch", "東京", "tomorrow", "schema", "extension", "conversation", "list"];
+    let words = [
+        "raindrop",
+        "meeting",
+        "notes",
+        "the",
+        "build",
+        "release",
+        "café",
+        "review",
+        "patch",
+        "東京",
+        "tomorrow",
+        "schema",
+        "extension",
+        "conversation",
+        "list",
+    ];
     let mut out = Vec::with_capacity(n);
     // Open threads: (first message, latest message, replies still to come).
     let mut threads: Vec<(usize, usize, u64)> = Vec::new();
@@ -518,7 +569,11 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
         let me = rnd(10) == 0;
         let person = rnd(200);
         let from = if me { "Me Myself <me@example.com>".to_string() } else { format!("Person {person} <person{person}@example.org>") };
-        let to = if me { format!("Person {0} <person{0}@example.org>, Other {1} <other{1}@example.net>", rnd(200), rnd(50)) } else { "Me Myself <me@example.com>".to_string() };
+        let to = if me {
+            format!("Person {0} <person{0}@example.org>, Other {1} <other{1}@example.net>", rnd(200), rnd(50))
+        } else {
+            "Me Myself <me@example.com>".to_string()
+        };
         let mut headers = format!(
             "From: {from}\r\nTo: {to}\r\nSubject: {} #{}\r\nDate: Tue, {} Jul 2010 {:02}:{:02}:00 +0000\r\nMessage-ID: <msg{i}@bench.example>\r\nMIME-Version: 1.0\r\n",
             words[rnd(words.len() as u64) as usize], i / 3, 1 + rnd(28), rnd(24), rnd(60)
@@ -527,7 +582,9 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
         if !threads.is_empty() && rnd(3) == 0 {
             let t = rnd(threads.len() as u64) as usize;
             let (root, last, left) = threads[t];
-            headers.push_str(&format!("In-Reply-To: <msg{last}@bench.example>\r\nReferences: <msg{root}@bench.example> <msg{last}@bench.example>\r\n"));
+            headers.push_str(&format!(
+                "In-Reply-To: <msg{last}@bench.example>\r\nReferences: <msg{root}@bench.example> <msg{last}@bench.example>\r\n"
+            ));
             if left <= 1 {
                 threads.swap_remove(t);
             } else {
@@ -538,7 +595,9 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
         }
         if !me && rnd(3) == 0 {
             let list = rnd(5);
-            headers.push_str(&format!("List-Id: Bench list {list} <list{list}.lists.example.com>\r\nList-Post: <mailto:list{list}@lists.example.com>\r\n"));
+            headers.push_str(&format!(
+                "List-Id: Bench list {list} <list{list}.lists.example.com>\r\nList-Post: <mailto:list{list}@lists.example.com>\r\n"
+            ));
         }
         let mut body = String::new();
         let target = 500 + rnd(7500) as usize;
@@ -577,7 +636,9 @@ fn mailbox(n: usize) -> Vec<Vec<u8>> {
 fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside: bool) -> (f64, f64, u64, u64, usize, String) {
     use raindrop::pipeline::{Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
-    let exts = std::env::var("BENCH_EXTENSIONS").map(std::path::PathBuf::from).unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
+    let exts = std::env::var("BENCH_EXTENSIONS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
     let sources = raindrop::js::extension::read_dir(&exts).unwrap();
     let mut config = PoolConfig::new(threads);
     let mut host = raindrop::js::HostFunctions::new();
@@ -600,7 +661,11 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside:
         store.sync().unwrap();
         start.elapsed().as_secs_f64()
     };
-    let progress = |s: &raindrop::pipeline::Stats| if verbose { eprintln!("{s:?}") };
+    let progress = |s: &raindrop::pipeline::Stats| {
+        if verbose {
+            eprintln!("{s:?}")
+        }
+    };
     let (stats, imported) = if beside {
         let (stats, imported) = p.run_beside(&options, progress, import);
         (stats.unwrap(), imported)
@@ -616,7 +681,13 @@ fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside:
     for doc in store.find_docs("rd.msg.conversation", None, usize::MAX).unwrap() {
         members.entry(doc["conversation_id"].to_string()).or_default().push(doc["rd_key"].to_string());
     }
-    let mut partition: Vec<Vec<String>> = members.into_values().map(|mut m| { m.sort(); m }).collect();
+    let mut partition: Vec<Vec<String>> = members
+        .into_values()
+        .map(|mut m| {
+            m.sort();
+            m
+        })
+        .collect();
     partition.sort();
     let shape = format!("{} ({:08x})", partition.len(), {
         use std::hash::{Hash, Hasher};
@@ -632,7 +703,10 @@ fn bench_mail() {
     let messages = mailbox(n);
     let mb = messages.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
     println!("raindrop-bench mail — one run; {n} generated messages ({mb:.1} MB), the bundled extensions, embedded store");
-    println!("{:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  conversations (digest)", "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors");
+    println!(
+        "{:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  conversations (digest)",
+        "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors"
+    );
     let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     // BENCH_THREADS=2 runs one thread count only, BENCH_MODE=beside|after one way of running

@@ -76,8 +76,7 @@ fn run_one(file: &PathBuf, doc: &str) -> anyhow::Result<ExitCode> {
         None => doc.to_string(),
     };
     // Checked (and normalised) in Rust first: a lone surrogate or bad JSON is a clear error here.
-    let value: serde_json::Value =
-        serde_json::from_str(&text).context("the document is not valid JSON")?;
+    let value: serde_json::Value = serde_json::from_str(&text).context("the document is not valid JSON")?;
     let source = ExtensionSource::read(file)?;
     // The helpers that need no database (raindrop.mail.parse) work here too.
     let mut config = PoolConfig::new(1);

@@ -42,7 +42,13 @@ fn parse_worker(s: &str) -> Result<(u64, u64), String> {
 
 impl ProcessArgs {
     fn options(&self) -> RunOptions {
-        RunOptions { page_size: self.page_size.max(1), continuous: self.continuous, until: None, stop_on_error: self.stop_on_error, worker: self.worker }
+        RunOptions {
+            page_size: self.page_size.max(1),
+            continuous: self.continuous,
+            until: None,
+            stop_on_error: self.stop_on_error,
+            worker: self.worker,
+        }
     }
 }
 
@@ -72,7 +78,13 @@ fn progress_printer() -> impl FnMut(&Stats) + Send {
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let line = format!(
             "{} changes read, {} handler runs ({:.0}/s), {} skipped up to date, {} written, {} removed, {} errors",
-            s.changes_read, s.handler_calls, s.handler_calls as f64 / secs, s.skipped_up_to_date, s.docs_written, s.docs_removed, s.errors
+            s.changes_read,
+            s.handler_calls,
+            s.handler_calls as f64 / secs,
+            s.skipped_up_to_date,
+            s.docs_written,
+            s.docs_removed,
+            s.errors
         );
         let mut err = std::io::stderr().lock();
         if tty {
@@ -91,7 +103,13 @@ fn finish(stats: &Stats, started: Instant) {
     }
     eprintln!(
         "done in {:.2}s: {} changes read, {} handler runs, {} skipped up to date, {} documents written, {} removed, {} errors",
-        started.elapsed().as_secs_f64(), stats.changes_read, stats.handler_calls, stats.skipped_up_to_date, stats.docs_written, stats.docs_removed, stats.errors
+        started.elapsed().as_secs_f64(),
+        stats.changes_read,
+        stats.handler_calls,
+        stats.skipped_up_to_date,
+        stats.docs_written,
+        stats.docs_removed,
+        stats.errors
     );
 }
 
@@ -109,8 +127,7 @@ pub fn run_daemon(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<Exi
     let started = Instant::now();
     let (store, pipeline) = start(settings)?;
     if !settings.accounts.is_empty() {
-        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval)
-            .context("cannot start the sync thread")?;
+        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval).context("cannot start the sync thread")?;
     }
     let stats = pipeline.run(&args.options(), progress_printer())?;
     finish(&stats, started);
@@ -140,7 +157,12 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     writeln!(out, "database: {} ({}), {} documents, update seq {}", info.location, info.backend, info.doc_count, info.update_seq)?;
     let checkpoint = store.get_local("raindrop-pipeline")?;
-    let since = checkpoint.as_ref().and_then(|c| c.get("seq")).and_then(|s| s.as_str()).map(raindrop::store::Seq::from_raw).unwrap_or_else(raindrop::store::Seq::zero);
+    let since = checkpoint
+        .as_ref()
+        .and_then(|c| c.get("seq"))
+        .and_then(|s| s.as_str())
+        .map(raindrop::store::Seq::from_raw)
+        .unwrap_or_else(raindrop::store::Seq::zero);
     let mut backlog = 0u64;
     let mut cursor = since;
     loop {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::model;
 use crate::js::{HostError, HostFunctions};
+use crate::model;
 use crate::store::{Find, Store, WriteResult};
 
 /// Registers the store-backed functions in `host`, and `get_my_identities` answering
@@ -76,7 +76,8 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
     // documents are refused
     host.register("update_documents", move |_, args| {
         let docs = args.first().and_then(Value::as_array).ok_or("update_documents needs an array of documents")?;
-        let mut docs = docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
+        let mut docs =
+            docs.iter().map(|d| d.as_object().cloned().ok_or("every document must be an object")).collect::<Result<Vec<_>, _>>()?;
         // A document without `_id` gets the id of its `rd_key` and `rd_schema_id`.
         for doc in docs.iter_mut().filter(|d| !d.contains_key("_id")) {
             if let (Some(key), Some(Value::String(schema))) = (doc.get("rd_key"), doc.get("rd_schema_id")) {
@@ -117,7 +118,9 @@ pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Optio
     };
     let name = args.get(1).and_then(Value::as_str).ok_or("the second argument must be an attachment name")?;
     let find = |doc: &crate::store::Doc| {
-        doc.get("_attachments").and_then(Value::as_object).and_then(|a| a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned())
+        doc.get("_attachments")
+            .and_then(Value::as_object)
+            .and_then(|a| a.keys().find(|k| k.rsplit_once('/').is_some_and(|(_, n)| n == name)).cloned())
     };
     let mut full = name.to_string();
     if !name.contains('/') {

@@ -14,8 +14,7 @@ pub struct ExtensionSource {
 
 impl ExtensionSource {
     pub fn read(path: &Path) -> Result<ExtensionSource, ExtensionError> {
-        let source = std::fs::read_to_string(path)
-            .map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
+        let source = std::fs::read_to_string(path).map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
         Ok(ExtensionSource { path: path.to_path_buf(), source })
     }
 
@@ -37,8 +36,7 @@ impl ExtensionSource {
 
 /// Every `*.js` file directly in `dir`, sorted by name so every runtime loads them alike.
 pub fn read_dir(dir: &Path) -> Result<Vec<ExtensionSource>, ExtensionError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;
+    let entries = std::fs::read_dir(dir).map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;
     let mut paths = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;

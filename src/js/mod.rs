@@ -17,4 +17,7 @@ mod worker;
 
 pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
 pub use host::{HostCall, HostError, HostFunctions};
-pub use pool::{Batch, BatchResult, DocOutcome, EmittedItem, Emission, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater, PoolConfig};
+pub use pool::{
+    Batch, BatchResult, DocOutcome, Emission, EmittedItem, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater,
+    PoolConfig,
+};

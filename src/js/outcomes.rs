@@ -74,11 +74,8 @@ impl OneOutcome {
     fn into_outcome(self, out_of_memory: bool) -> DocOutcome {
         match (self.ok, self.error) {
             (_, Some(e)) => {
-                let kind = if out_of_memory && e.message.contains("out of memory") {
-                    FailureKind::OutOfMemory
-                } else {
-                    FailureKind::Exception
-                };
+                let kind =
+                    if out_of_memory && e.message.contains("out of memory") { FailureKind::OutOfMemory } else { FailureKind::Exception };
                 DocOutcome::Failed(HandlerError { kind, message: e.message, file: e.file, line: e.line, stack: e.stack })
             }
             (Some(items), None) => DocOutcome::Emitted(Emission { items, later: self.later }),

@@ -167,9 +167,17 @@ pub enum PoolError {
 pub(super) enum Job {
     Run(Batch, Sender<BatchResult>),
     /// Ask the extension's `filter(id, rev, schema_id)` about each key.
-    Filter { ext: usize, keys: Arc<FilterKeys>, reply: Sender<Vec<Result<bool, HandlerError>>> },
+    Filter {
+        ext: usize,
+        keys: Arc<FilterKeys>,
+        reply: Sender<Vec<Result<bool, HandlerError>>>,
+    },
     /// Call the extension's `later_handler(values)`.
-    Later { ext: usize, values: Vec<Value>, reply: Sender<DocOutcome> },
+    Later {
+        ext: usize,
+        values: Vec<Value>,
+        reply: Sender<DocOutcome>,
+    },
 }
 
 /// The running pool. Dropping it stops and joins every worker.
@@ -317,4 +325,3 @@ impl PendingLater {
         self.0.recv().unwrap_or_else(|_| DocOutcome::Failed(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
     }
 }
-

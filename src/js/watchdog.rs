@@ -84,15 +84,9 @@ pub struct Watchdog {
 
 impl Watchdog {
     pub fn start() -> std::io::Result<Watchdog> {
-        let shared = Arc::new(Shared {
-            slots: Mutex::new(Vec::new()),
-            wake: Condvar::new(),
-            stop: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { slots: Mutex::new(Vec::new()), wake: Condvar::new(), stop: AtomicBool::new(false) });
         let thread_shared = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name("js-watchdog".into())
-            .spawn(move || watch(&thread_shared))?;
+        let thread = std::thread::Builder::new().name("js-watchdog".into()).spawn(move || watch(&thread_shared))?;
         Ok(Watchdog { shared, thread: Some(thread) })
     }
 

@@ -155,8 +155,8 @@ impl Worker<'_> {
             let loaded = rt.load(&file, &source.source);
             self.slot.disarm();
             let decl = loaded.map_err(|failure| load_error(&file, failure, limit, self.shared.config.heap_bytes)).and_then(|(id, json)| {
-                let decl: Declaration = serde_json::from_str(&json)
-                    .map_err(|e| format!("{file}: the driver described the extension badly: {e}"))?;
+                let decl: Declaration =
+                    serde_json::from_str(&json).map_err(|e| format!("{file}: the driver described the extension badly: {e}"))?;
                 if let Some((_, other)) = seen_ids.iter().find(|(i, _)| *i == decl.id) {
                     return Err(format!("{}: extension id {} is already declared in {other}", decl.site, decl.id));
                 }
@@ -203,7 +203,10 @@ impl Worker<'_> {
                 if !good.is_empty() {
                     outcomes.extend(self.run_valid(&decl, &Batch { ext: batch.ext, docs: std::mem::take(&mut good), tag: 0 }));
                 }
-                outcomes.push(DocOutcome::Failed(HandlerError::new(FailureKind::BadInput, "the document contains a lone surrogate (invalid Unicode)")));
+                outcomes.push(DocOutcome::Failed(HandlerError::new(
+                    FailureKind::BadInput,
+                    "the document contains a lone surrogate (invalid Unicode)",
+                )));
             } else {
                 good.push(doc.clone());
             }
@@ -247,7 +250,10 @@ impl Worker<'_> {
         let result = match call.result {
             Ok(text) => Ok(text),
             Err(_) if oom => Err(HandlerError::new(FailureKind::OutOfMemory, out_of_memory_message(self.shared.config.heap_bytes))),
-            Err(CallFailure::Interrupted) => Err(HandlerError::new(FailureKind::TimeLimit, format!("ran past its time limit of {} ms and was stopped", limit.as_millis()))),
+            Err(CallFailure::Interrupted) => Err(HandlerError::new(
+                FailureKind::TimeLimit,
+                format!("ran past its time limit of {} ms and was stopped", limit.as_millis()),
+            )),
             Err(CallFailure::Threw(e)) => Err(HandlerError::new(FailureKind::Exception, e.to_string())),
             Err(CallFailure::BadInput(e)) => Err(HandlerError::new(FailureKind::BadInput, e.to_string())),
         };
@@ -272,7 +278,13 @@ impl Worker<'_> {
                         other => {
                             let e: Option<JsError> = other.get("error").and_then(|e| serde_json::from_value(e.clone()).ok());
                             Err(match e {
-                                Some(e) => HandlerError { kind: FailureKind::Exception, message: e.message, file: e.file, line: e.line, stack: e.stack },
+                                Some(e) => HandlerError {
+                                    kind: FailureKind::Exception,
+                                    message: e.message,
+                                    file: e.file,
+                                    line: e.line,
+                                    stack: e.stack,
+                                },
                                 None => HandlerError::new(FailureKind::BadOutput, "the filter gave no answer"),
                             })
                         }
@@ -289,7 +301,9 @@ impl Worker<'_> {
         let units = u32::try_from(values.len().div_ceil(LATER_VALUES_PER_LIMIT)).unwrap_or(u32::MAX);
         match self.call_once(ext, c"runLater", &arg, units) {
             Err(e) => DocOutcome::Failed(e),
-            Ok(text) => parse_outcomes(&text, 1, false).pop().unwrap_or_else(|| DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, "no outcome"))),
+            Ok(text) => parse_outcomes(&text, 1, false)
+                .pop()
+                .unwrap_or_else(|| DocOutcome::Failed(HandlerError::new(FailureKind::BadOutput, "no outcome"))),
         }
     }
 
@@ -332,10 +346,13 @@ impl Worker<'_> {
                     // outcomes of the documents that finished, fail the one that was running,
                     // and go on with the rest.
                     let (kind, message) = match failure {
-                        CallFailure::Interrupted if !out_of_memory => {
-                            (FailureKind::TimeLimit, format!("the handler ran past its time limit of {} ms and was stopped", limit.as_millis()))
+                        CallFailure::Interrupted if !out_of_memory => (
+                            FailureKind::TimeLimit,
+                            format!("the handler ran past its time limit of {} ms and was stopped", limit.as_millis()),
+                        ),
+                        _ if out_of_memory => {
+                            (FailureKind::OutOfMemory, format!("the handler {}", out_of_memory_message(self.shared.config.heap_bytes)))
                         }
-                        _ if out_of_memory => (FailureKind::OutOfMemory, format!("the handler {}", out_of_memory_message(self.shared.config.heap_bytes))),
                         CallFailure::Threw(e) => (FailureKind::Exception, e.to_string()),
                         CallFailure::BadInput(e) => (FailureKind::BadInput, e.to_string()),
                         CallFailure::Interrupted => unreachable!("handled above"),

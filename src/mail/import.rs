@@ -116,10 +116,12 @@ pub fn message_key(bytes: &[u8]) -> String {
 
 /// The Message-ID of a message (or of its header block alone) without `<>`, if it has one.
 pub fn message_id(bytes: &[u8]) -> Option<String> {
-    mailparse::parse_headers(super::headers_start(bytes)).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(|v| {
-        let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
-        (!v.is_empty()).then_some(v)
-    })
+    mailparse::parse_headers(super::headers_start(bytes)).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(
+        |v| {
+            let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
+            (!v.is_empty()).then_some(v)
+        },
+    )
 }
 
 /// The raw schema item for a message: `rd.msg.rfc822` with the bytes as attachment `rfc822`,
@@ -146,7 +148,8 @@ mod tests {
 
     #[test]
     fn mbox_is_split_and_unquoted() {
-        let mbox = b"From a@b Sat Jan  1 00:00:00 2000\nSubject: one\n\n>From here\nbody\nFrom c@d Sat Jan  1 00:00:00 2000\nSubject: two\n\nx\n";
+        let mbox =
+            b"From a@b Sat Jan  1 00:00:00 2000\nSubject: one\n\n>From here\nbody\nFrom c@d Sat Jan  1 00:00:00 2000\nSubject: two\n\nx\n";
         let parts = split_mbox(mbox);
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], b"Subject: one\n\nFrom here\nbody\n");

@@ -181,15 +181,20 @@ mod tests {
         assert_eq!(m["references"], json!(["r1@h", "r2@h"]));
         assert_eq!(m["text"], "Hello\r\n");
         assert_eq!(m["problems"], json!([]));
-        assert_eq!(addresses("A <a@x.org>, \"B, Jr\" <b@y.org>, c@z"), json!([
-            {"name": "A", "address": "a@x.org"}, {"name": "B, Jr", "address": "b@y.org"}, {"name": null, "address": "c@z"}
-        ]));
+        assert_eq!(
+            addresses("A <a@x.org>, \"B, Jr\" <b@y.org>, c@z"),
+            json!([
+                {"name": "A", "address": "a@x.org"}, {"name": "B, Jr", "address": "b@y.org"}, {"name": null, "address": "c@z"}
+            ])
+        );
         assert_eq!(addresses("<<<"), json!([]));
     }
 
     #[test]
     fn bad_input_never_fails() {
-        for bytes in [&b""[..], b"\xff\xfe\x00garbage", b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n", b"Date: not a date\r\n\r\nx"] {
+        for bytes in
+            [&b""[..], b"\xff\xfe\x00garbage", b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n", b"Date: not a date\r\n\r\nx"]
+        {
             let m = parse(bytes);
             assert!(m.get("problems").is_some(), "{m}");
         }
@@ -213,8 +218,18 @@ mod tests {
             }
         }
         let tokens: [&[u8]; 12] = [
-            b"\r\n\r\n", b"--", b"boundary=\"x\"", b"=?utf-8?b?", b"=?iso-8859-1?q?=E9", b"Content-Transfer-Encoding: base64\r\n",
-            b"Content-Type: multipart/mixed; boundary=x\r\n", b"\xff\xfe", b"<", b">,", b"From ", b"\r\n ",
+            b"\r\n\r\n",
+            b"--",
+            b"boundary=\"x\"",
+            b"=?utf-8?b?",
+            b"=?iso-8859-1?q?=E9",
+            b"Content-Transfer-Encoding: base64\r\n",
+            b"Content-Type: multipart/mixed; boundary=x\r\n",
+            b"\xff\xfe",
+            b"<",
+            b">,",
+            b"From ",
+            b"\r\n ",
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut next = move || {

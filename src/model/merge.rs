@@ -63,7 +63,8 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     }
     let (rd_key, ext, entry) = (json(&item.rd_key), json(&item.ext_id), json(&Value::Object(entry)));
     // Sized once: the fields are most of it, and growing would copy them.
-    let mut body = String::with_capacity(fields.map_or(0, str::len) + rd_key.len() + 2 * ext.len() + entry.len() + item.schema_id.len() + 80);
+    let mut body =
+        String::with_capacity(fields.map_or(0, str::len) + rd_key.len() + 2 * ext.len() + entry.len() + item.schema_id.len() + 80);
     body.push_str("{\"rd_key\":");
     body.push_str(&rd_key);
     body.push_str(",\"rd_schema_id\":");
@@ -84,7 +85,6 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     Some(body)
 }
 
-
 /// [`apply_item`] for a caller that has the document's id already (it is `item`'s).
 pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Result<Doc, ModelError> {
     let mut contributors: Map<String, Value> = existing.map(contributors).unwrap_or_default();
@@ -92,11 +92,8 @@ pub fn apply_item_at(id: &str, existing: Option<&Doc>, item: &SchemaItem) -> Res
     entry.insert("schema".into(), item.items.as_ref().map(|f| Value::Object(f.to_map())).unwrap_or(Value::Null));
     contributors.insert(item.ext_id.clone(), Value::Object(entry));
 
-    let mut attachments: Map<String, Value> = existing
-        .and_then(|d| d.get("_attachments"))
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    let mut attachments: Map<String, Value> =
+        existing.and_then(|d| d.get("_attachments")).and_then(Value::as_object).cloned().unwrap_or_default();
     let prefix = format!("{}/", item.ext_id);
     attachments.retain(|name, _| !name.starts_with(&prefix));
     if let Some(atts) = &item.attachments {
@@ -255,9 +252,7 @@ fn same_value(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
         (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y)),
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, vx)| y.get(k).is_some_and(|vy| same_value(vx, vy)))
-        }
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, vx)| y.get(k).is_some_and(|vy| same_value(vx, vy))),
         _ => a == b,
     }
 }
@@ -275,8 +270,7 @@ fn number(x: f64) -> Value {
 fn same_attachments(a: &Value, b: &Value) -> bool {
     match (a.as_object(), b.as_object()) {
         (Some(a), Some(b)) => {
-            a.len() == b.len()
-                && a.iter().all(|(name, x)| b.get(name).is_some_and(|y| x.get("content_type") == y.get("content_type")))
+            a.len() == b.len() && a.iter().all(|(name, x)| b.get(name).is_some_and(|y| x.get("content_type") == y.get("content_type")))
         }
         _ => a == b,
     }
@@ -285,8 +279,8 @@ fn same_attachments(a: &Value, b: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::value::RawValue;
     use serde_json::json;
+    use serde_json::value::RawValue;
 
     fn item(ext: &str, confidence: f64, fields: Value) -> SchemaItem {
         SchemaItem {
@@ -329,7 +323,13 @@ mod tests {
             assert_eq!(serde_json::from_str::<Doc>(&body).unwrap(), merged, "{body}");
         }
         // Members the model or the store own cannot be fields at all.
-        for named in [r#"{"rd_key": 1}"#, r#"{"_id": "x"}"#, r#"{"a": 1, "rd_schema_items": {}}"#, r#"{"\u005frev": "1-x"}"#, r#"{"rd_anything": 0}"#] {
+        for named in [
+            r#"{"rd_key": 1}"#,
+            r#"{"_id": "x"}"#,
+            r#"{"a": 1, "rd_schema_items": {}}"#,
+            r#"{"\u005frev": "1-x"}"#,
+            r#"{"rd_anything": 0}"#,
+        ] {
             let refused = Fields::from_raw(RawValue::from_string(named.to_string()).unwrap());
             assert!(matches!(refused, Err(ModelError::ReservedField(_))), "{named}: {refused:?}");
         }

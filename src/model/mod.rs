@@ -175,10 +175,9 @@ fn write_python_json(v: &Value, out: &mut String) {
 /// The document id for (`rd_key`, `schema_id`).
 pub fn doc_id(rd_key: &Value, schema_id: &str) -> Result<String, ModelError> {
     match rd_key.as_array().map(Vec::as_slice) {
-        Some([Value::String(key_type), key_value]) => Ok(format!(
-            "rc!{key_type}.{}!{schema_id}",
-            base64::engine::general_purpose::STANDARD.encode(python_json(key_value))
-        )),
+        Some([Value::String(key_type), key_value]) => {
+            Ok(format!("rc!{key_type}.{}!{schema_id}", base64::engine::general_purpose::STANDARD.encode(python_json(key_value))))
+        }
         _ => Err(ModelError::BadKey(rd_key.to_string())),
     }
 }

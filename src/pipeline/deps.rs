@@ -44,7 +44,14 @@ impl DepsIndex {
         if !unknown.is_empty() {
             for (id, record) in unknown.iter().zip(store.get_records(&unknown)?) {
                 let rev = record.as_ref().and_then(|r| r.get("_rev")).and_then(Value::as_str).map(str::to_string);
-                let texts: Vec<String> = record.as_ref().and_then(|r| r.get("dependents")).and_then(Value::as_array).into_iter().flatten().map(Value::to_string).collect();
+                let texts: Vec<String> = record
+                    .as_ref()
+                    .and_then(|r| r.get("dependents"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(Value::to_string)
+                    .collect();
                 let pairs: HashSet<String> = texts.iter().cloned().collect();
                 self.known.insert(id.clone(), Known { rev, list: texts.join(","), pairs });
             }
@@ -129,7 +136,10 @@ mod tests {
         assert_eq!(dependents(&store, "rddeps!me").as_array().unwrap().len(), 4, "the conflicting write changed nothing");
         let records = index.updates(&store, vec![pair("me", "d")]).unwrap();
         write(&store, &mut index, records);
-        assert_eq!(dependents(&store, "rddeps!me"), serde_json::json!([["a", "ext"], ["b", "ext"], ["c", "ext"], ["x", "ext"], ["d", "ext"]]));
+        assert_eq!(
+            dependents(&store, "rddeps!me"),
+            serde_json::json!([["a", "ext"], ["b", "ext"], ["c", "ext"], ["x", "ext"], ["d", "ext"]])
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -57,14 +57,21 @@ struct PageSources<'c> {
 impl Pipeline {
     /// Runs every wanting extension over one page of changes and returns what to write, with
     /// the first handler error, if any (recorded as an `rd.core.error` document in the work).
-    pub(super) fn prepare_page(&self, changes: &[Change<Arc<str>>], options: &RunOptions, stats: &mut Stats) -> Result<(PageWork, Option<String>), PipelineError> {
+    pub(super) fn prepare_page(
+        &self,
+        changes: &[Change<Arc<str>>],
+        options: &RunOptions,
+        stats: &mut Stats,
+    ) -> Result<(PageWork, Option<String>), PipelineError> {
         let page = self.page_sources(changes, options)?;
         if page.sources.is_empty() && page.deleted.is_empty() {
             return Ok((PageWork::default(), None));
         }
-        let state_ids: Vec<String> = page.sources.iter().map(|s| state_id(&s.id)).chain(page.deleted.iter().map(|id| state_id(id))).collect();
+        let state_ids: Vec<String> =
+            page.sources.iter().map(|s| state_id(&s.id)).chain(page.deleted.iter().map(|id| state_id(id))).collect();
         let t = span("P:states").items(state_ids.len());
-        let mut states: Vec<Option<StateRecord>> = self.store.get_records(&state_ids)?.into_iter().map(|d| d.map(StateRecord::from_doc)).collect();
+        let mut states: Vec<Option<StateRecord>> =
+            self.store.get_records(&state_ids)?.into_iter().map(|d| d.map(StateRecord::from_doc)).collect();
         drop(t);
 
         let t = span("P:filter");
@@ -117,11 +124,16 @@ impl Pipeline {
 
     /// The (source, extension) pairs whose outputs declared a document of the page in `deps`,
     /// sorted, and those sources that are not in the page themselves.
-    fn dependents(&self, changes: &[Change<Arc<str>>], options: &RunOptions) -> Result<(Vec<(String, String)>, Vec<Source>), PipelineError> {
+    fn dependents(
+        &self,
+        changes: &[Change<Arc<str>>],
+        options: &RunOptions,
+    ) -> Result<(Vec<(String, String)>, Vec<Source>), PipelineError> {
         if !self.exts.iter().any(|e| e.uses_dependencies) {
             return Ok((Vec::new(), Vec::new()));
         }
-        let index_ids: Vec<String> = changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
+        let index_ids: Vec<String> =
+            changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
         let mut forced: Vec<(String, String)> = Vec::new();
         for index in self.store.get_records(&index_ids)?.into_iter().flatten() {
             for pair in index.get("dependents").and_then(Value::as_array).into_iter().flatten() {
@@ -133,9 +145,20 @@ impl Pipeline {
         forced.sort();
         forced.dedup();
         let in_page: HashSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-        let mut missing: Vec<String> = forced.iter().map(|(src, _)| src.clone()).filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker)).collect();
+        let mut missing: Vec<String> = forced
+            .iter()
+            .map(|(src, _)| src.clone())
+            .filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker))
+            .collect();
         missing.dedup();
-        let extra = self.store.get_many(&missing, None)?.into_iter().flatten().filter_map(|text| Source::from_text(Arc::from(text))).filter(|s| s.provider).collect();
+        let extra = self
+            .store
+            .get_many(&missing, None)?
+            .into_iter()
+            .flatten()
+            .filter_map(|text| Source::from_text(Arc::from(text)))
+            .filter(|s| s.provider)
+            .collect();
         Ok((forced, extra))
     }
 
@@ -153,9 +176,16 @@ impl Pipeline {
         if offered.is_empty() || !self.exts.iter().any(|e| e.filtered) {
             return (accepted, failures);
         }
-        let keys: Vec<(String, String, String)> = offered.iter().map(|&si| (sources[si].id.clone(), sources[si].rev.clone(), sources[si].schema.clone())).collect();
+        let keys: Vec<(String, String, String)> =
+            offered.iter().map(|&si| (sources[si].id.clone(), sources[si].rev.clone(), sources[si].schema.clone())).collect();
         let keys = Arc::new(FilterKeys::new(&keys));
-        let pending: Vec<_> = self.exts.iter().enumerate().filter(|(_, e)| e.filtered).map(|(ei, ext)| (ei, self.pool.submit_filter(ext.pool_index, &keys))).collect();
+        let pending: Vec<_> = self
+            .exts
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.filtered)
+            .map(|(ei, ext)| (ei, self.pool.submit_filter(ext.pool_index, &keys)))
+            .collect();
         for (ei, call) in pending {
             let mut yes = vec![false; sources.len()];
             for (&si, answer) in offered.iter().zip(call.wait()) {
@@ -174,7 +204,13 @@ impl Pipeline {
 
     /// The (source, extension) pairs to run: wanted, not the extension's own output, and not
     /// up to date (or forced by a dependency).
-    fn jobs(&self, page: &PageSources<'_>, accepted: &HashMap<usize, Vec<bool>>, states: &[Option<StateRecord>], stats: &mut Stats) -> Vec<Job> {
+    fn jobs(
+        &self,
+        page: &PageSources<'_>,
+        accepted: &HashMap<usize, Vec<bool>>,
+        states: &[Option<StateRecord>],
+        stats: &mut Stats,
+    ) -> Vec<Job> {
         let mut jobs = Vec::new();
         for (si, src) in page.sources.iter().enumerate() {
             for (ei, ext) in self.exts.iter().enumerate() {
@@ -202,7 +238,14 @@ impl Pipeline {
     /// The page's work from its jobs' results: items, removals, dependencies and later values
     /// in job order; each source's state record with its new entries; the deleted sources'
     /// outputs withdrawn and their records deleted. With the first error's text.
-    fn gather(&self, page: &PageSources<'_>, jobs: &[Job], results: Vec<Option<JobResult>>, states: &mut [Option<StateRecord>], stats: &mut Stats) -> (PageWork, Option<String>) {
+    fn gather(
+        &self,
+        page: &PageSources<'_>,
+        jobs: &[Job],
+        results: Vec<Option<JobResult>>,
+        states: &mut [Option<StateRecord>],
+        stats: &mut Stats,
+    ) -> (PageWork, Option<String>) {
         let mut work = PageWork::default();
         let mut first_error = None;
         let mut touched: BTreeMap<usize, StateRecord> = BTreeMap::new();
@@ -220,7 +263,8 @@ impl Pipeline {
             }
             work.removals.extend(result.removals);
             work.dependencies.extend(result.dependencies);
-            let record = touched.entry(job.source).or_insert_with(|| states[job.source].take().unwrap_or_else(|| StateRecord::new(&src.id)));
+            let record =
+                touched.entry(job.source).or_insert_with(|| states[job.source].take().unwrap_or_else(|| StateRecord::new(&src.id)));
             record.set(&ext.id, result.state);
             work.items.extend(result.items);
         }
@@ -258,7 +302,12 @@ impl Pipeline {
                         let source = &sources[jobs[j].source];
                         let Some(fields) = fields else { return source.text.clone() };
                         cut.entry((jobs[j].source, fields))
-                            .or_insert_with(|| source.members.as_ref().map_or_else(|| source.text.clone(), |m| Arc::from(project_members(&source.text, m, fields))))
+                            .or_insert_with(|| {
+                                source
+                                    .members
+                                    .as_ref()
+                                    .map_or_else(|| source.text.clone(), |m| Arc::from(project_members(&source.text, m, fields)))
+                            })
                             .clone()
                     })
                     .collect();
@@ -286,11 +335,20 @@ impl Pipeline {
     /// its values and the queue they came from (`later_id`), so `retry-errors` can queue them
     /// again: nothing is lost to a handler that failed for a while (a time limit, a store that
     /// was away).
-    pub(super) fn run_later(&self, values: BTreeMap<String, Vec<Value>>, later_id: &str, stats: &mut Stats) -> (Vec<SchemaItem>, Vec<(String, String)>, Option<String>) {
+    pub(super) fn run_later(
+        &self,
+        values: BTreeMap<String, Vec<Value>>,
+        later_id: &str,
+        stats: &mut Stats,
+    ) -> (Vec<SchemaItem>, Vec<(String, String)>, Option<String>) {
         let mut items = Vec::new();
         let mut removals = Vec::new();
         let mut first_error = None;
-        let pending: Vec<_> = self.later_calls(values).into_iter().map(|(ei, values)| (ei, values.clone(), self.pool.submit_later(self.exts[ei].pool_index, values))).collect();
+        let pending: Vec<_> = self
+            .later_calls(values)
+            .into_iter()
+            .map(|(ei, values)| (ei, values.clone(), self.pool.submit_later(self.exts[ei].pool_index, values)))
+            .collect();
         for (ei, values, call) in pending {
             let ext = &self.exts[ei];
             let failure = match call.wait() {

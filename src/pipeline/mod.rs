@@ -209,19 +209,20 @@ impl Pipeline {
         let (done_tx, done_rx) = crossbeam_channel::unbounded::<()>();
         let mut writer = writer::Writer::new(self, checkpoint_id, fingerprints, later_id.clone(), later_rev);
         std::thread::scope(|scope| {
-            let writing = std::thread::Builder::new().name("pipeline-writer".into()).spawn_scoped(scope, || -> Result<(), PipelineError> {
-                for (work, seq, waiting) in work_rx {
-                    let written = writer.write_page(work, &seq, waiting)?;
-                    let snapshot = {
-                        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
-                        s.add(&written);
-                        s.clone()
-                    };
-                    progress(&snapshot);
-                    let _ = done_tx.send(());
-                }
-                Ok(())
-            });
+            let writing =
+                std::thread::Builder::new().name("pipeline-writer".into()).spawn_scoped(scope, || -> Result<(), PipelineError> {
+                    for (work, seq, waiting) in work_rx {
+                        let written = writer.write_page(work, &seq, waiting)?;
+                        let snapshot = {
+                            let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+                            s.add(&written);
+                            s.clone()
+                        };
+                        progress(&snapshot);
+                        let _ = done_tx.send(());
+                    }
+                    Ok(())
+                });
             let writing = writing.map_err(|e| PipelineError::Thread("writer", e.to_string()))?;
             let mut follower = follow::Follower { pipeline: self, options, since, later: queue, later_id, in_flight: 0 };
             let read_result = follower.run(&work_tx, &done_rx, &stats);
@@ -236,7 +237,9 @@ impl Pipeline {
     /// or the extensions changed since it was written.
     fn resume_point(&self, checkpoint_id: &str, fingerprints: &Value) -> Result<Seq, StoreError> {
         Ok(match self.store.get_local(checkpoint_id)? {
-            Some(c) if c.get("fingerprints") == Some(fingerprints) => c.get("seq").and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero),
+            Some(c) if c.get("fingerprints") == Some(fingerprints) => {
+                c.get("seq").and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero)
+            }
             Some(_) => {
                 tracing::info!("extensions changed since the last run: re-reading the feed from the start");
                 Seq::zero()
@@ -248,7 +251,12 @@ impl Pipeline {
     /// Runs `writer` (something that writes to the store: an import) on a thread of its own
     /// while following the feed, and returns once it has finished and everything it wrote has
     /// been processed: its messages are processed as they arrive instead of after it.
-    pub fn run_beside<R: Send>(&self, options: &RunOptions, progress: impl FnMut(&Stats) + Send, writer: impl FnOnce() -> R + Send) -> (Result<Stats, PipelineError>, R) {
+    pub fn run_beside<R: Send>(
+        &self,
+        options: &RunOptions,
+        progress: impl FnMut(&Stats) + Send,
+        writer: impl FnOnce() -> R + Send,
+    ) -> (Result<Stats, PipelineError>, R) {
         /// Raised however the writer ends, a panic included, so the run always ends.
         struct RaiseOnDrop(Arc<AtomicBool>);
         impl Drop for RaiseOnDrop {

@@ -120,7 +120,11 @@ pub(super) fn withdrawals(ext: &Ext, default_key: Option<&Value>, items: Vec<Emi
     items
         .into_iter()
         .map(|e| {
-            let key = e.rd_key.as_ref().or(default_key).ok_or_else(|| bad(format!("withdraw_schema({}) in later_handler needs an rd_key", e.schema_id)))?;
+            let key = e
+                .rd_key
+                .as_ref()
+                .or(default_key)
+                .ok_or_else(|| bad(format!("withdraw_schema({}) in later_handler needs an rd_key", e.schema_id)))?;
             let id = model::doc_id(key, &e.schema_id).map_err(|err| bad(format!("withdraw_schema({}): {err}", e.schema_id)))?;
             Ok((id, ext.id.clone()))
         })
@@ -130,7 +134,10 @@ pub(super) fn withdrawals(ext: &Ext, default_key: Option<&Value>, items: Vec<Emi
 /// The schema item for one `emit_schema` call of `ext`.
 fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e: EmittedItem) -> Result<SchemaItem, HandlerError> {
     let items = match e.items {
-        Some(raw) => Some(model::Fields::from_raw(raw).map_err(|err| HandlerError::new(FailureKind::BadOutput, format!("emit_schema({}): {err}", e.schema_id)))?),
+        Some(raw) => Some(
+            model::Fields::from_raw(raw)
+                .map_err(|err| HandlerError::new(FailureKind::BadOutput, format!("emit_schema({}): {err}", e.schema_id)))?,
+        ),
         None => None,
     };
     Ok(SchemaItem {

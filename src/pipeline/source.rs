@@ -46,7 +46,16 @@ impl Source {
     /// (the rest is not parsed into values); `None` when the text is not a JSON object.
     pub(super) fn from_text(text: Arc<str>) -> Option<Source> {
         if let Some(members) = json_text::members(&text) {
-            let mut source = Source { id: String::new(), rev: String::new(), schema: String::new(), rd_key: Value::Null, provider: false, contributors: Vec::new(), text: text.clone(), members: None };
+            let mut source = Source {
+                id: String::new(),
+                rev: String::new(),
+                schema: String::new(),
+                rd_key: Value::Null,
+                provider: false,
+                contributors: Vec::new(),
+                text: text.clone(),
+                members: None,
+            };
             let mut plain = true;
             for (name, value) in &members {
                 let value = &text[value.clone()];
@@ -111,7 +120,8 @@ mod tests {
 
     #[test]
     fn a_projection_keeps_the_identity_and_the_fields_asked_for_as_they_were() {
-        let text = r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s","body":"big","headers":{"a":["\u00e9 \"q\""]},"n":1.50}"#;
+        let text =
+            r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s","body":"big","headers":{"a":["\u00e9 \"q\""]},"n":1.50}"#;
         let cut = project(text, &["headers".into(), "n".into(), "missing".into(), "n".into()]).unwrap();
         assert_eq!(cut, r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s","headers":{"a":["\u00e9 \"q\""]},"n":1.50}"#);
         assert_eq!(project(text, &[]).unwrap(), r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["x",1],"rd_schema_id":"s"}"#);
@@ -130,8 +140,10 @@ mod tests {
         assert!(s.provider, "present, even null, is a provider's mark");
         assert_eq!(s.contributors, vec!["e1".to_string(), "e2".to_string()]);
         assert_eq!(&*s.text, text, "the text goes on as it came");
-        assert_eq!(project_members(&s.text, s.members.as_ref().unwrap(), &["body".into()]),
-                   r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["email","m"],"rd_schema_id":"s","body":"long \"text\" é"}"#);
+        assert_eq!(
+            project_members(&s.text, s.members.as_ref().unwrap(), &["body".into()]),
+            r#"{"_id":"rc!x!s","_rev":"1-a","rd_key":["email","m"],"rd_schema_id":"s","body":"long \"text\" é"}"#
+        );
         // Escaped member names are read the slow way, and then not cut down.
         let escaped = Source::from_text(r#"{"_id":"e","rd_schema_provider":1,"a\u0062":2}"#.into()).unwrap();
         assert!(escaped.provider && escaped.members.is_none());

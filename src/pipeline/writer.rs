@@ -48,7 +48,13 @@ enum Write {
 }
 
 impl<'p> Writer<'p> {
-    pub(super) fn new(pipeline: &'p Pipeline, checkpoint_id: String, fingerprints: Value, later_id: String, later_rev: Option<String>) -> Writer<'p> {
+    pub(super) fn new(
+        pipeline: &'p Pipeline,
+        checkpoint_id: String,
+        fingerprints: Value,
+        later_id: String,
+        later_rev: Option<String>,
+    ) -> Writer<'p> {
         Writer { pipeline, checkpoint_id, fingerprints, later_id, later_rev, deps: DepsIndex::default() }
     }
 
@@ -89,7 +95,15 @@ impl<'p> Writer<'p> {
     }
 
     /// Merges and writes (see the module's note); returns the results of writing `bookkeeping`.
-    fn write(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: &Value, stats: &mut Stats) -> Result<Vec<WriteResult>, StoreError> {
+    fn write(
+        &self,
+        items: Vec<SchemaItem>,
+        removals: Vec<(String, String)>,
+        bookkeeping: Vec<Record>,
+        states: Vec<Record>,
+        checkpoint: &Value,
+        stats: &mut Stats,
+    ) -> Result<Vec<WriteResult>, StoreError> {
         let (bookkeeping_results, refused) = self.write_merged(items, removals, bookkeeping, states, checkpoint, stats)?;
         if !refused.is_empty() {
             let (errors, states) = self.refusal_errors(refused, stats)?;
@@ -104,7 +118,15 @@ impl<'p> Writer<'p> {
 
     /// [`Writer::write`] without the second chance for refused outputs: also returns the
     /// documents the store refused, with the items that made each and the store's reason.
-    fn write_merged(&self, items: Vec<SchemaItem>, removals: Vec<(String, String)>, bookkeeping: Vec<Record>, states: Vec<Record>, checkpoint: &Value, stats: &mut Stats) -> Result<(Vec<WriteResult>, Vec<Refused>), StoreError> {
+    fn write_merged(
+        &self,
+        items: Vec<SchemaItem>,
+        removals: Vec<(String, String)>,
+        bookkeeping: Vec<Record>,
+        states: Vec<Record>,
+        checkpoint: &Value,
+        stats: &mut Stats,
+    ) -> Result<(Vec<WriteResult>, Vec<Refused>), StoreError> {
         let store = &*self.pipeline.store;
         let mut pending = Pending::new(items, removals);
         let mut ids = pending.ids();
@@ -131,7 +153,13 @@ impl<'p> Writer<'p> {
                 return Ok((bookkeeping_results, refused));
             }
             let t = span("W:bulk_write").items(writes.len() + new_docs.len() + records.len());
-            let batch = WriteBatch { docs: writes, new_docs, records, checkpoint: Some((&self.checkpoint_id, checkpoint)), durability: Durability::Deferred };
+            let batch = WriteBatch {
+                docs: writes,
+                new_docs,
+                records,
+                checkpoint: Some((&self.checkpoint_id, checkpoint)),
+                durability: Durability::Deferred,
+            };
             let Written { docs: results, records: record_results } = store.write(batch)?;
             drop(t);
             for r in &record_results {

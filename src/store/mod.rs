@@ -83,11 +83,19 @@ impl<D> ChangesPage<D> {
 /// The result of writing one document in a bulk write.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteResult {
-    Ok { id: String, rev: String },
+    Ok {
+        id: String,
+        rev: String,
+    },
     /// The document changed since the `_rev` given (or exists when none was given).
-    Conflict { id: String },
+    Conflict {
+        id: String,
+    },
     /// Rejected for another reason (bad id, forbidden, …).
-    Error { id: String, reason: String },
+    Error {
+        id: String,
+        reason: String,
+    },
 }
 
 impl WriteResult {
@@ -170,7 +178,8 @@ impl Record {
 
 /// The document whose members (but `_id` and `_rev`) are the JSON text `body`.
 fn doc_of_text(id: String, rev: Option<String>, body: &str, what: &str) -> Result<Doc, StoreError> {
-    let mut doc: Doc = serde_json::from_str(body).map_err(|e| StoreError::BadRequest(format!("the text of {what} {id} is not a JSON object: {e}")))?;
+    let mut doc: Doc =
+        serde_json::from_str(body).map_err(|e| StoreError::BadRequest(format!("the text of {what} {id} is not a JSON object: {e}")))?;
     doc.insert("_id".into(), Value::String(id));
     if let Some(rev) = rev {
         doc.insert("_rev".into(), Value::String(rev));

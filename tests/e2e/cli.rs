@@ -10,10 +10,13 @@ fn ext_run_prints_each_emitted_item_as_a_json_line() {
     let out = raindrop().args(["ext", "run"]).arg(&file).args(["--doc", r#"{"name":"Wörld"}"#]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines, vec![
-        serde_json::json!({"schema_id": "me.greeting", "items": {"text": "Hello, Wörld"}}),
-        serde_json::json!({"schema_id": "me.count", "items": {"n": 5}}),
-    ]);
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({"schema_id": "me.greeting", "items": {"text": "Hello, Wörld"}}),
+            serde_json::json!({"schema_id": "me.count", "items": {"n": 5}}),
+        ]
+    );
     // The document can come from a file.
     let doc = dir.path().join("doc.json");
     std::fs::write(&doc, r#"{"name":"file"}"#).unwrap();
@@ -25,7 +28,8 @@ fn ext_run_prints_each_emitted_item_as_a_json_line() {
 fn ext_run_reports_errors_with_file_and_line() {
     let dir = TempDir::new("cli");
     let file = dir.path().join("oops.js");
-    std::fs::write(&file, "extension({ id: 'oops', source_schemas: ['x'],\n  handler(doc) {\n    return doc.missing.field;\n  } });\n").unwrap();
+    std::fs::write(&file, "extension({ id: 'oops', source_schemas: ['x'],\n  handler(doc) {\n    return doc.missing.field;\n  } });\n")
+        .unwrap();
     let out = raindrop().args(["ext", "run"]).arg(&file).args(["--doc", "{}"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8(out.stderr).unwrap();
@@ -40,7 +44,8 @@ fn ext_run_reports_errors_with_file_and_line() {
 fn ext_list_shows_declarations_and_load_errors() {
     let dir = TempDir::new("cli");
     std::fs::write(dir.path().join("a.js"), "extension({ id: 'a.one', source_schemas: ['s1', 's2'], category: 'extender', confidence: 2,\n source_fields: ['x'], indexes: [['s3', 'y']], handler() {}, later_handler() {}, later_in_parts: true });").unwrap();
-    std::fs::write(dir.path().join("b.js"), "extension({ id: 'b.two', source_schemas: ['s1'],\n handler() { syntax error here } });").unwrap();
+    std::fs::write(dir.path().join("b.js"), "extension({ id: 'b.two', source_schemas: ['s1'],\n handler() { syntax error here } });")
+        .unwrap();
     let out = raindrop().args(["ext", "list", "--json", "--extensions"]).arg(dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1), "a load error makes the listing fail");
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();

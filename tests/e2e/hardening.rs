@@ -82,27 +82,54 @@ fn a_promise_job_no_longer_crashes_the_process() {
     // queue was set up): `ext run` exited 139, and `process` crashed on every restart.
     let dir = TempDir::new("promise");
     let file = dir.path().join("then.js");
-    std::fs::write(&file, r#"extension({ id: "t.then", source_schemas: ["x"], handler(doc) {
+    std::fs::write(
+        &file,
+        r#"extension({ id: "t.then", source_schemas: ["x"], handler(doc) {
   Promise.resolve(1).then(() => 2);
   emit_schema("x.y", { a: 1 });
-} });"#).unwrap();
-    let out = within({ let mut c = raindrop(); c.args(["ext", "run"]).arg(&file).args(["--doc", "{}"]); c }, Duration::from_secs(60));
+} });"#,
+    )
+    .unwrap();
+    let out = within(
+        {
+            let mut c = raindrop();
+            c.args(["ext", "run"]).arg(&file).args(["--doc", "{}"]);
+            c
+        },
+        Duration::from_secs(60),
+    );
     assert!(out.status.success(), "{:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains(r#""schema_id":"x.y""#));
 
     // The same extension in the pipeline, beside one that awaits: both do their work.
-    let exts = exts(dir.path(), &[
-        ("then.js", r#"extension({ id: "t.then", source_schemas: ["rd.test.a"], handler(doc) {
+    let exts = exts(
+        dir.path(),
+        &[
+            (
+                "then.js",
+                r#"extension({ id: "t.then", source_schemas: ["rd.test.a"], handler(doc) {
             Promise.resolve(doc.v).then((v) => emit_schema("rd.test.then", { v: v + 1 }));
-        } });"#),
-        ("async.js", r#"extension({ id: "t.async", source_schemas: ["rd.test.a"], async handler(doc) {
+        } });"#,
+            ),
+            (
+                "async.js",
+                r#"extension({ id: "t.async", source_schemas: ["rd.test.a"], async handler(doc) {
             const v = await Promise.resolve(doc.v * 10);
             emit_schema("rd.test.async", { v });
-        } });"#),
-    ]);
+        } });"#,
+            ),
+        ],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
     seed(&db, &exts, dir.path(), &(0..50).map(|i| json!({"rd_key": ["t", i], "rd_schema_id": "rd.test.a", "v": i})).collect::<Vec<_>>());
-    let out = within({ let mut c = rd(&db, &exts); c.arg("process"); c }, Duration::from_secs(120));
+    let out = within(
+        {
+            let mut c = rd(&db, &exts);
+            c.arg("process");
+            c
+        },
+        Duration::from_secs(120),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.then").len(), 50);
@@ -155,7 +182,8 @@ extension({ id: "t.jobs", source_schemas: ["x"], time_limit_ms: 300, handler(doc
     assert_eq!(items(&run_one(&pool, json!({"kind": "check"}))), vec![("x.check".to_string(), json!({"ranLate": false}))]);
 
     // A filter must answer at once; an extension may declare itself from a job.
-    let filtered = pool_of(r#"Promise.resolve().then(() => extension({ id: "t.f", filter: async () => true, handler() {} }));"#, PoolConfig::new(1));
+    let filtered =
+        pool_of(r#"Promise.resolve().then(() => extension({ id: "t.f", filter: async () => true, handler() {} }));"#, PoolConfig::new(1));
     let keys = Arc::new(raindrop::js::FilterKeys::new(&[("a".into(), "1-x".into(), "s".into())]));
     let answers = filtered.submit_filter(0, &keys).wait();
     assert!(answers[0].as_ref().is_err_and(|e| e.message.contains("filters are synchronous")), "{answers:?}");
@@ -168,13 +196,29 @@ fn a_failing_filter_does_not_feed_on_its_own_error_documents() {
     // Story: each rd.core.error a throwing filter caused was a new document for the filter,
     // which threw again: 4 sources gave 228,000 writes on 11 documents in 30 s.
     let dir = TempDir::new("filter-loop");
-    let exts = exts(dir.path(), &[
-        ("bad-filter.js", r#"extension({ id: "t.badfilter", filter(id) { throw new Error("no filter today: " + id); }, handler() {} });"#),
-        ("counter.js", r#"extension({ id: "t.every", filter() { return true; }, handler(doc) { emit_schema("rd.test.seen", { id: doc._id }, { rd_key: ["seen", doc._id] }); } });"#),
-    ]);
+    let exts = exts(
+        dir.path(),
+        &[
+            (
+                "bad-filter.js",
+                r#"extension({ id: "t.badfilter", filter(id) { throw new Error("no filter today: " + id); }, handler() {} });"#,
+            ),
+            (
+                "counter.js",
+                r#"extension({ id: "t.every", filter() { return true; }, handler(doc) { emit_schema("rd.test.seen", { id: doc._id }, { rd_key: ["seen", doc._id] }); } });"#,
+            ),
+        ],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
     seed(&db, &exts, dir.path(), &(0..4).map(|i| json!({"rd_key": ["t", i], "rd_schema_id": "rd.test.a", "v": i})).collect::<Vec<_>>());
-    let out = within({ let mut c = rd(&db, &exts); c.arg("process"); c }, Duration::from_secs(60));
+    let out = within(
+        {
+            let mut c = rd(&db, &exts);
+            c.arg("process");
+            c
+        },
+        Duration::from_secs(60),
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let docs = dump(&db, &exts);
     // 4 sources, 4 outputs of t.every: the failing filter failed on each of the 8 once.
@@ -182,7 +226,11 @@ fn a_failing_filter_does_not_feed_on_its_own_error_documents() {
     assert_eq!(errors.len(), 8, "{errors:#?}");
     assert!(errors.iter().all(|e| e["error_details"]["ext_id"] == "t.badfilter"));
     assert_eq!(of_schema(&docs, "rd.test.seen").len(), 4, "error documents are not offered to filters");
-    let again = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let again = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     assert!(again.contains("0 documents written"), "{again}");
 }
 
@@ -193,21 +241,38 @@ fn emitted_items_cannot_carry_reserved_members_and_refused_outputs_become_errors
     // Story: an item carrying `_id` and `_rev` replaced another extension's output, whose state
     // still said up to date; outputs the store refused vanished with a log line, 0 errors.
     let dir = TempDir::new("reserved");
-    let exts = exts(dir.path(), &[
-        ("victim.js", r#"extension({ id: "t.victim", source_schemas: ["rd.test.a"], handler(doc) { emit_schema("rd.test.victim", { mine: true }); } });"#),
-        ("thief.js", r#"extension({ id: "t.thief", source_schemas: ["rd.test.a"], handler(doc) {
+    let exts = exts(
+        dir.path(),
+        &[
+            (
+                "victim.js",
+                r#"extension({ id: "t.victim", source_schemas: ["rd.test.a"], handler(doc) { emit_schema("rd.test.victim", { mine: true }); } });"#,
+            ),
+            (
+                "thief.js",
+                r#"extension({ id: "t.thief", source_schemas: ["rd.test.a"], handler(doc) {
   const victim = open_schemas([[doc.rd_key, "rd.test.victim"]])[0];
   if (doc.v === 0 && victim) emit_schema("rd.test.stolen", { _id: victim._id, _rev: victim._rev, mine: false });
   if (doc.v === 1) emit_schema("rd.test.model", { rd_schema_items: {} });
   if (doc.v === 2) emit_schema("rd.test.attached", { a: 1 }, { attachments: { f: { content_type: "text/plain", data: "*** not base64 ***" } } });
   if (doc.v === 3) emit_schema("rd.test.fine", { ok: true });
-} });"#),
-    ]);
+} });"#,
+            ),
+        ],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
     seed(&db, &exts, dir.path(), &(0..4).map(|i| json!({"rd_key": ["t", i], "rd_schema_id": "rd.test.a", "v": i})).collect::<Vec<_>>());
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     // The thief ran first or second; run again so it certainly saw the victim's output.
-    ok({ let mut c = rd(&db, &exts); c.args(["reprocess", "--ext", "t.thief"]); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.args(["reprocess", "--ext", "t.thief"]);
+        c
+    });
     let docs = dump(&db, &exts);
     assert!(of_schema(&docs, "rd.test.victim").iter().all(|d| d["mine"] == true && d["rd_schema_provider"] == "t.victim"));
     assert!(of_schema(&docs, "rd.test.stolen").is_empty() && of_schema(&docs, "rd.test.model").is_empty());
@@ -224,7 +289,11 @@ fn emitted_items_cannot_carry_reserved_members_and_refused_outputs_become_errors
     let text = String::from_utf8_lossy(&status.stdout);
     let thief = text.lines().find(|l| l.starts_with("t.thief")).unwrap_or_default();
     assert!(thief.split_whitespace().last() == Some("3"), "{text}");
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("retry-errors"); c });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("retry-errors");
+        c
+    });
     assert!(log.contains("3 handler runs") && log.contains("3 errors"), "{log}");
 }
 
@@ -236,13 +305,18 @@ fn array_buffers_count_against_the_memory_cap() {
     // 1.5 GB memory limit the whole process was killed. Now the runtime's cap covers them.
     let dir = TempDir::new("buffers");
     let file = dir.path().join("bomb.js");
-    std::fs::write(&file, r#"extension({ id: "t.buffers", source_schemas: ["x"], time_limit_ms: 60000, handler(doc) {
+    std::fs::write(
+        &file,
+        r#"extension({ id: "t.buffers", source_schemas: ["x"], time_limit_ms: 60000, handler(doc) {
   const kept = [];
   for (let i = 0; i < 12; i++) kept.push(new Uint8Array(256 << 20).fill(1));
   emit_schema("x.kept", { n: kept.length });
-} });"#).unwrap();
+} });"#,
+    )
+    .unwrap();
     let started = Instant::now();
-    let child = raindrop().args(["ext", "run"]).arg(&file).args(["--doc", "{}"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child =
+        raindrop().args(["ext", "run"]).arg(&file).args(["--doc", "{}"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as i32;
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.unwrap(), &mut stderr).unwrap();
@@ -288,7 +362,11 @@ fn update_documents_cannot_reach_the_pipelines_bookkeeping() {
     // Story: writing `rdlater!raindrop-pipeline` injected values into another extension's later
     // queue; `rdstate!…`, `rddeps!…` and `_design/…` ids were accepted too.
     let dir = TempDir::new("update-docs");
-    let exts = exts(dir.path(), &[("writer.js", r#"extension({ id: "t.writer", source_schemas: ["rd.test.a"], handler(doc) {
+    let exts = exts(
+        dir.path(),
+        &[(
+            "writer.js",
+            r#"extension({ id: "t.writer", source_schemas: ["rd.test.a"], handler(doc) {
   const results = update_documents([
     { _id: "rdlater!raindrop-pipeline", values: { "t.victim": [1, 2, 3] } },
     { _id: "rdstate!" + doc._id, "t.writer": {} },
@@ -298,10 +376,16 @@ fn update_documents_cannot_reach_the_pipelines_bookkeeping() {
     { _id: "plain-" + doc.v, note: "fine" },
   ]);
   emit_schema("rd.test.results", { results });
-} });"#)]);
+} });"#,
+        )],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
     seed(&db, &exts, dir.path(), &[json!({"rd_key": ["t", 1], "rd_schema_id": "rd.test.a", "v": 1})]);
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     let results = of_schema(&docs, "rd.test.results")[0]["results"].as_array().unwrap().clone();
     assert_eq!(results.len(), 6);
@@ -355,8 +439,11 @@ fn an_imap_server_that_never_answers_is_a_clear_error_not_a_hang() {
     let dir = TempDir::new("imap-silent");
     let port = silent_server();
     let mut c = raindrop();
-    c.env("RAINDROP_CONFIG", account_config(dir.path(), port, "timeout_secs = 1\n")).env("HOSTILE_PW", "pw")
-        .arg("--db").arg(dir.path().join("db")).arg("sync");
+    c.env("RAINDROP_CONFIG", account_config(dir.path(), port, "timeout_secs = 1\n"))
+        .env("HOSTILE_PW", "pw")
+        .arg("--db")
+        .arg(dir.path().join("db"))
+        .arg("sync");
     let t0 = Instant::now();
     let out = within(c, Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -397,8 +484,11 @@ fn an_imap_server_echoing_the_login_line_does_not_get_the_password_into_errors()
     });
     let secret = "s3cret \"quoted\" pw";
     let mut c = raindrop();
-    c.env("RAINDROP_CONFIG", account_config(dir.path(), port, "timeout_secs = 2\n")).env("HOSTILE_PW", secret)
-        .args(["-vv", "--db"]).arg(dir.path().join("db")).arg("sync");
+    c.env("RAINDROP_CONFIG", account_config(dir.path(), port, "timeout_secs = 2\n"))
+        .env("HOSTILE_PW", secret)
+        .args(["-vv", "--db"])
+        .arg(dir.path().join("db"))
+        .arg("sync");
     let out = within(c, Duration::from_secs(60));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -427,7 +517,8 @@ fn an_import_skips_what_it_cannot_read_and_says_so() {
     let mail = dir.path().join("mail");
     std::fs::create_dir_all(mail.join("inner")).unwrap();
     for i in 0..3 {
-        std::fs::write(mail.join(format!("{i}.eml")), format!("Message-ID: <m{i}@example.com>\r\nSubject: {i}\r\n\r\nbody {i}\r\n")).unwrap();
+        std::fs::write(mail.join(format!("{i}.eml")), format!("Message-ID: <m{i}@example.com>\r\nSubject: {i}\r\n\r\nbody {i}\r\n"))
+            .unwrap();
     }
     std::os::unix::fs::symlink(&mail, mail.join("inner").join("loop")).unwrap();
     std::os::unix::fs::symlink(dir.path().join("nowhere.eml"), mail.join("dangling.eml")).unwrap();
@@ -472,12 +563,15 @@ fn a_foreign_sqlite_file_is_refused_and_left_as_it_was() {
 #[test]
 fn extreme_time_limits_and_top_level_loops_are_load_errors_that_say_why() {
     let dir = TempDir::new("limits");
-    let exts = exts(dir.path(), &[
-        ("huge.js", "extension({ id: 't.huge', source_schemas: ['x'], time_limit_ms: 1e300, handler() {} });"),
-        ("forever.js", "extension({ id: 't.forever', source_schemas: ['x'], time_limit_ms: 1e15, handler() {} });"),
-        ("spin.js", "for (;;) {}\n"),
-        ("fine.js", "extension({ id: 't.fine', source_schemas: ['x'], time_limit_ms: 3600000, handler() {} });"),
-    ]);
+    let exts = exts(
+        dir.path(),
+        &[
+            ("huge.js", "extension({ id: 't.huge', source_schemas: ['x'], time_limit_ms: 1e300, handler() {} });"),
+            ("forever.js", "extension({ id: 't.forever', source_schemas: ['x'], time_limit_ms: 1e15, handler() {} });"),
+            ("spin.js", "for (;;) {}\n"),
+            ("fine.js", "extension({ id: 't.fine', source_schemas: ['x'], time_limit_ms: 3600000, handler() {} });"),
+        ],
+    );
     let t0 = Instant::now();
     let out = raindrop().args(["--js-threads", "2", "ext", "list", "--json", "--extensions"]).arg(&exts).output().unwrap();
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();

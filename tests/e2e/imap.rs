@@ -137,8 +137,11 @@ fn imap_sync_stores_each_message_once_resyncs_nothing_and_follows_changes() {
     let bz = locations.iter().find(|d| d["rd_key"][1] == json!(key(&bugzilla))).unwrap();
     let folders: BTreeSet<&str> = bz["locations"].as_array().unwrap().iter().map(|l| l["folder_name"].as_str().unwrap()).collect();
     assert_eq!(folders, BTreeSet::from(["INBOX", "Sent"]));
-    let seen_now: BTreeSet<String> =
-        of_schema(&docs, "rd.msg.seen").iter().filter(|d| d["seen"] == json!(true)).map(|d| d["rd_key"][1].as_str().unwrap().to_string()).collect();
+    let seen_now: BTreeSet<String> = of_schema(&docs, "rd.msg.seen")
+        .iter()
+        .filter(|d| d["seen"] == json!(true))
+        .map(|d| d["rd_key"][1].as_str().unwrap().to_string())
+        .collect();
     let mut want_seen = seen_keys.clone();
     want_seen.insert(key(&bugzilla)); // seen in Sent
     assert_eq!(seen_now, want_seen);
@@ -166,7 +169,8 @@ fn imap_sync_stores_each_message_once_resyncs_nothing_and_follows_changes() {
     assert_eq!(ids(&docs, "rd.msg.rfc822"), expected);
     assert_eq!(ids(&docs, "rd.msg.body"), expected);
     assert_eq!(of_schema(&docs, "rd.core.error").len(), 0, "{:?}", of_schema(&docs, "rd.core.error"));
-    let first_in_list = of_schema(&docs, "rd.imap.mailbox-cache").iter().find(|d| d["folder"] == "lists.moz").unwrap()["messages"][0][1].clone();
+    let first_in_list =
+        of_schema(&docs, "rd.imap.mailbox-cache").iter().find(|d| d["folder"] == "lists.moz").unwrap()["messages"][0][1].clone();
     let seen = of_schema(&docs, "rd.msg.seen").into_iter().find(|d| d["rd_key"][1] == first_in_list).unwrap();
     assert_eq!(seen["seen"], json!(true));
 
@@ -261,7 +265,9 @@ fn the_daemon_syncs_on_an_interval_and_processes_what_arrives() {
     std::thread::sleep(Duration::from_millis(500));
     let mut session = imap_session(server.port);
     session.append("INBOX", &message("while-running@example.com", "Hello daemon", 3)).finish().unwrap();
-    let reply = [b"In-Reply-To: <while-running@example.com>\r\n".as_slice(), &message("reply-while-running@example.com", "Re: Hello daemon", 1)].concat();
+    let reply =
+        [b"In-Reply-To: <while-running@example.com>\r\n".as_slice(), &message("reply-while-running@example.com", "Re: Hello daemon", 1)]
+            .concat();
     session.append("INBOX", &reply).finish().unwrap();
     session.logout().unwrap();
     let id = |msg: &str, schema: &str| raindrop::model::doc_id(&json!(["email", msg]), schema).unwrap();
@@ -270,8 +276,11 @@ fn the_daemon_syncs_on_an_interval_and_processes_what_arrives() {
         out.status.success().then(|| serde_json::from_slice::<Value>(&out.stdout).unwrap())
     };
     // The body, then both conversations (assigned by a later_handler once the feed is drained).
-    let wanted = [id("while-running@example.com", "rd.msg.body"), id("while-running@example.com", "rd.msg.conversation"),
-                  id("reply-while-running@example.com", "rd.msg.conversation")];
+    let wanted = [
+        id("while-running@example.com", "rd.msg.body"),
+        id("while-running@example.com", "rd.msg.conversation"),
+        id("reply-while-running@example.com", "rd.msg.conversation"),
+    ];
     let deadline = Instant::now() + Duration::from_secs(60);
     let found = loop {
         let docs: Vec<Option<Value>> = wanted.iter().map(|w| get(w)).collect();

@@ -133,8 +133,11 @@ fn load_errors_name_the_file_and_line_and_the_rest_still_load() {
 
 #[test]
 fn an_infinite_loop_is_stopped_near_its_limit_while_another_thread_keeps_working() {
-    let looper = ext("loop.js", r#"extension({id: "t.loop", source_schemas: ["x"], time_limit_ms: 400,
-        handler(doc) { if (doc.spin) { for (;;) {} } emit_schema("x.ok", {}); }});"#);
+    let looper = ext(
+        "loop.js",
+        r#"extension({id: "t.loop", source_schemas: ["x"], time_limit_ms: 400,
+        handler(doc) { if (doc.spin) { for (;;) {} } emit_schema("x.ok", {}); }});"#,
+    );
     let quick = ext("quick.js", r#"extension({id: "t.quick", source_schemas: ["x"], handler(doc) { emit_schema("x.q", {i: doc.i}); }});"#);
     let pool = JsPool::start(vec![looper, quick], PoolConfig::new(2)).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -171,11 +174,14 @@ fn an_infinite_loop_is_stopped_near_its_limit_while_another_thread_keeps_working
 
 #[test]
 fn a_memory_bomb_is_contained() {
-    let bomb = ext("bomb.js", r#"extension({id: "t.bomb", source_schemas: ["x"], handler(doc) {
+    let bomb = ext(
+        "bomb.js",
+        r#"extension({id: "t.bomb", source_schemas: ["x"], handler(doc) {
         if (doc.kind === "objects") { const a = []; for (;;) a.push({ i: a.length, s: "x" + a.length }); }
         if (doc.kind === "string") { let s = "xxxxxxxxxxxxxxxx"; for (;;) s = s + s; }
         emit_schema("x.ok", { fine: true });
-    }});"#);
+    }});"#,
+    );
     let mut config = PoolConfig::new(1);
     config.heap_bytes = 64 << 20;
     // Far longer than a capped bomb takes: a stop by the clock would fail the test, not pass it.
@@ -189,7 +195,10 @@ fn a_memory_bomb_is_contained() {
             "objects" => assert_eq!(e.kind, FailureKind::OutOfMemory, "{e:?}"),
             // Doubling a string makes ropes (a few bytes each) until the longest string the
             // engine allows: a plain exception, not a memory bomb.
-            _ => assert!(e.kind == FailureKind::OutOfMemory || (e.kind == FailureKind::Exception && e.message.contains("allocation size overflow")), "{e:?}"),
+            _ => assert!(
+                e.kind == FailureKind::OutOfMemory || (e.kind == FailureKind::Exception && e.message.contains("allocation size overflow")),
+                "{e:?}"
+            ),
         }
         assert!(start.elapsed() < Duration::from_secs(30), "{kind}: {:?}", start.elapsed());
         assert_eq!(emitted(&r.outcomes[1]), vec![("x.ok".to_string(), json!({"fine": true}))], "{kind}: the next document works");
@@ -198,7 +207,9 @@ fn a_memory_bomb_is_contained() {
 
 #[test]
 fn extensions_setting_the_same_global_see_only_their_own() {
-    let a = ext("a.js", r#"
+    let a = ext(
+        "a.js",
+        r#"
         var shared = "A";
         globalThis.counter = 0;
         Array.prototype.push = function () { throw new Error("A broke push"); };
@@ -208,13 +219,17 @@ fn extensions_setting_the_same_global_see_only_their_own() {
             counter += 1; doc.touched_by = "A";
             // A broke its own emit_schema: it can only hurt itself.
             try { emit_schema("x", {}); } catch (e) { log("as expected:", e.message); }
-        }});"#);
-    let b = ext("b.js", r#"
+        }});"#,
+    );
+    let b = ext(
+        "b.js",
+        r#"
         var shared = "B";
         extension({id: "t.b", source_schemas: ["x"], handler(doc) {
             const list = []; list.push(1);
             emit_schema("x.b", { shared, counter: typeof counter, touched: doc.touched_by || null, list, s: JSON.stringify([1]) });
-        }});"#);
+        }});"#,
+    );
     let pool = JsPool::start(vec![a, b], PoolConfig::new(1)).unwrap();
     let doc = docs(&[json!({"n": 1})]);
     let ra = pool.run(0, doc.clone());
@@ -255,7 +270,12 @@ fn a_two_thread_pool_processes_10000_documents_each_in_its_place() {
     let pool = JsPool::start(vec![ext("double.js", src)], PoolConfig::new(2)).unwrap();
     let (tx, rx) = crossbeam_channel::unbounded();
     for b in 0..100u64 {
-        let batch: Vec<Value> = (0..100).map(|j| { let i = b * 100 + j; json!({"i": i, "label": format!("doc-{i}-\u{e9}")}) }).collect();
+        let batch: Vec<Value> = (0..100)
+            .map(|j| {
+                let i = b * 100 + j;
+                json!({"i": i, "label": format!("doc-{i}-\u{e9}")})
+            })
+            .collect();
         pool.submit(Batch { ext: 0, docs: docs(&batch), tag: b }, &tx);
     }
     let mut seen = vec![false; 10_000];

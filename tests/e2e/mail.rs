@@ -97,7 +97,9 @@ fn the_test_mail_is_imported_and_processed_by_the_core_extensions() {
     assert!(summary["identities"].as_array().unwrap().contains(&json!(["email", "raindrop_test_recip2@mozillamessaging.com"])));
     // One summary per conversation: the bounce's first conversation, merged into the pair's,
     // leaves no summary behind (withdraw_schema).
-    let ids = |schema: &str, field: &str| of_schema(&docs, schema).iter().map(|d| d[field].to_string()).collect::<std::collections::BTreeSet<_>>();
+    let ids = |schema: &str, field: &str| {
+        of_schema(&docs, schema).iter().map(|d| d[field].to_string()).collect::<std::collections::BTreeSet<_>>()
+    };
     assert_eq!(ids("rd.conv.summary", "rd_key"), ids("rd.msg.conversation", "conversation_id"));
 
     // Identities and contacts for everyone I wrote to.
@@ -116,13 +118,22 @@ fn the_test_mail_is_imported_and_processed_by_the_core_extensions() {
     assert_eq!(tag("4ac4f85d89769_1de3156943569ffc176015a@mx007.twitter.com.tmail").as_deref(), Some("twitter-notification"));
     assert_eq!(tag(sent).as_deref(), Some("identity-email-raindrop_test_user@mozillamessaging.com"), "sent by me");
     assert_eq!(tag("40c05b9d93ba4695a30e72174c5c8126@example.com").as_deref(), Some("mailing-list-test.lists.example.com"));
-    let facebook: Vec<String> = of_schema(&docs, "rd.msg.grouping-tag").iter().filter_map(|d| d["tag"].as_str()).filter(|t| t.starts_with("facebook-")).map(String::from).collect();
+    let facebook: Vec<String> = of_schema(&docs, "rd.msg.grouping-tag")
+        .iter()
+        .filter_map(|d| d["tag"].as_str())
+        .filter(|t| t.starts_with("facebook-"))
+        .map(String::from)
+        .collect();
     assert!(facebook.contains(&"facebook-comment".to_string()) && facebook.contains(&"facebook-message".to_string()), "{facebook:?}");
     let group = find(&docs, "rd.grouping.summary", json!(["display-group", "bugzilla-message"])).unwrap();
     assert_eq!(group["num_unread"], 1);
 
     // Every mailing-list message is assigned its list.
-    for (name, bytes) in std::fs::read_dir(mail.join("mailing-list")).unwrap().map(|e| e.unwrap().path()).map(|p| (p.display().to_string(), std::fs::read(&p).unwrap())) {
+    for (name, bytes) in std::fs::read_dir(mail.join("mailing-list"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+    {
         let key = raindrop::mail::import::message_key(&bytes);
         let list = find(&docs, "rd.msg.email.mailing-list", email(&key));
         assert!(list.is_some(), "{name} has no list");
@@ -236,12 +247,30 @@ fn unsubscribe_flow(list: &str, pending_before: usize, pending_at: i64, steps: &
 fn unsubscribe_flows_as_the_original() {
     let lists = [
         // (list, when the UI asked, message, request, confirmation prefix, confirming address)
-        ("test.lists.example.com", 1_251_090_000, "mailman-message-older", "mailman-unsub-conf-req", "mailman-unsub-conf",
-         "test-confirm+018e404890076d94e6026d8333c887f8edd0c41f@lists.example.com"),
-        ("mozilla-labs-personas.googlegroups.com", 1_250_100_000, "google-groups-message-older", "google-groups-unsub-conf-req",
-         "google-groups-unsub-conf", "mozilla-labs-personas+unsubconfirm-sdchiwwaaaal-swq-5e5bow-sol8od9v@googlegroups.com"),
-        ("mozilla-labs-personas.googlegroups.com", 1_261_429_200, "google-groups-message-newer", "google-groups-2-unsub-conf-req",
-         "google-groups-2-unsub-conf", "mozilla-labs-personas+unsubconfirm@googlegroups.com"),
+        (
+            "test.lists.example.com",
+            1_251_090_000,
+            "mailman-message-older",
+            "mailman-unsub-conf-req",
+            "mailman-unsub-conf",
+            "test-confirm+018e404890076d94e6026d8333c887f8edd0c41f@lists.example.com",
+        ),
+        (
+            "mozilla-labs-personas.googlegroups.com",
+            1_250_100_000,
+            "google-groups-message-older",
+            "google-groups-unsub-conf-req",
+            "google-groups-unsub-conf",
+            "mozilla-labs-personas+unsubconfirm-sdchiwwaaaal-swq-5e5bow-sol8od9v@googlegroups.com",
+        ),
+        (
+            "mozilla-labs-personas.googlegroups.com",
+            1_261_429_200,
+            "google-groups-message-newer",
+            "google-groups-2-unsub-conf-req",
+            "google-groups-2-unsub-conf",
+            "mozilla-labs-personas+unsubconfirm@googlegroups.com",
+        ),
     ];
     for (list, asked, message, request, confirmation, confirm_to) in lists {
         // A confirmation dated before the request changes nothing; a later one ends it.

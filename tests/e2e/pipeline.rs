@@ -63,16 +63,32 @@ fn check_chain(docs: &[Value], n: usize) {
 fn chain_on(db: &str, dir: &TempDir) {
     let n = 2000;
     let exts = chain_dir(dir.path());
-    ok({ let mut c = rd(db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), n)); c });
-    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), n));
+        c
+    });
+    let log = ok({
+        let mut c = rd(db, &exts);
+        c.arg("process");
+        c
+    });
     assert!(log.contains(&format!("{} handler runs", 3 * n)) && log.contains("1 errors"), "{log}");
     let first = dump(db, &exts);
     check_chain(&first, n);
 
     // Running again over an up-to-date database writes nothing.
-    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    let log = ok({
+        let mut c = rd(db, &exts);
+        c.arg("process");
+        c
+    });
     assert!(log.contains("0 documents written"), "{log}");
-    let log = ok({ let mut c = rd(db, &exts); c.arg("reprocess"); c });
+    let log = ok({
+        let mut c = rd(db, &exts);
+        c.arg("reprocess");
+        c
+    });
     // reprocess re-runs every handler; unchanged results are not written again.
     assert!(log.contains("0 documents written") && log.contains(&format!("{} handler runs", 3 * n)), "{log}");
     let again = dump(db, &exts);
@@ -83,7 +99,11 @@ fn chain_on(db: &str, dir: &TempDir) {
 
     // Editing one extension re-runs exactly it: its outputs change, the others are skipped.
     std::fs::write(exts.join("c.js"), C.replace("s: \"d\"", "s: \"edited\"")).unwrap();
-    let log = ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    let log = ok({
+        let mut c = rd(db, &exts);
+        c.arg("process");
+        c
+    });
     // Its n outputs change (n - 1 results and the error record, whose fingerprint changed).
     assert!(log.contains(&format!("{} handler runs", n)) && log.contains(&format!("{} documents written", n)), "{log}");
     let after = dump(db, &exts);
@@ -92,7 +112,11 @@ fn chain_on(db: &str, dir: &TempDir) {
 
     // Fixing the extension and retrying the error clears it.
     std::fs::write(exts.join("c.js"), C.replace("if (doc.v === 2 * 778) throw new Error(\"778 is cursed\");", "")).unwrap();
-    ok({ let mut c = rd(db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(db, &exts);
+        c.arg("process");
+        c
+    });
     let fixed = dump(db, &exts);
     assert_eq!(of_schema(&fixed, "rd.core.error").len(), 0);
     assert_eq!(of_schema(&fixed, "rd.test.d").len(), n);
@@ -113,8 +137,18 @@ fn a_chain_of_extensions_on_pouchdb_server() {
 
 /// `kill_rounds` for the runs of this file: `seed` added as raw schema items, pages of 100.
 fn kill_rounds_of(dir: &TempDir, exts: &Path, seed: &Path, rounds: &[&[u64]]) -> Vec<Value> {
-    let seed_db = |db: &str| { ok({ let mut c = rd(db, exts); c.arg("add-schemas").arg(seed); c }); };
-    let process = |db: &str| { let mut c = rd(db, exts); c.args(["process", "--page-size", "100"]); c };
+    let seed_db = |db: &str| {
+        ok({
+            let mut c = rd(db, exts);
+            c.arg("add-schemas").arg(seed);
+            c
+        });
+    };
+    let process = |db: &str| {
+        let mut c = rd(db, exts);
+        c.args(["process", "--page-size", "100"]);
+        c
+    };
     kill_rounds(dir, exts, seed_db, process, rounds)
 }
 
@@ -131,24 +165,40 @@ fn a_failed_later_handler_keeps_its_values_for_retry_errors() {
     // A later_handler that fails for a while (here: a flag document says the store is away)
     // leaves its values in an rd.core.error document; retry-errors queues them again.
     let dir = TempDir::new("later-fail");
-    let exts = exts_after_a(dir.path(), &[
-        ("tally.js", r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+    let exts = exts_after_a(
+        dir.path(),
+        &[(
+            "tally.js",
+            r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
       handler(doc) { process_later(doc.v); },
       later_handler(values) {
         const flag = open_schemas([[["flag", "x"], "rd.test.flag"]])[0];
         if (flag && flag.fail) throw new Error("the store is away");
         for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] });
-      } });"#),
-    ]);
+      } });"#,
+        )],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
     let flag = |fail: bool| {
         let path = dir.path().join("flag.jsonl");
         std::fs::write(&path, json!({"rd_key": ["flag", "x"], "rd_schema_id": "rd.test.flag", "fail": fail}).to_string()).unwrap();
-        ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&path); c });
+        ok({
+            let mut c = rd(&db, &exts);
+            c.arg("add-schemas").arg(&path);
+            c
+        });
     };
     flag(true);
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 50)); c });
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 50));
+        c
+    });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.tallied").len(), 0);
     let errors = of_schema(&docs, "rd.core.error");
@@ -156,7 +206,11 @@ fn a_failed_later_handler_keeps_its_values_for_retry_errors() {
     assert_eq!(errors[0]["error_details"]["later_values"].as_array().map(Vec::len), Some(50), "{}", errors[0]);
     assert!(errors[0]["error_details"]["message"].as_str().unwrap().contains("the store is away"));
     flag(false);
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("retry-errors"); c });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("retry-errors");
+        c
+    });
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.tallied").len(), 50, "{log}");
     assert_eq!(of_schema(&docs, "rd.core.error").len(), 0, "{log}");
@@ -167,21 +221,38 @@ fn a_later_handler_gets_time_by_its_values_and_one_that_never_ends_is_stopped() 
     // time_limit_ms 200: a later_handler over 4,001 values has 3 x 200 ms; this one needs
     // ~300 ms. One that never returns is stopped all the same, and its values are kept.
     let dir = TempDir::new("later-time");
-    let exts = exts_after_a(dir.path(), &[
-        ("slow.js", r#"extension({ id: "test.slow", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+    let exts = exts_after_a(
+        dir.path(),
+        &[
+            (
+                "slow.js",
+                r#"extension({ id: "test.slow", source_schemas: ["rd.test.b"], time_limit_ms: 200,
       handler(doc) { process_later(doc.v); },
       later_handler(values) {
         const until = Date.now() + values.length * 0.075;
         while (Date.now() < until) {}
         emit_schema("rd.test.counted", { n: values.length }, { rd_key: ["count", 1] });
-      } });"#),
-        ("stuck.js", r#"extension({ id: "test.stuck", source_schemas: ["rd.test.b"], time_limit_ms: 200,
+      } });"#,
+            ),
+            (
+                "stuck.js",
+                r#"extension({ id: "test.stuck", source_schemas: ["rd.test.b"], time_limit_ms: 200,
       handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (;;) {} } });"#),
-    ]);
+      later_handler(values) { for (;;) {} } });"#,
+            ),
+        ],
+    );
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 4001)); c });
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 4001));
+        c
+    });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.counted").first().map(|d| d["n"].clone()), Some(json!(4001)));
     let errors = of_schema(&docs, "rd.core.error");
@@ -197,11 +268,15 @@ fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
     // store. Kill runs before the drain: no value may be lost behind the checkpoint.
     let dir = TempDir::new("kill-later");
-    let exts = exts_after_a(dir.path(), &[
-        ("tally.js", r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+    let exts = exts_after_a(
+        dir.path(),
+        &[(
+            "tally.js",
+            r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
       handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#),
-    ]);
+      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#,
+        )],
+    );
     let seed = seed_file(dir.path(), 3000);
     let expected = kill_rounds_of(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
@@ -215,23 +290,41 @@ fn two_workers_on_one_pouchdb_database_equal_one_worker() {
     let seed = seed_file(dir.path(), 800);
     let one = server.db_url("one");
     let two = server.db_url("two");
-    ok({ let mut c = rd(&one, &exts); c.arg("add-schemas").arg(&seed); c });
-    ok({ let mut c = rd(&one, &exts); c.arg("process"); c });
-    ok({ let mut c = rd(&two, &exts); c.arg("add-schemas").arg(&seed); c });
+    ok({
+        let mut c = rd(&one, &exts);
+        c.arg("add-schemas").arg(&seed);
+        c
+    });
+    ok({
+        let mut c = rd(&one, &exts);
+        c.arg("process");
+        c
+    });
+    ok({
+        let mut c = rd(&two, &exts);
+        c.arg("add-schemas").arg(&seed);
+        c
+    });
     // Two daemons side by side, each on its slice; a slice's outputs can be the other's
     // sources, so each runs until neither has anything left. Each source is run by one worker
     // only: the handler runs add up to a single worker's, and each did a real share (both
     // doing everything would give the same final database, but twice the runs).
-    let runs = |log: &str| -> u64 {
-        log.lines().filter_map(|l| l.split(" handler runs").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum()
-    };
+    let runs =
+        |log: &str| -> u64 { log.lines().filter_map(|l| l.split(" handler runs").next()?.rsplit(' ').next()?.parse::<u64>().ok()).sum() };
     let mut per_worker = [0u64; 2];
     for _ in 0..4 {
         let w0 = rd(&two, &exts).args(["process", "--worker", "0/2"]).stderr(Stdio::piped()).spawn().unwrap();
         let w1 = rd(&two, &exts).args(["process", "--worker", "1/2"]).stderr(Stdio::piped()).spawn().unwrap();
         let (o0, o1) = (w0.wait_with_output().unwrap(), w1.wait_with_output().unwrap());
-        assert!(o0.status.success() && o1.status.success(), "{}{}", String::from_utf8_lossy(&o0.stderr), String::from_utf8_lossy(&o1.stderr));
-        let finals = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.starts_with("done in")).collect::<Vec<_>>().join("\n");
+        assert!(
+            o0.status.success() && o1.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&o0.stderr),
+            String::from_utf8_lossy(&o1.stderr)
+        );
+        let finals = |o: &std::process::Output| {
+            String::from_utf8_lossy(&o.stderr).lines().filter(|l| l.starts_with("done in")).collect::<Vec<_>>().join("\n")
+        };
         per_worker[0] += runs(&finals(&o0));
         per_worker[1] += runs(&finals(&o1));
     }
@@ -250,14 +343,22 @@ fn an_output_is_recomputed_when_a_document_it_depends_on_changes() {
     let dir = TempDir::new("deps");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("sum.js"), r#"extension({ id: "test.sum", source_schemas: ["rd.test.a"], uses_dependencies: true,
+    std::fs::write(
+        exts.join("sum.js"),
+        r#"extension({ id: "test.sum", source_schemas: ["rd.test.a"], uses_dependencies: true,
       handler(doc) {
         const key = ["test", "rate"];
         const [rate] = open_schemas([[key, "rd.test.rate"]]);
         emit_schema("rd.test.sum", { total: doc.v * (rate ? rate.factor : 1) }, { deps: [[key, "rd.test.rate"]] });
-      } });"#).unwrap();
-    std::fs::write(exts.join("nodeps.js"), r#"extension({ id: "test.nodeps", source_schemas: ["rd.test.a"],
-      handler(doc) { emit_schema("rd.test.bad", {}, { deps: [[["test", "rate"], "rd.test.rate"]] }); } });"#).unwrap();
+      } });"#,
+    )
+    .unwrap();
+    std::fs::write(
+        exts.join("nodeps.js"),
+        r#"extension({ id: "test.nodeps", source_schemas: ["rd.test.a"],
+      handler(doc) { emit_schema("rd.test.bad", {}, { deps: [[["test", "rate"], "rd.test.rate"]] }); } });"#,
+    )
+    .unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
     let seed = seed_file(dir.path(), 5);
     let rate = |f: u32| {
@@ -265,16 +366,32 @@ fn an_output_is_recomputed_when_a_document_it_depends_on_changes() {
         std::fs::write(&p, json!({"rd_key": ["test", "rate"], "rd_schema_id": "rd.test.rate", "factor": f}).to_string()).unwrap();
         p
     };
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed).arg(rate(10)); c });
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(&seed).arg(rate(10));
+        c
+    });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let totals = |docs: &[Value]| -> Vec<Value> { of_schema(docs, "rd.test.sum").iter().map(|d| d["total"].clone()).collect() };
     let first = dump(&db, &exts);
     assert_eq!(totals(&first), vec![json!(0), json!(10), json!(20), json!(30), json!(40)]);
     // Declaring deps without uses_dependencies is an error, as in the original.
     assert_eq!(of_schema(&first, "rd.core.error").len(), 5);
     // The rate changes: every sum is recomputed, nothing else runs.
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(rate(3)); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(rate(3));
+        c
+    });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     // (the sum of 0 stays 0, so four documents change)
     assert!(log.contains("5 handler runs") && log.contains("4 documents written"), "{log}");
     assert_eq!(totals(&dump(&db, &exts)), vec![json!(0), json!(3), json!(6), json!(9), json!(12)]);
@@ -285,17 +402,34 @@ fn a_handler_with_source_fields_sees_only_those_fields() {
     let dir = TempDir::new("fields");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("some.js"), r#"extension({ id: "test.some", source_schemas: ["rd.test.wide"],
+    std::fs::write(
+        exts.join("some.js"),
+        r#"extension({ id: "test.some", source_schemas: ["rd.test.wide"],
       source_fields: ["wanted", "absent", "wanted"],
-      handler(doc) { emit_schema("rd.test.seen", { keys: Object.keys(doc).sort(), wanted: doc.wanted }); } });"#).unwrap();
-    std::fs::write(exts.join("all.js"), r#"extension({ id: "test.all", source_schemas: ["rd.test.wide"],
-      handler(doc) { emit_schema("rd.test.all", { has_body: typeof doc.body === "string" }); } });"#).unwrap();
-    std::fs::write(exts.join("bad.js"), r#"extension({ id: "test.bad", source_schemas: ["x"], source_fields: "wanted", handler() {} });"#).unwrap();
+      handler(doc) { emit_schema("rd.test.seen", { keys: Object.keys(doc).sort(), wanted: doc.wanted }); } });"#,
+    )
+    .unwrap();
+    std::fs::write(
+        exts.join("all.js"),
+        r#"extension({ id: "test.all", source_schemas: ["rd.test.wide"],
+      handler(doc) { emit_schema("rd.test.all", { has_body: typeof doc.body === "string" }); } });"#,
+    )
+    .unwrap();
+    std::fs::write(exts.join("bad.js"), r#"extension({ id: "test.bad", source_schemas: ["x"], source_fields: "wanted", handler() {} });"#)
+        .unwrap();
     let seed = dir.path().join("wide.jsonl");
     std::fs::write(&seed, r#"{"rd_key": ["test", 1], "rd_schema_id": "rd.test.wide", "wanted": {"a": [1, "é\n\"x\""]}, "body": "long text that the handler never reads"}"#).unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&seed); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(&seed);
+        c
+    });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     let seen = of_schema(&docs, "rd.test.seen");
     assert_eq!(seen.len(), 1, "{log}");
@@ -317,7 +451,9 @@ fn a_later_handler_in_parts_runs_side_by_side_and_misses_no_value() {
     let dir = TempDir::new("later-parts");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("parts.js"), r#"extension({ id: "test.parts", source_schemas: ["rd.test.a"],
+    std::fs::write(
+        exts.join("parts.js"),
+        r#"extension({ id: "test.parts", source_schemas: ["rd.test.a"],
       indexes: [["rd.test.a", "v"]],
       later_in_parts: true,
       handler(doc) { process_later(doc.v); },
@@ -327,15 +463,34 @@ fn a_later_handler_in_parts_runs_side_by_side_and_misses_no_value() {
           emit_schema("rd.test.tallied", { v, found: found.length }, { rd_key: ["tally", v] });
         }
         emit_schema("rd.test.part", { n: values.length }, { rd_key: ["part", values[0]] });
-      } });"#).unwrap();
-    std::fs::write(exts.join("whole.js"), r#"extension({ id: "test.whole", source_schemas: ["rd.test.a"],
+      } });"#,
+    )
+    .unwrap();
+    std::fs::write(
+        exts.join("whole.js"),
+        r#"extension({ id: "test.whole", source_schemas: ["rd.test.a"],
       handler(doc) { process_later(doc.v); },
-      later_handler(values) { emit_schema("rd.test.whole", { n: values.length }, { rd_key: ["whole", 1] }); } });"#).unwrap();
-    std::fs::write(exts.join("bad-index.js"), r#"extension({ id: "test.bad1", source_schemas: ["x"], indexes: [["x"]], handler() {} });"#).unwrap();
-    std::fs::write(exts.join("bad-parts.js"), r#"extension({ id: "test.bad2", source_schemas: ["x"], later_in_parts: true, handler() {} });"#).unwrap();
+      later_handler(values) { emit_schema("rd.test.whole", { n: values.length }, { rd_key: ["whole", 1] }); } });"#,
+    )
+    .unwrap();
+    std::fs::write(exts.join("bad-index.js"), r#"extension({ id: "test.bad1", source_schemas: ["x"], indexes: [["x"]], handler() {} });"#)
+        .unwrap();
+    std::fs::write(
+        exts.join("bad-parts.js"),
+        r#"extension({ id: "test.bad2", source_schemas: ["x"], later_in_parts: true, handler() {} });"#,
+    )
+    .unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 500)); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 500));
+        c
+    });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     let tallied = of_schema(&docs, "rd.test.tallied");
     assert_eq!(tallied.len(), 500, "{log}");
@@ -356,17 +511,29 @@ fn filters_choose_sources_and_later_handlers_see_the_collected_values() {
     let dir = TempDir::new("filter");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("odd.js"), r#"extension({ id: "test.odd",
+    std::fs::write(
+        exts.join("odd.js"),
+        r#"extension({ id: "test.odd",
       // Accepts its own output too (rc!test.MQ==!rd.test.odd): that must not loop.
       filter(id, rev, schema) { return id.includes("MQ=="); },
       handler(doc) { emit_schema("rd.test.odd", { v: doc.v }); process_later(doc.v); },
       later_handler(values) {
         values.sort((a, b) => a - b);
         emit_schema("rd.test.summary", { seen: values }, { rd_key: ["test", "summary"] });
-      } });"#).unwrap();
+      } });"#,
+    )
+    .unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 4)); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 4));
+        c
+    });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     let docs = dump(&db, &exts);
     // Keys ["test", 0..3] encode as MA==, MQ==, Mg==, Mw==: the filter takes exactly "MQ==".
     let odd: Vec<_> = of_schema(&docs, "rd.test.odd").iter().map(|d| d["v"].clone()).collect();
@@ -381,20 +548,36 @@ fn identities_contacts_and_conversations_from_the_extension_api() {
     let dir = TempDir::new("convo");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    std::fs::write(exts.join("msg.js"), r#"extension({ id: "test.msg", source_schemas: ["rd.test.msg"],
+    std::fs::write(
+        exts.join("msg.js"),
+        r#"extension({ id: "test.msg", source_schemas: ["rd.test.msg"],
       handler(doc) {
         const contact = emit_related_identities([[["email", doc.from], "from"]], { displayName: doc.name });
         const conv = find_and_emit_conversation([doc.rd_key].concat(doc.refs.map((r) => ["email", r])));
         emit_schema("rd.test.seen", { contact, conv, mine: get_my_identities() });
-      } });"#).unwrap();
+      } });"#,
+    )
+    .unwrap();
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "identities = [[\"email\", \"me@example.com\"]]\n").unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
     let add = |id: &str, from: &str, name: &str, refs: &[&str]| {
         let p = dir.path().join(format!("{id}.jsonl"));
-        std::fs::write(&p, json!({"rd_key": ["email", id], "rd_schema_id": "rd.test.msg", "from": from, "name": name, "refs": refs}).to_string()).unwrap();
-        ok({ let mut c = rd(&db, &exts); c.arg("--config").arg(&config).arg("add-schemas").arg(&p); c });
-        ok({ let mut c = rd(&db, &exts); c.arg("--config").arg(&config).arg("process"); c });
+        std::fs::write(
+            &p,
+            json!({"rd_key": ["email", id], "rd_schema_id": "rd.test.msg", "from": from, "name": name, "refs": refs}).to_string(),
+        )
+        .unwrap();
+        ok({
+            let mut c = rd(&db, &exts);
+            c.arg("--config").arg(&config).arg("add-schemas").arg(&p);
+            c
+        });
+        ok({
+            let mut c = rd(&db, &exts);
+            c.arg("--config").arg(&config).arg("process");
+            c
+        });
     };
     add("m1", "ann@example.com", "Ann", &[]);
     add("m2", "bob@example.com", "Bob", &["m1"]);
@@ -402,7 +585,11 @@ fn identities_contacts_and_conversations_from_the_extension_api() {
     add("m4", "carl@example.com", "Ann", &["m3", "m1"]);
     let docs = dump(&db, &exts);
     let conv_of = |id: &str| {
-        of_schema(&docs, "rd.msg.conversation").iter().find(|d| d["rd_key"] == json!(["email", id])).map(|d| d["conversation_id"].clone()).unwrap()
+        of_schema(&docs, "rd.msg.conversation")
+            .iter()
+            .find(|d| d["rd_key"] == json!(["email", id]))
+            .map(|d| d["conversation_id"].clone())
+            .unwrap()
     };
     // m4 links m3's conversation and m1's (with m2): they merge into one, the smaller id.
     for m in ["m1", "m2", "m3", "m4"] {
@@ -425,25 +612,43 @@ fn outputs_no_longer_emitted_are_withdrawn_except_for_smart_extensions() {
     let dir = TempDir::new("withdraw");
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
-    let source = |category: &str, emit_second: bool| format!(
-        r#"extension({{ id: "test.{category}", category: "{category}", source_schemas: ["rd.test.a"],
+    let source = |category: &str, emit_second: bool| {
+        format!(
+            r#"extension({{ id: "test.{category}", category: "{category}", source_schemas: ["rd.test.a"],
           handler(doc) {{ emit_schema("rd.test.{category}.one", {{ v: doc.v }}); {} }} }});"#,
-        if emit_second { format!(r#"emit_schema("rd.test.{category}.two", {{ v: doc.v }});"#) } else { String::new() }
-    );
+            if emit_second { format!(r#"emit_schema("rd.test.{category}.two", {{ v: doc.v }});"#) } else { String::new() }
+        )
+    };
     std::fs::write(exts.join("p.js"), source("provider", true)).unwrap();
     std::fs::write(exts.join("s.js"), source("smart", true)).unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 3)); c });
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 3));
+        c
+    });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     std::fs::write(exts.join("p.js"), source("provider", false)).unwrap();
     std::fs::write(exts.join("s.js"), source("smart", false)).unwrap();
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     assert!(log.contains("3 removed"), "{log}");
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.provider.two").len(), 0, "the provider's withdrawn outputs are gone");
     assert_eq!(of_schema(&docs, "rd.test.smart.two").len(), 3, "a smart extension's are kept");
     // unprocess withdraws everything an extension made, smart or not.
-    ok({ let mut c = rd(&db, &exts); c.args(["unprocess", "--ext", "test.smart"]); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.args(["unprocess", "--ext", "test.smart"]);
+        c
+    });
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.test.smart.one").len() + of_schema(&docs, "rd.test.smart.two").len(), 0);
     assert_eq!(of_schema(&docs, "rd.test.provider.one").len(), 3);
@@ -455,27 +660,50 @@ fn stop_on_error_stops_and_retry_errors_reruns_what_failed() {
     let exts = dir.path().join("exts");
     std::fs::create_dir_all(&exts).unwrap();
     // Fails until a "switch" document exists: a failure that goes away without a code change.
-    std::fs::write(exts.join("x.js"), r#"extension({ id: "test.switch", source_schemas: ["rd.test.a"],
+    std::fs::write(
+        exts.join("x.js"),
+        r#"extension({ id: "test.switch", source_schemas: ["rd.test.a"],
       handler(doc) {
         const [sw] = open_schemas([[["test", "switch"], "rd.test.switch"]]);
         if (!sw && doc.v % 2 === 1) throw new Error("no switch yet for " + doc.v);
         emit_schema("rd.test.out", { v: doc.v });
-      } });"#).unwrap();
+      } });"#,
+    )
+    .unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 6)); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 6));
+        c
+    });
     let out = rd(&db, &exts).args(["process", "--stop-on-error"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("stopped at the first handler error") && err.contains("no switch yet for"), "{err}");
-    ok({ let mut c = rd(&db, &exts); c.arg("process"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
     assert_eq!(of_schema(&dump(&db, &exts), "rd.core.error").len(), 3);
     let status = rd(&db, &exts).arg("status").output().unwrap();
     let status = String::from_utf8_lossy(&status.stdout);
-    assert!(status.contains("test.switch") && status.lines().any(|l| l.starts_with("test.switch") && l.trim_end().ends_with('3')), "{status}");
+    assert!(
+        status.contains("test.switch") && status.lines().any(|l| l.starts_with("test.switch") && l.trim_end().ends_with('3')),
+        "{status}"
+    );
     let sw = dir.path().join("switch.jsonl");
     std::fs::write(&sw, json!({"rd_key": ["test", "switch"], "rd_schema_id": "rd.test.switch"}).to_string()).unwrap();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&sw); c });
-    let log = ok({ let mut c = rd(&db, &exts); c.arg("retry-errors"); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(&sw);
+        c
+    });
+    let log = ok({
+        let mut c = rd(&db, &exts);
+        c.arg("retry-errors");
+        c
+    });
     assert!(log.contains("3 source(s) to run again"), "{log}");
     let docs = dump(&db, &exts);
     assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
@@ -487,7 +715,11 @@ fn the_daemon_follows_the_feed() {
     let dir = TempDir::new("daemon");
     let exts = chain_dir(dir.path());
     let db = dir.path().join("db").to_string_lossy().into_owned();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(seed_file(dir.path(), 3)); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(seed_file(dir.path(), 3));
+        c
+    });
     let mut daemon = rd(&db, &exts).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let wait_for = |n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -503,7 +735,11 @@ fn the_daemon_follows_the_feed() {
     // A document added while it runs is picked up without a restart.
     let more = dir.path().join("more.jsonl");
     std::fs::write(&more, json!({"rd_key": ["test", 10], "rd_schema_id": "rd.test.a", "v": 10}).to_string()).unwrap();
-    ok({ let mut c = rd(&db, &exts); c.arg("add-schemas").arg(&more); c });
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("add-schemas").arg(&more);
+        c
+    });
     assert!(wait_for(4), "the daemon picked up the new document");
     daemon.kill().unwrap();
     daemon.wait().unwrap();

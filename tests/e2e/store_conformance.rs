@@ -88,7 +88,13 @@ fn conflicts(s: &dyn Store) {
     let r2 = ok_rev(&write1(s, json!({"_id": "c", "_rev": r1, "v": 2})));
     assert_eq!(write1(s, json!({"_id": "c", "_rev": r1, "v": 3})), WriteResult::Conflict { id: "c".into() });
     // Per-document results in one bulk write.
-    let res = s.bulk_write(vec![doc(json!({"_id": "c", "_rev": r2, "v": 3})), doc(json!({"_id": "c", "_rev": r2, "v": 4})), doc(json!({"_id": "d"}))]).unwrap();
+    let res = s
+        .bulk_write(vec![
+            doc(json!({"_id": "c", "_rev": r2, "v": 3})),
+            doc(json!({"_id": "c", "_rev": r2, "v": 4})),
+            doc(json!({"_id": "d"})),
+        ])
+        .unwrap();
     // Two updates of one revision: exactly one wins (PouchDB Server does not always let the
     // first one win), and the document holds the winner's value.
     let winners: Vec<usize> = (0..2).filter(|&i| matches!(res[i], WriteResult::Ok { .. })).collect();
@@ -271,9 +277,11 @@ fn find_each(s: &dyn Store, schema: &str, field: &str, values: &[Value], limit: 
 
 fn find_by_schema_and_field(s: &dyn Store) {
     let docs: Vec<Doc> = (0..30)
-        .map(|i| doc(json!({"_id": format!("rc!t.{i}!rd.test.{}", if i % 3 == 0 { "three" } else { "other" }),
+        .map(|i| {
+            doc(json!({"_id": format!("rc!t.{i}!rd.test.{}", if i % 3 == 0 { "three" } else { "other" }),
                               "rd_schema_id": if i % 3 == 0 { "rd.test.three" } else { "rd.test.other" },
-                              "name": format!("n{}", i % 2), "i": i, "flag": i % 2 == 0})))
+                              "name": format!("n{}", i % 2), "i": i, "flag": i % 2 == 0}))
+        })
         .collect();
     s.bulk_write(docs).unwrap();
     let threes = find(s, "rd.test.three", None, 100).unwrap();
@@ -322,7 +330,8 @@ fn reading_only_some_fields(s: &dyn Store) {
     assert_eq!(got[0].as_ref().map(parse), Some(json!({"rd_key": ["t", "p1"], "n": 1, "nested": {"a": [1, "é"]}})));
     assert_eq!(got[1], None);
     assert_eq!(got[2].as_ref().map(parse), Some(json!({"rd_key": ["t", "p2"], "n": 2})));
-    let mut found: Vec<Value> = find_each(s, "rd.test.p", "k", &[json!("same")], 10, Some(&[])).remove(0).into_iter().map(Value::Object).collect();
+    let mut found: Vec<Value> =
+        find_each(s, "rd.test.p", "k", &[json!("same")], 10, Some(&[])).remove(0).into_iter().map(Value::Object).collect();
     found.sort_by_key(|d| d.to_string());
     assert_eq!(found, vec![json!({"rd_key": ["t", "p1"]}), json!({"rd_key": ["t", "p2"]})]);
     let all = s.find(&Find { schema: "rd.test.p", by: None, limit: 10, fields: Some(&["n".to_string()]) }).unwrap();
@@ -336,11 +345,25 @@ fn reading_only_some_fields(s: &dyn Store) {
 }
 
 fn finding_for_many_values_at_once(s: &dyn Store) {
-    s.bulk_write((0..6).map(|i| doc(json!({"_id": format!("rc!t.e{i}!rd.test.e"), "rd_key": ["t", format!("e{i}")],
-        "rd_schema_id": "rd.test.e", "group": ["g", i % 3], "n": i}))).collect()).unwrap();
+    s.bulk_write(
+        (0..6)
+            .map(|i| {
+                doc(json!({"_id": format!("rc!t.e{i}!rd.test.e"), "rd_key": ["t", format!("e{i}")],
+        "rd_schema_id": "rd.test.e", "group": ["g", i % 3], "n": i}))
+            })
+            .collect(),
+    )
+    .unwrap();
     let values = [json!(["g", 2]), json!(["g", 9]), json!(["g", 0]), json!(["g", 2])];
     let keys = |lists: Vec<Vec<Doc>>| -> Vec<Vec<Value>> {
-        lists.into_iter().map(|l| { let mut k: Vec<Value> = l.into_iter().map(|d| d["rd_key"].clone()).collect(); k.sort_by_key(Value::to_string); k }).collect()
+        lists
+            .into_iter()
+            .map(|l| {
+                let mut k: Vec<Value> = l.into_iter().map(|d| d["rd_key"].clone()).collect();
+                k.sort_by_key(Value::to_string);
+                k
+            })
+            .collect()
     };
     let expected = vec![
         vec![json!(["t", "e2"]), json!(["t", "e5"])],
@@ -359,8 +382,15 @@ fn an_index_readied_before_the_documents_finds_them(s: &dyn Store) {
     // Readied while the schema has no documents: the writes that follow keep it up to date.
     s.index_field("rd.test.late", "tag").unwrap();
     s.index_field("rd.test.late", "tags[]").unwrap();
-    s.bulk_write((0..5).map(|i| doc(json!({"_id": format!("rc!t.l{i}!rd.test.late"), "rd_key": ["t", format!("l{i}")],
-        "rd_schema_id": "rd.test.late", "tag": i % 2, "tags": [format!("x{i}"), "all"]}))).collect()).unwrap();
+    s.bulk_write(
+        (0..5)
+            .map(|i| {
+                doc(json!({"_id": format!("rc!t.l{i}!rd.test.late"), "rd_key": ["t", format!("l{i}")],
+        "rd_schema_id": "rd.test.late", "tag": i % 2, "tags": [format!("x{i}"), "all"]}))
+            })
+            .collect(),
+    )
+    .unwrap();
     assert_eq!(find(s, "rd.test.late", Some(("tag", &json!(1))), 10).unwrap().len(), 2);
     assert_eq!(find(s, "rd.test.late", Some(("tags[]", &json!("all"))), 10).unwrap().len(), 5);
     assert_eq!(find(s, "rd.test.late", Some(("tags[]", &json!("x3"))), 10).unwrap().len(), 1);
@@ -376,7 +406,15 @@ fn records_beside_documents(s: &dyn Store) {
     let mut records: Vec<Record> = (0..2).map(|i| doc(json!({"_id": format!("rdtest!{i}"), "ext": {"done": i}})).into()).collect();
     records.push(Record::Text { id: "rdtest!2".into(), rev: None, body: r#"{"ext":{"done":2}}"#.into() });
     let checkpoint = json!({"seq": "x"});
-    let written = s.write(WriteBatch { docs: vec![data], records, checkpoint: Some(("rdtest-ckpt", &checkpoint)), durability: Durability::Deferred, ..WriteBatch::default() }).unwrap();
+    let written = s
+        .write(WriteBatch {
+            docs: vec![data],
+            records,
+            checkpoint: Some(("rdtest-ckpt", &checkpoint)),
+            durability: Durability::Deferred,
+            ..WriteBatch::default()
+        })
+        .unwrap();
     let (docs, recs) = (written.docs, written.records);
     assert!(matches!(docs[..], [WriteResult::Ok { .. }]), "{docs:?}");
     let revs: Vec<String> = recs.iter().map(ok_rev).collect();

@@ -51,9 +51,7 @@ fn pouchdb_server_bin() -> PathBuf {
     if let Ok(p) = std::env::var("RAINDROP_POUCHDB_SERVER") {
         return PathBuf::from(p);
     }
-    let cache = std::env::var("RAINDROP_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| dirs_home().join(".cache/raindrop"));
+    let cache = std::env::var("RAINDROP_CACHE").map(PathBuf::from).unwrap_or_else(|_| dirs_home().join(".cache/raindrop"));
     cache.join("node/node_modules/.bin/pouchdb-server")
 }
 
@@ -79,11 +77,7 @@ impl PouchServer {
 
     fn spawn(&mut self) {
         let bin = pouchdb_server_bin();
-        assert!(
-            bin.exists(),
-            "pouchdb-server not found at {} — run scripts/setup.sh (or set RAINDROP_POUCHDB_SERVER)",
-            bin.display()
-        );
+        assert!(bin.exists(), "pouchdb-server not found at {} — run scripts/setup.sh (or set RAINDROP_POUCHDB_SERVER)", bin.display());
         let mut cmd = Command::new(&bin);
         cmd.args(["--host", "127.0.0.1", "--port", &self.port.to_string(), "--dir", "data", "--no-stdout-logs"])
             .current_dir(self.dir.path())
@@ -163,14 +157,17 @@ pub fn ok(mut c: Command) -> String {
 pub fn dump(db: &str, exts: &Path) -> Vec<Value> {
     let out = rd(db, exts).args(["db", "dump"]).output().unwrap();
     assert!(out.status.success());
-    let mut docs: Vec<Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap())).collect();
+    let mut docs: Vec<Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap())).collect();
     docs.sort_by(|a, b| a["_id"].as_str().cmp(&b["_id"].as_str()));
     docs
 }
 
 pub fn normalise(v: Value) -> Value {
     match v {
-        Value::String(s) if s.split_once('-').is_some_and(|(n, h)| n.parse::<u64>().is_ok() && h.len() == 32) => Value::String("REV".into()),
+        Value::String(s) if s.split_once('-').is_some_and(|(n, h)| n.parse::<u64>().is_ok() && h.len() == 32) => {
+            Value::String("REV".into())
+        }
         Value::Object(m) => Value::Object(m.into_iter().filter(|(k, _)| k != "_rev").map(|(k, v)| (k, normalise(v))).collect()),
         Value::Array(a) => Value::Array(a.into_iter().map(normalise).collect()),
         other => other,
@@ -354,12 +351,24 @@ pub fn assert_same_docs(got: &[Value], expected: &[Value], context: &str) {
     if got == expected {
         return;
     }
-    let by_id = |docs: &[Value]| docs.iter().map(|d| (d["_id"].as_str().unwrap_or_default().to_string(), d.clone())).collect::<std::collections::BTreeMap<_, _>>();
+    let by_id = |docs: &[Value]| {
+        docs.iter().map(|d| (d["_id"].as_str().unwrap_or_default().to_string(), d.clone())).collect::<std::collections::BTreeMap<_, _>>()
+    };
     let (g, e) = (by_id(got), by_id(expected));
     let missing: Vec<&String> = e.keys().filter(|id| !g.contains_key(*id)).take(5).collect();
     let extra: Vec<&String> = g.keys().filter(|id| !e.contains_key(*id)).take(5).collect();
-    let changed: Vec<String> = e.iter().filter(|(id, d)| g.get(*id).is_some_and(|x| x != *d)).take(3).map(|(id, d)| format!("{id}:\n  expected {d}\n  got      {}", g[id])).collect();
-    panic!("{context}: {} documents, expected {}; missing {missing:?}; unexpected {extra:?}; differing:\n{}", got.len(), expected.len(), changed.join("\n"));
+    let changed: Vec<String> = e
+        .iter()
+        .filter(|(id, d)| g.get(*id).is_some_and(|x| x != *d))
+        .take(3)
+        .map(|(id, d)| format!("{id}:\n  expected {d}\n  got      {}", g[id]))
+        .collect();
+    panic!(
+        "{context}: {} documents, expected {}; missing {missing:?}; unexpected {extra:?}; differing:\n{}",
+        got.len(),
+        expected.len(),
+        changed.join("\n")
+    );
 }
 
 /// Seeds databases with `seed` and processes them with `process` (a command on the database):

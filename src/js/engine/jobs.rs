@@ -15,9 +15,7 @@ use std::ptr;
 
 use mozjs::context::{JSContext, RawJSContext};
 use mozjs::glue::{CreateJobQueue, DeleteJobQueue, JobQueueTraps, RustJobQueue};
-use mozjs::jsapi::{
-    GetExecutionGlobalFromJSMicroTask, JSObject, JSTracer, MutableHandleObject, ToMaybeWrappedJSMicroTask, Value,
-};
+use mozjs::jsapi::{GetExecutionGlobalFromJSMicroTask, JSObject, JSTracer, MutableHandleObject, ToMaybeWrappedJSMicroTask, Value};
 use mozjs::jsval::UndefinedValue;
 use mozjs::realm::AutoRealm;
 use mozjs::rooted;

@@ -55,8 +55,18 @@ mod tests {
             let during = libc::mallinfo2();
             libc::free(p);
             let after = libc::mallinfo2();
-            assert!(during.hblkhd < before.hblkhd + size, "the buffer was a mapping of its own ({} -> {} mapped bytes)", before.hblkhd, during.hblkhd);
-            assert!(after.arena + size / 2 > during.arena, "the freed buffer went back to the kernel ({} -> {} heap bytes)", during.arena, after.arena);
+            assert!(
+                during.hblkhd < before.hblkhd + size,
+                "the buffer was a mapping of its own ({} -> {} mapped bytes)",
+                before.hblkhd,
+                during.hblkhd
+            );
+            assert!(
+                after.arena + size / 2 > during.arena,
+                "the freed buffer went back to the kernel ({} -> {} heap bytes)",
+                during.arena,
+                after.arena
+            );
         }
         // SAFETY: reads one option; no memory is touched.
         let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };

@@ -25,22 +25,15 @@ use std::ptr::{self, NonNull};
 
 use mozjs::context::JSContext;
 use mozjs::gc::RootedTraceableBox;
-use mozjs::jsapi::{
-    HandleValueArray, Heap, JSGCParamKey, JSObject, OnNewGlobalHookOption, GCReason,
-};
+use mozjs::jsapi::{GCReason, HandleValueArray, Heap, JSGCParamKey, JSObject, OnNewGlobalHookOption};
 use mozjs::jsval::{ObjectValue, UndefinedValue};
 use mozjs::realm::AutoRealm;
 use mozjs::rooted;
 use mozjs::rust::wrappers2::{
-    JS_AddInterruptCallback, JS_CallFunctionName, JS_DefineFunction,
-    JS_DefineProperty, JS_GetGCParameter, JS_IsExceptionPending, JS_NewGlobalObject,
-    JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCCallback, JS_SetGCParameter,
-    SetOutOfMemoryCallback, JS_GC,
+    JS_AddInterruptCallback, JS_CallFunctionName, JS_DefineFunction, JS_DefineProperty, JS_GetGCParameter, JS_IsExceptionPending,
+    JS_NewGlobalObject, JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCCallback, JS_SetGCParameter, SetOutOfMemoryCallback, JS_GC,
 };
-use mozjs::rust::{
-    evaluate_script, CompileOptionsWrapper, IntoHandle, RealmOptions, Runtime,
-    SIMPLE_GLOBAL_CLASS,
-};
+use mozjs::rust::{evaluate_script, CompileOptionsWrapper, IntoHandle, RealmOptions, Runtime, SIMPLE_GLOBAL_CLASS};
 
 /// The driver script, evaluated first in every sandbox.
 pub const DRIVER_SOURCE: &str = include_str!("../../../driver/main.js");
@@ -164,9 +157,7 @@ impl JsRuntime {
     /// Creates a runtime on the calling thread, as a child of the process's parent runtime.
     pub fn new(host: Box<dyn Host>, limits: RuntimeLimits) -> Result<JsRuntime, EngineError> {
         if natives::host_installed() {
-            return Err(EngineError::Start(
-                "a JsRuntime already exists on this thread".into(),
-            ));
+            return Err(EngineError::Start("a JsRuntime already exists on this thread".into()));
         }
         let token = process::parent_token()?;
         // SAFETY: the parent runtime lives on the js-engine thread for the rest of the process,
@@ -257,7 +248,12 @@ impl JsRuntime {
                 return Err(LoadFailure::Threw(e));
             }
             if !control.get().is_object() {
-                return Err(LoadFailure::Threw(ScriptError { message: "the driver script did not return its control object".into(), file: Some(DRIVER_FILE.into()), line: None, column: None }));
+                return Err(LoadFailure::Threw(ScriptError {
+                    message: "the driver script did not return its control object".into(),
+                    file: Some(DRIVER_FILE.into()),
+                    line: None,
+                    column: None,
+                }));
             }
 
             let file_c = std::ffi::CString::new(file_name.replace('\0', "")).unwrap_or_default();
@@ -329,11 +325,7 @@ impl JsRuntime {
                 }
             }
             rooted!(&in(cx) let mut rval = UndefinedValue());
-            let args = if arg_json.is_some() {
-                HandleValueArray::from(arg.handle().into_handle())
-            } else {
-                HandleValueArray::empty()
-            };
+            let args = if arg_json.is_some() { HandleValueArray::from(arg.handle().into_handle()) } else { HandleValueArray::empty() };
             let ok = JS_CallFunctionName(cx, sandbox.control.handle(), method.as_ptr(), &args, rval.handle_mut());
             if !ok {
                 if JS_IsExceptionPending(cx) {
@@ -344,7 +336,12 @@ impl JsRuntime {
             } else if let Some(s) = rval.get().is_string().then(|| NonNull::new(rval.get().to_string())).flatten() {
                 Ok(js_string(cx, s))
             } else {
-                Err(CallFailure::Threw(ScriptError { message: format!("the driver's {} did not return a string", method.to_string_lossy()), file: Some(DRIVER_FILE.into()), line: None, column: None }))
+                Err(CallFailure::Threw(ScriptError {
+                    message: format!("the driver's {} did not return a string", method.to_string_lossy()),
+                    file: Some(DRIVER_FILE.into()),
+                    line: None,
+                    column: None,
+                }))
             }
         };
         // Jobs a stopped drain left behind must not run in the next call.
@@ -388,12 +385,7 @@ impl Drop for JsRuntime {
 }
 
 /// Parses JSON text into `out`, in the current realm. False with an exception pending on error.
-unsafe fn parse_json(
-    cx: &mut JSContext,
-    utf16: &mut Vec<u16>,
-    json: &str,
-    out: mozjs::rust::MutableHandleValue,
-) -> bool {
+unsafe fn parse_json(cx: &mut JSContext, utf16: &mut Vec<u16>, json: &str, out: mozjs::rust::MutableHandleValue) -> bool {
     if json.len() >= u32::MAX as usize {
         // SAFETY: reporting an error on the current context.
         unsafe { mozjs::jsapi::JS_ReportErrorASCII(cx.raw_cx(), c"document too large".as_ptr()) };

@@ -206,8 +206,7 @@ pub(super) unsafe extern "C" fn js_call(raw: *mut RawJSContext, argc: u32, vp: *
         guarded(raw, argc, vp, "call", |cx, args| {
             let name = arg_string(cx, args, 0)?;
             let json = arg_string(cx, args, 1)?;
-            let answer = with_host(|h, ext| h.call_native(ext, &name, &json))
-                .ok_or_else(|| "no host is installed".to_string())?;
+            let answer = with_host(|h, ext| h.call_native(ext, &name, &json)).ok_or_else(|| "no host is installed".to_string())?;
             answer.to_jsval(cx, mozjs::rust::MutableHandle::from_raw(args.rval()));
             Ok(())
         })

@@ -98,22 +98,14 @@ fn start_engine_thread() -> Result<Sender<Request>, String> {
             }
         })
         .map_err(|e| format!("cannot spawn the js-engine thread: {e}"))?;
-    ready_rx
-        .recv()
-        .map_err(|_| "the js-engine thread died while starting".to_string())??;
+    ready_rx.recv().map_err(|_| "the js-engine thread died while starting".to_string())??;
     Ok(req_tx)
 }
 
 /// A token from which the calling thread can create its own child runtime.
 pub(super) fn parent_token() -> Result<ParentRuntime, EngineError> {
-    let sender = ENGINE_THREAD
-        .get_or_init(start_engine_thread)
-        .as_ref()
-        .map_err(|e| EngineError::Start(e.clone()))?;
+    let sender = ENGINE_THREAD.get_or_init(start_engine_thread).as_ref().map_err(|e| EngineError::Start(e.clone()))?;
     let (tx, rx) = bounded(1);
-    sender
-        .send(Request::Token(tx))
-        .map_err(|_| EngineError::Start("the js-engine thread is gone".into()))?;
-    rx.recv()
-        .map_err(|_| EngineError::Start("the js-engine thread did not answer".into()))
+    sender.send(Request::Token(tx)).map_err(|_| EngineError::Start("the js-engine thread is gone".into()))?;
+    rx.recv().map_err(|_| EngineError::Start("the js-engine thread did not answer".into()))
 }

@@ -8,8 +8,8 @@ use serde_json::{json, Map, Value};
 use super::folders::{Folder, FolderCache};
 use super::sync::FolderState;
 use super::{ImapAccount, EXT_ID};
-use crate::{ingest, model};
 use crate::store::{Durability, Store, StoreError, WriteResult};
+use crate::{ingest, model};
 
 /// Writes locations and `\Seen` flags for every message this account touches, then the folder
 /// caches. Unchanged documents are not rewritten.
@@ -75,10 +75,7 @@ pub(super) fn write_results(
         .filter(|k| before.get(k) != after.get(k))
         .collect();
     for batch in touched.chunks(500) {
-        let ids: Vec<String> = batch
-            .iter()
-            .filter_map(|k| model::doc_id(&json!(["email", k]), "rd.msg.imap-locations").ok())
-            .collect();
+        let ids: Vec<String> = batch.iter().filter_map(|k| model::doc_id(&json!(["email", k]), "rd.msg.imap-locations").ok()).collect();
         let existing = store.get_docs(&ids)?;
         let mut items = Vec::new();
         for (key, doc) in batch.iter().zip(existing) {
@@ -145,4 +142,3 @@ fn check(results: Vec<WriteResult>) -> Result<(), StoreError> {
     }
     Ok(())
 }
-

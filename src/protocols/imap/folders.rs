@@ -40,9 +40,9 @@ pub(super) fn list_folders(session: &mut Session, account: &ImapAccount) -> imap
             Some(d) if !d.is_empty() => folder.name.rsplit(d.as_str()).next().unwrap_or(&folder.name),
             _ => &folder.name,
         };
-        let has_special_use = attrs.iter().any(|a| {
-            matches!(a, NameAttribute::Sent | NameAttribute::Drafts | NameAttribute::Archive | NameAttribute::Flagged)
-        });
+        let has_special_use = attrs
+            .iter()
+            .any(|a| matches!(a, NameAttribute::Sent | NameAttribute::Drafts | NameAttribute::Archive | NameAttribute::Flagged));
         // Servers without special-use attributes: go by the usual names.
         let skip_name = !has_special_use
             && ["trash", "spam", "junk", "deleted messages", "deleted items", "all mail"].contains(&leaf.to_lowercase().as_str());
@@ -105,7 +105,11 @@ pub(super) struct Entry {
 
 /// UIDs, flags and sizes of everything in the examined folder; Message-IDs of what the cache
 /// does not know.
-pub(super) fn scan(session: &mut Session, mailbox: &imap::types::Mailbox, cache: Option<&FolderCache>) -> Result<(Vec<Entry>, u32), JobError> {
+pub(super) fn scan(
+    session: &mut Session,
+    mailbox: &imap::types::Mailbox,
+    cache: Option<&FolderCache>,
+) -> Result<(Vec<Entry>, u32), JobError> {
     let uidvalidity = mailbox.uid_validity.unwrap_or(0);
     let mut entries = Vec::new();
     if mailbox.exists > 0 {

@@ -91,4 +91,3 @@ fn tls(host: &str, tcp: TcpStream) -> Result<rustls_connector::TlsStream<TcpStre
         .map_err(|e| ConnectError::Failed(format!("no TLS root certificates: {e}")))?;
     config.connector_with_no_client_auth().connect(host, tcp).map_err(|e| ConnectError::Failed(format!("TLS: {e}")))
 }
-

@@ -33,16 +33,16 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
     let password = account.password()?;
     let store_error = |e: StoreError| SyncError::Store { account: account.id.clone(), source: e };
     let mut lister = connect(account, &password).map_err(|e| match e {
-        ConnectError::Refused(reason) => SyncError::Login {
-            account: account.id.clone(),
-            server: account.server(),
-            user: account.username.clone(),
-            reason,
-        },
+        ConnectError::Refused(reason) => {
+            SyncError::Login { account: account.id.clone(), server: account.server(), user: account.username.clone(), reason }
+        }
         ConnectError::Failed(reason) => SyncError::Connect { account: account.id.clone(), server: account.server(), reason },
     })?;
-    let folders = list_folders(&mut lister, account)
-        .map_err(|e| SyncError::Connect { account: account.id.clone(), server: account.server(), reason: password.redact(&e.to_string()) })?;
+    let folders = list_folders(&mut lister, account).map_err(|e| SyncError::Connect {
+        account: account.id.clone(),
+        server: account.server(),
+        reason: password.redact(&e.to_string()),
+    })?;
     let _ = lister.logout();
     let caches = load_caches(store, &account.id).map_err(store_error)?;
 
@@ -123,8 +123,7 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
         progress(&line);
     }
     report.messages = states.values().filter(|s| s.failed.is_none()).map(|s| s.entries.len()).sum();
-    write_results(store, account, &folders, &states, &caches)
-        .map_err(|source| SyncError::Store { account: account.id.clone(), source })?;
+    write_results(store, account, &folders, &states, &caches).map_err(|source| SyncError::Store { account: account.id.clone(), source })?;
     let failed: Vec<&FolderState> = states.values().filter(|s| s.failed.is_some()).collect();
     let unscanned = folders.iter().filter(|f| !states.contains_key(&f.name)).count();
     if !failed.is_empty() || unscanned > 0 {
@@ -186,4 +185,3 @@ fn plan_fetches(
     }
     Ok(chunks)
 }
-

@@ -39,7 +39,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 8, first_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(5), request_timeout: default_request_timeout() }
+        RetryPolicy {
+            attempts: 8,
+            first_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            request_timeout: default_request_timeout(),
+        }
     }
 }
 
@@ -66,18 +71,14 @@ impl CouchStore {
     /// Connects to the database at `url` (`http[s]://[user[:password]@]host:port/db`) and
     /// creates it if it does not exist.
     pub fn open(url: &str, retry: RetryPolicy) -> Result<CouchStore, StoreError> {
-        let parsed = url::Url::parse(url)
-            .map_err(|e| StoreError::BadRequest(format!("{} is not a database URL: {e}", redact(url))))?;
+        let parsed = url::Url::parse(url).map_err(|e| StoreError::BadRequest(format!("{} is not a database URL: {e}", redact(url))))?;
         if parsed.path().trim_matches('/').is_empty() {
             return Err(StoreError::BadRequest(format!("{} names no database (add /dbname)", redact(url))));
         }
         let user = Some(percent_decode(parsed.username()))
             .filter(|u| !u.is_empty())
             .or_else(|| std::env::var("RAINDROP_DB_USER").ok().filter(|u| !u.is_empty()));
-        let password = parsed
-            .password()
-            .map(percent_decode)
-            .or_else(|| std::env::var("RAINDROP_DB_PASSWORD").ok());
+        let password = parsed.password().map(percent_decode).or_else(|| std::env::var("RAINDROP_DB_PASSWORD").ok());
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(10).min(retry.request_timeout))
             .timeout(retry.request_timeout)
@@ -185,7 +186,8 @@ impl CouchStore {
     fn ensure_views(&self) -> Result<(), StoreError> {
         let path = "_design/raindrop";
         let resp = self.send(|| self.request(reqwest::Method::GET, path))?;
-        let current: Option<Value> = if resp.status() == StatusCode::NOT_FOUND { None } else { Some(self.json(self.expect_status(resp, &[StatusCode::OK])?)?) };
+        let current: Option<Value> =
+            if resp.status() == StatusCode::NOT_FOUND { None } else { Some(self.json(self.expect_status(resp, &[StatusCode::OK])?)?) };
         if current.as_ref().and_then(|d| d.pointer("/views/by_field/map")).and_then(Value::as_str) == Some(FIND_MAP) {
             return Ok(());
         }
@@ -215,7 +217,12 @@ impl CouchStore {
 
     /// One `_changes` request. With `retry` false, a single attempt (for longpolls, where a
     /// timeout is an answer).
-    fn read_changes<D: for<'de> Deserialize<'de>>(&self, query: &[(&str, String)], body_timeout: Option<Duration>, retry: bool) -> Result<ChangesPage<D>, StoreError> {
+    fn read_changes<D: for<'de> Deserialize<'de>>(
+        &self,
+        query: &[(&str, String)],
+        body_timeout: Option<Duration>,
+        retry: bool,
+    ) -> Result<ChangesPage<D>, StoreError> {
         #[derive(Deserialize)]
         struct Rev {
             rev: String,
@@ -243,11 +250,7 @@ impl CouchStore {
                 None => rb,
             }
         };
-        let resp = if retry {
-            self.send(make)?
-        } else {
-            make().send().map_err(|e| self.unavailable(describe_reqwest(&e)))?
-        };
+        let resp = if retry { self.send(make)? } else { make().send().map_err(|e| self.unavailable(describe_reqwest(&e)))? };
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
         let page: Page<D> = self.json(resp)?;
         let changes = page
@@ -322,7 +325,6 @@ impl CouchStore {
         Ok(results)
     }
 
-
     /// The view rows for each of `keys` (each key once: a key given twice would be answered
     /// twice), in one request.
     fn view_rows(&self, keys: &[Value], limit: Option<usize>) -> Result<Vec<Row>, StoreError> {
@@ -374,7 +376,6 @@ impl Store for CouchStore {
         let resp = self.expect_status(resp, &[StatusCode::OK])?;
         Ok(Some(self.json(resp)?))
     }
-
 
     fn get_many(&self, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError> {
         let mut out = Vec::with_capacity(ids.len());
@@ -588,4 +589,3 @@ impl Store for CouchStore {
         Ok(())
     }
 }
-

@@ -38,7 +38,6 @@ pub(super) fn shaped(doc: &RawValue, fields: Option<&[String]>) -> Result<String
     }
 }
 
-
 /// A URL with its credentials removed, for messages.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {

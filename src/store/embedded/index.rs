@@ -32,7 +32,8 @@ impl EmbeddedStore {
             return Ok(());
         }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.e(e))?;
-        tx.execute("INSERT OR IGNORE INTO indexed_fields (schema, field) VALUES (?1, ?2)", params![schema, field]).map_err(|e| self.e(e))?;
+        tx.execute("INSERT OR IGNORE INTO indexed_fields (schema, field) VALUES (?1, ?2)", params![schema, field])
+            .map_err(|e| self.e(e))?;
         let docs: Vec<(String, String)> = {
             let mut stmt = tx.prepare("SELECT id, body FROM docs WHERE schema = ?1 AND deleted = 0").map_err(|e| self.e(e))?;
             let rows = stmt.query_map([schema], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.e(e))?;
@@ -98,4 +99,3 @@ pub(super) fn indexed_fields(conn: &Connection) -> rusqlite::Result<HashMap<Stri
     }
     Ok(indexed)
 }
-

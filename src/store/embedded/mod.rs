@@ -65,9 +65,7 @@ impl EmbeddedStore {
         }
         refuse_foreign(path)?;
         let writer = set_up(path)?;
-        let last: i64 = writer
-            .query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0))
-            .map_err(|e| err(path, e))?;
+        let last: i64 = writer.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get(0)).map_err(|e| err(path, e))?;
         let indexed = indexed_fields(&writer).map_err(|e| err(path, e))?;
         Ok(EmbeddedStore {
             checkpointer: Checkpointer::start(path)?,
@@ -125,9 +123,7 @@ impl EmbeddedStore {
 impl Store for EmbeddedStore {
     fn info(&self) -> Result<DbInfo, StoreError> {
         let (live, dead): (i64, i64) = self.read(|c| {
-            c.query_row("SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM docs", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
+            c.query_row("SELECT COALESCE(SUM(deleted = 0), 0), COALESCE(SUM(deleted = 1), 0) FROM docs", [], |r| Ok((r.get(0)?, r.get(1)?)))
         })?;
         Ok(DbInfo {
             db_name: self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -196,7 +192,8 @@ impl Store for EmbeddedStore {
         let deadline = Instant::now() + timeout;
         let since_n = parse_seq(since)?;
         loop {
-            let any: bool = self.read(|c| c.prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE seq > ?1)")?.query_row([since_n], |r| r.get(0)))?;
+            let any: bool =
+                self.read(|c| c.prepare_cached("SELECT EXISTS (SELECT 1 FROM docs WHERE seq > ?1)")?.query_row([since_n], |r| r.get(0)))?;
             let now = Instant::now();
             if any || now >= deadline {
                 return Ok(any);
@@ -251,11 +248,17 @@ impl Store for EmbeddedStore {
         // Ids with the prefix sort from the prefix up to (not including) the prefix with its
         // last character's successor. Looked for first outside the writer lock: there is
         // nothing to move after the first time.
-        let Some(end) = prefix.chars().last().and_then(|c| char::from_u32(c as u32 + 1)).map(|c| format!("{}{c}", &prefix[..prefix.len() - c.len_utf8()])) else {
+        let Some(end) = prefix
+            .chars()
+            .last()
+            .and_then(|c| char::from_u32(c as u32 + 1))
+            .map(|c| format!("{}{c}", &prefix[..prefix.len() - c.len_utf8()]))
+        else {
             return Ok(0);
         };
         let range = "id >= ?1 AND id < ?2";
-        let any: bool = self.read(|c| c.query_row(&format!("SELECT EXISTS (SELECT 1 FROM docs WHERE {range})"), params![prefix, end], |r| r.get(0)))?;
+        let any: bool =
+            self.read(|c| c.query_row(&format!("SELECT EXISTS (SELECT 1 FROM docs WHERE {range})"), params![prefix, end], |r| r.get(0)))?;
         if !any {
             return Ok(0);
         }
@@ -278,10 +281,13 @@ impl Store for EmbeddedStore {
         }
         let atts = doc.entry("_attachments").or_insert_with(|| Value::Object(Map::new()));
         if let Value::Object(m) = atts {
-            m.insert(name.to_string(), serde_json::json!({
-                "content_type": attachment.content_type,
-                "data": base64::engine::general_purpose::STANDARD.encode(&attachment.data),
-            }));
+            m.insert(
+                name.to_string(),
+                serde_json::json!({
+                    "content_type": attachment.content_type,
+                    "data": base64::engine::general_purpose::STANDARD.encode(&attachment.data),
+                }),
+            );
         }
         match self.write(WriteBatch::docs(vec![doc]))?.docs.pop() {
             Some(WriteResult::Ok { rev, .. }) => Ok(rev),
@@ -303,17 +309,14 @@ impl Store for EmbeddedStore {
     }
 
     fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
-        let body: Option<String> = self.read(|c| {
-            c.prepare_cached("SELECT body FROM local WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()
-        })?;
+        let body: Option<String> =
+            self.read(|c| c.prepare_cached("SELECT body FROM local WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional())?;
         body.map(|b| serde_json::from_str(&b).map_err(|e| self.e(e))).transpose()
     }
 
     fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError> {
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        conn.prepare_cached(PUT_LOCAL)
-            .and_then(|mut s| s.execute(params![id, body.to_string()]))
-            .map_err(|e| self.e(e))?;
+        conn.prepare_cached(PUT_LOCAL).and_then(|mut s| s.execute(params![id, body.to_string()])).map_err(|e| self.e(e))?;
         Ok(())
     }
 
@@ -331,7 +334,6 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -352,15 +354,34 @@ mod tests {
         assert_eq!(synchronous(&store), FULL);
         let doc = |id: &str| json!({"_id": id, "n": 1}).as_object().unwrap().clone();
         let one = json!(1);
-        let written = store.write(WriteBatch { docs: vec![doc("a")], checkpoint: Some(("ckpt", &one)), durability: Durability::Deferred, ..WriteBatch::default() }).unwrap().docs;
+        let written = store
+            .write(WriteBatch {
+                docs: vec![doc("a")],
+                checkpoint: Some(("ckpt", &one)),
+                durability: Durability::Deferred,
+                ..WriteBatch::default()
+            })
+            .unwrap()
+            .docs;
         assert!(matches!(written[..], [WriteResult::Ok { .. }]));
         assert_eq!(synchronous(&store), FULL, "set back after the commit");
         store.sync().unwrap();
         // And after a write whose transaction fails (a trigger refuses its checkpoint).
-        let blocked = store.writer.lock().unwrap().execute_batch("CREATE TRIGGER no_local BEFORE INSERT ON local BEGIN SELECT RAISE(ABORT, 'no'); END;");
+        let blocked = store
+            .writer
+            .lock()
+            .unwrap()
+            .execute_batch("CREATE TRIGGER no_local BEFORE INSERT ON local BEGIN SELECT RAISE(ABORT, 'no'); END;");
         blocked.unwrap();
         let two = json!(2);
-        assert!(store.write(WriteBatch { docs: vec![doc("b")], checkpoint: Some(("ckpt2", &two)), durability: Durability::Deferred, ..WriteBatch::default() }).is_err());
+        assert!(store
+            .write(WriteBatch {
+                docs: vec![doc("b")],
+                checkpoint: Some(("ckpt2", &two)),
+                durability: Durability::Deferred,
+                ..WriteBatch::default()
+            })
+            .is_err());
         assert_eq!(synchronous(&store), FULL, "set back after a failed transaction");
         assert!(store.get("b", false).unwrap().is_none(), "the failed write took nothing");
         drop(store);
@@ -374,7 +395,14 @@ mod tests {
         let embedded = EmbeddedStore::open(&dir.join("db.sqlite")).unwrap();
         let store: &dyn Store = &embedded;
         let doc = |v: Value| v.as_object().unwrap().clone();
-        let written = store.bulk_write(vec![doc(json!({"_id": "rdx!a", "n": 1})), doc(json!({"_id": "rdx!b", "n": 2})), doc(json!({"_id": "rdx", "n": 3})), doc(json!({"_id": "rdy!a", "n": 4}))]).unwrap();
+        let written = store
+            .bulk_write(vec![
+                doc(json!({"_id": "rdx!a", "n": 1})),
+                doc(json!({"_id": "rdx!b", "n": 2})),
+                doc(json!({"_id": "rdx", "n": 3})),
+                doc(json!({"_id": "rdy!a", "n": 4})),
+            ])
+            .unwrap();
         let rev = |r: &WriteResult| match r {
             WriteResult::Ok { rev, .. } => rev.clone(),
             other => panic!("{other:?}"),

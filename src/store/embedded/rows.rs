@@ -15,9 +15,7 @@ pub(super) fn parse_seq(seq: &Seq) -> Result<i64, StoreError> {
     if seq.is_zero() {
         return Ok(0);
     }
-    seq.as_str()
-        .parse()
-        .map_err(|_| StoreError::BadRequest(format!("{seq:?} is not a sequence of this database")))
+    seq.as_str().parse().map_err(|_| StoreError::BadRequest(format!("{seq:?} is not a sequence of this database")))
 }
 
 /// Builds a document from its stored row.
@@ -146,7 +144,13 @@ pub(super) fn changes_after(c: &Connection, since_n: i64, since: &Seq, limit: us
 
 /// The live documents of `schema_id` (with `by`, those whose indexed `field` has the value —
 /// already indexed), at most `limit`, as text: whole, or cut down to `fields`.
-pub(super) fn find_rows(c: &Connection, schema_id: &str, by: Option<(&str, &Value)>, limit: usize, fields: Option<&[String]>) -> rusqlite::Result<Vec<String>> {
+pub(super) fn find_rows(
+    c: &Connection,
+    schema_id: &str,
+    by: Option<(&str, &Value)>,
+    limit: usize,
+    fields: Option<&[String]>,
+) -> rusqlite::Result<Vec<String>> {
     let limit = limit.clamp(1, i64::MAX as usize) as i64;
     let mut stmt;
     let mut rows = match by {
@@ -155,7 +159,9 @@ pub(super) fn find_rows(c: &Connection, schema_id: &str, by: Option<(&str, &Valu
             stmt.query(params![schema_id, name, value.to_string(), limit])?
         }
         None => {
-            stmt = c.prepare_cached("SELECT d.id, d.rev, d.has_att, d.body FROM docs d WHERE d.schema = ?1 AND d.deleted = 0 ORDER BY d.seq LIMIT ?2")?;
+            stmt = c.prepare_cached(
+                "SELECT d.id, d.rev, d.has_att, d.body FROM docs d WHERE d.schema = ?1 AND d.deleted = 0 ORDER BY d.seq LIMIT ?2",
+            )?;
             stmt.query(params![schema_id, limit])?
         }
     };
@@ -164,7 +170,9 @@ pub(super) fn find_rows(c: &Connection, schema_id: &str, by: Option<(&str, &Valu
         let body = body_text(r, 3)?;
         out.push(match fields {
             Some(fields) => projected_text(body, fields),
-            None => doc_text(c, r.get_ref(0)?.as_str().unwrap_or_default(), r.get_ref(1)?.as_str().unwrap_or_default(), false, r.get(2)?, body)?,
+            None => {
+                doc_text(c, r.get_ref(0)?.as_str().unwrap_or_default(), r.get_ref(1)?.as_str().unwrap_or_default(), false, r.get(2)?, body)?
+            }
         });
     }
     Ok(out)

@@ -113,7 +113,8 @@ impl Drop for Checkpointer {
 /// Brings a database made by an earlier version up to date: the `schema` column (each
 /// document's `rd_schema_id`, indexed for `find`) was added after the first release.
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    let has_schema: bool = conn.query_row("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'schema'", [], |r| r.get::<_, i64>(0))? > 0;
+    let has_schema: bool =
+        conn.query_row("SELECT COUNT(*) FROM pragma_table_info('docs') WHERE name = 'schema'", [], |r| r.get::<_, i64>(0))? > 0;
     if !has_schema {
         conn.execute_batch(
             "ALTER TABLE docs ADD COLUMN schema TEXT;
@@ -132,7 +133,12 @@ pub(super) fn err(path: &Path, e: impl std::fmt::Display) -> StoreError {
 /// column added to a `docs` table of its own, and its journal switched to a write-ahead log.
 /// A missing or empty file, or an SQLite database without tables, is a new store.
 pub(super) fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
-    let refuse = |why: String| Err(StoreError::Embedded { path: path.display().to_string(), reason: format!("{why}; refusing to use it as a Raindrop database (nothing was changed)") });
+    let refuse = |why: String| {
+        Err(StoreError::Embedded {
+            path: path.display().to_string(),
+            reason: format!("{why}; refusing to use it as a Raindrop database (nothing was changed)"),
+        })
+    };
     let mut head = [0u8; 16];
     let n = match std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut head)) {
         Ok(n) => n,
@@ -145,13 +151,16 @@ pub(super) fn refuse_foreign(path: &Path) -> Result<(), StoreError> {
     if n < head.len() || &head != b"SQLite format 3\0" {
         return refuse("the file is not an SQLite database".into());
     }
-    let Ok(conn) = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX) else {
+    let Ok(conn) =
+        Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX)
+    else {
         // Not readable as it is (a log to recover, say): the full open below reports it.
         return Ok(());
     };
-    let tables: Vec<String> = match conn.prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name").and_then(|mut st| {
-        st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>()
-    }) {
+    let tables: Vec<String> = match conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<Vec<String>>>())
+    {
         Ok(t) => t,
         Err(e) => return refuse(format!("its tables cannot be read ({e})")),
     };
@@ -221,4 +230,3 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(conn)
 }
-

@@ -98,7 +98,6 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
     Ok(Incoming { id, rev, deleted, body, schema, attachments, index, plain_rev })
 }
 
-
 /// A document to write as members or as the text of a new one, or a record.
 enum ToWrite {
     Doc(Doc),
@@ -145,7 +144,14 @@ fn write_record(tx: &rusqlite::Transaction<'_>, r: Incoming) -> rusqlite::Result
 
 impl EmbeddedStore {
     /// Documents, then records, then the local document, in one transaction.
-    pub(super) fn write_all(&self, docs: Vec<Doc>, new: Vec<NewDoc>, records: Vec<Record>, local: Option<(&str, &Value)>, durability: Durability) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
+    pub(super) fn write_all(
+        &self,
+        docs: Vec<Doc>,
+        new: Vec<NewDoc>,
+        records: Vec<Record>,
+        local: Option<(&str, &Value)>,
+        durability: Durability,
+    ) -> Result<(Vec<WriteResult>, Vec<WriteResult>), StoreError> {
         // Checked, printed as JSON and given their next revisions side by side, before the
         // writer lock: only the statements need the one connection.
         // The index rows too, for the fields indexed now; a field whose index is built before
@@ -212,7 +218,12 @@ impl EmbeddedStore {
                 }
             };
             let mut incoming = incoming;
-            if let Some(fields) = incoming.schema.as_ref().and_then(|s| indexed.get(s)).filter(|f| Some(*f) != incoming.schema.as_ref().and_then(|s| seen.get(s))) {
+            if let Some(fields) = incoming
+                .schema
+                .as_ref()
+                .and_then(|s| indexed.get(s))
+                .filter(|f| Some(*f) != incoming.schema.as_ref().and_then(|s| seen.get(s)))
+            {
                 incoming.index = index_entries_of_text(&incoming.body, fields);
             }
             let index = std::mem::take(&mut incoming.index);
@@ -243,7 +254,12 @@ impl EmbeddedStore {
 type Checked = Result<Incoming, (String, String)>;
 
 /// Writes one document inside the bulk transaction. `Ok(Err(_))` is a per-document refusal.
-fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(String, String)]) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
+fn write_one(
+    tx: &rusqlite::Transaction<'_>,
+    doc: Incoming,
+    seq: i64,
+    index: &[(String, String)],
+) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
     // The common case in one statement: a new document, or an update of a live one at the
     // given revision, with no attachments and no index rows either side. Anything else (and a
     // statement that matches no row: a conflict, a deleted document, a changed schema) takes
@@ -301,7 +317,15 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
                          ON CONFLICT(doc_id, name) DO UPDATE SET content_type = excluded.content_type,
                            length = excluded.length, digest = excluded.digest, revpos = excluded.revpos, data = excluded.data",
                     )?
-                    .execute(params![doc.id, name, content_type, data.len() as i64, digest, generation as i64, data])?;
+                    .execute(params![
+                        doc.id,
+                        name,
+                        content_type,
+                        data.len() as i64,
+                        digest,
+                        generation as i64,
+                        data
+                    ])?;
                     digests.push(digest.clone());
                 }
                 None => {
@@ -311,7 +335,12 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
                         .optional()?;
                     match digest {
                         Some(d) => digests.push(d),
-                        None => return Ok(Err(WriteResult::Error { id: doc.id, reason: format!("attachment {name} is a stub for nothing stored") })),
+                        None => {
+                            return Ok(Err(WriteResult::Error {
+                                id: doc.id,
+                                reason: format!("attachment {name} is a stub for nothing stored"),
+                            }))
+                        }
                     }
                 }
             }
@@ -345,4 +374,3 @@ fn write_one(tx: &rusqlite::Transaction<'_>, doc: Incoming, seq: i64, index: &[(
     }
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
 }
-
