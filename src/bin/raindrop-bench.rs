@@ -63,7 +63,7 @@ fn email_doc(i: usize, size: usize) -> String {
         "from": ["email", "zoe@example.com"],
         "to": to,
         "tags": ["inbox", "work"],
-        "flags": {"seen": i % 2 == 0, "flagged": false},
+        "flags": {"seen": i.is_multiple_of(2), "flagged": false},
         "timestamp": 1279101600 + i,
         "body": "",
     });

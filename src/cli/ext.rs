@@ -70,7 +70,7 @@ fn list(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-fn run_one(file: &PathBuf, doc: &str) -> anyhow::Result<ExitCode> {
+fn run_one(file: &std::path::Path, doc: &str) -> anyhow::Result<ExitCode> {
     let text = match doc.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
         None => doc.to_string(),

@@ -97,7 +97,7 @@ impl Declaration {
     /// (a declaration not made by the driver) counts as none rather than as no limit at all.
     pub fn time_limit(&self) -> Option<std::time::Duration> {
         let ms = self.time_limit_ms?;
-        (ms >= 1.0 && ms <= MAX_TIME_LIMIT_MS).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+        (1.0..=MAX_TIME_LIMIT_MS).contains(&ms).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
     }
 }
 

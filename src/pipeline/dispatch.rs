@@ -44,6 +44,12 @@ struct Job {
     ext: usize,
 }
 
+/// (source id, extension id) pairs to run whatever their state says, sorted.
+type Forced = Vec<(String, String)>;
+
+/// A filter that failed on a source: (source index, extension index, why).
+type FilterFailure = (usize, usize, HandlerError);
+
 /// The sources of a page and what is known of them.
 struct PageSources<'c> {
     sources: Vec<Source>,
@@ -124,11 +130,7 @@ impl Pipeline {
 
     /// The (source, extension) pairs whose outputs declared a document of the page in `deps`,
     /// sorted, and those sources that are not in the page themselves.
-    fn dependents(
-        &self,
-        changes: &[Change<Arc<str>>],
-        options: &RunOptions,
-    ) -> Result<(Vec<(String, String)>, Vec<Source>), PipelineError> {
+    fn dependents(&self, changes: &[Change<Arc<str>>], options: &RunOptions) -> Result<(Forced, Vec<Source>), PipelineError> {
         if !self.exts.iter().any(|e| e.uses_dependencies) {
             return Ok((Vec::new(), Vec::new()));
         }
@@ -169,9 +171,9 @@ impl Pipeline {
     /// Error documents are not offered to filters: a filter that failed on every document failed
     /// again on each error document it caused, and so without end (4 sources made 228,000
     /// writes). An extension that wants them names `rd.core.error` in its `source_schemas`.
-    fn filter_answers(&self, sources: &[Source]) -> (HashMap<usize, Vec<bool>>, Vec<(usize, usize, HandlerError)>) {
+    fn filter_answers(&self, sources: &[Source]) -> (HashMap<usize, Vec<bool>>, Vec<FilterFailure>) {
         let mut accepted: HashMap<usize, Vec<bool>> = HashMap::new();
-        let mut failures: Vec<(usize, usize, HandlerError)> = Vec::new();
+        let mut failures: Vec<FilterFailure> = Vec::new();
         let offered: Vec<usize> = (0..sources.len()).filter(|&si| sources[si].schema != ERROR_SCHEMA).collect();
         if offered.is_empty() || !self.exts.iter().any(|e| e.filtered) {
             return (accepted, failures);
@@ -216,7 +218,7 @@ impl Pipeline {
             for (ei, ext) in self.exts.iter().enumerate() {
                 let wanted = match accepted.get(&ei) {
                     Some(yes) => yes[si],
-                    None => ext.schemas.iter().any(|s| *s == src.schema),
+                    None => ext.schemas.contains(&src.schema),
                 };
                 // An extension never runs on a document it contributes to: its own output would
                 // feed it again, forever (the original refused this too).

@@ -315,6 +315,8 @@ fn array_buffers_count_against_the_memory_cap() {
     )
     .unwrap();
     let started = Instant::now();
+    // Waited for below with wait4, which also gives the child's peak memory.
+    #[allow(clippy::zombie_processes)]
     let child =
         raindrop().args(["ext", "run"]).arg(&file).args(["--doc", "{}"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let pid = child.id() as i32;

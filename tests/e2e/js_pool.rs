@@ -44,7 +44,7 @@ extension({
 fn emitted_items_round_trip() {
     let pool = JsPool::start(vec![ext("echo.js", ECHO)], PoolConfig::new(1)).unwrap();
     let input = json!({"k": 1, "nested": {"a": [1, 2.5, null, true, "s"]}, "twice": true});
-    let r = pool.run(0, docs(&[input.clone()]));
+    let r = pool.run(0, docs(std::slice::from_ref(&input)));
     let DocOutcome::Emitted(e) = &r.outcomes[0] else { panic!("{:?}", r.outcomes[0]) };
     assert_eq!(e.items.len(), 2);
     assert_eq!(e.items[0].schema_id, "rd.test.out");

@@ -13,6 +13,9 @@ use crate::{ingest, model};
 
 /// Writes locations and `\Seen` flags for every message this account touches, then the folder
 /// caches. Unchanged documents are not rewritten.
+/// A folder's delimiter and its messages — (uid, message key, seen) — as they now stand.
+type FolderNow<'a> = (Option<&'a str>, Vec<(u32, &'a str, bool)>);
+
 pub(super) fn write_results(
     store: &dyn Store,
     account: &ImapAccount,
@@ -22,7 +25,7 @@ pub(super) fn write_results(
 ) -> Result<(), StoreError> {
     // Each folder's messages as they now stand: synced folders from this sync, failed ones from
     // their old cache, folders gone from the list not at all.
-    let mut current: BTreeMap<&str, (Option<&str>, Vec<(u32, &str, bool)>)> = BTreeMap::new();
+    let mut current: BTreeMap<&str, FolderNow<'_>> = BTreeMap::new();
     for folder in folders {
         match states.get(&folder.name) {
             Some(s) if s.failed.is_none() => {
@@ -136,8 +139,8 @@ fn check(results: Vec<WriteResult>) -> Result<(), StoreError> {
     for r in results {
         match r {
             WriteResult::Ok { .. } => {}
-            WriteResult::Conflict { id } => return Err(StoreError::Conflict { id }.into()),
-            WriteResult::Error { id, reason } => return Err(StoreError::BadRequest(format!("{id}: {reason}")).into()),
+            WriteResult::Conflict { id } => return Err(StoreError::Conflict { id }),
+            WriteResult::Error { id, reason } => return Err(StoreError::BadRequest(format!("{id}: {reason}"))),
         }
     }
     Ok(())
