@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use crate::js::HostFunctions;
+use crate::js::{HostError, HostFunctions};
 use crate::store::Store;
 
 /// Every host function an extension has in the daemon: the store-backed ones (with
@@ -27,4 +27,18 @@ pub fn register_all(host: &mut HostFunctions, store: Arc<dyn Store>, identities:
 /// The host functions that need no database (`raindrop.mail.parse` and friends).
 pub fn register_without_store(host: &mut HostFunctions) {
     mail::register(host);
+}
+
+// The errors of the layers below, as the message a host function throws into JS.
+
+impl From<crate::store::StoreError> for HostError {
+    fn from(e: crate::store::StoreError) -> HostError {
+        HostError(e.to_string())
+    }
+}
+
+impl From<crate::model::ModelError> for HostError {
+    fn from(e: crate::model::ModelError) -> HostError {
+        HostError(e.to_string())
+    }
 }

@@ -15,9 +15,16 @@ use crate::store::{Find, Store, WriteResult};
 /// `identities` (the user's own identity ids, from the configuration).
 pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
     host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
-    let s = store.clone();
-    // open_schemas([[rd_key, schema_id], …][, fields]) → [doc or null, …]; with fields, the
-    // documents go to JS as the store's text (a summary reads many bodies' few fields)
+    open_schemas(host, store.clone());
+    open_attachment(host, store.clone());
+    find_schemas(host, store.clone());
+    find_schemas_each(host, store.clone());
+    update_documents(host, store);
+}
+
+/// `open_schemas([[rd_key, schema_id], …][, fields])` → `[doc or null, …]`; with fields, each
+/// cut down to them (a summary reads many bodies' few fields). The store's text goes to JS.
+fn open_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register_text("open_schemas", move |_, args| {
         let wanted = args.first().and_then(Value::as_array).ok_or("open_schemas needs an array of [rd_key, schema_id] pairs")?;
         let mut ids = Vec::with_capacity(wanted.len());
@@ -32,8 +39,10 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         let docs = s.get_many(&ids, fields.as_deref())?;
         Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
     });
-    let s = store.clone();
-    // open_attachment(doc or id, name[, {encoding: "base64"}]) → text (UTF-8) or base64
+}
+
+/// `open_attachment(doc or id, name[, {encoding: "base64"}])` → its text (UTF-8) or base64.
+fn open_attachment(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register("open_attachment", move |_, args| {
         let base64 = args.get(2).and_then(|o| o.get("encoding")).and_then(Value::as_str) == Some("base64");
         Ok(match read_attachment(&*s, &args)? {
@@ -42,8 +51,11 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
             Some(data) => Value::String(String::from_utf8_lossy(&data).into_owned()),
         })
     });
-    let s = store.clone();
-    // find_schemas(schema_id[, field, value[, limit[, fields]]]) → [doc, …]: a key/schema query
+}
+
+/// `find_schemas(schema_id[, field, value[, limit[, fields]]])` → `[doc, …]`: a key/schema
+/// query.
+fn find_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register_text("find_schemas", move |_, args| {
         let schema = args.first().and_then(Value::as_str).ok_or("find_schemas needs a schema id")?;
         let by = match (args.get(1), args.get(2)) {
@@ -56,9 +68,11 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         let found = s.find(&Find { schema, by, limit, fields: fields.as_deref() })?;
         Ok(json_list(found.iter().flatten().map(String::as_str)))
     });
-    let s = store.clone();
-    // find_schemas_each(schema_id, field, [value, …][, limit[, fields]]) → [[doc, …], …]:
-    // find_schemas for each value, in one call
+}
+
+/// `find_schemas_each(schema_id, field, [value, …][, limit[, fields]])` → `[[doc, …], …]`:
+/// `find_schemas` for each value, in one call.
+fn find_schemas_each(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register_text("find_schemas_each", move |_, args| {
         let (schema, field, values) = match (args.first(), args.get(1), args.get(2)) {
             (Some(Value::String(s)), Some(Value::String(f)), Some(Value::Array(v))) => (s, f, v),
@@ -70,10 +84,12 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
         let lists: Vec<String> = found.iter().map(|docs| json_list(docs.iter().map(String::as_str))).collect();
         Ok(json_list(lists.iter().map(String::as_str)))
     });
-    let s = store;
-    // update_documents([doc, …]) → [{id, rev} | {id, error}, …]; `_id` defaults to the id of
-    // the document's rd_key and rd_schema_id; the pipeline's records and the server's special
-    // documents are refused
+}
+
+/// `update_documents([doc, …])` → `[{id, rev} | {id, error}, …]`; `_id` defaults to the id of
+/// the document's `rd_key` and `rd_schema_id`; the pipeline's records and the server's special
+/// documents are refused.
+fn update_documents(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register("update_documents", move |_, args| {
         let docs = args.first().and_then(Value::as_array).ok_or("update_documents needs an array of documents")?;
         let mut docs =

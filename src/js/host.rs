@@ -33,18 +33,6 @@ impl From<&str> for HostError {
     }
 }
 
-impl From<crate::store::StoreError> for HostError {
-    fn from(e: crate::store::StoreError) -> HostError {
-        HostError(e.to_string())
-    }
-}
-
-impl From<crate::model::ModelError> for HostError {
-    fn from(e: crate::model::ModelError) -> HostError {
-        HostError(e.to_string())
-    }
-}
-
 /// What a host function knows about its caller.
 pub struct HostCall<'a> {
     /// The id of the extension whose code made the call.

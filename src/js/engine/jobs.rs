@@ -57,6 +57,10 @@ impl Drop for JobQueue {
     }
 }
 
+/// The job queue's answer to "what host-defined data goes with a job": none.
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context. The out-parameters are live handles it passed.
 unsafe extern "C" fn host_defined_data(
     _cx: *mut RawJSContext,
     incumbent_global: MutableHandleObject,
@@ -67,12 +71,19 @@ unsafe extern "C" fn host_defined_data(
     true
 }
 
+/// The job queue's answer to "what is the incumbent global": none.
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context.
 unsafe extern "C" fn host_defined_global(_cx: *mut RawJSContext, _data: MutableHandleObject) -> bool {
     true
 }
 
 /// Called by the engine only around debugger interruptions, which Raindrop never makes; it
 /// drains like the driver's call would.
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context.
 unsafe extern "C" fn run_jobs_trap(cx: *mut RawJSContext) {
     let Some(raw) = std::ptr::NonNull::new(cx) else { return };
     // SAFETY: the engine passes this thread's live context.
@@ -83,6 +94,10 @@ unsafe extern "C" fn run_jobs_trap(cx: *mut RawJSContext) {
     }));
 }
 
+/// Nothing to trace: every job is a GC thing the engine traces itself.
+///
+/// # Safety
+/// Called by SpiderMonkey's tracer; it touches nothing.
 unsafe extern "C" fn trace_nothing(_trc: *mut JSTracer, _value: *mut Value) {}
 
 /// Runs the queued promise jobs, and the jobs they queue, until none is left. `false` when a

@@ -216,24 +216,7 @@ impl JsRuntime {
             let mut realm = AutoRealm::new_from_handle(cx, global.handle());
             let cx: &mut JSContext = &mut realm;
 
-            // The raw natives, handed to the driver as `__rd_host`.
-            rooted!(&in(cx) let host_obj = JS_NewPlainObject(cx));
-            if host_obj.get().is_null()
-                || JS_DefineFunction(cx, host_obj.handle(), c"log".as_ptr(), Some(natives::js_log), 2, 0).is_null()
-                || JS_DefineFunction(cx, host_obj.handle(), c"begin".as_ptr(), Some(natives::js_begin), 0, 0).is_null()
-                || JS_DefineFunction(cx, host_obj.handle(), c"call".as_ptr(), Some(natives::js_call), 2, 0).is_null()
-                || JS_DefineFunction(cx, host_obj.handle(), c"drain".as_ptr(), Some(natives::js_drain), 0, 0).is_null()
-            {
-                return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
-            }
-            rooted!(&in(cx) let mut names_val = UndefinedValue());
-            if !parse_json(cx, &mut self.utf16, &names_json, names_val.handle_mut())
-                || !JS_DefineProperty(cx, host_obj.handle(), c"natives".as_ptr(), names_val.handle(), 0)
-            {
-                return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
-            }
-            rooted!(&in(cx) let host_val = ObjectValue(host_obj.get()));
-            if !JS_DefineProperty(cx, global.handle(), c"__rd_host".as_ptr(), host_val.handle(), 0) {
+            if !define_host(cx, global.handle(), &mut self.utf16, &names_json) {
                 return Err(LoadFailure::Threw(take_error(cx, "cannot define the host natives")));
             }
 
@@ -281,7 +264,12 @@ impl JsRuntime {
             drop(realm);
             self.sandboxes.push(sandbox);
         }
-        let id = SandboxId(self.sandboxes.len() - 1);
+        self.describe(SandboxId(self.sandboxes.len() - 1), file_name)
+    }
+
+    /// The declaration of a sandbox just loaded, as its `describe()` JSON; a sandbox that
+    /// cannot describe itself is dropped.
+    fn describe(&mut self, id: SandboxId, file_name: &str) -> Result<(SandboxId, String), LoadFailure> {
         let described = self.call(id, file_name, c"describe", None);
         match described.result {
             _ if described.out_of_memory => {
@@ -384,7 +372,39 @@ impl Drop for JsRuntime {
     }
 }
 
+/// Defines `__rd_host` on `global` (the current realm's): the natives the driver takes and
+/// hides (`log`, `begin`, `call`, `drain`) and the names of the host functions. False with an
+/// exception pending when the engine refused.
+///
+/// # Safety
+/// `cx` must be this thread's live context, in `global`'s realm, with `global` rooted.
+unsafe fn define_host(cx: &mut JSContext, global: mozjs::rust::HandleObject, utf16: &mut Vec<u16>, names_json: &str) -> bool {
+    // SAFETY: the caller's contract; every value is rooted before the next call that may GC.
+    unsafe {
+        rooted!(&in(cx) let host_obj = JS_NewPlainObject(cx));
+        if host_obj.get().is_null()
+            || JS_DefineFunction(cx, host_obj.handle(), c"log".as_ptr(), Some(natives::js_log), 2, 0).is_null()
+            || JS_DefineFunction(cx, host_obj.handle(), c"begin".as_ptr(), Some(natives::js_begin), 0, 0).is_null()
+            || JS_DefineFunction(cx, host_obj.handle(), c"call".as_ptr(), Some(natives::js_call), 2, 0).is_null()
+            || JS_DefineFunction(cx, host_obj.handle(), c"drain".as_ptr(), Some(natives::js_drain), 0, 0).is_null()
+        {
+            return false;
+        }
+        rooted!(&in(cx) let mut names_val = UndefinedValue());
+        if !parse_json(cx, utf16, names_json, names_val.handle_mut())
+            || !JS_DefineProperty(cx, host_obj.handle(), c"natives".as_ptr(), names_val.handle(), 0)
+        {
+            return false;
+        }
+        rooted!(&in(cx) let host_val = ObjectValue(host_obj.get()));
+        JS_DefineProperty(cx, global, c"__rd_host".as_ptr(), host_val.handle(), 0)
+    }
+}
+
 /// Parses JSON text into `out`, in the current realm. False with an exception pending on error.
+///
+/// # Safety
+/// `cx` must be this thread's live context, in the realm `out` is for, with `out` rooted.
 unsafe fn parse_json(cx: &mut JSContext, utf16: &mut Vec<u16>, json: &str, out: mozjs::rust::MutableHandleValue) -> bool {
     if json.len() >= u32::MAX as usize {
         // SAFETY: reporting an error on the current context.
@@ -408,6 +428,9 @@ unsafe fn parse_json(cx: &mut JSContext, utf16: &mut Vec<u16>, json: &str, out: 
 /// a time (`String::from_utf16_lossy`); encoding_rs converts it in bulk — it was a tenth of a
 /// handler thread's time on mail, whose outputs are mostly two-byte strings. Unpaired
 /// surrogates become U+FFFD, as before.
+///
+/// # Safety
+/// `cx` must be this thread's live context and `s` a live, rooted string.
 pub(super) unsafe fn js_string(cx: &mut JSContext, s: std::ptr::NonNull<mozjs::jsapi::JSString>) -> String {
     // SAFETY: `s` is a live string rooted by the caller; nothing here can GC, so the
     // characters stay where they are while they are read.
@@ -430,6 +453,9 @@ pub(super) unsafe fn js_string(cx: &mut JSContext, s: std::ptr::NonNull<mozjs::j
 }
 
 /// Takes the pending exception (if any) as a [`ScriptError`].
+///
+/// # Safety
+/// `cx` must be this thread's live context, in the realm where the exception is pending.
 unsafe fn take_error(cx: &mut JSContext, fallback: &str) -> ScriptError {
     rooted!(&in(cx) let mut exc = UndefinedValue());
     match mozjs::rust::error_info_from_exception_stack(cx, exc.handle_mut()) {

@@ -74,6 +74,9 @@ fn with_host<R>(f: impl FnOnce(&dyn Host, &str) -> R) -> Option<R> {
 /// up: the GC heap cap alone leaves array buffers and string characters uncounted (twelve
 /// 256 MiB buffers took a process past 3 GB), and reaching it makes the collector thrash for
 /// tens of seconds first.
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context.
 pub(super) unsafe extern "C" fn interrupt_callback(cx: *mut RawJSContext) -> bool {
     catch_unwind(|| {
         // SAFETY: the engine passes this thread's live context; the query only reads counters.
@@ -94,6 +97,9 @@ pub(super) unsafe extern "C" fn interrupt_callback(cx: *mut RawJSContext) -> boo
 /// After each collection, asks for the interrupt callback, which compares what the runtime
 /// holds with its cap. Collections are what the engine runs as memory grows (the malloc'd kind
 /// included), so a runaway allocation is seen within one collection of going over.
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context. It only asks for an interrupt.
 pub(super) unsafe extern "C" fn gc_callback(
     cx: *mut RawJSContext,
     status: mozjs::jsapi::JSGCStatus,
@@ -106,6 +112,10 @@ pub(super) unsafe extern "C" fn gc_callback(
     }
 }
 
+/// Records that the runtime ran out of memory (read after the call by `take_oom`).
+///
+/// # Safety
+/// Called by SpiderMonkey with this thread's live context. It only sets a flag.
 pub(super) unsafe extern "C" fn oom_callback(_cx: *mut RawJSContext, _data: *mut std::ffi::c_void) {
     OOM.with(|o| o.set(true));
 }
@@ -146,6 +156,9 @@ unsafe fn guarded(
 }
 
 /// Converts argument `i` to a Rust string (JS `String(arg)` semantics).
+///
+/// # Safety
+/// `cx` must be this thread's live context and `args` the arguments of the native running.
 unsafe fn arg_string(cx: &mut JSContext, args: &CallArgs, i: u32) -> Result<String, String> {
     // SAFETY: the handle belongs to this call's arguments, which the engine keeps rooted.
     let v = unsafe { mozjs::rust::Handle::from_raw(args.get(i)) };
@@ -156,6 +169,11 @@ unsafe fn arg_string(cx: &mut JSContext, args: &CallArgs, i: u32) -> Result<Stri
     Ok(unsafe { super::js_string(cx, s) })
 }
 
+/// `__rd_host.log(level, text)`: a log line, tagged with the running extension.
+///
+/// # Safety
+/// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
+/// the thread whose runtime is running.
 pub(super) unsafe extern "C" fn js_log(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
     // SAFETY: called by SpiderMonkey as a JSNative.
     unsafe {
@@ -169,6 +187,11 @@ pub(super) unsafe extern "C" fn js_log(raw: *mut RawJSContext, argc: u32, vp: *m
     }
 }
 
+/// `__rd_host.begin()`: a handler call starts now (the watchdog's clock).
+///
+/// # Safety
+/// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
+/// the thread whose runtime is running.
 pub(super) unsafe extern "C" fn js_begin(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
     // SAFETY: called by SpiderMonkey as a JSNative.
     unsafe {
@@ -182,6 +205,10 @@ pub(super) unsafe extern "C" fn js_begin(raw: *mut RawJSContext, argc: u32, vp: 
 
 /// `__rd_host.drain()`: runs the promise jobs queued so far (see `jobs`). Not `guarded`: a job
 /// stopped by the watchdog must end the call the same way, with `false` and nothing pending.
+///
+/// # Safety
+/// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
+/// the thread whose runtime is running.
 pub(super) unsafe extern "C" fn js_drain(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
     let Some(raw) = NonNull::new(raw) else { return false };
     // SAFETY: SpiderMonkey passes the live context of this thread to the native.
@@ -200,6 +227,11 @@ pub(super) unsafe extern "C" fn js_drain(raw: *mut RawJSContext, argc: u32, vp: 
     }
 }
 
+/// `__rd_host.call(name, json)`: calls host function `name` with a JSON array of arguments.
+///
+/// # Safety
+/// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
+/// the thread whose runtime is running.
 pub(super) unsafe extern "C" fn js_call(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
     // SAFETY: called by SpiderMonkey as a JSNative.
     unsafe {

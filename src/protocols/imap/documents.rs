@@ -16,6 +16,8 @@ use crate::{ingest, model};
 /// A folder's delimiter and its messages — (uid, message key, seen) — as they now stand.
 type FolderNow<'a> = (Option<&'a str>, Vec<(u32, &'a str, bool)>);
 
+/// Writes locations and `\\Seen` flags for every message this account touches, then the folder
+/// caches. Unchanged documents are not rewritten.
 pub(super) fn write_results(
     store: &dyn Store,
     account: &ImapAccount,
@@ -23,81 +25,10 @@ pub(super) fn write_results(
     states: &BTreeMap<String, FolderState>,
     caches: &HashMap<String, FolderCache>,
 ) -> Result<(), StoreError> {
-    // Each folder's messages as they now stand: synced folders from this sync, failed ones from
-    // their old cache, folders gone from the list not at all.
-    let mut current: BTreeMap<&str, FolderNow<'_>> = BTreeMap::new();
-    for folder in folders {
-        match states.get(&folder.name) {
-            Some(s) if s.failed.is_none() => {
-                let msgs = s.entries.values().filter_map(|e| e.key.as_deref().map(|k| (e.uid, k, e.seen))).collect();
-                current.insert(&folder.name, (folder.delim.as_deref(), msgs));
-            }
-            _ => {
-                if let Some(c) = caches.get(&folder.name) {
-                    let msgs = c.messages.iter().map(|(u, k, s)| (*u, k.as_str(), *s)).collect();
-                    current.insert(&folder.name, (folder.delim.as_deref(), msgs));
-                }
-            }
-        }
-    }
-    let mut locations: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
-    let mut seen: BTreeMap<&str, bool> = BTreeMap::new();
-    for (folder, (delim, msgs)) in &current {
-        for (uid, key, is_seen) in msgs {
-            locations.entry(key).or_default().push(json!({
-                "account": account.id, "folder_name": folder, "folder_delim": delim, "uid": uid,
-            }));
-            *seen.entry(key).or_default() |= *is_seen;
-        }
-    }
-    // Only messages whose (folder, uid, seen) differ from what the caches recorded after the
-    // last complete sync need their documents read and written — a steady-state re-sync reads
-    // none. A message that was here before and is in no folder now differs too: it loses this
-    // account's locations.
-    let mut before: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
-    for c in caches.values() {
-        for (uid, key, seen) in &c.messages {
-            before.entry(key).or_default().push((&c.folder, *uid, *seen));
-        }
-    }
-    let mut after: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
-    for (folder, (_, msgs)) in &current {
-        for (uid, key, seen) in msgs {
-            after.entry(key).or_default().push((folder, *uid, *seen));
-        }
-    }
-    for list in before.values_mut().chain(after.values_mut()) {
-        list.sort_unstable();
-    }
-    let touched: Vec<&str> = before
-        .keys()
-        .chain(after.keys())
-        .copied()
-        .collect::<BTreeSet<&str>>()
-        .into_iter()
-        .filter(|k| before.get(k) != after.get(k))
-        .collect();
-    for batch in touched.chunks(500) {
-        let ids: Vec<String> = batch.iter().filter_map(|k| model::doc_id(&json!(["email", k]), "rd.msg.imap-locations").ok()).collect();
-        let existing = store.get_docs(&ids)?;
-        let mut items = Vec::new();
-        for (key, doc) in batch.iter().zip(existing) {
-            let mut all: Vec<Value> = doc
-                .as_ref()
-                .and_then(|d| d.get("locations"))
-                .and_then(Value::as_array)
-                .map(|l| l.iter().filter(|x| x.get("account").and_then(Value::as_str) != Some(&account.id)).cloned().collect())
-                .unwrap_or_default();
-            all.extend(locations.get(key).cloned().unwrap_or_default());
-            if doc.is_none() && all.is_empty() {
-                continue;
-            }
-            items.push(item(json!(["email", key]), "rd.msg.imap-locations", json!({ "locations": all })));
-            if let Some(s) = seen.get(key) {
-                items.push(item(json!(["email", key]), "rd.msg.seen", json!({ "seen": s, "outgoing_state": "incoming" })));
-            }
-        }
-        check(ingest::add_schemas(store, items, Durability::Immediate)?)?;
+    let current = folders_now(folders, states, caches);
+    let now = locations_now(account, &current);
+    for batch in touched(&current, caches).chunks(500) {
+        write_locations(store, account, &now, batch)?;
     }
     // The caches last: they record that everything above is done.
     let mut items = Vec::new();
@@ -117,6 +48,99 @@ pub(super) fn write_results(
     for (name, old) in caches {
         if !folders.iter().any(|f| &f.name == name) && !old.messages.is_empty() {
             items.push(cache_item(&FolderCache { messages: Vec::new(), ..old.clone() }));
+        }
+    }
+    check(ingest::add_schemas(store, items, Durability::Immediate)?)
+}
+
+/// Each folder's messages as they now stand: synced folders from this sync, failed ones from
+/// their old cache, folders gone from the list not at all.
+fn folders_now<'a>(
+    folders: &'a [Folder],
+    states: &'a BTreeMap<String, FolderState>,
+    caches: &'a HashMap<String, FolderCache>,
+) -> BTreeMap<&'a str, FolderNow<'a>> {
+    let mut current = BTreeMap::new();
+    for folder in folders {
+        match states.get(&folder.name) {
+            Some(s) if s.failed.is_none() => {
+                let msgs = s.entries.values().filter_map(|e| e.key.as_deref().map(|k| (e.uid, k, e.seen))).collect();
+                current.insert(folder.name.as_str(), (folder.delim.as_deref(), msgs));
+            }
+            _ => {
+                if let Some(c) = caches.get(&folder.name) {
+                    let msgs = c.messages.iter().map(|(u, k, s)| (*u, k.as_str(), *s)).collect();
+                    current.insert(folder.name.as_str(), (folder.delim.as_deref(), msgs));
+                }
+            }
+        }
+    }
+    current
+}
+
+/// The messages whose (folder, uid, seen) differ from what the caches recorded after the last
+/// complete sync: only those need their documents read and written — a steady-state re-sync
+/// reads none. A message that was here before and is in no folder now differs too: it loses
+/// this account's locations.
+fn touched<'a>(current: &BTreeMap<&'a str, FolderNow<'a>>, caches: &'a HashMap<String, FolderCache>) -> Vec<&'a str> {
+    let mut before: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
+    for c in caches.values() {
+        for (uid, key, seen) in &c.messages {
+            before.entry(key).or_default().push((&c.folder, *uid, *seen));
+        }
+    }
+    let mut after: BTreeMap<&str, Vec<(&str, u32, bool)>> = BTreeMap::new();
+    for (folder, (_, msgs)) in current {
+        for (uid, key, seen) in msgs {
+            after.entry(key).or_default().push((folder, *uid, *seen));
+        }
+    }
+    for list in before.values_mut().chain(after.values_mut()) {
+        list.sort_unstable();
+    }
+    let keys: BTreeSet<&str> = before.keys().chain(after.keys()).copied().collect();
+    keys.into_iter().filter(|k| before.get(k) != after.get(k)).collect()
+}
+
+/// Per message key, this account's locations of it and whether it is `\\Seen` in any.
+struct LocationsNow<'a> {
+    locations: BTreeMap<&'a str, Vec<Value>>,
+    seen: BTreeMap<&'a str, bool>,
+}
+
+fn locations_now<'a>(account: &ImapAccount, current: &BTreeMap<&'a str, FolderNow<'a>>) -> LocationsNow<'a> {
+    let mut now = LocationsNow { locations: BTreeMap::new(), seen: BTreeMap::new() };
+    for (folder, (delim, msgs)) in current {
+        for (uid, key, is_seen) in msgs {
+            now.locations.entry(key).or_default().push(json!({
+                "account": account.id, "folder_name": folder, "folder_delim": delim, "uid": uid,
+            }));
+            *now.seen.entry(key).or_default() |= *is_seen;
+        }
+    }
+    now
+}
+
+/// Writes the locations (this account's, beside other accounts') and `\\Seen` flags of the
+/// messages with keys `batch`.
+fn write_locations(store: &dyn Store, account: &ImapAccount, now: &LocationsNow<'_>, batch: &[&str]) -> Result<(), StoreError> {
+    let ids: Vec<String> = batch.iter().filter_map(|k| model::doc_id(&json!(["email", k]), "rd.msg.imap-locations").ok()).collect();
+    let existing = store.get_docs(&ids)?;
+    let mut items = Vec::new();
+    for (key, doc) in batch.iter().zip(existing) {
+        let mut all: Vec<Value> = doc
+            .as_ref()
+            .and_then(|d| d.get("locations"))
+            .and_then(Value::as_array)
+            .map(|l| l.iter().filter(|x| x.get("account").and_then(Value::as_str) != Some(&account.id)).cloned().collect())
+            .unwrap_or_default();
+        all.extend(now.locations.get(key).cloned().unwrap_or_default());
+        if doc.is_none() && all.is_empty() {
+            continue;
+        }
+        items.push(item(json!(["email", key]), "rd.msg.imap-locations", json!({ "locations": all })));
+        if let Some(s) = now.seen.get(key) {
+            items.push(item(json!(["email", key]), "rd.msg.seen", json!({ "seen": s, "outgoing_state": "incoming" })));
         }
     }
     check(ingest::add_schemas(store, items, Durability::Immediate)?)

@@ -1,17 +1,17 @@
 //! One sync of one account: list the folders, serve the jobs over up to `connections`
 //! connections, plan the fetches as the scans come back, then write what was learnt.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crossbeam_channel::unbounded;
 use serde_json::json;
 
 use super::documents::write_results;
-use super::folders::{list_folders, load_caches, Entry, Folder};
+use super::folders::{list_folders, load_caches, Entry, Folder, FolderCache};
 use super::jobs::{worker, Job, Outcome};
 use super::session::{connect, ConnectError};
-use super::{ImapAccount, SyncError, SyncReport};
+use super::{ImapAccount, Password, SyncError, SyncReport};
 use crate::model;
 use crate::store::{Store, StoreError};
 
@@ -45,70 +45,19 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
     })?;
     let _ = lister.logout();
     let caches = load_caches(store, &account.id).map_err(store_error)?;
-
-    let (job_tx, job_rx) = unbounded::<Job>();
-    let (out_tx, out_rx) = unbounded::<Outcome>();
-    let mut report = SyncReport { folders: folders.len(), ..SyncReport::default() };
-    let mut states: BTreeMap<String, FolderState> = BTreeMap::new();
-    let mut refused: Option<String> = None;
-
-    std::thread::scope(|scope| -> Result<(), SyncError> {
-        for _ in 0..account.connections().min(folders.len().max(1)) {
-            let (jobs, out, password) = (job_rx.clone(), out_tx.clone(), &password);
-            scope.spawn(move || worker(account, password, store, jobs, out));
-        }
-        drop(out_tx);
-        let mut pending = 0usize;
-        for folder in &folders {
-            let cache = caches.get(&folder.name).cloned().map(Arc::new);
-            let _ = job_tx.send(Job::Scan { folder: folder.clone(), cache });
-            pending += 1;
-        }
-        // Message keys some fetch job of this sync will store: another folder need not.
-        let mut scheduled: HashSet<String> = HashSet::new();
-        while pending > 0 {
-            let Ok(outcome) = out_rx.recv() else { break };
-            pending -= 1;
-            match outcome {
-                Outcome::Scanned { folder, uidvalidity, uidnext, entries, retries } => {
-                    report.retries += retries;
-                    let to_fetch = plan_fetches(store, &entries, &mut scheduled, &mut report).map_err(store_error)?;
-                    for uids in to_fetch {
-                        let _ = job_tx.send(Job::Fetch { folder: folder.name.clone(), uids });
-                        pending += 1;
-                    }
-                    let entries = entries.into_iter().map(|e| (e.uid, e)).collect();
-                    states.insert(folder.name.clone(), FolderState { folder, uidvalidity, uidnext, entries, failed: None });
-                }
-                Outcome::Fetched { folder, keys, retries } => {
-                    report.retries += retries;
-                    report.fetched += keys.len();
-                    if let Some(state) = states.get_mut(&folder) {
-                        for (uid, key) in keys {
-                            if let Some(e) = state.entries.get_mut(&uid) {
-                                e.key = Some(key);
-                                e.needs_body_for_key = false;
-                            }
-                        }
-                    }
-                }
-                Outcome::Failed { folder, error, retries } => {
-                    report.retries += retries;
-                    tracing::warn!(account = %account.id, %folder, %error, "folder not synced");
-                    mark_failed(&mut states, &folders, &folder, error);
-                }
-                Outcome::LoginRefused(reason) => {
-                    refused.get_or_insert(reason);
-                }
-            }
-        }
-        drop(job_tx);
-        Ok(())
-    })?;
+    let mut sync = Sync {
+        store,
+        account,
+        folders: &folders,
+        report: SyncReport { folders: folders.len(), ..SyncReport::default() },
+        states: BTreeMap::new(),
+        refused: None,
+    };
+    sync.serve(&password, &caches).map_err(store_error)?;
+    let Sync { mut report, mut states, refused, .. } = sync;
     if let Some(reason) = refused {
         return Err(SyncError::Login { account: account.id.clone(), server: account.server(), user: account.username.clone(), reason });
     }
-
     // A fetched UID that the server no longer had leaves its entry without a key: it is gone.
     for state in states.values_mut() {
         if state.failed.is_none() {
@@ -123,7 +72,7 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
         progress(&line);
     }
     report.messages = states.values().filter(|s| s.failed.is_none()).map(|s| s.entries.len()).sum();
-    write_results(store, account, &folders, &states, &caches).map_err(|source| SyncError::Store { account: account.id.clone(), source })?;
+    write_results(store, account, &folders, &states, &caches).map_err(store_error)?;
     let failed: Vec<&FolderState> = states.values().filter(|s| s.failed.is_some()).collect();
     let unscanned = folders.iter().filter(|f| !states.contains_key(&f.name)).count();
     if !failed.is_empty() || unscanned > 0 {
@@ -131,6 +80,87 @@ pub fn sync_account(store: &dyn Store, account: &ImapAccount, progress: &mut dyn
         return Err(SyncError::Folders { account: account.id.clone(), failed: failed.len() + unscanned, first });
     }
     Ok(report)
+}
+
+/// One sync under way: what its jobs have found so far.
+struct Sync<'a> {
+    store: &'a dyn Store,
+    account: &'a ImapAccount,
+    folders: &'a [Folder],
+    report: SyncReport,
+    states: BTreeMap<String, FolderState>,
+    /// The server refused the login of some connection.
+    refused: Option<String>,
+}
+
+impl Sync<'_> {
+    /// Scans every folder and fetches what is missing over up to `connections` connections,
+    /// planning the fetches of a folder as its scan comes back.
+    fn serve(&mut self, password: &Password, caches: &HashMap<String, FolderCache>) -> Result<(), StoreError> {
+        let (job_tx, job_rx) = unbounded::<Job>();
+        let (out_tx, out_rx) = unbounded::<Outcome>();
+        let (account, store) = (self.account, self.store);
+        std::thread::scope(|scope| {
+            for _ in 0..account.connections().min(self.folders.len().max(1)) {
+                let (jobs, out) = (job_rx.clone(), out_tx.clone());
+                scope.spawn(move || worker(account, password, store, jobs, out));
+            }
+            drop(out_tx);
+            let mut pending = 0usize;
+            for folder in self.folders {
+                let cache = caches.get(&folder.name).cloned().map(Arc::new);
+                let _ = job_tx.send(Job::Scan { folder: folder.clone(), cache });
+                pending += 1;
+            }
+            // Message keys some fetch job of this sync will store: another folder need not.
+            let mut scheduled: HashSet<String> = HashSet::new();
+            while pending > 0 {
+                let Ok(outcome) = out_rx.recv() else { break };
+                pending -= 1;
+                for job in self.take(outcome, &mut scheduled)? {
+                    let _ = job_tx.send(job);
+                    pending += 1;
+                }
+            }
+            drop(job_tx);
+            Ok(())
+        })
+    }
+
+    /// Takes in one job's outcome; returns the jobs it leads to (a scanned folder's fetches).
+    fn take(&mut self, outcome: Outcome, scheduled: &mut HashSet<String>) -> Result<Vec<Job>, StoreError> {
+        match outcome {
+            Outcome::Scanned { folder, uidvalidity, uidnext, entries, retries } => {
+                self.report.retries += retries;
+                let to_fetch = plan_fetches(self.store, &entries, scheduled, &mut self.report)?;
+                let jobs = to_fetch.into_iter().map(|uids| Job::Fetch { folder: folder.name.clone(), uids }).collect();
+                let entries = entries.into_iter().map(|e| (e.uid, e)).collect();
+                self.states.insert(folder.name.clone(), FolderState { folder, uidvalidity, uidnext, entries, failed: None });
+                return Ok(jobs);
+            }
+            Outcome::Fetched { folder, keys, retries } => {
+                self.report.retries += retries;
+                self.report.fetched += keys.len();
+                if let Some(state) = self.states.get_mut(&folder) {
+                    for (uid, key) in keys {
+                        if let Some(e) = state.entries.get_mut(&uid) {
+                            e.key = Some(key);
+                            e.needs_body_for_key = false;
+                        }
+                    }
+                }
+            }
+            Outcome::Failed { folder, error, retries } => {
+                self.report.retries += retries;
+                tracing::warn!(account = %self.account.id, %folder, %error, "folder not synced");
+                mark_failed(&mut self.states, self.folders, &folder, error);
+            }
+            Outcome::LoginRefused(reason) => {
+                self.refused.get_or_insert(reason);
+            }
+        }
+        Ok(Vec::new())
+    }
 }
 
 fn mark_failed(states: &mut BTreeMap<String, FolderState>, folders: &[Folder], name: &str, error: String) {

@@ -260,30 +260,8 @@ fn write_one(
     seq: i64,
     index: &[(String, String)],
 ) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
-    // The common case in one statement: a new document, or an update of a live one at the
-    // given revision, with no attachments and no index rows either side. Anything else (and a
-    // statement that matches no row: a conflict, a deleted document, a changed schema) takes
-    // the full path below.
-    if let (Some(new_rev), true) = (&doc.plain_rev, index.is_empty()) {
-        let new_rev = new_rev.clone();
-        let written = match &doc.rev {
-            None => tx
-                .prepare_cached(
-                    "INSERT INTO docs (seq, id, rev, deleted, has_att, body, schema) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)
-                     ON CONFLICT(id) DO NOTHING",
-                )?
-                .execute(params![seq, doc.id, new_rev, doc.deleted, doc.body, doc.schema])?,
-            Some(given) => tx
-                .prepare_cached(
-                    "UPDATE docs SET seq = ?1, rev = ?3, deleted = ?4, body = ?5
-                     WHERE id = ?2 AND rev = ?7 AND deleted = 0 AND has_att = 0 AND schema IS ?6
-                       AND (schema IS NULL OR schema NOT IN (SELECT schema FROM indexed_fields))",
-                )?
-                .execute(params![seq, doc.id, new_rev, doc.deleted, doc.body, doc.schema, given])?,
-        };
-        if written == 1 {
-            return Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }));
-        }
+    if let Some(written) = write_plain(tx, &doc, seq, index)? {
+        return Ok(Ok(written));
     }
     let existing: Option<(String, bool)> = tx
         .prepare_cached("SELECT rev, deleted FROM docs WHERE id = ?1")?
@@ -300,53 +278,10 @@ fn write_one(
     let generation = prev_rev.as_deref().map_or(0, rev::generation) + 1;
 
     // Attachments: new data is stored, stubs keep what is there, the rest is removed.
-    let mut keep: Vec<String> = Vec::new();
-    let mut digests: Vec<String> = Vec::new();
-    if let (false, Some(atts)) = (doc.deleted, &doc.attachments) {
-        // Refused before anything of it is stored.
-        if let Some(Some(Err(reason))) = atts.iter().map(|a| a.data.as_ref()).find(|d| matches!(d, Some(Err(_)))) {
-            return Ok(Err(WriteResult::Error { id: doc.id, reason: reason.clone() }));
-        }
-        for IncomingAttachment { name, content_type, data } in atts {
-            match data {
-                Some(Err(reason)) => return Ok(Err(WriteResult::Error { id: doc.id, reason: reason.clone() })),
-                Some(Ok((data, digest))) => {
-                    tx.prepare_cached(
-                        "INSERT INTO attachments (doc_id, name, content_type, length, digest, revpos, data)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                         ON CONFLICT(doc_id, name) DO UPDATE SET content_type = excluded.content_type,
-                           length = excluded.length, digest = excluded.digest, revpos = excluded.revpos, data = excluded.data",
-                    )?
-                    .execute(params![
-                        doc.id,
-                        name,
-                        content_type,
-                        data.len() as i64,
-                        digest,
-                        generation as i64,
-                        data
-                    ])?;
-                    digests.push(digest.clone());
-                }
-                None => {
-                    let digest: Option<String> = tx
-                        .prepare_cached("SELECT digest FROM attachments WHERE doc_id = ?1 AND name = ?2")?
-                        .query_row(params![doc.id, name], |r| r.get(0))
-                        .optional()?;
-                    match digest {
-                        Some(d) => digests.push(d),
-                        None => {
-                            return Ok(Err(WriteResult::Error {
-                                id: doc.id,
-                                reason: format!("attachment {name} is a stub for nothing stored"),
-                            }))
-                        }
-                    }
-                }
-            }
-            keep.push(name.clone());
-        }
-    }
+    let (keep, digests) = match store_attachments(tx, &doc, generation)? {
+        Ok(kept) => kept,
+        Err(refused) => return Ok(Err(refused)),
+    };
     if existing.is_some() {
         let mut stmt = tx.prepare_cached("SELECT name FROM attachments WHERE doc_id = ?1")?;
         let stored: Vec<String> = stmt.query_map([&doc.id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
@@ -373,4 +308,77 @@ fn write_one(
         }
     }
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
+}
+
+/// The common write in one statement: a new document, or an update of a live one at the given
+/// revision, with no attachments and no index rows either side. `None` when it does not apply,
+/// or its statement matched no row (a conflict, a deleted document, a changed schema): the full
+/// path of [`write_one`] then decides.
+fn write_plain(
+    tx: &rusqlite::Transaction<'_>,
+    doc: &Incoming,
+    seq: i64,
+    index: &[(String, String)],
+) -> rusqlite::Result<Option<WriteResult>> {
+    let (Some(new_rev), true) = (&doc.plain_rev, index.is_empty()) else { return Ok(None) };
+    let written = match &doc.rev {
+        None => tx
+            .prepare_cached(
+                "INSERT INTO docs (seq, id, rev, deleted, has_att, body, schema) VALUES (?1, ?2, ?3, ?4, 0, ?5, ?6)
+                 ON CONFLICT(id) DO NOTHING",
+            )?
+            .execute(params![seq, doc.id, new_rev, doc.deleted, doc.body, doc.schema])?,
+        Some(given) => tx
+            .prepare_cached(
+                "UPDATE docs SET seq = ?1, rev = ?3, deleted = ?4, body = ?5
+                 WHERE id = ?2 AND rev = ?7 AND deleted = 0 AND has_att = 0 AND schema IS ?6
+                   AND (schema IS NULL OR schema NOT IN (SELECT schema FROM indexed_fields))",
+            )?
+            .execute(params![seq, doc.id, new_rev, doc.deleted, doc.body, doc.schema, given])?,
+    };
+    Ok((written == 1).then(|| WriteResult::Ok { id: doc.id.clone(), rev: new_rev.clone() }))
+}
+
+/// Stores a document's new attachment data at revision `generation` and finds the digests of
+/// the stubs it keeps: the names kept and every kept attachment's digest (for its revision), or
+/// the refusal (data that is not base64, a stub for nothing stored) before anything is stored.
+fn store_attachments(
+    tx: &rusqlite::Transaction<'_>,
+    doc: &Incoming,
+    generation: u64,
+) -> rusqlite::Result<Result<(Vec<String>, Vec<String>), WriteResult>> {
+    let mut keep: Vec<String> = Vec::new();
+    let mut digests: Vec<String> = Vec::new();
+    let (false, Some(atts)) = (doc.deleted, &doc.attachments) else { return Ok(Ok((keep, digests))) };
+    let refuse = |reason: String| Ok(Err(WriteResult::Error { id: doc.id.clone(), reason }));
+    if let Some(Some(Err(reason))) = atts.iter().map(|a| a.data.as_ref()).find(|d| matches!(d, Some(Err(_)))) {
+        return refuse(reason.clone());
+    }
+    for IncomingAttachment { name, content_type, data } in atts {
+        match data {
+            Some(Err(reason)) => return refuse(reason.clone()),
+            Some(Ok((data, digest))) => {
+                tx.prepare_cached(
+                    "INSERT INTO attachments (doc_id, name, content_type, length, digest, revpos, data)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT(doc_id, name) DO UPDATE SET content_type = excluded.content_type,
+                       length = excluded.length, digest = excluded.digest, revpos = excluded.revpos, data = excluded.data",
+                )?
+                .execute(params![doc.id, name, content_type, data.len() as i64, digest, generation as i64, data])?;
+                digests.push(digest.clone());
+            }
+            None => {
+                let digest: Option<String> = tx
+                    .prepare_cached("SELECT digest FROM attachments WHERE doc_id = ?1 AND name = ?2")?
+                    .query_row(params![doc.id, name], |r| r.get(0))
+                    .optional()?;
+                match digest {
+                    Some(d) => digests.push(d),
+                    None => return refuse(format!("attachment {name} is a stub for nothing stored")),
+                }
+            }
+        }
+        keep.push(name.clone());
+    }
+    Ok(Ok((keep, digests)))
 }
