@@ -7,19 +7,37 @@ use std::path::{Path, PathBuf};
 
 /// What a layer (a folder or file under `src/`) must not name, and why.
 const LAYERS: &[(&str, &[&str], &str)] = &[
-    ("js/", &["crate::store", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
-     "the JS pool knows neither stores nor documents' meaning"),
-    ("store/", &["crate::js", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
-     "a store knows JSON documents, nothing of what runs on them"),
-    ("model/", &["crate::js", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
-     "the document model knows no engine, pipeline or protocol"),
-    ("mail/", &["crate::js", "crate::store", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::ingest"],
-     "mail parsing knows neither JS nor stores"),
-    ("protocols/", &["crate::js", "crate::pipeline", "crate::host_api"],
-     "protocols write raw documents through the model and ingest, never through the pipeline"),
+    (
+        "js/",
+        &["crate::store", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
+        "the JS pool knows neither stores nor documents' meaning",
+    ),
+    (
+        "store/",
+        &["crate::js", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
+        "a store knows JSON documents, nothing of what runs on them",
+    ),
+    (
+        "model/",
+        &["crate::js", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "crate::ingest"],
+        "the document model knows no engine, pipeline or protocol",
+    ),
+    (
+        "mail/",
+        &["crate::js", "crate::store", "crate::model", "crate::pipeline", "crate::host_api", "crate::protocols", "crate::ingest"],
+        "mail parsing knows neither JS nor stores",
+    ),
+    (
+        "protocols/",
+        &["crate::js", "crate::pipeline", "crate::host_api"],
+        "protocols write raw documents through the model and ingest, never through the pipeline",
+    ),
     ("ingest.rs", &["crate::js", "crate::pipeline", "crate::host_api"], "raw ingest knows the model and the store only"),
-    ("pipeline/", &["crate::host_api", "crate::protocols", "crate::mail", "store::embedded", "store::couch"],
-     "the pipeline sees the store only through the Store trait and JS only through the pool"),
+    (
+        "pipeline/",
+        &["crate::host_api", "crate::protocols", "crate::mail", "store::embedded", "store::couch"],
+        "the pipeline sees the store only through the Store trait and JS only through the pool",
+    ),
 ];
 
 /// Where the JS pool may be named: the layers that run extensions.
@@ -155,8 +173,12 @@ fn unsafe_lives_in_the_engine_with_its_reasons() {
             }
             if function {
                 // Its doc comment: the `///` lines right above (attributes between are fine).
-                let docs: Vec<&String> =
-                    s.lines[..n].iter().rev().skip_while(|l| l.trim_start().starts_with("#[")).take_while(|l| l.trim_start().starts_with("///")).collect();
+                let docs: Vec<&String> = s.lines[..n]
+                    .iter()
+                    .rev()
+                    .skip_while(|l| l.trim_start().starts_with("#["))
+                    .take_while(|l| l.trim_start().starts_with("///"))
+                    .collect();
                 if !docs.iter().any(|l| l.contains("# Safety")) {
                     problems.push(format!("src/{}:{}: an unsafe fn without a `# Safety` section", s.rel, n + 1));
                 }
@@ -188,9 +210,11 @@ fn functions_fit_a_screen_or_say_why() {
         let mut n = 0;
         while n < s.lines.len() {
             let line = code(&s.lines[n]);
-            let is_fn = line.trim_start().split_whitespace().take_while(|w| *w != "fn").all(|w| {
-                matches!(w, "pub" | "const" | "unsafe" | "extern" | "\"C\"" | "async") || w.starts_with("pub(")
-            }) && line.trim_start().split_whitespace().any(|w| w == "fn");
+            let is_fn = line
+                .split_whitespace()
+                .take_while(|w| *w != "fn")
+                .all(|w| matches!(w, "pub" | "const" | "unsafe" | "extern" | "\"C\"" | "async") || w.starts_with("pub("))
+                && line.split_whitespace().any(|w| w == "fn");
             if !is_fn {
                 n += 1;
                 continue;
@@ -213,9 +237,17 @@ fn functions_fit_a_screen_or_say_why() {
                 }
             }
             let length = end - n + 1;
-            let said = s.lines[..n].iter().rev().take_while(|l| l.trim_start().starts_with("///") || l.trim_start().starts_with("#[")).any(|l| l.contains("Long on purpose"));
+            let said = s.lines[..n]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("///") || l.trim_start().starts_with("#["))
+                .any(|l| l.contains("Long on purpose"));
             if length > 80 && !said {
-                problems.push(format!("src/{}:{}: a function of {length} lines (split it, or say `Long on purpose: …` in its doc)", s.rel, n + 1));
+                problems.push(format!(
+                    "src/{}:{}: a function of {length} lines (split it, or say `Long on purpose: …` in its doc)",
+                    s.rel,
+                    n + 1
+                ));
             }
             n = if opened { end + 1 } else { n + 1 };
         }

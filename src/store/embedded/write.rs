@@ -339,6 +339,9 @@ fn write_plain(
     Ok((written == 1).then(|| WriteResult::Ok { id: doc.id.clone(), rev: new_rev.clone() }))
 }
 
+/// The names of a document's attachments kept by a write, and every kept one's digest.
+type KeptAttachments = (Vec<String>, Vec<String>);
+
 /// Stores a document's new attachment data at revision `generation` and finds the digests of
 /// the stubs it keeps: the names kept and every kept attachment's digest (for its revision), or
 /// the refusal (data that is not base64, a stub for nothing stored) before anything is stored.
@@ -346,7 +349,7 @@ fn store_attachments(
     tx: &rusqlite::Transaction<'_>,
     doc: &Incoming,
     generation: u64,
-) -> rusqlite::Result<Result<(Vec<String>, Vec<String>), WriteResult>> {
+) -> rusqlite::Result<Result<KeptAttachments, WriteResult>> {
     let mut keep: Vec<String> = Vec::new();
     let mut digests: Vec<String> = Vec::new();
     let (false, Some(atts)) = (doc.deleted, &doc.attachments) else { return Ok(Ok((keep, digests))) };
