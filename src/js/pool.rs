@@ -222,12 +222,12 @@ impl JsPool {
         Ok(JsPool { jobs: Some(job_tx), workers, extensions, _watchdog: watchdog })
     }
 
-    /// Every extension, in load order, with its declaration or load error.
     /// How many calls can run side by side.
     pub fn threads(&self) -> usize {
         self.workers.len()
     }
 
+    /// Every extension, in load order, with its declaration or load error.
     pub fn extensions(&self) -> &[LoadedExtension] {
         &self.extensions
     }

@@ -231,9 +231,8 @@ impl Worker<'_> {
         decl.time_limit().unwrap_or(self.shared.config.time_limit)
     }
 
-    /// One call of a control method other than `run`, under the extension's time limit; the
-    /// runtime is recycled after an out-of-memory.
-    /// One call of `method`, stopped after the extension's time limit times `units`.
+    /// One call of a control method other than `run`, stopped after the extension's time limit
+    /// times `units`; the runtime is recycled after an out-of-memory.
     fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str, units: u32) -> Result<String, HandlerError> {
         let decl = self.declaration(ext)?;
         let limit = self.time_limit(&decl).checked_mul(units.max(1)).unwrap_or(Duration::MAX);
