@@ -15,6 +15,7 @@
 //   __rd_host.log(level, text)        write to the daemon's log, tagged with the extension id
 //   __rd_host.begin()                 a handler call starts now (the watchdog's clock)
 //   __rd_host.call(name, json) -> json  call a Rust host function registered by name
+//   __rd_host.lib(name) -> value      evaluate lib/<name>.js in this global, return its value
 //   __rd_host.drain()                 run the promise jobs queued so far (throws what a job
 //                                     could not catch; a stop from the watchdog ends it too)
 //   __rd_host.natives                 the names of those host functions
@@ -31,6 +32,7 @@
   const hostBegin = host.begin;
   const hostCall = host.call;
   const hostDrain = host.drain;
+  const hostLib = host.lib;
   const PromiseCtor = Promise;
   const promiseResolve = Function.prototype.call.bind(Promise.resolve);
   const promiseThen = Function.prototype.call.bind(Promise.prototype.then);
@@ -45,6 +47,8 @@
   const strLastIndexOf = uncurry(String.prototype.lastIndexOf);
   const strSlice = uncurry(String.prototype.slice);
   const strStartsWith = uncurry(String.prototype.startsWith);
+  const regexTest = uncurry(RegExp.prototype.test);
+  const LIB_NAME = /^[A-Za-z0-9_.-]+$/;
   const numberIsFinite = Number.isFinite;
   const NumberCtor = Number;
   const DRIVER_FILE = "driver/main.js";
@@ -59,6 +63,9 @@
   let emitted = null; // JSON texts of the items emitted by the running handler
   let laterValues = null; // values given to process_later by the running handler
   let partial = null; // per-document outcomes of the batch being run
+  let loading = true; // the file's top-level code is running (until describe())
+  const libsLoaded = []; // names given to load_lib, in order
+  const libResults = Object.create(null);
 
   // "file:line:column" of a stack frame ("name@file:line:column").
   function frameSite(frame) {
@@ -261,6 +268,28 @@
     push(emitted, text);
   }
 
+  // load_lib(name): evaluates lib/<name>.js of the extensions folder in this extension's global
+  // (its top-level functions become the extension's), once, and returns its completion value.
+  // Only while the file loads: what it loaded is part of the extension's fingerprint, so an
+  // edited library re-derives the outputs of the extensions that use it.
+  function load_lib(name) {
+    if (!loading) throw apiError(ErrorCtor, "load_lib() may only be called at the top level of an extension, while it loads");
+    if (typeof name !== "string" || !regexTest(LIB_NAME, name))
+      throw apiError(TypeError, "load_lib: the name of a file in the extensions folder's lib/, without .js");
+    if (indexOf(libsLoaded, name) >= 0) return libResults[name];
+    let result;
+    try {
+      result = hostLib(name);
+    } catch (e) {
+      // A missing library is the caller's mistake: placed at its line. An error inside the
+      // library keeps the library's own place.
+      throw e !== null && typeof e === "object" && e.fileName === DRIVER_FILE ? placed(e) : e;
+    }
+    push(libsLoaded, name);
+    libResults[name] = result;
+    return result;
+  }
+
   function log() {
     const parts = [];
     for (let i = 0; i < arguments.length; i++) push(parts, formatArg(arguments[i]));
@@ -387,6 +416,7 @@
   defineGlobal("emit_schema", emit_schema);
   defineGlobal("withdraw_schema", withdraw_schema);
   defineGlobal("log", log);
+  defineGlobal("load_lib", load_lib);
   defineGlobal("process_later", process_later);
   for (const name of host.natives) {
     defineGlobal(name, function () {
@@ -468,6 +498,7 @@
   return {
     // JSON text describing the declared extension, or throws naming file:line.
     describe() {
+      loading = false;
       if (declarationError !== null) throw new ErrorCtor(declarationError);
       if (declaration === null) throw new ErrorCtor("the file never calls extension({...})");
       const d = declaration;
@@ -476,7 +507,7 @@
         confidence: d.confidence, time_limit_ms: d.time_limit_ms,
         uses_dependencies: d.uses_dependencies, indexes: d.indexes, later_in_parts: d.later_in_parts,
         has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,
-        site: d.site,
+        site: d.site, libs: slice(libsLoaded),
       });
     },
     // Runs the handler over an array of documents; returns the JSON text of an array with one

@@ -24,6 +24,11 @@ pub struct FileConfig {
     pub accounts: Vec<crate::protocols::imap::ImapAccount>,
     /// How often `raindrop run` syncs the accounts (default 300 s).
     pub sync_interval_secs: Option<u64>,
+    /// Where `raindrop run` listens for HTTP (default `127.0.0.1:5985`; `off`: nowhere).
+    pub listen: Option<String>,
+    /// The token HTTP requests must carry (`Authorization: Bearer …`); required when listening
+    /// on an address that is not loopback. `RAINDROP_API_TOKEN` wins over it.
+    pub api_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -5,6 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
 mod digest;
 pub mod host_api;
 pub mod ingest;
@@ -12,6 +13,7 @@ pub mod js;
 pub mod json_lines;
 mod json_text;
 pub mod mail;
+pub mod metrics;
 pub mod model;
 mod par;
 pub mod pipeline;

@@ -41,7 +41,7 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
 ];
 
 /// Where the JS pool may be named: the layers that run extensions.
-const POOL_USERS: &[&str] = &["js/", "pipeline/", "cli/", "bin/"];
+const POOL_USERS: &[&str] = &["js/", "pipeline/", "daemon/", "cli/", "bin/"];
 
 /// A source file: its path under `src/` and its lines.
 struct Source {
@@ -123,6 +123,21 @@ fn only_the_engine_touches_spidermonkey() {
         }
     }
     fail(problems, "mozjs outside src/js/engine");
+}
+
+#[test]
+fn async_stays_in_the_http_listener() {
+    // Extensions and the pipeline are threads; tokio and hyper serve HTTP and nothing else.
+    let mut problems = Vec::new();
+    for s in sources().iter().filter(|s| s.rel != "daemon/http.rs") {
+        for (n, line) in s.lines.iter().enumerate() {
+            let c = code(line);
+            if names(c, "tokio") || names(c, "hyper") || c.contains("async fn") || c.contains(".await") {
+                problems.push(format!("src/{}:{}: async outside src/daemon/http.rs", s.rel, n + 1));
+            }
+        }
+    }
+    fail(problems, "async outside the listener");
 }
 
 #[test]

@@ -117,6 +117,9 @@ impl raindrop::js::engine::Host for NoHost {
     fn call_native(&self, _: &str, _: &str, _: &str) -> String {
         "{}".into()
     }
+    fn lib_source(&self, _: &str) -> Option<String> {
+        None
+    }
 }
 
 fn json_batch(docs: &[Arc<str>], n: usize) -> String {

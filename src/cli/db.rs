@@ -11,7 +11,7 @@ use raindrop::store::{Doc, Seq, WriteResult};
 
 use super::Settings;
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum DbCommand {
     /// Database summary: document counts, update sequence, backend.
     Info,

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod db;
 mod ext;
+mod init;
 mod process;
 mod sync;
 
@@ -14,7 +15,7 @@ use raindrop::config::{self, FileConfig};
 use raindrop::store::{self, Store, StoreSpec};
 
 /// Raindrop hosts JavaScript back-end extensions in embedded SpiderMonkey.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(name = "raindrop", version)]
 pub struct Cli {
     /// More logging (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
@@ -44,7 +45,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum Command {
     /// Work on extensions: list them, run one on a document.
     #[command(subcommand)]
@@ -55,8 +56,15 @@ pub enum Command {
     /// Run the extensions over every new document until nothing is left to do.
     Process(process::ProcessArgs),
     /// The headless daemon: sync the accounts on an interval, follow the feed and process
-    /// continuously.
-    Run(process::ProcessArgs),
+    /// continuously, take up changes to the extensions folder, serve status and metrics over
+    /// HTTP. SIGTERM/SIGINT stop it cleanly, SIGHUP reads the config file again.
+    Run(process::RunArgs),
+    /// Write a commented configuration file (default ~/.config/raindrop/config.toml).
+    Init {
+        /// Replace a file that exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Re-run an extension (or all) over all its sources.
     Reprocess {
         #[arg(long)]
@@ -120,6 +128,10 @@ pub struct Settings {
     /// Mail accounts, for `sync` and `run`.
     pub accounts: Vec<raindrop::protocols::imap::ImapAccount>,
     pub sync_interval: std::time::Duration,
+    /// `listen` from the config file (`--listen` wins).
+    pub listen: Option<String>,
+    /// The HTTP token: `RAINDROP_API_TOKEN`, else `api_token` from the config file.
+    pub api_token: Option<String>,
 }
 
 impl Settings {
@@ -135,7 +147,20 @@ impl Settings {
             identities: my_identities(&file),
             sync_interval: std::time::Duration::from_secs(file.sync_interval_secs.unwrap_or(300).max(1)),
             accounts: file.accounts,
+            listen: file.listen,
+            api_token: std::env::var("RAINDROP_API_TOKEN").ok().filter(|t| !t.is_empty()).or(file.api_token),
         })
+    }
+
+    /// What the daemon takes from the settings (again on SIGHUP).
+    pub fn daemon_settings(&self) -> raindrop::daemon::DaemonSettings {
+        raindrop::daemon::DaemonSettings {
+            extensions: self.extensions.clone(),
+            js_threads: self.js_threads,
+            identities: self.identities.clone(),
+            accounts: self.accounts.clone(),
+            sync_interval: self.sync_interval,
+        }
     }
 
     pub fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {
@@ -200,12 +225,17 @@ pub fn init_logging(verbose: u8) {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::resolve(&cli)?;
+    // `init` makes the config file, so it must not need one.
+    let settings = match &cli.command {
+        Command::Init { force } => return init::write(cli.config.as_deref(), *force),
+        _ => Settings::resolve(&cli)?,
+    };
     match &cli.command {
         Command::Ext(cmd) => ext::run(&settings, cmd),
         Command::Db(cmd) => db::run(&settings, cmd),
-        Command::Process(args) => process::process(&settings, args),
-        Command::Run(args) => process::run_daemon(&settings, &process::ProcessArgs { continuous: true, ..args.clone() }),
+        Command::Process(args) => process::process(&cli, &settings, args),
+        Command::Run(args) => process::run_daemon(&cli, &settings, args),
+        Command::Init { force } => init::write(cli.config.as_deref(), *force),
         Command::Reprocess { ext } => process::forget(&settings, ext.as_deref(), false, false, true),
         Command::Unprocess { ext } => process::forget(&settings, ext.as_deref(), true, false, false),
         Command::RetryErrors => process::forget(&settings, None, false, true, true),

@@ -31,6 +31,32 @@ pub struct ProcessArgs {
     pub page_size: usize,
 }
 
+/// `raindrop run`'s flags: those of `process`, and where to listen.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    /// Where to serve /status, /metrics and /healthz over HTTP (default 127.0.0.1:5985, or
+    /// `listen` in the config file); `off` for nowhere. An address that is not loopback needs
+    /// a token (api_token in the config file, or RAINDROP_API_TOKEN).
+    #[arg(long)]
+    pub listen: Option<String>,
+}
+
+/// The default address of the daemon's listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5985";
+
+/// `--listen`, else the config file's, else the default; `None` for `off`.
+pub fn listen_address(flag: Option<&str>, settings: &Settings) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let spec = flag.or(settings.listen.as_deref()).unwrap_or(DEFAULT_LISTEN);
+    if spec.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(spec)
+        .with_context(|| format!("--listen {spec}: not an address to listen on (host:port, or off)"))?;
+    addrs.next().map(Some).ok_or_else(|| anyhow::anyhow!("--listen {spec}: the name has no address"))
+}
+
 fn parse_worker(s: &str) -> Result<(u64, u64), String> {
     let (k, n) = s.split_once('/').ok_or("expected K/N, e.g. 0/2")?;
     let (k, n): (u64, u64) = (k.parse().map_err(|_| "K must be a number")?, n.parse().map_err(|_| "N must be a number")?);
@@ -45,9 +71,9 @@ impl ProcessArgs {
         RunOptions {
             page_size: self.page_size.max(1),
             continuous: self.continuous,
-            until: None,
             stop_on_error: self.stop_on_error,
             worker: self.worker,
+            ..RunOptions::default()
         }
     }
 }
@@ -113,7 +139,11 @@ fn finish(stats: &Stats, started: Instant) {
     );
 }
 
-pub fn process(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCode> {
+pub fn process(cli: &super::Cli, settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCode> {
+    if args.continuous {
+        // Continuous: the daemon, without the mail sync or the listener.
+        return daemon(cli, settings, args, None, false);
+    }
     let started = Instant::now();
     let (_store, pipeline) = start(settings)?;
     let stats = pipeline.run(&args.options(), progress_printer())?;
@@ -121,15 +151,31 @@ pub fn process(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// `raindrop run`: the mail accounts synced every `sync_interval_secs` on a thread of their
-/// own, and continuous processing on this one.
-pub fn run_daemon(settings: &Settings, args: &ProcessArgs) -> anyhow::Result<ExitCode> {
+/// `raindrop run`: the daemon (see `raindrop::daemon`), with the mail sync and the listener.
+pub fn run_daemon(cli: &super::Cli, settings: &Settings, args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let listen = listen_address(args.listen.as_deref(), settings)?;
+    daemon(cli, settings, &args.process, listen, true)
+}
+
+fn daemon(
+    cli: &super::Cli,
+    settings: &Settings,
+    args: &ProcessArgs,
+    listen: Option<std::net::SocketAddr>,
+    sync: bool,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (store, pipeline) = start(settings)?;
-    if !settings.accounts.is_empty() {
-        super::sync::spawn_periodic(store, settings.accounts.clone(), settings.sync_interval).context("cannot start the sync thread")?;
-    }
-    let stats = pipeline.run(&args.options(), progress_printer())?;
+    let options = raindrop::daemon::DaemonOptions {
+        store: settings.store.clone(),
+        listen,
+        token: settings.api_token.clone(),
+        run: RunOptions { continuous: true, ..args.options() },
+        sync,
+    };
+    let cli = cli.clone();
+    let reread = move || super::Settings::resolve(&cli).map(|s| s.daemon_settings()).map_err(|e| format!("{e:#}"));
+    let mut progress = progress_printer();
+    let stats = raindrop::daemon::run(options, settings.daemon_settings(), reread, &mut progress)?;
     finish(&stats, started);
     Ok(ExitCode::SUCCESS)
 }
@@ -150,35 +196,88 @@ pub fn forget(settings: &Settings, ext: Option<&str>, remove: bool, only_errors:
     Ok(ExitCode::SUCCESS)
 }
 
+/// `raindrop status`: from the running daemon of this database when there is one (what it
+/// counts since it started, beside the backlog), else from the database.
 pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
+    if let Some(status) = daemon_status(settings) {
+        print_daemon_status(&status)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = settings.open_store()?;
     let info = store.info()?;
     let counts = pipeline::extension_counts(&*store)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "database: {} ({}), {} documents, update seq {}", info.location, info.backend, info.doc_count, info.update_seq)?;
-    let checkpoint = store.get_local("raindrop-pipeline")?;
-    let since = checkpoint
-        .as_ref()
-        .and_then(|c| c.get("seq"))
-        .and_then(|s| s.as_str())
-        .map(raindrop::store::Seq::from_raw)
-        .unwrap_or_else(raindrop::store::Seq::zero);
-    let mut backlog = 0u64;
-    let mut cursor = since;
-    loop {
-        let page = store.changes(&cursor, 5000, false)?;
-        if page.changes.is_empty() {
-            break;
-        }
-        backlog += page.changes.len() as u64;
-        cursor = page.last_seq;
-    }
+    let backlog = pipeline::backlog(&*store, &Pipeline::checkpoint_id(&RunOptions::default()))?;
     writeln!(out, "backlog: {backlog} change(s) not yet processed")?;
     writeln!(out, "{:<48} {:>10} {:>8}", "extension", "processed", "errors")?;
     for (ext, (processed, errors)) in counts {
         writeln!(out, "{ext:<48} {processed:>10} {errors:>8}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `/status` of a daemon listening where the settings say, if it runs on this database.
+fn daemon_status(settings: &Settings) -> Option<serde_json::Value> {
+    let mut addr = listen_address(None, settings).ok()??;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let client = reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(3)).build().ok()?;
+    let mut request = client.get(format!("http://{addr}/status"));
+    if let Some(token) = &settings.api_token {
+        request = request.bearer_auth(token);
+    }
+    let status: serde_json::Value = request.send().ok()?.error_for_status().ok()?.json().ok()?;
+    (status["daemon"]["db_identity"].as_str() == Some(settings.store.identity().as_str())).then_some(status)
+}
+
+fn print_daemon_status(status: &serde_json::Value) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let d = &status["daemon"];
+    writeln!(out, "daemon: pid {}, up {} s, database {}", d["pid"], d["uptime_seconds"], d["db"].as_str().unwrap_or_default())?;
+    match status.get("backlog") {
+        Some(n) => writeln!(out, "backlog: {n} change(s) not yet processed")?,
+        None => writeln!(out, "backlog: unknown ({})", status["backlog_error"].as_str().unwrap_or_default())?,
+    }
+    writeln!(
+        out,
+        "{:<44} {:>10} {:>7} {:>8} {:>9} {:>9}",
+        "extension (since the daemon started)", "processed", "errors", "docs/s", "mean ms", "p99 ms"
+    )?;
+    let ms = |v: &serde_json::Value| v.as_f64().map_or("-".to_string(), |x| format!("{x:.2}"));
+    for (id, e) in status["extensions"].as_object().into_iter().flatten() {
+        writeln!(
+            out,
+            "{id:<44} {:>10} {:>7} {:>8.1} {:>9} {:>9}",
+            e["processed"],
+            e["errors"],
+            e["docs_per_second"].as_f64().unwrap_or(0.0),
+            ms(&e["mean_ms"]),
+            ms(&e["p99_ms"])
+        )?;
+        if let Some(last) = e.get("last_error").filter(|l| !l.is_null()) {
+            let place = match (last["file"].as_str(), last["line"].as_u64()) {
+                (Some(f), Some(l)) => format!("{f}:{l}: "),
+                _ => String::new(),
+            };
+            writeln!(out, "    last error: {place}{}", last["message"].as_str().unwrap_or_default())?;
+        }
+    }
+    for (id, a) in status["accounts"].as_object().into_iter().flatten() {
+        writeln!(
+            out,
+            "account {id}: {} sync(s), {} failed, last {}{}",
+            a["syncs"],
+            a["errors"],
+            a["last_sync"],
+            a["last_error"].as_str().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+        )?;
+    }
+    for f in status["failed_to_load"].as_array().into_iter().flatten() {
+        writeln!(out, "not loaded: {}", f["error"].as_str().unwrap_or_default())?;
+    }
+    Ok(())
 }
 
 /// `raindrop import PATH…`: .eml files, mbox files and Maildir folders become `rd.msg.rfc822`

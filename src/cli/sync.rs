@@ -1,8 +1,6 @@
-//! `raindrop sync`, and the periodic sync of `raindrop run`.
+//! `raindrop sync` (the daemon's periodic sync is `raindrop::daemon`'s).
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use raindrop::protocols::imap::{self, ImapAccount, SyncReport};
 use raindrop::store::Store;
@@ -39,21 +37,4 @@ fn sync_one(store: &dyn Store, account: &ImapAccount) -> Result<SyncReport, imap
         account.id, report.folders, report.messages, report.fetched, report.already_stored, report.retries
     );
     Ok(report)
-}
-
-/// Syncs all accounts now and then every `interval`, on a thread of its own; a failed sync is
-/// logged and tried again at the next interval.
-pub fn spawn_periodic(store: Arc<dyn Store>, accounts: Vec<ImapAccount>, interval: Duration) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("imap-sync".into())
-        .spawn(move || loop {
-            for account in &accounts {
-                if let Err(e) = sync_one(&*store, account) {
-                    tracing::error!("{e}");
-                    eprintln!("error: {e}");
-                }
-            }
-            std::thread::sleep(interval);
-        })
-        .map(|_| ())
 }

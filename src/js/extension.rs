@@ -1,25 +1,40 @@
 //! Extensions as files: finding them in a folder, their declarations, and their fingerprints.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-/// One extension's source, as read from its `.js` file.
+/// The libraries extensions may load with `load_lib(name)`: name → source.
+pub type Libs = BTreeMap<String, String>;
+
+/// One extension's source, as read from its `.js` file, with the libraries it may load.
 #[derive(Debug, Clone)]
 pub struct ExtensionSource {
     /// Where it was read from; also the file name JS errors and stacks report.
     pub path: PathBuf,
     pub source: String,
+    /// The `lib/` of its folder when it was read. They travel with the source, so that a
+    /// version kept because a newer one fails to load keeps the libraries it loaded with.
+    pub libs: Arc<Libs>,
 }
 
 impl ExtensionSource {
+    /// The file alone, with no libraries (see [`read_dir`] for a folder's).
     pub fn read(path: &Path) -> Result<ExtensionSource, ExtensionError> {
         let source = std::fs::read_to_string(path).map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
-        Ok(ExtensionSource { path: path.to_path_buf(), source })
+        Ok(ExtensionSource { path: path.to_path_buf(), source, libs: Arc::default() })
+    }
+
+    /// The file with the libraries of the folder it is in.
+    pub fn read_with_libs(path: &Path) -> Result<ExtensionSource, ExtensionError> {
+        let libs = Arc::new(read_libs(path.parent().unwrap_or(Path::new(".")))?);
+        Ok(ExtensionSource { libs, ..ExtensionSource::read(path)? })
     }
 
     pub fn from_string(name: &str, source: &str) -> ExtensionSource {
-        ExtensionSource { path: PathBuf::from(name), source: source.to_string() }
+        ExtensionSource { path: PathBuf::from(name), source: source.to_string(), libs: Arc::default() }
     }
 
     /// The name shown in errors: the path as given.
@@ -30,12 +45,38 @@ impl ExtensionSource {
     /// A fingerprint of the code that runs for this extension: its source and the driver's.
     /// Outputs record it, so editing an extension (or upgrading the driver) reprocesses.
     pub fn fingerprint(&self) -> String {
-        crate::digest::digest(&[super::engine::DRIVER_SOURCE.as_bytes(), self.source.as_bytes()])
+        self.fingerprint_with(&[])
+    }
+
+    /// [`ExtensionSource::fingerprint`] taking in libraries it loaded: (name, source) pairs.
+    pub fn fingerprint_with(&self, libs: &[(&str, &str)]) -> String {
+        let mut parts: Vec<&[u8]> = vec![super::engine::DRIVER_SOURCE.as_bytes(), self.source.as_bytes()];
+        for (name, source) in libs {
+            parts.push(name.as_bytes());
+            parts.push(source.as_bytes());
+        }
+        crate::digest::digest(&parts)
     }
 }
 
-/// Every `*.js` file directly in `dir`, sorted by name so every runtime loads them alike.
+/// The libraries extensions may load (`load_lib(name)`): every `lib/<name>.js` in `dir`, by
+/// name. No `lib/` folder is no library.
+fn read_libs(dir: &Path) -> Result<Libs, ExtensionError> {
+    let lib = dir.join("lib");
+    if !lib.is_dir() {
+        return Ok(Default::default());
+    }
+    Ok(js_files(&lib)?.into_iter().filter_map(|s| Some((s.path.file_stem()?.to_string_lossy().into_owned(), s.source))).collect())
+}
+
+/// Every `*.js` file directly in `dir` (sorted by name, so every runtime loads them alike),
+/// each with the libraries of `dir/lib/`.
 pub fn read_dir(dir: &Path) -> Result<Vec<ExtensionSource>, ExtensionError> {
+    let libs = Arc::new(read_libs(dir)?);
+    Ok(js_files(dir)?.into_iter().map(|s| ExtensionSource { libs: libs.clone(), ..s }).collect())
+}
+
+fn js_files(dir: &Path) -> Result<Vec<ExtensionSource>, ExtensionError> {
     let entries = std::fs::read_dir(dir).map_err(|e| ExtensionError::Read { path: dir.to_path_buf(), source: e })?;
     let mut paths = Vec::new();
     for entry in entries {
@@ -79,6 +120,9 @@ pub struct Declaration {
     /// `file:line` of the `extension(` call.
     #[serde(default)]
     pub site: String,
+    /// The `lib/` files it loaded with `load_lib`, in order.
+    #[serde(default)]
+    pub libs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +160,23 @@ impl std::fmt::Display for Category {
 pub struct LoadedExtension {
     pub source: ExtensionSource,
     pub declaration: Result<Declaration, String>,
+    /// The fingerprint of the code that runs for it: the driver, its source and the libraries it
+    /// loaded (see [`ExtensionSource::fingerprint`]).
+    pub fingerprint: String,
 }
 
 impl LoadedExtension {
+    /// An extension as loaded, its fingerprint taking in the sources of the libraries its
+    /// declaration says it loaded.
+    pub fn new(source: ExtensionSource, declaration: Result<Declaration, String>) -> LoadedExtension {
+        let used: Vec<(&str, &str)> = match &declaration {
+            Ok(d) => d.libs.iter().map(|name| (name.as_str(), source.libs.get(name).map(String::as_str).unwrap_or_default())).collect(),
+            Err(_) => Vec::new(),
+        };
+        let fingerprint = source.fingerprint_with(&used);
+        LoadedExtension { source, declaration, fingerprint }
+    }
+
     pub fn id(&self) -> Option<&str> {
         self.declaration.as_ref().ok().map(|d| d.id.as_str())
     }

@@ -19,5 +19,5 @@ pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
 pub use host::{HostCall, HostError, HostFunctions};
 pub use pool::{
     Batch, BatchResult, DocOutcome, Emission, EmittedItem, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater,
-    PoolConfig,
+    PoolConfig, PoolError,
 };

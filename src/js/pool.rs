@@ -37,6 +37,8 @@ pub struct PoolConfig {
     pub heap_bytes: u32,
     /// Host functions defined in every sandbox.
     pub host_functions: HostFunctions,
+    /// Where handler times are counted, if anywhere.
+    pub metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl PoolConfig {
@@ -46,6 +48,7 @@ impl PoolConfig {
             time_limit: Duration::from_secs(5),
             heap_bytes: 512 << 20,
             host_functions: HostFunctions::new(),
+            metrics: None,
         }
     }
 }
@@ -217,7 +220,7 @@ impl JsPool {
             .iter()
             .cloned()
             .zip(declarations.unwrap_or_default())
-            .map(|(source, declaration)| LoadedExtension { source, declaration })
+            .map(|(source, declaration)| LoadedExtension::new(source, declaration))
             .collect();
         Ok(JsPool { jobs: Some(job_tx), workers, extensions, _watchdog: watchdog })
     }

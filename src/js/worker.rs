@@ -2,14 +2,16 @@
 //! makes into them — batches of documents, filters, later_handlers — each under the watchdog's
 //! time limit; a runtime that ran out of memory (or a panic in Raindrop's code) is recycled.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use super::engine::{CallFailure, EngineError, JsRuntime, LoadFailure, RuntimeLimits, SandboxId};
-use super::extension::{Declaration, ExtensionSource};
+use super::extension::{Declaration, ExtensionSource, Libs};
 use super::host::HostFunctions;
 use super::outcomes::{fail_all, has_lone_surrogate, parse_outcomes, JsError};
 use super::pool::{Batch, BatchResult, DocOutcome, FailureKind, FilterKeys, HandlerError, Job, PoolConfig, LATER_VALUES_PER_LIMIT};
@@ -25,6 +27,52 @@ pub(super) struct Shared {
 struct WorkerHost {
     slot: Arc<WatchSlot>,
     functions: HostFunctions,
+    clock: Rc<DocClock>,
+    /// The libraries of the extension being loaded (`load_lib` runs only then).
+    libs: Rc<RefCell<Arc<Libs>>>,
+}
+
+/// Times each document of a batch, from one handler call's start to the next's (the driver
+/// marks each start), for the handler-time histogram: gathered here, handed to the metrics
+/// once per batch.
+#[derive(Default)]
+struct DocClock {
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The extension whose batch is running, when its current document began, and the
+    /// times of those done.
+    running: RefCell<Option<(String, Option<Instant>)>>,
+    times: RefCell<Vec<f64>>,
+}
+
+impl DocClock {
+    fn start(&self, ext: &str) {
+        if self.metrics.is_some() {
+            *self.running.borrow_mut() = Some((ext.to_string(), None));
+            self.times.borrow_mut().clear();
+        }
+    }
+
+    /// A document begins (and the one before, if any, ends).
+    fn tick(&self) {
+        if let Some((_, began)) = self.running.borrow_mut().as_mut() {
+            let now = Instant::now();
+            if let Some(began) = began.replace(now) {
+                self.times.borrow_mut().push(now.duration_since(began).as_secs_f64());
+            }
+        }
+    }
+
+    /// The batch's call returned: its last document ended.
+    fn finish(&self) {
+        if let Some((ext, began)) = self.running.borrow_mut().take() {
+            let mut times = self.times.borrow_mut();
+            times.extend(began.map(|b| b.elapsed().as_secs_f64()));
+            if let Some(metrics) = &self.metrics {
+                metrics.handler_times(&ext, &times);
+            }
+            times.clear();
+        }
+    }
 }
 
 impl super::engine::Host for WorkerHost {
@@ -38,6 +86,7 @@ impl super::engine::Host for WorkerHost {
     }
     fn begin_call(&self) {
         self.slot.begin_call();
+        self.clock.tick();
     }
     fn should_interrupt(&self) -> bool {
         self.slot.should_stop()
@@ -47,6 +96,9 @@ impl super::engine::Host for WorkerHost {
     }
     fn call_native(&self, ext: &str, name: &str, args_json: &str) -> String {
         self.functions.call_json(ext, name, args_json)
+    }
+    fn lib_source(&self, name: &str) -> Option<String> {
+        self.libs.borrow().get(name).cloned()
     }
 }
 
@@ -63,6 +115,7 @@ struct Worker<'a> {
     declarations: Vec<Result<Declaration, String>>,
     /// The batch's JSON text, reused so each batch does not allocate (and fault in) anew.
     json: String,
+    clock: Rc<DocClock>,
 }
 
 pub(super) fn worker_main(
@@ -71,7 +124,8 @@ pub(super) fn worker_main(
     jobs: Receiver<Job>,
     ready: Sender<Result<Vec<Result<Declaration, String>>, EngineError>>,
 ) {
-    let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new(), json: String::new() };
+    let clock = Rc::new(DocClock { metrics: shared.config.metrics.clone(), ..DocClock::default() });
+    let mut worker = Worker { shared, slot, loaded: None, declarations: Vec::new(), json: String::new(), clock };
     if let Err(e) = worker.load() {
         let _ = ready.send(Err(e));
         return;
@@ -132,7 +186,13 @@ impl Worker<'_> {
         // Only one runtime may exist per thread: drop the old one first.
         self.loaded = None;
         self.slot.set_interrupter(None);
-        let host = WorkerHost { slot: self.slot.clone(), functions: self.shared.config.host_functions.clone() };
+        let libs = Rc::new(RefCell::new(Arc::default()));
+        let host = WorkerHost {
+            slot: self.slot.clone(),
+            functions: self.shared.config.host_functions.clone(),
+            clock: self.clock.clone(),
+            libs: libs.clone(),
+        };
         let limits = RuntimeLimits { heap_bytes: self.shared.config.heap_bytes };
         let mut rt = JsRuntime::new(Box::new(host), limits)?;
         self.slot.set_interrupter(Some(rt.interrupter()));
@@ -150,6 +210,7 @@ impl Worker<'_> {
                 declarations.push(Err(e.clone()));
                 continue;
             }
+            *libs.borrow_mut() = source.libs.clone();
             // Loading runs top-level extension code: it gets the default time limit too.
             self.slot.arm(limit);
             let loaded = rt.load(&file, &source.source);
@@ -320,7 +381,9 @@ impl Worker<'_> {
             };
             json_array(rest, &mut self.json);
             self.slot.arm(limit);
+            self.clock.start(&decl.id);
             let call = rt.call(sandbox, &decl.id, c"run", Some(&self.json));
+            self.clock.finish();
             self.slot.disarm();
             let mut out_of_memory = call.out_of_memory;
             match call.result {

@@ -35,6 +35,11 @@ pub(super) struct PageWork {
     pub(super) dependencies: Vec<(String, String, String)>,
     /// Values given to `process_later`, by extension id.
     pub(super) later: BTreeMap<String, Vec<Value>>,
+    /// Per extension, the sources it ran on (for the metrics, counted once the page is written).
+    pub(super) processed: BTreeMap<String, u64>,
+    /// The feed had been read to its end before this page was made (the later_handlers' page,
+    /// or the first after the feed was quiet).
+    pub(super) settled: bool,
 }
 
 /// One extension (an index into `Pipeline::exts`) to run on one source (an index into the
@@ -279,6 +284,9 @@ impl Pipeline {
             }
         }
         work.states.extend(touched.into_values().map(StateRecord::into_record));
+        for job in jobs {
+            *work.processed.entry(self.exts[job.ext].id.clone()).or_default() += 1;
+        }
         work.later = later.into_iter().map(|(ei, values)| (self.exts[ei].id.clone(), values)).collect();
         (work, first_error)
     }

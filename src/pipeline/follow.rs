@@ -29,6 +29,9 @@ pub(super) struct Follower<'p> {
     pub(super) later_id: String,
     /// Pages handed to the writer and not yet written.
     pub(super) in_flight: usize,
+    /// The feed was seen drained, with nothing in flight, since the last page sent: the
+    /// next page starts anew as far as runaway cascades go.
+    pub(super) quiet: bool,
 }
 
 /// How the loop goes on after a page was read.
@@ -66,6 +69,12 @@ impl Follower<'_> {
 
     /// Reads one page and prepares its work, with the first handler error.
     fn step(&mut self, done: &Receiver<()>, stats: &Mutex<Stats>) -> Result<(Next, Option<String>), PipelineError> {
+        if self.stopped() {
+            // No new work: what is in flight is written (with its checkpoint) before the run
+            // returns; the later queue waits in its record for the next run.
+            while self.in_flight > 0 && self.written(done) {}
+            return Ok((Next::Stop, None));
+        }
         // Read before the page: raised then, everything it was raised after is in the feed
         // this page reads.
         let stopping = self.options.until.as_ref().is_some_and(|u| u.load(Ordering::SeqCst));
@@ -79,6 +88,7 @@ impl Follower<'_> {
             return Ok((if self.written(done) { Next::ReadAgain } else { Next::Stop }, None));
         }
         if drained && self.later.is_empty() {
+            self.quiet = true;
             let go_on = self.options.continuous && !stopping;
             return Ok((if go_on { Next::ReadAgain } else { Next::Stop }, None));
         }
@@ -90,8 +100,9 @@ impl Follower<'_> {
             self.later.extend(&ext, values);
         }
         // The later_handlers run once everything before is written and the feed has nothing
-        // new (they then read settled documents), or when the queue is due.
-        if drained || self.later.due() {
+        // new (they then read settled documents), or when the queue is due — but not once a
+        // stop is asked for: they may take long, and their values wait in the queue's record.
+        if (drained || self.later.due()) && !self.stopped() {
             // Settled means written: a later_handler (the conversations) may build on what the
             // previous run of the queue emitted.
             while self.in_flight > 0 {
@@ -107,10 +118,15 @@ impl Follower<'_> {
             first_error = first_error.or(error);
         }
         stats.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
+        work.settled = drained || std::mem::take(&mut self.quiet);
         if !drained {
             self.since = page.last_seq;
         }
         Ok((Next::Work(Box::new(work), self.later.saved()), first_error))
+    }
+
+    fn stopped(&self) -> bool {
+        self.options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     /// The next page of the feed, as text. Continuous and with nothing in flight, it first waits
@@ -119,7 +135,11 @@ impl Follower<'_> {
         let _t = span("R:changes");
         let store = &*self.pipeline.store;
         if self.options.continuous && self.in_flight == 0 && self.later.is_empty() {
-            let wait = if self.options.until.is_some() { Duration::from_millis(20) } else { Duration::from_secs(30) };
+            let wait = match (&self.options.until, &self.options.stop) {
+                (Some(_), _) => Duration::from_millis(20),
+                (None, Some(_)) => Duration::from_millis(250),
+                (None, None) => Duration::from_secs(30),
+            };
             if !store.wait_changes(&self.since, wait)? {
                 return Ok(ChangesPage { changes: Vec::new(), last_seq: self.since.clone() });
             }

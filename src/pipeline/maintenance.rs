@@ -13,7 +13,7 @@ use super::later::{queue_record, LaterQueue, LATER_PREFIX};
 use super::state::{StateRecord, STATE_PREFIX};
 use super::{PipelineError, ERROR_SCHEMA};
 use crate::model;
-use crate::store::{Doc, Record, Store, StoreError, WriteBatch, WriteResult};
+use crate::store::{Doc, Record, Seq, Store, StoreError, WriteBatch, WriteResult};
 
 /// Calls `f` with each page of the sources' state records, in id order.
 fn state_pages<E: From<StoreError>>(store: &dyn Store, size: usize, mut f: impl FnMut(Vec<StateRecord>) -> Result<(), E>) -> Result<(), E> {
@@ -23,6 +23,22 @@ fn state_pages<E: From<StoreError>>(store: &dyn Store, size: usize, mut f: impl 
         let Some(last) = records.last() else { return Ok(()) };
         after = last.get("_id").and_then(Value::as_str).map(str::to_string);
         f(records.into_iter().map(StateRecord::from_doc).collect())?;
+    }
+}
+
+/// How many changes of the feed lie after the checkpoint `checkpoint_id` (all of them, with no
+/// checkpoint): what a run has yet to read.
+pub fn backlog(store: &dyn Store, checkpoint_id: &str) -> Result<u64, StoreError> {
+    let checkpoint = store.get_local(checkpoint_id)?;
+    let mut since = checkpoint.as_ref().and_then(|c| c.get("seq")).and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero);
+    let mut backlog = 0u64;
+    loop {
+        let page = store.changes(&since, 5000, false)?;
+        if page.changes.is_empty() {
+            return Ok(backlog);
+        }
+        backlog += page.changes.len() as u64;
+        since = page.last_seq;
     }
 }
 

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use crate::js::{Category, JsPool};
 use crate::store::{Seq, Store, StoreError};
 
-pub use maintenance::{extension_counts, forget};
+pub use maintenance::{backlog, extension_counts, forget};
 pub use source::project;
 
 /// The schema of the documents that record failures.
@@ -73,6 +73,9 @@ pub struct RunOptions {
     /// later_handlers included) and return. An import that processes as it writes raises it
     /// when its last message is written.
     pub until: Option<Arc<AtomicBool>>,
+    /// Raised to stop soon: no new page is read, the pages in flight are written with their
+    /// checkpoint, and the run returns (a daemon told to stop, or to take up new extensions).
+    pub stop: Option<Arc<AtomicBool>>,
     pub stop_on_error: bool,
     /// `(k, n)`: take only sources whose id hashes to slice `k` of `n`.
     pub worker: Option<(u64, u64)>,
@@ -80,7 +83,7 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { page_size: 2000, continuous: false, until: None, stop_on_error: false, worker: None }
+        RunOptions { page_size: 2000, continuous: false, until: None, stop: None, stop_on_error: false, worker: None }
     }
 }
 
@@ -135,6 +138,8 @@ pub struct Pipeline {
     store: Arc<dyn Store>,
     pool: Arc<JsPool>,
     exts: Vec<Ext>,
+    /// Where outcomes and pages are counted, if anywhere (the daemon's `/status`).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl Pipeline {
@@ -153,7 +158,7 @@ impl Pipeline {
                     schemas: d.source_schemas.clone().unwrap_or_default(),
                     provider: d.category != Category::Extender,
                     confidence: d.confidence,
-                    fingerprint: e.source.fingerprint(),
+                    fingerprint: e.fingerprint.clone(),
                     uses_dependencies: d.uses_dependencies,
                     filtered: d.source_schemas.is_none() && d.has_filter,
                     smart: d.category == Category::Smart,
@@ -164,10 +169,17 @@ impl Pipeline {
                 })
             })
             .collect();
-        Pipeline { store, pool, exts }
+        Pipeline { store, pool, exts, metrics: None }
     }
 
-    fn checkpoint_id(options: &RunOptions) -> String {
+    /// Counts outcomes and pages in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Pipeline {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The id of the checkpoint a run with `options` keeps.
+    pub fn checkpoint_id(options: &RunOptions) -> String {
         match options.worker {
             Some((k, n)) => format!("raindrop-pipeline-{k}-of-{n}"),
             None => "raindrop-pipeline".to_string(),
@@ -224,7 +236,7 @@ impl Pipeline {
                     Ok(())
                 });
             let writing = writing.map_err(|e| PipelineError::Thread("writer", e.to_string()))?;
-            let mut follower = follow::Follower { pipeline: self, options, since, later: queue, later_id, in_flight: 0 };
+            let mut follower = follow::Follower { pipeline: self, options, since, later: queue, later_id, in_flight: 0, quiet: false };
             let read_result = follower.run(&work_tx, &done_rx, &stats);
             drop(work_tx);
             let write_result = writing.join().unwrap_or_else(|_| Err(PipelineError::Thread("writer", "it panicked".into())));
@@ -234,12 +246,15 @@ impl Pipeline {
     }
 
     /// Where the feed is taken up: the checkpoint's position, or the start when there is none
-    /// or the extensions changed since it was written.
+    /// or an extension is new or changed since it was written (one only removed leaves no new
+    /// work for the others).
     fn resume_point(&self, checkpoint_id: &str, fingerprints: &Value) -> Result<Seq, StoreError> {
+        let unchanged = |c: &Value| match (c.get("fingerprints").and_then(Value::as_object), fingerprints.as_object()) {
+            (Some(then), Some(now)) => now.iter().all(|(id, fp)| then.get(id) == Some(fp)),
+            _ => false,
+        };
         Ok(match self.store.get_local(checkpoint_id)? {
-            Some(c) if c.get("fingerprints") == Some(fingerprints) => {
-                c.get("seq").and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero)
-            }
+            Some(c) if unchanged(&c) => c.get("seq").and_then(Value::as_str).map(Seq::from_raw).unwrap_or_else(Seq::zero),
             Some(_) => {
                 tracing::info!("extensions changed since the last run: re-reading the feed from the start");
                 Seq::zero()

@@ -7,7 +7,8 @@
 //! times. An output the store refuses becomes an error document against its source, written
 //! right after.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -16,7 +17,7 @@ use super::dispatch::PageWork;
 use super::later::queue_record;
 use super::outcome::{error_item, refused_later_output_item};
 use super::state::{state_id, StateRecord};
-use super::{Pipeline, PipelineError, Stats};
+use super::{Pipeline, PipelineError, Stats, ERROR_SCHEMA};
 use crate::js::{FailureKind, HandlerError};
 use crate::model::{self, SchemaItem};
 use crate::store::{Doc, Durability, NewDoc, Record, Seq, StoreError, WriteBatch, WriteResult, Written};
@@ -36,10 +37,31 @@ pub(super) struct Writer<'p> {
     /// again before the next write (never written, or the last write failed).
     later_rev: Option<String>,
     deps: DepsIndex,
+    /// (output id, extension id, source id) → writes since the feed last settled.
+    rewrites: HashMap<(String, String, String), u32>,
+    rewrites_since: Instant,
 }
 
-/// A document the store refused: its id, the items that made it, and the store's reason.
+/// An output that is not written: its id, the items that made it, and why (the message of the
+/// error documents that take its place).
 type Refused = (String, Vec<SchemaItem>, String);
+
+/// How many times one extension may rewrite one document from one source before the feed
+/// settles (is read to its end) once. Past it the extensions are feeding each other — each
+/// write changes the source revision the other records — and the output is not written.
+const CASCADE_LIMIT: u32 = 25;
+/// At most this many (output, extension, source) counts are kept, and for at most this long.
+const CASCADE_TRACKED: usize = 500_000;
+const CASCADE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// What one write carries: items to merge, contributions (document id, extension id) to
+/// withdraw, and as records the bookkeeping and then the sources' states.
+struct Outputs {
+    items: Vec<SchemaItem>,
+    removals: Vec<(String, String)>,
+    bookkeeping: Vec<Record>,
+    states: Vec<Record>,
+}
 
 /// One document of a write, as the merge made it.
 enum Write {
@@ -55,7 +77,16 @@ impl<'p> Writer<'p> {
         later_id: String,
         later_rev: Option<String>,
     ) -> Writer<'p> {
-        Writer { pipeline, checkpoint_id, fingerprints, later_id, later_rev, deps: DepsIndex::default() }
+        Writer {
+            pipeline,
+            checkpoint_id,
+            fingerprints,
+            later_id,
+            later_rev,
+            deps: DepsIndex::default(),
+            rewrites: HashMap::new(),
+            rewrites_since: Instant::now(),
+        }
     }
 
     /// Writes one page: its work, the later queue's new text if the page changed it
@@ -72,8 +103,23 @@ impl<'p> Writer<'p> {
         drop(t);
         bookkeeping.extend(queue);
         let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": self.fingerprints });
-        let results = self.write(work.items, work.removals, bookkeeping, work.states, &checkpoint, &mut stats)?;
+        // A new stretch: the feed settled, or the count grew too big or too old to be about
+        // a loop (two extensions feeding each other rewrite within seconds).
+        if work.settled || self.rewrites.len() > CASCADE_TRACKED || self.rewrites_since.elapsed() > CASCADE_WINDOW {
+            self.rewrites.clear();
+            self.rewrites_since = Instant::now();
+        }
+        let outcomes = self.pipeline.metrics.as_ref().map(|_| page_outcomes(&work.processed, &work.items));
+        let (items, runaway) = self.runaway_cascades(work.items)?;
+        let batch = Outputs { items, removals: work.removals, bookkeeping, states: work.states };
+        let results = self.write(batch, &checkpoint, &mut stats, runaway)?;
         self.deps.written(&results);
+        if let Some(metrics) = &self.pipeline.metrics {
+            metrics.page();
+            for (ext, processed, errors, last) in outcomes.into_iter().flatten() {
+                metrics.outcomes(&ext, processed, errors, last);
+            }
+        }
         for result in results {
             if let WriteResult::Ok { id, rev } = result {
                 if id == self.later_id {
@@ -94,21 +140,58 @@ impl<'p> Writer<'p> {
         Ok(Some(queue_record(&self.later_id, self.later_rev.take(), &values)))
     }
 
+    /// The page's items, without those of a runaway cascade: an output one extension keeps
+    /// rewriting from one source while the feed never settles (two extensions feeding each
+    /// other). Those come back as refused, to be recorded as an error document naming the
+    /// extensions, which breaks the loop: the source is then up to date for the extension.
+    fn runaway_cascades(&mut self, items: Vec<SchemaItem>) -> Result<(Vec<SchemaItem>, Vec<Refused>), StoreError> {
+        let mut kept = Vec::with_capacity(items.len());
+        let mut runaway = Vec::new();
+        for item in items {
+            let (Some((source, _)), Ok(id)) = (&item.rd_source, model::doc_id(&item.rd_key, &item.schema_id)) else {
+                kept.push(item);
+                continue;
+            };
+            let count = self.rewrites.entry((id.clone(), item.ext_id.clone(), source.clone())).or_default();
+            *count += 1;
+            if *count <= CASCADE_LIMIT {
+                kept.push(item);
+                continue;
+            }
+            let makers = self
+                .pipeline
+                .store
+                .get(source, false)?
+                .and_then(|d| d.get("rd_schema_items").and_then(Value::as_object).map(|m| m.keys().cloned().collect::<Vec<_>>()))
+                .unwrap_or_default();
+            let message = format!(
+                "runaway cascade: {} rewrote {id} from {source} more than {CASCADE_LIMIT} times while the feed never settled; {source} is made by {} — extensions that feed each other must stop changing what they emit",
+                item.ext_id,
+                if makers.is_empty() { "(unknown)".to_string() } else { makers.join(", ") }
+            );
+            tracing::warn!("{message}");
+            runaway.push((id, vec![item], message));
+        }
+        Ok((kept, runaway))
+    }
+
     /// Merges and writes (see the module's note); returns the results of writing `bookkeeping`.
+    /// `runaway` are outputs not to write, recorded as error documents with those the store
+    /// refuses.
     fn write(
         &self,
-        items: Vec<SchemaItem>,
-        removals: Vec<(String, String)>,
-        bookkeeping: Vec<Record>,
-        states: Vec<Record>,
+        outputs: Outputs,
         checkpoint: &Value,
         stats: &mut Stats,
+        runaway: Vec<Refused>,
     ) -> Result<Vec<WriteResult>, StoreError> {
-        let (bookkeeping_results, refused) = self.write_merged(items, removals, bookkeeping, states, checkpoint, stats)?;
+        let (bookkeeping_results, mut refused) = self.write_merged(outputs, checkpoint, stats)?;
+        refused.extend(runaway);
         if !refused.is_empty() {
             let (errors, states) = self.refusal_errors(refused, stats)?;
             // Once: an error document the store refuses too is only logged.
-            let (_, refused_again) = self.write_merged(errors, Vec::new(), Vec::new(), states, checkpoint, stats)?;
+            let errors = Outputs { items: errors, removals: Vec::new(), bookkeeping: Vec::new(), states };
+            let (_, refused_again) = self.write_merged(errors, checkpoint, stats)?;
             for (id, _, reason) in refused_again {
                 tracing::error!("the store refused {id}, the error document of an output it refused: {reason}");
             }
@@ -120,13 +203,11 @@ impl<'p> Writer<'p> {
     /// documents the store refused, with the items that made each and the store's reason.
     fn write_merged(
         &self,
-        items: Vec<SchemaItem>,
-        removals: Vec<(String, String)>,
-        bookkeeping: Vec<Record>,
-        states: Vec<Record>,
+        outputs: Outputs,
         checkpoint: &Value,
         stats: &mut Stats,
     ) -> Result<(Vec<WriteResult>, Vec<Refused>), StoreError> {
+        let Outputs { items, removals, bookkeeping, states } = outputs;
         let store = &*self.pipeline.store;
         let mut pending = Pending::new(items, removals);
         let mut ids = pending.ids();
@@ -179,7 +260,8 @@ impl<'p> Writer<'p> {
                     WriteResult::Error { id, reason } => {
                         tracing::warn!("the store refused {id}: {reason}");
                         let made_by = pending.items.remove(&id).unwrap_or_default();
-                        refused.push((id, made_by, reason));
+                        let message = format!("the store refused the output {id}: {reason}");
+                        refused.push((id, made_by, message));
                     }
                 }
             }
@@ -201,11 +283,14 @@ impl<'p> Writer<'p> {
         let mut errors = Vec::new();
         // source id → extension id → (refused output, error document) pairs
         let mut by_source: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>> = BTreeMap::new();
-        for (id, made_by, reason) in refused {
+        for (id, made_by, message) in refused {
             for item in made_by {
                 let Some(ext) = self.pipeline.exts.iter().find(|e| e.id == item.ext_id) else { continue };
                 stats.errors += 1;
-                let e = HandlerError::new(FailureKind::BadOutput, format!("the store refused the output {id}: {reason}"));
+                let e = HandlerError::new(FailureKind::BadOutput, message.clone());
+                if let Some(metrics) = &self.pipeline.metrics {
+                    metrics.outcomes(&ext.id, 0, 1, Some((e.message.clone(), None, None)));
+                }
                 let Some((sid, srev)) = &item.rd_source else {
                     errors.push(refused_later_output_item(ext, &e, &id));
                     continue;
@@ -316,3 +401,25 @@ impl Pending {
         }
     }
 }
+
+/// Per extension, a written page's outcomes for the metrics: the sources it ran on, the error
+/// documents made for it (handlers' and later_handlers'), and the last one's message and place.
+fn page_outcomes(processed: &BTreeMap<String, u64>, items: &[SchemaItem]) -> Vec<(String, u64, u64, Option<LastError>)> {
+    let mut out: BTreeMap<&str, (u64, u64, Option<LastError>)> = processed.iter().map(|(id, n)| (id.as_str(), (*n, 0, None))).collect();
+    for item in items.iter().filter(|i| i.schema_id == ERROR_SCHEMA) {
+        let entry = out.entry(item.ext_id.as_str()).or_default();
+        entry.1 += 1;
+        entry.2 = item.items.as_ref().map(|f| f.to_map()).and_then(|m| {
+            let d = m.get("error_details")?;
+            Some((
+                d.get("message")?.as_str()?.to_string(),
+                d.get("file").and_then(Value::as_str).map(str::to_string),
+                d.get("line").and_then(Value::as_u64).map(|l| l as u32),
+            ))
+        });
+    }
+    out.into_iter().map(|(id, (processed, errors, last))| (id.to_string(), processed, errors, last)).collect()
+}
+
+/// An error's message, file and line.
+type LastError = (String, Option<String>, Option<u32>);

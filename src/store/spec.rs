@@ -34,6 +34,18 @@ impl StoreSpec {
             StoreSpec::Couch(url) => redact(url),
         }
     }
+
+    /// What tells two specs of one database apart from specs of two: the file's canonical
+    /// path (`data` in two folders is two databases), or the URL without its credentials
+    /// and trailing slash. Safe to show.
+    pub fn identity(&self) -> String {
+        match self {
+            StoreSpec::Embedded(p) => {
+                std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.clone()).display().to_string()
+            }
+            StoreSpec::Couch(url) => redact(url).trim_end_matches('/').to_string(),
+        }
+    }
 }
 
 /// `<data dir>/raindrop/raindrop-data`, e.g. `~/.local/share/raindrop/raindrop-data`.

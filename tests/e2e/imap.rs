@@ -257,7 +257,7 @@ fn the_daemon_syncs_on_an_interval_and_processes_what_arrives() {
         .arg("--config")
         .arg(&cfg)
         .env("TEST_IMAP_PASSWORD", PASSWORD)
-        .arg("run")
+        .args(["run", "--listen", "off"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

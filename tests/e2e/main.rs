@@ -2,6 +2,7 @@
 //! One test binary; one module per topic.
 
 mod cli;
+mod daemon;
 mod hardening;
 mod imap;
 mod js_pool;

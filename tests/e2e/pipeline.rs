@@ -720,7 +720,7 @@ fn the_daemon_follows_the_feed() {
         c.arg("add-schemas").arg(seed_file(dir.path(), 3));
         c
     });
-    let mut daemon = rd(&db, &exts).arg("run").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut daemon = rd(&db, &exts).args(["run", "--listen", "off"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let wait_for = |n: usize| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while std::time::Instant::now() < deadline {

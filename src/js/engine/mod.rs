@@ -30,8 +30,9 @@ use mozjs::jsval::{ObjectValue, UndefinedValue};
 use mozjs::realm::AutoRealm;
 use mozjs::rooted;
 use mozjs::rust::wrappers2::{
-    JS_AddInterruptCallback, JS_CallFunctionName, JS_DefineFunction, JS_DefineProperty, JS_GetGCParameter, JS_IsExceptionPending,
-    JS_NewGlobalObject, JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCCallback, JS_SetGCParameter, SetOutOfMemoryCallback, JS_GC,
+    JS_AddInterruptCallback, JS_CallFunctionName, JS_ClearPendingException, JS_DefineFunction, JS_DefineProperty, JS_GetGCParameter,
+    JS_GetProperty, JS_IsExceptionPending, JS_NewGlobalObject, JS_NewPlainObject, JS_ParseJSON, JS_ParseJSON2, JS_SetGCCallback,
+    JS_SetGCParameter, SetOutOfMemoryCallback, JS_GC,
 };
 use mozjs::rust::{evaluate_script, CompileOptionsWrapper, IntoHandle, RealmOptions, Runtime, SIMPLE_GLOBAL_CLASS};
 
@@ -53,6 +54,8 @@ pub trait Host {
     /// Calls host function `name` with a JSON array of arguments; returns JSON text
     /// `{"ok": value}` or `{"error": "message"}`.
     fn call_native(&self, ext: &str, name: &str, args_json: &str) -> String;
+    /// The source of library `name` (`lib/<name>.js` in the extensions folder), if there is one.
+    fn lib_source(&self, name: &str) -> Option<String>;
 }
 
 /// Why the engine could not start a runtime.
@@ -373,7 +376,7 @@ impl Drop for JsRuntime {
 }
 
 /// Defines `__rd_host` on `global` (the current realm's): the natives the driver takes and
-/// hides (`log`, `begin`, `call`, `drain`) and the names of the host functions. False with an
+/// hides (`log`, `begin`, `call`, `drain`, `lib`) and the names of the host functions. False with an
 /// exception pending when the engine refused.
 ///
 /// # Safety
@@ -387,6 +390,7 @@ unsafe fn define_host(cx: &mut JSContext, global: mozjs::rust::HandleObject, utf
             || JS_DefineFunction(cx, host_obj.handle(), c"begin".as_ptr(), Some(natives::js_begin), 0, 0).is_null()
             || JS_DefineFunction(cx, host_obj.handle(), c"call".as_ptr(), Some(natives::js_call), 2, 0).is_null()
             || JS_DefineFunction(cx, host_obj.handle(), c"drain".as_ptr(), Some(natives::js_drain), 0, 0).is_null()
+            || JS_DefineFunction(cx, host_obj.handle(), c"lib".as_ptr(), Some(natives::js_lib), 1, 0).is_null()
         {
             return false;
         }
@@ -458,13 +462,56 @@ pub(super) unsafe fn js_string(cx: &mut JSContext, s: std::ptr::NonNull<mozjs::j
 /// `cx` must be this thread's live context, in the realm where the exception is pending.
 unsafe fn take_error(cx: &mut JSContext, fallback: &str) -> ScriptError {
     rooted!(&in(cx) let mut exc = UndefinedValue());
-    match mozjs::rust::error_info_from_exception_stack(cx, exc.handle_mut()) {
-        Some(info) => ScriptError {
-            message: info.message,
-            file: (!info.filename.is_empty()).then_some(info.filename),
-            line: (info.line > 0).then_some(info.line),
-            column: (info.col > 0).then_some(info.col),
-        },
-        None => ScriptError { message: fallback.to_string(), file: None, line: None, column: None },
+    let Some(info) = mozjs::rust::error_info_from_exception_stack(cx, exc.handle_mut()) else {
+        return ScriptError { message: fallback.to_string(), file: None, line: None, column: None };
+    };
+    let mut error = ScriptError {
+        message: info.message,
+        file: (!info.filename.is_empty()).then_some(info.filename),
+        line: (info.line > 0).then_some(info.line),
+        column: (info.col > 0).then_some(info.col),
+    };
+    // The driver moves an error it raises for an extension (a bad call, a missing library) to
+    // the extension's line by setting `fileName`/`lineNumber`; the engine's report keeps the
+    // place the error was made, so the properties win when they are there.
+    if exc.get().is_object() {
+        rooted!(&in(cx) let obj = exc.get().to_object());
+        // SAFETY: `obj` is rooted; reading its properties may run getters, whose exception is
+        // cleared — the error being described stays the one reported.
+        let (file, line) = unsafe { (property(cx, obj.handle(), c"fileName"), property(cx, obj.handle(), c"lineNumber")) };
+        if let (Some(file), Some(line)) = (file.as_ref().and_then(|v| v.as_str()), line.as_ref().and_then(|v| v.as_u64())) {
+            if error.file.as_deref() != Some(file) || error.line != Some(line as u32) {
+                error.file = Some(file.to_string());
+                error.line = Some(line as u32);
+                error.column = None;
+            }
+        }
+    }
+    error
+}
+
+/// `obj[name]` when it is a string or a number, as JSON; `None` otherwise or when reading throws.
+///
+/// # Safety
+/// `cx` must be this thread's live context and `obj` a rooted object of its current realm.
+unsafe fn property(cx: &mut JSContext, obj: mozjs::rust::HandleObject, name: &CStr) -> Option<serde_json::Value> {
+    rooted!(&in(cx) let mut v = UndefinedValue());
+    // SAFETY: per this function's contract; the value read is rooted.
+    if !unsafe { JS_GetProperty(cx, obj, name.as_ptr(), v.handle_mut()) } {
+        // SAFETY: the same live context.
+        unsafe { JS_ClearPendingException(cx) };
+        return None;
+    }
+    let value = v.get();
+    if value.is_string() {
+        let s = NonNull::new(value.to_string())?;
+        // SAFETY: `s` is held by the rooted `v` above for as long as it is read.
+        Some(serde_json::Value::from(unsafe { js_string(cx, s) }))
+    } else if value.is_int32() {
+        Some(serde_json::Value::from(value.to_int32()))
+    } else if value.is_double() && value.to_double().fract() == 0.0 && value.to_double() >= 0.0 {
+        Some(serde_json::Value::from(value.to_double() as u64))
+    } else {
+        None
     }
 }

@@ -229,6 +229,54 @@ pub(super) unsafe extern "C" fn js_drain(raw: *mut RawJSContext, argc: u32, vp: 
 
 /// `__rd_host.call(name, json)`: calls host function `name` with a JSON array of arguments.
 ///
+/// `__rd_host.lib(name)`: evaluates `lib/<name>.js` in the calling sandbox's global, under
+/// that file name (so its errors name their line), and returns its completion value. Not
+/// `guarded`: an exception the library throws stays pending as it is.
+///
+/// # Safety
+/// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
+/// the thread whose runtime is running.
+pub(super) unsafe extern "C" fn js_lib(raw: *mut RawJSContext, argc: u32, vp: *mut Value) -> bool {
+    let Some(raw) = NonNull::new(raw) else { return false };
+    // SAFETY: SpiderMonkey passes the live context of this thread to the native.
+    let mut cx = unsafe { JSContext::from_ptr(raw) };
+    // SAFETY: `vp`/`argc` come straight from the engine for this call.
+    let args = unsafe { CallArgs::from_vp(vp, argc) };
+    let report = |cx: &mut JSContext, message: String| {
+        let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+        // SAFETY: reporting an error on this thread's context, with a "%s" format.
+        unsafe { JS_ReportErrorUTF8(cx.raw_cx(), c"%s".as_ptr(), message.as_ptr()) };
+        false
+    };
+    let evaluated = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: this call's arguments, on this thread's live context.
+        let name = match unsafe { arg_string(&mut cx, &args, 0) } {
+            Ok(name) => name,
+            Err(e) => return Err(e),
+        };
+        let Some(source) = with_host(|h, _| h.lib_source(&name)).flatten() else {
+            return Err(format!("load_lib: there is no lib/{name}.js in the extensions folder"));
+        };
+        // SAFETY: the current realm's global is live while its code runs; the completion value
+        // goes to the call's return slot, which the engine roots.
+        unsafe {
+            rooted!(&in(&mut cx) let global = mozjs::rust::wrappers2::CurrentGlobalOrNull(&cx));
+            if global.get().is_null() {
+                return Err("load_lib: no global to load into".into());
+            }
+            let file = CString::new(format!("lib/{name}.js")).unwrap_or_default();
+            let opts = mozjs::rust::CompileOptionsWrapper::new(&cx, file, 1);
+            let rval = mozjs::rust::MutableHandle::from_raw(args.rval());
+            Ok(mozjs::rust::evaluate_script(&mut cx, global.handle(), &source, rval, opts).is_ok())
+        }
+    }));
+    match evaluated {
+        Ok(Ok(done)) => done,
+        Ok(Err(message)) => report(&mut cx, message),
+        Err(_) => report(&mut cx, "load_lib: internal error (panic)".into()),
+    }
+}
+
 /// # Safety
 /// Called by SpiderMonkey as a `JSNative`: `raw`, `argc` and `vp` are what it passed, on
 /// the thread whose runtime is running.

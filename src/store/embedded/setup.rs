@@ -188,7 +188,10 @@ pub(super) fn set_up(path: &Path) -> Result<Connection, StoreError> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let attempt = open_connection(path).and_then(|c| {
-            c.execute_batch(SCHEMA)?;
+            // All the tables in one transaction: a process opening the file meanwhile sees
+            // none or all of them, never a `docs` table alone that looks like another
+            // program's database. (A failed attempt's connection is dropped: rolled back.)
+            c.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
             migrate(&c)?;
             Ok(c)
         });

@@ -1,0 +1,339 @@
+//! The living daemon (`raindrop run`, `raindrop process --continuous`): the pipeline followed
+//! continuously over a pool of the extensions folder, taken up again whenever the folder
+//! changes; the mail accounts synced on an interval; an HTTP listener for status and metrics;
+//! signals for a clean stop and for reading the configuration again.
+//!
+//! One loop owns the pool: it runs the pipeline until something asks it to stop (a signal, a
+//! change in the folder), which ends the run at a page's end with everything in flight written;
+//! it then starts a pool of the new set of extensions — keeping the last version of a file that
+//! no longer loads — withdraws the outputs of extensions that are gone, and runs again. A run
+//! after a change re-reads the feed from its start (the extensions' fingerprints changed):
+//! unchanged extensions skip what they have done by their state, a new one runs over the
+//! existing documents, an edited one re-derives its own outputs. A database that goes away is
+//! waited for, with backoff, rather than ending the daemon.
+//!
+//! `extensions` loads and watches the folder, `signals` is what the daemon is told, `sync`
+//! the mail thread, `http` the listener.
+
+mod extensions;
+mod http;
+mod signals;
+mod sync;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::js::{JsPool, PoolConfig};
+use crate::metrics::Metrics;
+use crate::pipeline::{Pipeline, PipelineError, RunOptions, Stats};
+use crate::protocols::imap::ImapAccount;
+use crate::store::{Store, StoreError, StoreSpec};
+use extensions::{snapshot, Loader};
+use signals::Control;
+
+pub use extensions::FolderError;
+
+/// How often the extensions folder is looked at.
+const WATCH_INTERVAL: Duration = Duration::from_millis(400);
+/// The longest wait between attempts to reach a database that went away.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What the configuration decides, read again on SIGHUP.
+#[derive(Clone)]
+pub struct DaemonSettings {
+    pub extensions: PathBuf,
+    pub js_threads: usize,
+    /// The user's own identity ids, for `get_my_identities()`.
+    pub identities: Vec<Value>,
+    pub accounts: Vec<ImapAccount>,
+    pub sync_interval: Duration,
+}
+
+/// How the daemon is set up for its whole life.
+pub struct DaemonOptions {
+    pub store: StoreSpec,
+    /// The HTTP listener's address (`None`: no listener).
+    pub listen: Option<SocketAddr>,
+    /// The token requests must carry (required on an address that is not loopback).
+    pub token: Option<String>,
+    /// Page size and worker slice of the runs (continuous, and the stop flag, are the daemon's).
+    pub run: RunOptions,
+    /// Sync the accounts (`raindrop run`; not `process --continuous`).
+    pub sync: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("listening on {addr} needs a token: set api_token in the config file or RAINDROP_API_TOKEN")]
+    TokenNeeded { addr: SocketAddr },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the daemon's {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
+    #[error(transparent)]
+    Folder(#[from] FolderError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("cannot read the configuration again: {0}")]
+    Config(String),
+}
+
+/// Runs the daemon until it is told to stop. `reread` gives the settings anew (SIGHUP);
+/// `progress` is told after every page written.
+pub fn run(
+    options: DaemonOptions,
+    settings: DaemonSettings,
+    reread: impl Fn() -> Result<DaemonSettings, String>,
+    progress: &mut (dyn FnMut(&Stats) + Send),
+) -> Result<Stats, DaemonError> {
+    if let (Some(addr), None) = (options.listen, &options.token) {
+        if !addr.ip().is_loopback() {
+            return Err(DaemonError::TokenNeeded { addr });
+        }
+    }
+    let control = Arc::new(Control::default());
+    signals::install(control.clone()).map_err(|e| DaemonError::Thread("signal", e))?;
+    let metrics = Arc::new(Metrics::default());
+    let Some(store) = open_store(&options.store, &control) else { return Ok(Stats::default()) };
+    let run = RunOptions { continuous: true, stop: Some(control.run_stop.clone()), ..options.run.clone() };
+    let _listener = match options.listen {
+        None => None,
+        Some(addr) => {
+            let state = http::HttpState {
+                metrics: metrics.clone(),
+                store: store.clone(),
+                checkpoint_id: Pipeline::checkpoint_id(&run),
+                token: options.token.clone(),
+                db: options.store.describe(),
+                db_identity: options.store.identity(),
+                started: Instant::now(),
+                backlog: Default::default(),
+            };
+            let listener = http::start(addr, state).map_err(|source| DaemonError::Listen { addr, source })?;
+            eprintln!("raindrop: listening on http://{} (/status, /metrics, /healthz)", listener.addr);
+            Some(listener)
+        }
+    };
+    let plan =
+        Arc::new(Mutex::new(sync::SyncPlan { accounts: settings.accounts.clone(), interval: settings.sync_interval, generation: 0 }));
+    // Started with no accounts too: SIGHUP may bring some.
+    if options.sync {
+        sync::spawn(store.clone(), plan.clone(), metrics.clone(), control.clone()).map_err(|e| DaemonError::Thread("sync", e))?;
+    }
+    let mut daemon = Daemon {
+        store,
+        metrics,
+        control,
+        settings,
+        loader: Loader::default(),
+        loaded_ids: None,
+        watched: Arc::default(),
+        to_withdraw: BTreeSet::new(),
+        checkpoint_id: Pipeline::checkpoint_id(&run),
+    };
+    daemon.watch().map_err(|e| DaemonError::Thread("watch", e))?;
+    let stats = daemon.main_loop(&run, &reread, &plan, progress)?;
+    eprintln!("raindrop: stopped");
+    Ok(stats)
+}
+
+/// The main loop's state.
+struct Daemon {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    control: Arc<Control>,
+    settings: DaemonSettings,
+    loader: Loader,
+    /// The extension ids of the last pool (none before the first).
+    loaded_ids: Option<BTreeSet<String>>,
+    /// The folder the watcher looks at (SIGHUP may change it).
+    watched: Arc<Mutex<PathBuf>>,
+    /// Extensions gone from the folder whose outputs are still to be withdrawn.
+    to_withdraw: BTreeSet<String>,
+    /// The pipeline's checkpoint (it names the extensions of the last run).
+    checkpoint_id: String,
+}
+
+impl Daemon {
+    fn main_loop(
+        &mut self,
+        run: &RunOptions,
+        reread: &dyn Fn() -> Result<DaemonSettings, String>,
+        plan: &Mutex<sync::SyncPlan>,
+        progress: &mut (dyn FnMut(&Stats) + Send),
+    ) -> Result<Stats, DaemonError> {
+        let mut total = Stats::default();
+        let mut pool = self.load()?;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            // Cleared first, then raised again for a stop or reload asked for while the last
+            // pool started: neither is lost (both raise `run_stop` after their own flag).
+            self.control.run_stop.store(false, Ordering::SeqCst);
+            if self.control.stopping() || self.control.reload.load(Ordering::SeqCst) {
+                self.control.end_run();
+            }
+            let pipeline = Pipeline::new(self.store.clone(), pool.clone()).with_metrics(self.metrics.clone());
+            match pipeline.run(run, &mut *progress) {
+                Ok(stats) => {
+                    add(&mut total, &stats);
+                    backoff = Duration::from_secs(1);
+                }
+                Err(PipelineError::Store(e @ (StoreError::Unavailable { .. } | StoreError::Embedded { .. }))) => {
+                    eprintln!("raindrop: the database is unreachable ({e}); trying again in {} s", backoff.as_secs());
+                    self.control.sleep(backoff);
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            drop(pipeline);
+            if self.control.stopping() {
+                return Ok(total);
+            }
+            self.withdraw_gone();
+            if self.control.reload.swap(false, Ordering::SeqCst) {
+                if self.control.reread_config.swap(false, Ordering::SeqCst) {
+                    self.reread(reread, plan);
+                }
+                // The pool in use keeps running until its successor has started.
+                match self.load() {
+                    Ok(new) => pool = new,
+                    Err(e) => eprintln!(
+                        "raindrop: cannot take up the extensions folder ({e}); the extensions loaded before keep running until it changes again"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// SIGHUP: the settings read again, or — when the file is now wrong — kept as they were.
+    fn reread(&mut self, reread: &dyn Fn() -> Result<DaemonSettings, String>, plan: &Mutex<sync::SyncPlan>) {
+        match reread() {
+            Ok(settings) => self.settings = settings,
+            Err(e) => {
+                eprintln!("raindrop: {}; the settings in use are kept", DaemonError::Config(e));
+                return;
+            }
+        }
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.extensions.clone();
+        let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.accounts = self.settings.accounts.clone();
+        plan.interval = self.settings.sync_interval;
+        plan.generation += 1;
+    }
+
+    /// A pool of the folder's extensions, the failures reported and the outputs of
+    /// extensions gone since the last pool withdrawn.
+    fn load(&mut self) -> Result<Arc<JsPool>, DaemonError> {
+        let mut config = PoolConfig::new(self.settings.js_threads);
+        config.metrics = Some(self.metrics.clone());
+        crate::host_api::register_all(&mut config.host_functions, self.store.clone(), self.settings.identities.clone());
+        let loaded = self.loader.load(&self.settings.extensions, &config)?;
+        for failure in &loaded.failures {
+            eprintln!("raindrop: {} did not load: {}", failure.file, failure.error);
+        }
+        self.metrics.loaded(loaded.failures);
+        let ids: BTreeSet<String> = loaded.pool.extensions().iter().filter_map(|e| e.id().map(str::to_string)).collect();
+        if let Some(before) = &self.loaded_ids {
+            // Gone: its file was removed (or now declares another id) — not one that only
+            // failed to load.
+            let gone: Vec<String> = before.difference(&ids).filter(|id| !loaded.stalled.contains(*id)).cloned().collect();
+            self.to_withdraw.extend(gone);
+            for new in ids.difference(before) {
+                eprintln!("raindrop: extension {new} loaded: it runs over the existing documents of its schemas");
+            }
+        } else {
+            self.note_missing(&ids);
+        }
+        self.to_withdraw.retain(|id| !ids.contains(id));
+        self.withdraw_gone();
+        self.loaded_ids = Some(ids.union(&loaded.stalled).cloned().collect());
+        Ok(Arc::new(loaded.pool))
+    }
+
+    /// Withdraws the outputs of extensions gone from the folder; what the store does not let
+    /// through now is tried again after the next run.
+    fn withdraw_gone(&mut self) {
+        let mut left = BTreeSet::new();
+        for gone in std::mem::take(&mut self.to_withdraw) {
+            match crate::pipeline::forget(&*self.store, Some(&gone), true, false) {
+                Ok(n) => eprintln!("raindrop: extension {gone} is gone from the folder: its outputs of {n} source(s) are withdrawn"),
+                Err(e) => {
+                    eprintln!("raindrop: extension {gone} is gone, but its outputs could not be withdrawn yet ({e}); trying again later");
+                    left.insert(gone);
+                }
+            }
+        }
+        self.to_withdraw = left;
+    }
+
+    /// At start: extensions the last run had that are not in the folder now (removed while no
+    /// daemon ran) are named, not withdrawn — the folder may be another on purpose.
+    fn note_missing(&self, ids: &BTreeSet<String>) {
+        let checkpoint = self.store.get_local(&self.checkpoint_id).ok().flatten();
+        let before = checkpoint.as_ref().and_then(|c| c.get("fingerprints")).and_then(Value::as_object);
+        for id in before.into_iter().flat_map(|m| m.keys()).filter(|id| !ids.contains(*id)) {
+            eprintln!("raindrop: extension {id} ran here before but is not in the folder now; `raindrop unprocess --ext {id}` withdraws its outputs");
+        }
+    }
+
+    /// Looks at the extensions folder every [`WATCH_INTERVAL`] and asks for a reload when it
+    /// changed (and then held still for one more look, so a file being written is taken whole).
+    fn watch(&self) -> std::io::Result<()> {
+        let (control, watched) = (self.control.clone(), self.watched.clone());
+        *watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.extensions.clone();
+        std::thread::Builder::new().name("watch".into()).spawn(move || {
+            let folder = || watched.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut seen = snapshot(&folder());
+            while !control.stopping() {
+                std::thread::sleep(WATCH_INTERVAL);
+                let now = snapshot(&folder());
+                if now == seen {
+                    continue;
+                }
+                std::thread::sleep(WATCH_INTERVAL);
+                let settled = snapshot(&folder());
+                if settled == now {
+                    eprintln!("raindrop: the extensions folder changed: taking it up");
+                    seen = settled;
+                    control.reload(false);
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// Opens the store, waiting with backoff while it is unreachable; `None` when told to stop
+/// meanwhile.
+fn open_store(spec: &StoreSpec, control: &Control) -> Option<Arc<dyn Store>> {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        match crate::store::open(spec) {
+            Ok(store) => return Some(store),
+            Err(e) => {
+                eprintln!("raindrop: cannot open the database ({e}); trying again in {} s", backoff.as_secs());
+                control.sleep(backoff);
+                if control.stopping() {
+                    return None;
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+fn add(total: &mut Stats, run: &Stats) {
+    total.changes_read += run.changes_read;
+    total.handler_calls += run.handler_calls;
+    total.skipped_up_to_date += run.skipped_up_to_date;
+    total.docs_written += run.docs_written;
+    total.docs_removed += run.docs_removed;
+    total.errors += run.errors;
+    total.conflicts_retried += run.conflicts_retried;
+}
