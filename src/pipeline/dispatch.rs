@@ -284,9 +284,11 @@ impl Pipeline {
             }
         }
         work.states.extend(touched.into_values().map(StateRecord::into_record));
+        let mut processed = vec![0u64; self.exts.len()];
         for job in jobs {
-            *work.processed.entry(self.exts[job.ext].id.clone()).or_default() += 1;
+            processed[job.ext] += 1;
         }
+        work.processed = processed.into_iter().enumerate().filter(|(_, n)| *n > 0).map(|(ei, n)| (self.exts[ei].id.clone(), n)).collect();
         work.later = later.into_iter().map(|(ei, values)| (self.exts[ei].id.clone(), values)).collect();
         (work, first_error)
     }

@@ -9,7 +9,7 @@
 
 pub mod couch;
 pub mod embedded;
-mod rev;
+pub mod rev;
 mod spec;
 
 use std::sync::Arc;
