@@ -78,10 +78,14 @@ impl Follower<'_> {
         // Read before the page: raised then, everything it was raised after is in the feed
         // this page reads.
         let stopping = self.options.until.as_ref().is_some_and(|u| u.load(Ordering::SeqCst));
-        let page = self.read_page()?;
+        // Writes acknowledged before the read are in what it reads; one acknowledged after it
+        // stays in flight, to be waited for and read again. (Counted after the read, a page
+        // committed between the two was neither: a run could end with it unread — its
+        // cascades, a later_handler's outputs, never processed.)
         while done.try_recv().is_ok() {
             self.in_flight -= 1;
         }
+        let page = self.read_page()?;
         let drained = page.changes.is_empty();
         if drained && self.in_flight > 0 {
             // What the writer is writing may cascade: wait for it, then look again.
