@@ -4,7 +4,8 @@
 // contract between the Rust host and an extension: it defines the globals an extension sees
 // (`extension`, `emit_schema`, `log`, and one function per host native registered in Rust) and
 // returns a control object through which the host describes the extension and runs batches of
-// documents through its handler.
+// documents through its handler. A file of the API folder declares routes instead
+// (`route({method, path, handler})`), and the host runs one request at a time through them.
 //
 // It runs once per sandbox global, before the extension's own file, so each extension gets its
 // own copy: an extension that patches `Array.prototype.push` or replaces `emit_schema` only
@@ -64,6 +65,9 @@
   let laterValues = null; // values given to process_later by the running handler
   let partial = null; // per-document outcomes of the batch being run
   let loading = true; // the file's top-level code is running (until describe())
+  const routes = []; // what route({...}) declared, validated
+  const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+  const ROUTE_PATH = /^(\/(:?[A-Za-z0-9_.~-]+))+\/?$|^\/$/;
   const libsLoaded = []; // names given to load_lib, in order
   const libResults = Object.create(null);
 
@@ -156,6 +160,42 @@
     } catch (e) {
       declarationError = (e.site || site) + ": " + e.message;
     }
+  }
+
+  // route({method, path, handler, time_limit_ms}): an API endpoint, served under /api/.
+  // `path` is matched segment by segment; a `:name` segment matches any one segment and gives
+  // it to the handler as req.params.name.
+  function route(r) {
+    const site = callerSite(1);
+    if (!loading) throw apiError(ErrorCtor, "route() may only be called at the top level of an API file, while it loads");
+    try {
+      push(routes, validateRoute(r, site));
+    } catch (e) {
+      declarationError = declarationError || (e.site || site) + ": " + e.message;
+    }
+  }
+
+  function validateRoute(r, site) {
+    if (r === null || typeof r !== "object") fail(site, "route() needs an object");
+    const method = r.method === undefined ? "GET" : r.method;
+    if (indexOf(METHODS, method) < 0) fail(site, "method must be one of " + join(METHODS, ", ") + ", not " + formatArg(method));
+    if (typeof r.path !== "string" || !regexTest(ROUTE_PATH, r.path))
+      fail(site, "path must be like /things/:id (segments of letters, digits and _.~-, a :name for a parameter), not " + formatArg(r.path));
+    if (typeof r.handler !== "function") fail(site, "handler must be a function");
+    let limit = null;
+    if (r.time_limit_ms !== undefined) {
+      limit = r.time_limit_ms;
+      if (typeof limit !== "number" || !(limit >= 1 && limit <= MAX_TIME_LIMIT_MS))
+        fail(site, "time_limit_ms must be a number of milliseconds from 1 to " + MAX_TIME_LIMIT_MS);
+    }
+    return { method, path: r.path, handler: r.handler, site, time_limit_ms: limit };
+  }
+
+  // The file of a "file:line:column" site.
+  function siteFile(site) {
+    const c2 = strLastIndexOf(site, ":");
+    const c1 = c2 > 0 ? strLastIndexOf(site, ":", c2 - 1) : -1;
+    return c1 > 0 ? strSlice(site, 0, c1) : site;
   }
 
   function validate(d, site) {
@@ -417,6 +457,7 @@
   defineGlobal("withdraw_schema", withdraw_schema);
   defineGlobal("log", log);
   defineGlobal("load_lib", load_lib);
+  defineGlobal("route", route);
   defineGlobal("process_later", process_later);
   for (const name of host.natives) {
     defineGlobal(name, function () {
@@ -470,6 +511,57 @@
         "handlers are synchronous, and an async handler may await only work that is already done");
   }
 
+  // The value a handler's result stands for: itself, or what its promise settled to by the
+  // end of the call (after the queued jobs ran).
+  function settledValue(result) {
+    if (!isThenable(result)) {
+      hostDrain();
+      return result;
+    }
+    let state = "pending";
+    let value;
+    promiseThen(promiseResolve(PromiseCtor, result), (v) => { state = "fulfilled"; value = v; }, (e) => { state = "rejected"; value = e; });
+    hostDrain();
+    if (state === "rejected") throw value;
+    if (state === "pending")
+      throw new ErrorCtor("the handler returned a promise that was still pending when the call ended: " +
+        "handlers are synchronous, and an async handler may await only work that is already done");
+    return value;
+  }
+
+  // A route handler's answer as the host takes it: {status, headers, json | body}.
+  function responseText(r) {
+    if (r === undefined || r === null || typeof r !== "object" || isArray(r))
+      throw new TypeError("a route handler returns an object: {status, json | body, headers}");
+    const status = r.status === undefined ? 200 : r.status;
+    if (typeof status !== "number" || !(status >= 200 && status <= 599) || status % 1 !== 0)
+      throw new TypeError("status must be a whole number from 200 to 599, not " + formatArg(status));
+    const out = { status };
+    if (r.body !== undefined && r.json !== undefined) throw new TypeError("a response has json or body, not both");
+    if (r.body !== undefined) {
+      if (typeof r.body !== "string") throw new TypeError("body must be a string (json for a value)");
+      out.body = r.body;
+    } else if (r.json !== undefined) {
+      out.json = r.json;
+    }
+    if (r.headers !== undefined) {
+      if (r.headers === null || typeof r.headers !== "object" || isArray(r.headers)) throw new TypeError("headers must be an object of strings");
+      const headers = {};
+      for (const name of Object.keys(r.headers)) {
+        if (typeof r.headers[name] !== "string") throw new TypeError("header " + name + " must be a string");
+        headers[name] = r.headers[name];
+      }
+      out.headers = headers;
+    }
+    let text;
+    try {
+      text = stringify(out);
+    } catch (e) {
+      throw new TypeError("the response cannot be written as JSON: " + StringCtor(e && e.message !== undefined ? e.message : e));
+    }
+    return text;
+  }
+
   // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:
   // {"ok":[items…],"later":[…]} or {"error":{…}}.
   function runOne(fn, arg) {
@@ -496,11 +588,25 @@
   }
 
   return {
-    // JSON text describing the declared extension, or throws naming file:line.
+    // JSON text describing the declared extension (or the routes of an API file), or throws
+    // naming file:line.
     describe() {
       loading = false;
       if (declarationError !== null) throw new ErrorCtor(declarationError);
-      if (declaration === null) throw new ErrorCtor("the file never calls extension({...})");
+      if (declaration !== null && routes.length > 0)
+        throw new ErrorCtor(routes[0].site + ": a file declares an extension or routes, not both");
+      if (declaration === null && routes.length > 0) {
+        const declared = [];
+        for (let i = 0; i < routes.length; i++) {
+          const r = routes[i];
+          push(declared, { method: r.method, path: r.path, site: r.site, time_limit_ms: r.time_limit_ms });
+        }
+        return stringify({
+          id: "api:" + siteFile(routes[0].site), source_schemas: [], category: "provider", confidence: 0,
+          time_limit_ms: null, site: routes[0].site, libs: slice(libsLoaded), routes: declared,
+        });
+      }
+      if (declaration === null) throw new ErrorCtor("the file never calls extension({...}) (or route({...}))");
       const d = declaration;
       return stringify({
         id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
@@ -540,6 +646,29 @@
         }
       }
       return stringify(out);
+    },
+    // Runs route `call.route`'s handler on `call.req`; JSON text {"ok": response} or {"error": {…}}.
+    request(call) {
+      const r = routes[call.route];
+      hostBegin();
+      let result;
+      try {
+        result = settledValue(r.handler(call.req));
+      } catch (e) {
+        try {
+          return stringify({ error: describeError(e) });
+        } catch (_) {
+          return '{"error":{"name":"Error","message":"the handler threw a value that cannot be described"}}';
+        }
+      }
+      try {
+        return '{"ok":' + responseText(result) + "}";
+      } catch (e) {
+        // A bad answer is the route's: placed at its declaration.
+        const file = siteFile(r.site);
+        const line = NumberCtor(strSlice(r.site, file.length + 1, strLastIndexOf(r.site, ":")));
+        return stringify({ error: { name: "TypeError", message: StringCtor(e.message), file, line, column: null, stack: null } });
+      }
     },
     partial() {
       const done = partial === null ? [] : partial;

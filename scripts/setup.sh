@@ -3,7 +3,8 @@
 # outside the clone. Safe to run again: each step is skipped when already done.
 #
 #   scripts/setup.sh          build prerequisites (clang-19, libclang-19-dev, …) and SpiderMonkey
-#   scripts/setup.sh --test   also the test servers: PouchDB Server (npm) and Dovecot (Debian)
+#   scripts/setup.sh --test   also what the tests drive: PouchDB Server (npm), Dovecot and
+#                             Chromium (Debian; headless, for the mail page's browser test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -15,7 +16,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 packages=(clang-19 libclang-19-dev llvm-19 python3 make m4 pkg-config ca-certificates curl git)
 if [ "$want_test" = 1 ]; then
-  packages+=(dovecot-imapd)
+  packages+=(dovecot-imapd chromium)
   command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()

@@ -29,6 +29,11 @@ pub struct FileConfig {
     /// The token HTTP requests must carry (`Authorization: Bearer …`); required when listening
     /// on an address that is not loopback. `RAINDROP_API_TOKEN` wins over it.
     pub api_token: Option<String>,
+    /// Folder of API files, served under `/api/` (default `api`).
+    pub api: Option<PathBuf>,
+    /// Origins whose pages may call `/api/` from a browser (CORS); none by default.
+    #[serde(default)]
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

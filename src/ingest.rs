@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use crate::model::{self, SchemaItem};
 use crate::store::{Doc, Durability, Store, StoreError, WriteBatch, WriteResult};
 
-/// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id` and
+/// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id`,
+/// `rd_confidence` (0 by default) and
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
 /// document as raw data, with no source. A caller writing `Durability::Deferred` calls
 /// `Store::sync` before it reports the items kept.
@@ -22,6 +23,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
         let rd_key = fields.remove("rd_key").unwrap_or(Value::Null);
         let schema_id = fields.remove("rd_schema_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         let ext_id = fields.remove("rd_ext_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "rd.raw".into());
+        let confidence = fields.remove("rd_confidence").and_then(|v| v.as_f64()).filter(|c| c.is_finite()).unwrap_or(0.0);
         let attachments = fields.remove("_attachments").and_then(|v| v.as_object().cloned());
         fields.retain(|k, _| !k.starts_with('_'));
         if schema_id.is_empty() || model::doc_id(&rd_key, &schema_id).is_err() {
@@ -37,7 +39,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
             deps: Vec::new(),
             attachments,
             provider: true,
-            confidence: 0.0,
+            confidence,
             fingerprint: String::new(),
         });
     }

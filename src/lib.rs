@@ -4,6 +4,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 mod digest;
@@ -20,3 +21,4 @@ pub mod pipeline;
 pub mod protocols;
 pub mod store;
 pub mod timing;
+pub mod web;

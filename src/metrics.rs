@@ -34,6 +34,11 @@ struct Inner {
     load_failures: Vec<LoadFailure>,
     pages: u64,
     reloads: u64,
+    /// The API folder at its last (re)load: its routes, the files that failed.
+    api_routes: usize,
+    api_failures: Vec<LoadFailure>,
+    /// API requests answered, by status class (`2xx` …).
+    api_requests: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -165,6 +170,18 @@ impl Metrics {
         inner.load_failures = failures;
     }
 
+    /// The API folder was (re)loaded: `routes` served, these files failed.
+    pub fn api_loaded(&self, routes: usize, failures: Vec<LoadFailure>) {
+        let mut inner = self.lock();
+        inner.api_routes = routes;
+        inner.api_failures = failures;
+    }
+
+    /// An API request was answered with `status`.
+    pub fn api_request(&self, status: u16) {
+        *self.lock().api_requests.entry(format!("{}xx", status / 100)).or_default() += 1;
+    }
+
     /// A sync of `account` ended: `error` is why it failed, if it did.
     pub fn synced(&self, account: &str, error: Option<String>) {
         let mut inner = self.lock();
@@ -211,6 +228,7 @@ impl Metrics {
             "failed_to_load": inner.load_failures,
             "pages_written": inner.pages,
             "reloads": inner.reloads,
+            "api": { "routes": inner.api_routes, "failed_to_load": inner.api_failures, "requests": inner.api_requests },
         })
     }
 
@@ -255,6 +273,12 @@ impl Metrics {
             let _ = writeln!(out, "raindrop_handler_seconds_sum{{extension=\"{}\"}} {}", label(id), h.sum);
             let _ = writeln!(out, "raindrop_handler_seconds_count{{extension=\"{}\"}} {}", label(id), h.count);
         }
+        family(&mut out, "raindrop_api_requests_total", "counter", "API requests answered, by status class.");
+        for (class, n) in &inner.api_requests {
+            let _ = writeln!(out, "raindrop_api_requests_total{{status=\"{class}\"}} {n}");
+        }
+        family(&mut out, "raindrop_api_files_failed_to_load", "gauge", "API files that failed to load at the last (re)load.");
+        let _ = writeln!(out, "raindrop_api_files_failed_to_load {}", inner.api_failures.len());
         family(&mut out, "raindrop_sync_total", "counter", "Mail syncs that ended, per account.");
         for (id, a) in &inner.accounts {
             let _ = writeln!(out, "raindrop_sync_total{{account=\"{}\"}} {}", label(id), a.syncs);

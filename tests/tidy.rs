@@ -34,6 +34,11 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
     ),
     ("ingest.rs", &["crate::js", "crate::pipeline", "crate::host_api"], "raw ingest knows the model and the store only"),
     (
+        "api/",
+        &["crate::store", "crate::pipeline", "crate::protocols", "crate::mail", "crate::ingest", "crate::model", "crate::daemon"],
+        "the API matches routes and runs their JS; the host functions reach the store, the listener owns HTTP",
+    ),
+    (
         "pipeline/",
         &["crate::host_api", "crate::protocols", "crate::mail", "store::embedded", "store::couch"],
         "the pipeline sees the store only through the Store trait and JS only through the pool",
@@ -41,7 +46,7 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
 ];
 
 /// Where the JS pool may be named: the layers that run extensions.
-const POOL_USERS: &[&str] = &["js/", "pipeline/", "daemon/", "cli/", "bin/"];
+const POOL_USERS: &[&str] = &["js/", "pipeline/", "api/", "daemon/", "cli/", "bin/"];
 
 /// A source file: its path under `src/` and its lines.
 struct Source {
@@ -129,11 +134,11 @@ fn only_the_engine_touches_spidermonkey() {
 fn async_stays_in_the_http_listener() {
     // Extensions and the pipeline are threads; tokio and hyper serve HTTP and nothing else.
     let mut problems = Vec::new();
-    for s in sources().iter().filter(|s| s.rel != "daemon/http.rs") {
+    for s in sources().iter().filter(|s| !s.rel.starts_with("daemon/http/")) {
         for (n, line) in s.lines.iter().enumerate() {
             let c = code(line);
             if names(c, "tokio") || names(c, "hyper") || c.contains("async fn") || c.contains(".await") {
-                problems.push(format!("src/{}:{}: async outside src/daemon/http.rs", s.rel, n + 1));
+                problems.push(format!("src/{}:{}: async outside src/daemon/http/", s.rel, n + 1));
             }
         }
     }

@@ -36,6 +36,10 @@ pub struct Cli {
     #[arg(long, global = true, env = "RAINDROP_EXTENSIONS")]
     pub extensions: Option<PathBuf>,
 
+    /// Folder of API `.js` files, served under /api/ by `raindrop run` (default: api).
+    #[arg(long, global = true, env = "RAINDROP_API")]
+    pub api: Option<PathBuf>,
+
     /// JS worker threads, each with its own SpiderMonkey runtime (default: number of cores;
     /// at most 64).
     #[arg(long, global = true, env = "RAINDROP_JS_THREADS", value_parser = parse_js_threads)]
@@ -122,6 +126,10 @@ fn check_js_threads(n: usize) -> Result<usize, String> {
 pub struct Settings {
     pub store: StoreSpec,
     pub extensions: PathBuf,
+    /// The API folder.
+    pub api: PathBuf,
+    /// Origins allowed to call the API from a browser.
+    pub cors_origins: Vec<String>,
     pub js_threads: usize,
     /// The user's own identity ids (`[type, value]`), for `get_my_identities()`.
     pub identities: Vec<serde_json::Value>,
@@ -140,6 +148,8 @@ impl Settings {
         Ok(Settings {
             store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
             extensions: cli.extensions.clone().or(file.extensions.clone()).unwrap_or_else(|| PathBuf::from("js-extensions")),
+            api: cli.api.clone().or(file.api.clone()).unwrap_or_else(|| PathBuf::from("api")),
+            cors_origins: file.cors_origins.clone(),
             js_threads: match cli.js_threads.or(file.js_threads) {
                 Some(n) => check_js_threads(n).map_err(anyhow::Error::msg)?,
                 None => num_cpus::get().clamp(1, MAX_JS_THREADS),
@@ -156,6 +166,7 @@ impl Settings {
     pub fn daemon_settings(&self) -> raindrop::daemon::DaemonSettings {
         raindrop::daemon::DaemonSettings {
             extensions: self.extensions.clone(),
+            api: self.api.clone(),
             js_threads: self.js_threads,
             identities: self.identities.clone(),
             accounts: self.accounts.clone(),

@@ -169,6 +169,7 @@ fn daemon(
         store: settings.store.clone(),
         listen,
         token: settings.api_token.clone(),
+        cors_origins: settings.cors_origins.clone(),
         run: RunOptions { continuous: true, ..args.options() },
         sync,
     };

@@ -15,6 +15,7 @@
 //! `extensions` loads and watches the folder, `signals` is what the daemon is told, `sync`
 //! the mail thread, `http` the listener.
 
+mod api_folder;
 mod extensions;
 mod http;
 mod signals;
@@ -48,6 +49,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct DaemonSettings {
     pub extensions: PathBuf,
+    /// The folder of API files (served under `/api/` when the daemon listens).
+    pub api: PathBuf,
     pub js_threads: usize,
     /// The user's own identity ids, for `get_my_identities()`.
     pub identities: Vec<Value>,
@@ -62,6 +65,8 @@ pub struct DaemonOptions {
     pub listen: Option<SocketAddr>,
     /// The token requests must carry (required on an address that is not loopback).
     pub token: Option<String>,
+    /// Origins whose pages may call `/api/` (CORS); none by default.
+    pub cors_origins: Vec<String>,
     /// Page size and worker slice of the runs (continuous, and the stop flag, are the daemon's).
     pub run: RunOptions,
     /// Sync the accounts (`raindrop run`; not `process --continuous`).
@@ -102,9 +107,16 @@ pub fn run(
     let metrics = Arc::new(Metrics::default());
     let Some(store) = open_store(&options.store, &control) else { return Ok(Stats::default()) };
     let run = RunOptions { continuous: true, stop: Some(control.run_stop.clone()), ..options.run.clone() };
+    let mut api_plan = None;
     let _listener = match options.listen {
         None => None,
         Some(addr) => {
+            let plan =
+                api_folder::ApiPlan { dir: settings.api.clone(), threads: settings.js_threads, identities: settings.identities.clone() };
+            let api = api_folder::ApiFolder::start(plan, store.clone(), metrics.clone());
+            let current = api.current.clone();
+            api_plan = Some(api.plan.clone());
+            api.watch(control.clone()).map_err(|e| DaemonError::Thread("api-watch", e))?;
             let state = http::HttpState {
                 metrics: metrics.clone(),
                 store: store.clone(),
@@ -114,6 +126,8 @@ pub fn run(
                 db_identity: options.store.identity(),
                 started: Instant::now(),
                 backlog: Default::default(),
+                api: current,
+                cors_origins: options.cors_origins.clone(),
             };
             let listener = http::start(addr, state).map_err(|source| DaemonError::Listen { addr, source })?;
             eprintln!("raindrop: listening on http://{} (/status, /metrics, /healthz)", listener.addr);
@@ -136,6 +150,7 @@ pub fn run(
         watched: Arc::default(),
         to_withdraw: BTreeSet::new(),
         checkpoint_id: Pipeline::checkpoint_id(&run),
+        api_plan,
     };
     daemon.watch().map_err(|e| DaemonError::Thread("watch", e))?;
     let stats = daemon.main_loop(&run, &reread, &plan, progress)?;
@@ -158,6 +173,8 @@ struct Daemon {
     to_withdraw: BTreeSet<String>,
     /// The pipeline's checkpoint (it names the extensions of the last run).
     checkpoint_id: String,
+    /// What the API's pool is made from, when the daemon listens.
+    api_plan: Option<Arc<Mutex<api_folder::ApiPlan>>>,
 }
 
 impl Daemon {
@@ -225,6 +242,11 @@ impl Daemon {
         plan.accounts = self.settings.accounts.clone();
         plan.interval = self.settings.sync_interval;
         plan.generation += 1;
+        if let Some(api) = &self.api_plan {
+            let s = &self.settings;
+            *api.lock().unwrap_or_else(|p| p.into_inner()) =
+                api_folder::ApiPlan { dir: s.api.clone(), threads: s.js_threads, identities: s.identities.clone() };
+        }
     }
 
     /// A pool of the folder's extensions, the failures reported and the outputs of

@@ -22,6 +22,8 @@ pub(super) struct Control {
     pub(super) reload: AtomicBool,
     /// Read the config file again too (SIGHUP).
     pub(super) reread_config: AtomicBool,
+    /// Load the API folder again (SIGHUP).
+    pub(super) reload_api: AtomicBool,
     /// Given to the pipeline's run as its stop: raised by any of the above.
     pub(super) run_stop: Arc<AtomicBool>,
 }
@@ -40,6 +42,7 @@ impl Control {
     pub(super) fn reload(&self, reread_config: bool) {
         if reread_config {
             self.reread_config.store(true, Ordering::SeqCst);
+            self.reload_api.store(true, Ordering::SeqCst);
         }
         self.reload.store(true, Ordering::SeqCst);
         self.end_run();

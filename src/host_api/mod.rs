@@ -24,6 +24,14 @@ pub fn register_all(host: &mut HostFunctions, store: Arc<dyn Store>, identities:
     mail::register_attachment_parser(host, store);
 }
 
+/// What the API's handlers have beyond the extensions' functions: `add_schemas(items)`, to
+/// contribute to documents as an outside source (the user marking a message read), items
+/// `{rd_key, rd_schema_id, …fields}` with an optional `rd_ext_id` (default `rd.api`) and
+/// `rd_confidence` (default 10: over what the extensions and IMAP derive).
+pub fn register_api(host: &mut HostFunctions, store: Arc<dyn Store>) {
+    store::register_add_schemas(host, store);
+}
+
 /// The host functions that need no database (`raindrop.mail.parse` and friends).
 pub fn register_without_store(host: &mut HostFunctions) {
     mail::register(host);

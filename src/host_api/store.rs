@@ -22,6 +22,32 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
     update_documents(host, store);
 }
 
+/// `add_schemas(items)` → one `{id, rev}` or `{id, error}` per item (see
+/// [`super::register_api`]).
+pub(super) fn register_add_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register("add_schemas", move |_, args| {
+        let items = args.first().and_then(Value::as_array).ok_or("add_schemas needs an array of items")?;
+        let mut raw = Vec::with_capacity(items.len());
+        for item in items {
+            let mut fields = item.as_object().cloned().ok_or("every item must be an object {rd_key, rd_schema_id, …fields}")?;
+            fields.entry("rd_ext_id").or_insert_with(|| json!("rd.api"));
+            fields.entry("rd_confidence").or_insert_with(|| json!(10));
+            raw.push(fields);
+        }
+        let results = crate::ingest::add_schemas(&*s, raw, crate::store::Durability::Immediate)?;
+        Ok(Value::Array(
+            results
+                .into_iter()
+                .map(|r| match r {
+                    WriteResult::Ok { id, rev } => json!({"id": id, "rev": rev}),
+                    WriteResult::Conflict { id } => json!({"id": id, "error": "conflict"}),
+                    WriteResult::Error { id, reason } => json!({"id": id, "error": reason}),
+                })
+                .collect(),
+        ))
+    });
+}
+
 /// `open_schemas([[rd_key, schema_id], …][, fields])` → `[doc or null, …]`; with fields, each
 /// cut down to them (a summary reads many bodies' few fields). The store's text goes to JS.
 fn open_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {

@@ -123,6 +123,28 @@ pub struct Declaration {
     /// The `lib/` files it loaded with `load_lib`, in order.
     #[serde(default)]
     pub libs: Vec<String>,
+    /// For a file of the API folder: the routes it declared (and no extension).
+    #[serde(default)]
+    pub routes: Vec<RouteDecl>,
+}
+
+/// One `route({method, path, handler})` of an API file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteDecl {
+    pub method: String,
+    /// `/things/:id`: segments, a `:name` one matching any segment.
+    pub path: String,
+    /// `file:line:column` of the `route(` call.
+    pub site: String,
+    pub time_limit_ms: Option<f64>,
+}
+
+impl RouteDecl {
+    /// The declared time limit per request, if any (see [`Declaration::time_limit`]).
+    pub fn time_limit(&self) -> Option<std::time::Duration> {
+        let ms = self.time_limit_ms?;
+        (1.0..=MAX_TIME_LIMIT_MS).contains(&ms).then(|| std::time::Duration::from_secs_f64(ms / 1000.0))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,7 +15,7 @@ pub mod pool;
 pub mod watchdog;
 mod worker;
 
-pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension};
+pub use extension::{Category, Declaration, ExtensionSource, LoadedExtension, RouteDecl};
 pub use host::{HostCall, HostError, HostFunctions};
 pub use pool::{
     Batch, BatchResult, DocOutcome, Emission, EmittedItem, FailureKind, FilterKeys, HandlerError, JsPool, PendingFilter, PendingLater,

@@ -181,6 +181,13 @@ pub(super) enum Job {
         values: Vec<Value>,
         reply: Sender<DocOutcome>,
     },
+    /// Run one request through a route of an API file: `request` is `{"route": i, "req": …}`.
+    Request {
+        ext: usize,
+        request: String,
+        limit: Option<Duration>,
+        reply: Sender<Result<String, HandlerError>>,
+    },
 }
 
 /// The running pool. Dropping it stops and joins every worker.
@@ -272,6 +279,18 @@ impl JsPool {
             let _ = jobs.send(Job::Later { ext, values, reply: tx });
         }
         PendingLater(rx)
+    }
+
+    /// Runs one request through route `route` of API file `ext` (`req` as JSON text) and waits
+    /// for the response's JSON text (`{status, headers, json | body}`), stopped after `limit`
+    /// (else the pool's time limit).
+    pub fn request(&self, ext: usize, route: usize, req: &str, limit: Option<Duration>) -> Result<String, HandlerError> {
+        let (tx, rx) = bounded(1);
+        let request = format!("{{\"route\":{route},\"req\":{req}}}");
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Job::Request { ext, request, limit, reply: tx });
+        }
+        rx.recv().unwrap_or_else(|_| Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
     }
 
     /// Runs one batch and waits for its result.

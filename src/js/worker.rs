@@ -159,6 +159,16 @@ pub(super) fn worker_main(
                 });
                 let _ = reply.send(answers);
             }
+            Job::Request { ext, request, limit, reply } => {
+                let t0 = std::time::Instant::now();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.request(ext, &request, limit)));
+                crate::timing::record_as(|| job_label("request", shared, ext), t0, 1);
+                let answer = result.unwrap_or_else(|_| {
+                    worker.recycle();
+                    Err(HandlerError::new(FailureKind::Exception, "internal error in the JS worker"))
+                });
+                let _ = reply.send(answer);
+            }
             Job::Later { ext, values, reply } => {
                 let t0 = std::time::Instant::now();
                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.later(ext, &values)));
@@ -297,6 +307,25 @@ impl Worker<'_> {
     fn call_once(&mut self, ext: usize, method: &std::ffi::CStr, arg: &str, units: u32) -> Result<String, HandlerError> {
         let decl = self.declaration(ext)?;
         let limit = self.time_limit(&decl).checked_mul(units.max(1)).unwrap_or(Duration::MAX);
+        self.call_limited(ext, &decl, method, arg, limit)
+    }
+
+    /// One request through a route (`{"route": i, "req": …}`), stopped after `limit` or the
+    /// pool's time limit.
+    fn request(&mut self, ext: usize, request: &str, limit: Option<Duration>) -> Result<String, HandlerError> {
+        let decl = self.declaration(ext)?;
+        let limit = limit.unwrap_or(self.shared.config.time_limit);
+        self.call_limited(ext, &decl, c"request", request, limit)
+    }
+
+    fn call_limited(
+        &mut self,
+        ext: usize,
+        decl: &Declaration,
+        method: &std::ffi::CStr,
+        arg: &str,
+        limit: Duration,
+    ) -> Result<String, HandlerError> {
         let Some(Loaded { rt, sandboxes }) = self.loaded.as_mut() else {
             return Err(HandlerError::new(FailureKind::Exception, "the JS runtime could not be recreated"));
         };

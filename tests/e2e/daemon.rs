@@ -4,12 +4,11 @@
 //! Outcomes are polled for, not slept on.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{dump, free_port, of_schema, ok, raindrop, rd, repo, TempDir};
+use crate::support::{dump, eventually, free_port, of_schema, ok, raindrop, rd, repo, Daemon, TempDir};
 
 const A: &str = r#"extension({ id: "live.a", source_schemas: ["rd.test.a"],
   handler(doc) { emit_schema("rd.test.b", { v: doc.v + 1 }); } });"#;
@@ -28,75 +27,6 @@ fn seed(db: &str, exts: &Path, dir: &Path, from: u32, n: u32) {
         c.arg("add-schemas").arg(&path);
         c
     });
-}
-
-/// Polls `check` until it holds or `secs` pass.
-fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    panic!("not within {secs} s: {what}");
-}
-
-/// A daemon child process, its stderr going to a file read by `log()`; SIGKILLed on drop.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    port: u16,
-}
-
-impl Daemon {
-    fn start(mut cmd: Command, dir: &Path) -> Daemon {
-        let log = dir.join(format!("daemon-{}.log", free_port()));
-        let port = free_port();
-        let child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
-        Daemon { child, log, port }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str, token: Option<&str>) -> reqwest::blocking::Response {
-        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
-        let mut request = client.get(format!("http://127.0.0.1:{}{path}", self.port));
-        if let Some(t) = token {
-            request = request.bearer_auth(t);
-        }
-        request.send().unwrap()
-    }
-
-    fn status(&self) -> Value {
-        self.get("/status", None).json().unwrap()
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: signalling this test's own child.
-        unsafe { libc::kill(self.child.id() as i32, signal) };
-    }
-
-    /// Waits for the process to end; its exit code.
-    fn wait_exit(&mut self, secs: u64) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the daemon did not exit within {secs} s:\n{}", self.log());
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn values(db: &str, exts: &Path, schema: &str) -> Vec<i64> {

@@ -1,6 +1,8 @@
 //! End-to-end tests: the real SpiderMonkey, real servers on loopback, the real binary.
 //! One test binary; one module per topic.
 
+mod api;
+mod browser;
 mod cli;
 mod daemon;
 mod hardening;

@@ -398,3 +398,72 @@ pub fn kill_rounds(dir: &TempDir, exts: &Path, seed: impl Fn(&str), process: imp
     }
     expected
 }
+
+/// Polls `check` until it holds or `secs` pass.
+pub fn eventually(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    panic!("not within {secs} s: {what}");
+}
+
+/// A daemon child process, its stderr going to a file read by `log()`; SIGKILLed on drop.
+pub struct Daemon {
+    pub child: Child,
+    log: PathBuf,
+    pub port: u16,
+}
+
+impl Daemon {
+    pub fn start(mut cmd: Command, dir: &Path) -> Daemon {
+        let log = dir.join(format!("daemon-{}.log", free_port()));
+        let port = free_port();
+        let child = cmd.stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap()).spawn().unwrap();
+        Daemon { child, log, port }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> reqwest::blocking::Response {
+        let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+        let mut request = client.get(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        request.send().unwrap()
+    }
+
+    pub fn status(&self) -> Value {
+        self.get("/status", None).json().unwrap()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: signalling this test's own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the process to end; its exit code.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the daemon did not exit within {secs} s:\n{}", self.log());
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,12 +1,15 @@
 //! The daemon's HTTP listener: `GET /healthz`, `GET /status` (JSON) and `GET /metrics` (the
-//! Prometheus text format).
+//! Prometheus text format); the JS API under `/api/` (`api.rs` bridges it to [`crate::api`]);
+//! the mail page at `/` ([`crate::web`]).
 //!
 //! hyper serves it on a small tokio runtime of its own thread; what a request needs from the
 //! store runs on tokio's blocking threads, so a slow database never holds the listener; the
 //! backlog it counts is kept for 5 s, counted once for any number of requests. Bounded:
-//! headers must arrive within 10 s and fit in 64 KiB, a connection lasts at most 60 s, and at
-//! most 256 connections are served at once. When a token is configured (it must be, on an address that is not loopback), every
-//! request must carry `Authorization: Bearer <token>`.
+//! headers must arrive within 10 s and fit in 64 KiB (an idle keep-alive connection is closed
+//! after 10 s too), a connection lasts at most 10 minutes, and at most 256 connections are
+//! served at once. When a token is configured (it must be, on an address that is not
+//! loopback), every request but those for the page's own files must carry `Authorization:
+//! Bearer <token>`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,13 +24,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Value};
 
+mod api;
+
 use crate::metrics::Metrics;
 use crate::store::Store;
 
 const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 64 * 1024;
-const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
+const CONNECTION_LIMIT: Duration = Duration::from_secs(600);
 /// How long a counted backlog is shown before it is counted again.
 const BACKLOG_FRESH: Duration = Duration::from_secs(5);
 
@@ -44,6 +49,10 @@ pub(super) struct HttpState {
     pub(super) started: Instant,
     /// The last backlog counted, and when.
     pub(super) backlog: tokio::sync::Mutex<Option<(Instant, Result<u64, String>)>>,
+    /// The API folder as loaded now (replaced when it changes).
+    pub(super) api: Arc<std::sync::RwLock<Arc<crate::api::Api>>>,
+    /// Origins allowed to call `/api/` from a browser (CORS); none by default.
+    pub(super) cors_origins: Vec<String>,
 }
 
 /// The running listener; it stops when dropped.
@@ -146,6 +155,17 @@ fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
 }
 
 async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/api" || path.starts_with("/api/") {
+        return Ok(api::answer(state, req).await);
+    }
+    // The page's own files hold no data: served without the token (the page sends it with
+    // its API calls).
+    if req.method() == Method::GET {
+        if let Some((content_type, body)) = crate::web::asset(&path) {
+            return Ok(reply(StatusCode::OK, content_type, body));
+        }
+    }
     if !authorized(&state, &req) {
         let mut response = error(StatusCode::UNAUTHORIZED, "this listener needs Authorization: Bearer <token>");
         response.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Bearer"));
@@ -169,7 +189,7 @@ async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Respons
             }
             reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.exposition(&gauges))
         }
-        other => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {other} (try /status, /metrics or /healthz)")),
+        other => error(StatusCode::NOT_FOUND, &format!("no such endpoint: {other} (try /, /api/…, /status, /metrics or /healthz)")),
     })
 }
 

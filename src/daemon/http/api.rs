@@ -1,0 +1,99 @@
+//! `/api/…`: a request read whole (its body bounded in size and time), checked for the token
+//! and, for a browser on another origin, against the CORS origins; then answered by the API's
+//! JS handlers on a blocking thread, so the listener never waits for JavaScript.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde_json::json;
+
+use super::{authorized, HttpState};
+use crate::api::{ApiRequest, ApiResponse};
+
+/// The largest request body the API takes.
+const MAX_BODY_BYTES: usize = 1 << 20;
+/// How long a request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(super) async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let origin = req.headers().get(hyper::header::ORIGIN).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let allowed = origin.filter(|o| state.cors_origins.iter().any(|c| c == o || c == "*"));
+    if req.method() == Method::OPTIONS && allowed.is_some() {
+        return with_cors(respond(ApiResponse { status: 204, headers: Vec::new(), body: Vec::new() }), allowed.as_deref(), true);
+    }
+    if !authorized(&state, &req) {
+        let mut r = ApiResponse::error(401, "this listener needs Authorization: Bearer <token>", json!({}));
+        r.headers.push(("www-authenticate".into(), "Bearer".into()));
+        return with_cors(respond(r), allowed.as_deref(), false);
+    }
+    let response = match read(req).await {
+        Ok(api_req) => {
+            let api = state.api.read().unwrap_or_else(|p| p.into_inner()).clone();
+            tokio::task::spawn_blocking(move || api.handle(&api_req))
+                .await
+                .unwrap_or_else(|_| ApiResponse::error(500, "internal error while answering the request", json!({})))
+        }
+        Err(r) => r,
+    };
+    state.metrics.api_request(response.status);
+    with_cors(respond(response), allowed.as_deref(), false)
+}
+
+/// The request as the API takes it, or the error response for one that cannot be read.
+async fn read(req: Request<Incoming>) -> Result<ApiRequest, ApiResponse> {
+    let (parts, body) = req.into_parts();
+    let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let too_big = || ApiResponse::error(413, &format!("the request body is over {} KiB", MAX_BODY_BYTES >> 10), json!({}));
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_big());
+    }
+    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+        Err(_) => return Err(ApiResponse::error(408, "the request body did not arrive within 10 s", json!({}))),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_big()),
+        Ok(Err(e)) => return Err(ApiResponse::error(400, &format!("the request body could not be read: {e}"), json!({}))),
+        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+    };
+    let path = parts.uri.path().strip_prefix("/api").unwrap_or_default().to_string();
+    let headers = parts
+        .headers
+        .iter()
+        .filter(|(name, _)| *name != hyper::header::AUTHORIZATION)
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    Ok(ApiRequest {
+        method: parts.method.as_str().to_string(),
+        path,
+        query: parts.uri.query().unwrap_or_default().to_string(),
+        headers,
+        body,
+    })
+}
+
+fn respond(r: ApiResponse) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(r.body)));
+    *response.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in r.headers {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// CORS headers for an allowed origin (and, for a preflight, what it may send).
+fn with_cors(mut response: Response<Full<Bytes>>, origin: Option<&str>, preflight: bool) -> Response<Full<Bytes>> {
+    let Some(origin) = origin.and_then(|o| HeaderValue::from_str(o).ok()) else { return response };
+    let h = response.headers_mut();
+    h.insert(hyper::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(hyper::header::VARY, HeaderValue::from_static("Origin"));
+    if preflight {
+        h.insert(hyper::header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE"));
+        h.insert(hyper::header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("authorization, content-type"));
+        h.insert(hyper::header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    response
+}
