@@ -83,6 +83,82 @@ route({
   },
 });
 
+// Each group's conversations in order (latest first), kept by each worker between requests
+// and brought up to date from the changes feed: a page of a group is then a slice and the
+// page's summaries, not a read of every conversation of the group.
+const ordered = { seq: null, groups: new Map() };
+const SUMMARY_ID = "!rd.conv.summary";
+
+function entryOf(summary, tag) {
+  const stamp = (summary["grouping-timestamp"] || []).find((g) => g[0] === tag);
+  return { key: summary.rd_key, ts: stamp ? stamp[1] : 0, order: JSON.stringify(summary.rd_key) };
+}
+
+// Latest first; the key breaks ties.
+function before(a, b) {
+  return b.ts - a.ts || (a.order < b.order ? -1 : a.order > b.order ? 1 : 0);
+}
+
+// Where `entry` goes in `list` (the first place not before it).
+function place(list, entry) {
+  let lo = 0, hi = list.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (before(list[mid], entry) < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+function buildGroup(tag, field) {
+  const list = find_schemas("rd.conv.summary", field, tag, 1000000, ["grouping-timestamp"]).map((s) => entryOf(s, tag));
+  list.sort(before);
+  // pages: "skip,limit" → the answer's text, until a conversation of the group changes.
+  return { tag, field, list, byOrder: new Map(list.map((e) => [e.order, e])), pages: new Map() };
+}
+
+// A conversation summary changed: out of every kept group, and back where it now belongs.
+function moved(summary) {
+  const order = JSON.stringify(summary.rd_key);
+  for (const g of ordered.groups.values()) {
+    const old = g.byOrder.get(order);
+    if (old) {
+      g.list.splice(place(g.list, old), 1);
+      g.byOrder.delete(order);
+      g.pages.clear();
+    }
+    const tags = g.field === "unread_grouping_tags[]" ? summary.unread_grouping_tags : summary.all_grouping_tags;
+    if ((tags || []).includes(g.tag)) {
+      const e = entryOf(summary, g.tag);
+      g.list.splice(place(g.list, e), 0, e);
+      g.byOrder.set(order, e);
+      g.pages.clear();
+    }
+  }
+}
+
+function catchUp() {
+  if (ordered.seq === null) {
+    ordered.seq = changes_since(null).last_seq;
+    return;
+  }
+  for (;;) {
+    const page = changes_since(ordered.seq, 5000);
+    ordered.seq = page.last_seq;
+    const changed = page.changes.filter((c) => c.id.endsWith(SUMMARY_ID));
+    if (changed.length && ordered.groups.size) {
+      // A summary gone (a conversation merged into another), or too many to place one by
+      // one: the kept groups are built again when next asked for.
+      if (changed.length > 2000 || changed.some((c) => c.deleted)) ordered.groups.clear();
+      else {
+        const docs = open_documents(changed.map((c) => c.id), ["all_grouping_tags", "unread_grouping_tags", "grouping-timestamp"]);
+        for (const d of docs) if (d) moved(d);
+      }
+    }
+    if (page.changes.length < 5000) return;
+  }
+}
+
 // GET /inflow/conversations?group=TAG[&limit=20&skip=0&unread=1]: a group's conversations,
 // latest first, a page at a time.
 route({
@@ -95,16 +171,25 @@ route({
     const skip = intParam(req.query.skip, 0, 0, 1e9);
     if (limit === null || skip === null) return bad("limit and skip must be whole numbers");
     const field = req.query.unread === "1" ? "unread_grouping_tags[]" : "all_grouping_tags[]";
-    // The order needs only the timestamps; the page's conversations are then read whole.
-    const stamps = find_schemas("rd.conv.summary", field, tag, 1000000, ["grouping-timestamp"]).map((s) => {
-      const stamp = (s["grouping-timestamp"] || []).find((g) => g[0] === tag);
-      return { key: s.rd_key, ts: stamp ? stamp[1] : 0, order: JSON.stringify(s.rd_key) };
-    });
-    stamps.sort((a, b) => b.ts - a.ts || (a.order < b.order ? -1 : a.order > b.order ? 1 : 0));
-    const page = stamps.slice(skip, skip + limit);
-    const summaries = open_schemas(page.map((s) => [s.key, "rd.conv.summary"]));
-    const conversations = summaries.filter((s) => s).map((s) => conversationItem(s, tag));
-    return { json: { group: tag, total: stamps.length, skip, limit, conversations } };
+    catchUp();
+    const name = field + " " + tag;
+    let group = ordered.groups.get(name);
+    if (!group) {
+      if (ordered.groups.size >= 200) ordered.groups.clear();
+      group = buildGroup(tag, field);
+      ordered.groups.set(name, group);
+    }
+    const pageKey = skip + "," + limit;
+    let text = group.pages.get(pageKey);
+    if (text === undefined) {
+      const page = group.list.slice(skip, skip + limit);
+      const summaries = open_schemas(page.map((e) => [e.key, "rd.conv.summary"]));
+      const conversations = summaries.filter((s) => s).map((s) => conversationItem(s, tag));
+      text = JSON.stringify({ group: tag, total: group.list.length, skip, limit, conversations });
+      if (group.pages.size >= 100) group.pages.clear();
+      group.pages.set(pageKey, text);
+    }
+    return { json_text: text };
   },
 });
 

@@ -529,7 +529,9 @@
     return value;
   }
 
-  // A route handler's answer as the host takes it: {status, headers, json | body}.
+  // A route handler's answer as the host takes it: {status, headers, json | body}. A handler
+  // that keeps answers it already wrote out (a page of a list, until the feed says it
+  // changed) may give `json_text`, JSON as text, sent as it is (the host checks it is JSON).
   function responseText(r) {
     if (r === undefined || r === null || typeof r !== "object" || isArray(r))
       throw new TypeError("a route handler returns an object: {status, json | body, headers}");
@@ -537,7 +539,9 @@
     if (typeof status !== "number" || !(status >= 200 && status <= 599) || status % 1 !== 0)
       throw new TypeError("status must be a whole number from 200 to 599, not " + formatArg(status));
     const out = { status };
-    if (r.body !== undefined && r.json !== undefined) throw new TypeError("a response has json or body, not both");
+    const given = (r.body !== undefined) + (r.json !== undefined) + (r.json_text !== undefined);
+    if (given > 1) throw new TypeError("a response has one of json, json_text or body");
+    if (r.json_text !== undefined && typeof r.json_text !== "string") throw new TypeError("json_text must be a string of JSON");
     if (r.body !== undefined) {
       if (typeof r.body !== "string") throw new TypeError("body must be a string (json for a value)");
       out.body = r.body;
@@ -546,10 +550,10 @@
     }
     if (r.headers !== undefined) {
       if (r.headers === null || typeof r.headers !== "object" || isArray(r.headers)) throw new TypeError("headers must be an object of strings");
-      const headers = {};
+      const headers = []; // [name, value] pairs, for the host
       for (const name of Object.keys(r.headers)) {
         if (typeof r.headers[name] !== "string") throw new TypeError("header " + name + " must be a string");
-        headers[name] = r.headers[name];
+        push(headers, [name, r.headers[name]]);
       }
       out.headers = headers;
     }
@@ -559,6 +563,7 @@
     } catch (e) {
       throw new TypeError("the response cannot be written as JSON: " + StringCtor(e && e.message !== undefined ? e.message : e));
     }
+    if (r.json_text !== undefined) text = strSlice(text, 0, text.length - 1) + ',"json":' + r.json_text + "}";
     return text;
   }
 

@@ -6,14 +6,19 @@
 //! handed to its route's handler as JSON (`method`, `path`, `params`, `query`, `headers`,
 //! `body`, and `json` when the body parses); the handler answers `{status, json | body,
 //! headers}`. A handler that throws is a 500 naming its file and line, one past its time limit
-//! a 504, one over its heap cap a 503 — and the pool goes on serving. `routes` matches paths.
+//! a 504, one over its heap cap a 503 — and the pool goes on serving. A route whose requests
+//! have been slow (over 50 ms, on a moving average) may hold all but one of the pool's threads,
+//! so with two or more, slow requests never keep a fast one waiting. `routes` matches paths.
 //!
 //! This module knows HTTP only as plain values (method, path, headers, bytes): the listener
 //! (`daemon::http`) owns the sockets.
 
 mod routes;
 
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -65,12 +70,47 @@ pub enum ApiError {
     Pool(#[from] PoolError),
 }
 
+/// A request is slow past this (on a route's moving average of its requests).
+const SLOW: Duration = Duration::from_millis(50);
+
 /// The API folder, loaded: its pool and route table.
 #[derive(Default)]
 pub struct Api {
     pool: Option<JsPool>,
     table: RouteTable,
     failures: Vec<LoadFailure>,
+    lanes: Lanes,
+}
+
+/// What is done with a response once it is there.
+pub type Done = Box<dyn FnOnce(ApiResponse) + Send>;
+
+/// Per route (file, index): requests running, the moving average of how long they take, and
+/// those waiting for a slow route to have a thread.
+#[derive(Default)]
+struct Lanes {
+    routes: Mutex<HashMap<(usize, usize), Lane>>,
+}
+
+#[derive(Default)]
+struct Lane {
+    running: usize,
+    average: f64,
+    waiting: VecDeque<Waiting>,
+}
+
+/// A request held back until its slow route has a thread.
+struct Waiting {
+    route: Route,
+    text: String,
+    head: bool,
+    done: Done,
+}
+
+impl Lane {
+    fn may_run(&self, cap: usize) -> bool {
+        self.average < SLOW.as_secs_f64() || self.running < cap
+    }
 }
 
 impl Api {
@@ -83,7 +123,7 @@ impl Api {
         if sources.is_empty() {
             return Ok(Api::default());
         }
-        Ok(Api::from_pool(JsPool::start(sources, config)?, Vec::new()))
+        Ok(Api::from_pool(JsPool::start(sources, PoolConfig { unbounded_queue: true, ..config })?, Vec::new()))
     }
 
     /// The API of a pool of the folder's files already started (a daemon keeping the last
@@ -109,7 +149,7 @@ impl Api {
             }
         }
         let table = RouteTable::new(files);
-        Api { pool: Some(pool), table, failures }
+        Api { pool: Some(pool), table, failures, lanes: Lanes::default() }
     }
 
     /// The files that did not load, and why.
@@ -123,31 +163,97 @@ impl Api {
     }
 
     /// Answers one request; blocks while its handler runs.
-    pub fn handle(&self, req: &ApiRequest) -> ApiResponse {
+    pub fn handle(self: &Arc<Self>, req: &ApiRequest) -> ApiResponse {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.handle_then(
+            req,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| ApiResponse::error(503, "the API was reloaded while the request waited: try again", json!({})))
+    }
+
+    /// Answers one request without waiting: `done` gets the response, on a JS thread when a
+    /// handler ran (or here, when none needs to). If the API is replaced (its folder changed)
+    /// before the request ran, `done` is dropped uncalled.
+    pub fn handle_then(self: &Arc<Self>, req: &ApiRequest, done: Done) {
         let (route, params) = match self.table.find(&req.method, &req.path) {
             Match::Found(route, params) => (route, params),
             Match::WrongMethod(methods) => {
                 let mut r = ApiResponse::error(405, &format!("{} is not served for {}", req.path, req.method), json!({ "allow": methods }));
                 r.headers.push(("allow".into(), methods.join(", ")));
-                return r;
+                return done(r);
             }
-            Match::NotFound => return ApiResponse::error(404, &format!("no route for {} /api{}", req.method, req.path), json!({})),
+            Match::NotFound => return done(ApiResponse::error(404, &format!("no route for {} /api{}", req.method, req.path), json!({}))),
         };
-        let Some(pool) = &self.pool else { return ApiResponse::error(503, "the API is not loaded", json!({})) };
-        let body = match std::str::from_utf8(&req.body) {
-            Ok(text) => text,
-            Err(_) => return ApiResponse::error(400, "the request body must be UTF-8 text", json!({})),
+        if self.pool.is_none() {
+            return done(ApiResponse::error(503, "the API is not loaded", json!({})));
+        }
+        let Ok(body) = std::str::from_utf8(&req.body) else {
+            return done(ApiResponse::error(400, "the request body must be UTF-8 text", json!({})));
         };
         let text = request_json(req, &params, body).to_string();
-        let answer = pool.request(route.file, route.index, &text, route.limit);
-        let mut response = match answer.and_then(|t| parse_response(&t)) {
-            Ok(r) => r,
-            Err(e) => failure_response(&e, route),
-        };
-        if req.method == "HEAD" {
-            response.body.clear();
+        self.run(Waiting { route: route.clone(), text, head: req.method == "HEAD", done });
+    }
+
+    /// Hands the request to the pool, unless its route is slow and already holds all the
+    /// threads but one: it then waits its turn.
+    fn run(self: &Arc<Self>, w: Waiting) {
+        let Some(pool) = &self.pool else { return };
+        let key = (w.route.file, w.route.index);
+        {
+            let mut lanes = self.lanes.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let lane = lanes.entry(key).or_default();
+            if !lane.may_run(pool.threads().saturating_sub(1).max(1)) {
+                lane.waiting.push_back(w);
+                return;
+            }
+            lane.running += 1;
         }
-        response
+        // Weak: a request queued in the pool must not keep the API (and so the pool) alive.
+        let api = Arc::downgrade(self);
+        let started = Instant::now();
+        let Waiting { route, text, head, done } = w;
+        let limit = route.limit;
+        pool.submit_request(
+            key.0,
+            key.1,
+            &text,
+            limit,
+            Box::new(move |answer| {
+                let mut response = match answer.and_then(|t| parse_response(&t)) {
+                    Ok(r) => r,
+                    Err(e) => failure_response(&e, &route),
+                };
+                if head {
+                    response.body.clear();
+                }
+                if let Some(api) = api.upgrade() {
+                    api.finished(key, started.elapsed());
+                }
+                done(response);
+            }),
+        );
+    }
+
+    /// A request of route `key` ended after `took`: the next one waiting, if it may run now.
+    fn finished(self: &Arc<Self>, key: (usize, usize), took: Duration) {
+        let cap = self.pool.as_ref().map_or(1, |p| p.threads().saturating_sub(1).max(1));
+        let next = {
+            let mut lanes = self.lanes.routes.lock().unwrap_or_else(|p| p.into_inner());
+            let lane = lanes.entry(key).or_default();
+            lane.running = lane.running.saturating_sub(1);
+            lane.average = 0.8 * lane.average + 0.2 * took.as_secs_f64();
+            if lane.may_run(cap) {
+                lane.waiting.pop_front()
+            } else {
+                None
+            }
+        };
+        if let Some(w) = next {
+            self.run(w);
+        }
     }
 }
 
@@ -173,38 +279,47 @@ fn request_json(req: &ApiRequest, params: &std::collections::BTreeMap<String, St
     out
 }
 
-/// The driver's `{"ok": {status, headers, json | body}}` or `{"error": …}` as a response.
+/// The driver's answer: `{"ok": {status, headers, json | body}}` or `{"error": …}`. The
+/// `json` is kept as the text the handler's value was written as: it goes out as it is.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow)]
+    ok: Option<Reply<'a>>,
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct Reply<'a> {
+    status: Option<u16>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(borrow)]
+    json: Option<&'a serde_json::value::RawValue>,
+    body: Option<String>,
+}
+
+/// The driver's answer as a response.
 fn parse_response(text: &str) -> Result<ApiResponse, HandlerError> {
-    let bad = |why: &str| HandlerError::new(FailureKind::BadOutput, why);
-    let answer: Value = serde_json::from_str(text).map_err(|_| bad("the handler's answer could not be read"))?;
-    if let Some(e) = answer.get("error") {
+    let answer: Answer =
+        serde_json::from_str(text).map_err(|_| HandlerError::new(FailureKind::BadOutput, "the handler's answer could not be read"))?;
+    if let Some(e) = answer.error {
         let mut error = HandlerError::new(FailureKind::Exception, e["message"].as_str().unwrap_or("the handler failed"));
         error.file = e["file"].as_str().map(str::to_string);
         error.line = e["line"].as_u64().map(|l| l as u32);
         error.stack = e["stack"].as_str().map(str::to_string);
         return Err(error);
     }
-    let ok = answer.get("ok").ok_or_else(|| bad("the handler gave no answer"))?;
-    let status = ok["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(200);
-    let mut headers: Vec<(String, String)> = ok["headers"]
-        .as_object()
-        .map(|h| h.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), v.as_str()?.to_string()))).collect())
-        .unwrap_or_default();
-    let has = |headers: &[(String, String)], name: &str| headers.iter().any(|(k, _)| k == name);
-    let body = if let Some(text) = ok.get("body").and_then(Value::as_str) {
-        if !has(&headers, "content-type") {
-            headers.push(("content-type".into(), "text/plain; charset=utf-8".into()));
-        }
-        text.as_bytes().to_vec()
-    } else if let Some(value) = ok.get("json") {
-        if !has(&headers, "content-type") {
-            headers.push(("content-type".into(), "application/json".into()));
-        }
-        value.to_string().into_bytes()
-    } else {
-        Vec::new()
+    let ok = answer.ok.ok_or_else(|| HandlerError::new(FailureKind::BadOutput, "the handler gave no answer"))?;
+    let mut headers: Vec<(String, String)> = ok.headers.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect();
+    let (body, content_type) = match (ok.body, ok.json) {
+        (Some(text), _) => (text.into_bytes(), "text/plain; charset=utf-8"),
+        (None, Some(raw)) => (raw.get().as_bytes().to_vec(), "application/json"),
+        (None, None) => (Vec::new(), ""),
     };
-    Ok(ApiResponse { status, headers, body })
+    if !content_type.is_empty() && !headers.iter().any(|(k, _)| k == "content-type") {
+        headers.push(("content-type".into(), content_type.into()));
+    }
+    Ok(ApiResponse { status: ok.status.unwrap_or(200), headers, body })
 }
 
 /// A handler that failed, as its client sees it: the message, and where.
@@ -225,7 +340,7 @@ mod tests {
 
     #[test]
     fn answers_become_responses() {
-        let r = parse_response(r#"{"ok":{"status":201,"json":{"a":1},"headers":{"X-Thing":"y"}}}"#).unwrap();
+        let r = parse_response(r#"{"ok":{"status":201,"json":{"a":1},"headers":[["X-Thing","y"]]}}"#).unwrap();
         assert_eq!(r.status, 201);
         assert_eq!(r.body, br#"{"a":1}"#);
         assert!(r.headers.contains(&("x-thing".into(), "y".into())));

@@ -49,6 +49,7 @@ impl ApiFolder {
     fn reload(&self) {
         let plan = self.plan.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut config = PoolConfig::new(plan.threads);
+        config.unbounded_queue = true;
         crate::host_api::register_all(&mut config.host_functions, self.store.clone(), plan.identities.clone());
         crate::host_api::register_api(&mut config.host_functions, self.store.clone());
         if !plan.dir.is_dir() {
@@ -73,7 +74,8 @@ impl ApiFolder {
 
     /// Watches the folder on a thread of its own: a change (once it holds still for one more
     /// look) or `control.reload_api` (SIGHUP) loads it again.
-    pub(super) fn watch(self, control: Arc<Control>) -> std::io::Result<()> {
+    /// The thread ends (dropping this folder's pools) once `control` says stopping.
+    pub(super) fn watch(self, control: Arc<Control>) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new().name("api-watch".into()).spawn(move || {
             let folder = || self.plan.lock().unwrap_or_else(|p| p.into_inner()).dir.clone();
             let mut seen = (folder(), snapshot(&folder()));
@@ -94,7 +96,6 @@ impl ApiFolder {
                 seen = now;
                 self.reload();
             }
-        })?;
-        Ok(())
+        })
     }
 }

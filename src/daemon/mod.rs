@@ -108,7 +108,8 @@ pub fn run(
     let Some(store) = open_store(&options.store, &control) else { return Ok(Stats::default()) };
     let run = RunOptions { continuous: true, stop: Some(control.run_stop.clone()), ..options.run.clone() };
     let mut api_plan = None;
-    let _listener = match options.listen {
+    let mut threads = Stopping { control: control.clone(), listener: None, api_watch: None };
+    threads.listener = match options.listen {
         None => None,
         Some(addr) => {
             let plan =
@@ -116,7 +117,7 @@ pub fn run(
             let api = api_folder::ApiFolder::start(plan, store.clone(), metrics.clone());
             let current = api.current.clone();
             api_plan = Some(api.plan.clone());
-            api.watch(control.clone()).map_err(|e| DaemonError::Thread("api-watch", e))?;
+            threads.api_watch = Some(api.watch(control.clone()).map_err(|e| DaemonError::Thread("api-watch", e))?);
             let state = http::HttpState {
                 metrics: metrics.clone(),
                 store: store.clone(),
@@ -153,9 +154,29 @@ pub fn run(
         api_plan,
     };
     daemon.watch().map_err(|e| DaemonError::Thread("watch", e))?;
-    let stats = daemon.main_loop(&run, &reread, &plan, progress)?;
+    let stats = daemon.main_loop(&run, &reread, &plan, progress);
+    drop(threads);
     eprintln!("raindrop: stopped");
-    Ok(stats)
+    stats
+}
+
+/// The threads that hold JS pools besides the main loop's: on any way out of [`run`] they
+/// are told to stop and joined, so no runtime outlives the daemon (SpiderMonkey must shut
+/// down before the process exits).
+struct Stopping {
+    control: Arc<Control>,
+    listener: Option<http::Listener>,
+    api_watch: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.control.stop.store(true, Ordering::SeqCst);
+        self.listener.take();
+        if let Some(t) = self.api_watch.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The main loop's state.

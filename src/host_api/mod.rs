@@ -27,9 +27,14 @@ pub fn register_all(host: &mut HostFunctions, store: Arc<dyn Store>, identities:
 /// What the API's handlers have beyond the extensions' functions: `add_schemas(items)`, to
 /// contribute to documents as an outside source (the user marking a message read), items
 /// `{rd_key, rd_schema_id, …fields}` with an optional `rd_ext_id` (default `rd.api`) and
-/// `rd_confidence` (default 10: over what the extensions and IMAP derive).
+/// `rd_confidence` (default 10: over what the extensions and IMAP derive);
+/// `changes_since(seq[, limit])`, the changes feed, so a handler can keep what it computed
+/// and bring it up to date; `open_documents(ids[, fields])`, documents by id. Extensions do
+/// not get them: what they emit must depend on their source, not on when they ran.
 pub fn register_api(host: &mut HostFunctions, store: Arc<dyn Store>) {
-    store::register_add_schemas(host, store);
+    store::register_add_schemas(host, store.clone());
+    store::register_changes_since(host, store.clone());
+    store::register_open_documents(host, store);
 }
 
 /// The host functions that need no database (`raindrop.mail.parse` and friends).

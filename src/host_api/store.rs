@@ -48,6 +48,34 @@ pub(super) fn register_add_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) 
     });
 }
 
+/// `changes_since(seq[, limit])` → `{last_seq, changes: [{id, deleted}, …]}`: up to `limit`
+/// (default 1,000, at most 10,000) changes after `seq`; `changes_since(null)` gives only the
+/// current `last_seq`, to start from.
+pub(super) fn register_changes_since(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register("changes_since", move |_, args| {
+        let since = match args.first() {
+            Some(Value::String(seq)) => crate::store::Seq::from_raw(seq.clone()),
+            None | Some(Value::Null) => return Ok(json!({ "last_seq": s.info()?.update_seq, "changes": [] })),
+            Some(other) => return Err(HostError(format!("changes_since: the seq is a string from an earlier answer, not {other}"))),
+        };
+        let limit = args.get(1).and_then(Value::as_u64).unwrap_or(1000).clamp(1, 10_000) as usize;
+        let page = s.changes(&since, limit, false)?;
+        let changes: Vec<Value> = page.changes.iter().map(|c| json!({ "id": c.id, "deleted": c.deleted })).collect();
+        Ok(json!({ "last_seq": page.last_seq.as_str(), "changes": changes }))
+    });
+}
+
+/// `open_documents([id, …][, fields])` → `[doc or null, …]`, as `open_schemas` by id.
+pub(super) fn register_open_documents(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register_text("open_documents", move |_, args| {
+        let ids = args.first().and_then(Value::as_array).ok_or("open_documents needs an array of document ids")?;
+        let ids = ids.iter().map(|i| i.as_str().map(str::to_string).ok_or("document ids are strings")).collect::<Result<Vec<_>, _>>()?;
+        let fields = field_list(args.get(1))?;
+        let docs = s.get_many(&ids, fields.as_deref())?;
+        Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
+    });
+}
+
 /// `open_schemas([[rd_key, schema_id], …][, fields])` → `[doc or null, …]`; with fields, each
 /// cut down to them (a summary reads many bodies' few fields). The store's text goes to JS.
 fn open_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {

@@ -39,6 +39,10 @@ pub struct PoolConfig {
     pub host_functions: HostFunctions,
     /// Where handler times are counted, if anywhere.
     pub metrics: Option<Arc<crate::metrics::Metrics>>,
+    /// The job queue has no bound. The pipeline's has one (it is held back when the pool is
+    /// behind); the API's has none: requests are bounded by the listener's connections, and
+    /// submitting one must never block the listener's thread.
+    pub unbounded_queue: bool,
 }
 
 impl PoolConfig {
@@ -49,6 +53,7 @@ impl PoolConfig {
             heap_bytes: 512 << 20,
             host_functions: HostFunctions::new(),
             metrics: None,
+            unbounded_queue: false,
         }
     }
 }
@@ -186,9 +191,13 @@ pub(super) enum Job {
         ext: usize,
         request: String,
         limit: Option<Duration>,
-        reply: Sender<Result<String, HandlerError>>,
+        reply: Reply,
     },
 }
+
+/// What is done with a request's answer, on the worker's thread as soon as it is there (the
+/// caller need not wait on a thread of its own). Dropped uncalled if the pool is dropped first.
+pub type Reply = Box<dyn FnOnce(Result<String, HandlerError>) + Send>;
 
 /// The running pool. Dropping it stops and joins every worker.
 pub struct JsPool {
@@ -204,7 +213,8 @@ impl JsPool {
     pub fn start(sources: Vec<ExtensionSource>, config: PoolConfig) -> Result<JsPool, PoolError> {
         let watchdog = Watchdog::start()?;
         let shared = Arc::new(Shared { sources, config });
-        let (job_tx, job_rx) = bounded::<Job>(shared.config.threads * 4);
+        let (job_tx, job_rx) =
+            if shared.config.unbounded_queue { crossbeam_channel::unbounded::<Job>() } else { bounded::<Job>(shared.config.threads * 4) };
         let mut workers = Vec::new();
         let mut ready = Vec::new();
         for i in 0..shared.config.threads {
@@ -286,11 +296,24 @@ impl JsPool {
     /// (else the pool's time limit).
     pub fn request(&self, ext: usize, route: usize, req: &str, limit: Option<Duration>) -> Result<String, HandlerError> {
         let (tx, rx) = bounded(1);
+        self.submit_request(
+            ext,
+            route,
+            req,
+            limit,
+            Box::new(move |answer| {
+                let _ = tx.send(answer);
+            }),
+        );
+        rx.recv().unwrap_or_else(|_| Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
+    }
+
+    /// [`JsPool::request`] without waiting: `reply` gets the answer.
+    pub fn submit_request(&self, ext: usize, route: usize, req: &str, limit: Option<Duration>, reply: Reply) {
         let request = format!("{{\"route\":{route},\"req\":{req}}}");
         if let Some(jobs) = &self.jobs {
-            let _ = jobs.send(Job::Request { ext, request, limit, reply: tx });
+            let _ = jobs.send(Job::Request { ext, request, limit, reply });
         }
-        rx.recv().unwrap_or_else(|_| Err(HandlerError::new(FailureKind::Exception, "the JS pool is gone")))
     }
 
     /// Runs one batch and waits for its result.

@@ -167,7 +167,7 @@ pub(super) fn worker_main(
                     worker.recycle();
                     Err(HandlerError::new(FailureKind::Exception, "internal error in the JS worker"))
                 });
-                let _ = reply.send(answer);
+                reply(answer);
             }
             Job::Later { ext, values, reply } => {
                 let t0 = std::time::Instant::now();

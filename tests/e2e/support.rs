@@ -453,6 +453,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
+                // Every JS pool is stopped and joined before the process exits; a runtime
+                // left running would have made SpiderMonkey's destructors abort the exit.
+                let log = self.log();
+                assert!(!log.contains("still running at exit"), "a JS runtime outlived the daemon:\n{log}");
                 return status.code();
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -1,11 +1,12 @@
 //! `/api/…`: a request read whole (its body bounded in size and time), checked for the token
-//! and, for a browser on another origin, against the CORS origins; then answered by the API's
-//! JS handlers on a blocking thread, so the listener never waits for JavaScript.
+//! and, for a browser on another origin, against the CORS origins; then handed to the API's
+//! JS pool, whose thread sends the response back: the listener never waits for JavaScript,
+//! and no thread in between does either.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -16,6 +17,9 @@ use crate::api::{ApiRequest, ApiResponse};
 
 /// The largest request body the API takes.
 const MAX_BODY_BYTES: usize = 1 << 20;
+/// How much of a body over the limit is read (and thrown away) so that a client still
+/// sending it gets the 413 rather than a connection reset under its feet.
+const DRAIN_BYTES: u64 = 16 << 20;
 /// How long a request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -33,9 +37,21 @@ pub(super) async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Res
     let response = match read(req).await {
         Ok(api_req) => {
             let api = state.api.read().unwrap_or_else(|p| p.into_inner()).clone();
-            tokio::task::spawn_blocking(move || api.handle(&api_req))
-                .await
-                .unwrap_or_else(|_| ApiResponse::error(500, "internal error while answering the request", json!({})))
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            api.handle_then(
+                &api_req,
+                Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            );
+            let response =
+                rx.await.unwrap_or_else(|_| ApiResponse::error(503, "the API was reloaded while the request waited: try again", json!({})));
+            // An API replaced meanwhile is dropped here when this was its last request: its
+            // pool's threads are joined off the listener's thread.
+            if Arc::strong_count(&api) == 1 {
+                tokio::task::spawn_blocking(move || drop(api));
+            }
+            response
         }
         Err(r) => r,
     };
@@ -47,15 +63,9 @@ pub(super) async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Res
 async fn read(req: Request<Incoming>) -> Result<ApiRequest, ApiResponse> {
     let (parts, body) = req.into_parts();
     let declared = parts.headers.get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    let too_big = || ApiResponse::error(413, &format!("the request body is over {} KiB", MAX_BODY_BYTES >> 10), json!({}));
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(too_big());
-    }
-    let body = match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, MAX_BODY_BYTES).collect()).await {
+    let body = match tokio::time::timeout(BODY_TIMEOUT, collect(body, declared)).await {
         Err(_) => return Err(ApiResponse::error(408, "the request body did not arrive within 10 s", json!({}))),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => return Err(too_big()),
-        Ok(Err(e)) => return Err(ApiResponse::error(400, &format!("the request body could not be read: {e}"), json!({}))),
-        Ok(Ok(collected)) => collected.to_bytes().to_vec(),
+        Ok(result) => result?,
     };
     let path = parts.uri.path().strip_prefix("/api").unwrap_or_default().to_string();
     let headers = parts
@@ -71,6 +81,32 @@ async fn read(req: Request<Incoming>) -> Result<ApiRequest, ApiResponse> {
         headers,
         body,
     })
+}
+
+/// The body whole; past [`MAX_BODY_BYTES`] a 413, after reading on up to [`DRAIN_BYTES`].
+async fn collect(mut body: Incoming, declared: Option<u64>) -> Result<Vec<u8>, ApiResponse> {
+    let too_big = || ApiResponse::error(413, &format!("the request body is over {} KiB", MAX_BODY_BYTES >> 10), json!({}));
+    if declared.is_some_and(|n| n > DRAIN_BYTES) {
+        return Err(too_big());
+    }
+    let over = declared.is_some_and(|n| n > MAX_BODY_BYTES as u64);
+    let (mut kept, mut seen) = (Vec::new(), 0u64);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiResponse::error(400, &format!("the request body could not be read: {e}"), json!({})))?;
+        if let Ok(data) = frame.into_data() {
+            seen += data.len() as u64;
+            if seen > DRAIN_BYTES {
+                break;
+            }
+            if !over && seen <= MAX_BODY_BYTES as u64 {
+                kept.extend_from_slice(&data);
+            }
+        }
+    }
+    if over || seen > MAX_BODY_BYTES as u64 {
+        return Err(too_big());
+    }
+    Ok(kept)
 }
 
 fn respond(r: ApiResponse) -> Response<Full<Bytes>> {

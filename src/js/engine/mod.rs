@@ -18,7 +18,7 @@ mod memory;
 mod natives;
 mod process;
 
-pub use process::shutdown;
+pub use process::{exit_after_runtimes, shutdown};
 
 use std::ffi::CStr;
 use std::ptr::{self, NonNull};

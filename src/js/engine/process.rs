@@ -60,6 +60,33 @@ pub fn shutdown() {
     }
 }
 
+/// Called last thing before the process exits: waits up to `patience` for the child runtimes
+/// still alive (a pool being dropped on another thread) and shuts the engine down.
+///
+/// When some are still alive after that, the exit can no longer be made safely through
+/// `exit()` — SpiderMonkey's static destructors would abort on a mutex a live runtime holds,
+/// turning a clean stop into SIGABRT — so the process ends here with `_exit(code)`, after
+/// flushing what Rust buffered. Raindrop is crash-only: nothing a runtime was doing needs to
+/// finish for the database to be whole.
+pub fn exit_after_runtimes(code: i32, patience: Duration) {
+    let deadline = std::time::Instant::now() + patience;
+    while LIVE_CHILDREN.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let alive = LIVE_CHILDREN.load(Ordering::SeqCst);
+    if alive == 0 {
+        shutdown();
+        return;
+    }
+    use std::io::Write;
+    eprintln!("raindrop: {alive} JavaScript runtime(s) still running at exit; leaving without running SpiderMonkey's destructors");
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` ends the process without running atexit handlers or static destructors,
+    // which is the point; Rust's buffered output was flushed just above.
+    unsafe { libc::_exit(code) }
+}
+
 fn start_engine_thread() -> Result<Sender<Request>, String> {
     let (req_tx, req_rx) = crossbeam_channel::unbounded::<Request>();
     let (ready_tx, ready_rx) = bounded::<Result<(), String>>(1);

@@ -1,4 +1,4 @@
-//! Raindrop's benchmarks: `raindrop-bench pool | store | pipeline | mail`.
+//! Raindrop's benchmarks: `raindrop-bench pool | store | pipeline | mail | api`.
 //!
 //! Every figure in one table comes from the same run, so the ratios compare like with like on
 //! a shared, noisy machine. See `BENCHMARKS.md` for recorded runs.
@@ -7,6 +7,8 @@
 /// the system allocator. SpiderMonkey keeps its own allocation path.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod api;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -35,10 +37,12 @@ fn main() {
         Some("store") => bench_store(args.get(2).cloned()),
         Some("pipeline") => bench_pipeline(args.get(2).cloned()),
         Some("mail") => bench_mail(),
+        Some("api") => api::bench_api(),
+        Some("api-load") => api::load_only(&args[2..]),
         Some("stdio-child") => stdio_child(),
         Some("pool-one-cpu") => pool_one_cpu(Duration::from_secs_f64(seconds)),
         _ => {
-            eprintln!("usage: raindrop-bench pool | store [POUCHDB_SERVER_BIN] | pipeline [POUCHDB_SERVER_BIN] | mail");
+            eprintln!("usage: raindrop-bench pool | store [POUCHDB_SERVER_BIN] | pipeline [POUCHDB_SERVER_BIN] | mail | api");
             std::process::exit(2);
         }
     }
