@@ -26,12 +26,19 @@ const TEMPLATE: &str = r#"# Raindrop's configuration. Flags and environment vari
 # How often `raindrop run` syncs the mail accounts, in seconds.
 # sync_interval_secs = 300
 
-# Where `raindrop run` serves /status, /metrics and /healthz ("off" for nowhere).
+# Where `raindrop run` serves /status, /metrics, /healthz, the JS API under /api/ and the
+# mail page at / ("off" for nowhere).
 # listen = "127.0.0.1:5985"
 
 # The token HTTP requests must carry (Authorization: Bearer <token>); required when listening
 # on an address that is not loopback. RAINDROP_API_TOKEN wins over it.
 # api_token = "a long random string"
+
+# The folder of API files (JS declaring route({...})), served under /api/.
+# api = "api"
+
+# Pages of other origins that may call /api/ from a browser (CORS); none by default.
+# cors_origins = ["https://mail.example.com"]
 
 # Mail accounts, one [[accounts]] table each.
 # [[accounts]]
