@@ -418,16 +418,32 @@
       if (!c || c.conversation_id === undefined || c.conversation_id === null) continue;
       if (!found.some((o) => sameJSON(o, c.conversation_id))) push(found, c.conversation_id);
     }
+    // The messages' own keys are candidates too, so the conversation is named by the smallest
+    // message key it holds (or references) whatever order its messages came in: a message
+    // with a smaller key than the conversation's name renames it (its members are written
+    // again). In random order that happens about ln(n) times for n messages.
     let chosen = null;
+    for (let i = 0; i < keys.length; i++) {
+      const own = ["conv", keys[i]];
+      if (chosen === null || stringify(own) < stringify(chosen)) chosen = own;
+    }
     for (let i = 0; i < found.length; i++) {
-      if (chosen === null || stringify(found[i]) < stringify(chosen)) chosen = found[i];
+      if (stringify(found[i]) < stringify(chosen)) chosen = found[i];
     }
     const others = found.filter((o) => !sameJSON(o, chosen));
-    if (chosen === null) chosen = ["conv", keys[0]];
     const members = slice(keys);
+    // A message is moved with its conversation only when this extension put it there: one
+    // that another extension (at a higher confidence) placed in it while this one named
+    // another keeps this one's say, as it would had the conversations met in another order.
+    const mine = declaration !== null ? declaration.id : null;
     for (let i = 0; i < others.length; i++) {
-      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, []);
-      for (let j = 0; j < found.length; j++) push(members, found[j].rd_key);
+      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, ["rd_schema_items"]);
+      for (let j = 0; j < found.length; j++) {
+        const items = found[j].rd_schema_items;
+        const own = mine !== null && items && items[mine] && items[mine].schema ? items[mine].schema.conversation_id : undefined;
+        if (own !== undefined && !sameJSON(own, others[i])) continue;
+        push(members, found[j].rd_key);
+      }
     }
     // With uses_dependencies, the choice is re-made whenever one of these conversation
     // documents changes: messages handled side by side in one batch then converge on one

@@ -9,8 +9,11 @@ extension({
     const names = new Set();
     parts.forEach((part, i) => {
       const type = (part.content_type || "").toLowerCase();
-      const isText = (type === "text/plain" || type === "text/html") && part.disposition !== "attachment";
-      if (isText || type.startsWith("multipart/")) return;
+      const inline = part.disposition !== "attachment";
+      const isText = (type === "text/plain" || type === "text/html") && inline;
+      // An encapsulated message shown in the body (a forward, a digest's member) is the body's
+      // text, and its own attachments are listed after it.
+      if (isText || type.startsWith("multipart/") || (type === "message/rfc822" && inline)) return;
       let name = part.filename || `subpart-${i + 1}`;
       while (names.has(name)) name = `${i + 1}-${name}`;
       names.add(name);

@@ -1,6 +1,9 @@
 // rd.msg.email → rd.msg.body: who, to whom, subject, when, and the text, as the original's
 // rd.ext.core.msg-email-to-body did. Identities are ["email", lower-cased address], with the
 // display names beside them; addresses and dates are read by raindrop.mail (Rust, mailparse).
+// An address without a domain (`From: Whomever`, `<moderator>`, as list software and old
+// gateways write) is kept as an identity of its own kind, ["local", lower-cased text]: the
+// message keeps its sender, and it never merges with a real email address.
 
 function first(headers, name) {
   const v = headers[name];
@@ -10,7 +13,12 @@ function first(headers, name) {
 function people(headers, name) {
   const list = [];
   for (const value of headers[name] || []) list.push(...raindrop.mail.addresses(value));
-  return list.filter((a) => a.address && a.address.includes("@"));
+  return list.filter((a) => a.address);
+}
+
+function identity(person) {
+  const value = person.address.toLowerCase();
+  return [value.includes("@") ? "email" : "local", value];
 }
 
 const QUOTED = /^(>.*(\r?\n|$))+/gm;
@@ -49,13 +57,13 @@ extension({
     if (ts !== null && ts !== undefined) items.timestamp = ts;
     const from = people(headers, "from")[0];
     if (from) {
-      items.from = ["email", from.address.toLowerCase()];
+      items.from = identity(from);
       items.from_display = from.name || from.address;
     }
     for (const field of ["to", "cc"]) {
       const list = people(headers, field);
       if (list.length) {
-        items[field] = list.map((p) => ["email", p.address.toLowerCase()]);
+        items[field] = list.map(identity);
         items[field + "_display"] = list.map((p) => p.name || p.address);
       }
     }

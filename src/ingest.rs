@@ -16,8 +16,14 @@ use crate::store::{Doc, Durability, Store, StoreError, WriteBatch, WriteResult};
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
 /// document as raw data, with no source. A caller writing `Durability::Deferred` calls
 /// `Store::sync` before it reports the items kept.
+///
+/// An item with a `content_digest` (a raw message) replaces a document that has a different
+/// one only when its own is lower: two different contents under one key — two messages that
+/// claim the same Message-ID — settle on the same one whichever arrives first, so the
+/// database does not depend on the order mail comes in. The other is reported as unchanged.
 pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: Durability) -> Result<Vec<WriteResult>, StoreError> {
     let mut items = Vec::new();
+    let mut digests: Vec<Option<String>> = Vec::new();
     let mut bad = Vec::new();
     for (i, mut fields) in raw.into_iter().enumerate() {
         let rd_key = fields.remove("rd_key").unwrap_or(Value::Null);
@@ -30,6 +36,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
             bad.push(WriteResult::Error { id: format!("line {}", i + 1), reason: "needs rd_key [type, value] and rd_schema_id".into() });
             continue;
         }
+        digests.push(fields.get("content_digest").and_then(Value::as_str).map(str::to_string));
         items.push(SchemaItem {
             rd_key,
             schema_id,
@@ -48,8 +55,16 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
     let mut merged: BTreeMap<String, Doc> = BTreeMap::new();
     let mut unchanged: Vec<WriteResult> = Vec::new();
     let existing: HashMap<&String, Option<Doc>> = ids.iter().zip(current).collect();
-    for (id, item) in ids.iter().zip(&items) {
+    for ((id, item), digest) in ids.iter().zip(&items).zip(&digests) {
         let base = merged.get(id).cloned().or_else(|| existing.get(id).cloned().flatten());
+        let kept = base.as_ref().and_then(|b| b.get("content_digest")).and_then(Value::as_str);
+        if let (Some(kept), Some(new)) = (kept, digest.as_deref()) {
+            if new >= kept {
+                let rev = base.as_ref().and_then(|b| b.get("_rev")).and_then(Value::as_str).unwrap_or_default().to_string();
+                unchanged.push(WriteResult::Ok { id: id.clone(), rev });
+                continue;
+            }
+        }
         if let Ok(doc) = model::apply_item(base.as_ref(), item) {
             merged.insert(id.clone(), doc);
         }

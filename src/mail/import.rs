@@ -101,22 +101,26 @@ pub(crate) fn split_mbox(data: &[u8]) -> Vec<Vec<u8>> {
 /// are normalised first: an IMAP server hands out CRLF what a file may hold with LF, and the
 /// same message must get the same key either way.
 pub fn message_key(bytes: &[u8]) -> String {
-    message_id(bytes).unwrap_or_else(|| {
-        let mut lf = Vec::with_capacity(bytes.len());
-        let mut rest = bytes;
-        while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
-            lf.extend_from_slice(&rest[..i]);
-            lf.push(b'\n');
-            rest = &rest[i + 2..];
-        }
-        lf.extend_from_slice(rest);
-        format!("{}@raindrop.invalid", crate::digest::digest(&[&lf]))
-    })
+    message_id(bytes).unwrap_or_else(|| format!("{}@raindrop.invalid", content_digest(bytes)))
+}
+
+/// The digest of a message's bytes with its line endings normalised (CRLF as LF): the same
+/// message from a server and from a file has the same digest.
+pub fn content_digest(bytes: &[u8]) -> String {
+    let mut lf = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some(i) = memchr::memmem::find(rest, b"\r\n") {
+        lf.extend_from_slice(&rest[..i]);
+        lf.push(b'\n');
+        rest = &rest[i + 2..];
+    }
+    lf.extend_from_slice(rest);
+    crate::digest::digest(&[&lf])
 }
 
 /// The Message-ID of a message (or of its header block alone) without `<>`, if it has one.
 pub fn message_id(bytes: &[u8]) -> Option<String> {
-    mailparse::parse_headers(super::headers_start(bytes)).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(
+    mailparse::parse_headers(&super::header_block(bytes)).ok().and_then(|(headers, _)| headers.get_first_value("Message-ID")).and_then(
         |v| {
             let v = v.trim().trim_start_matches('<').trim_end_matches('>').trim().to_string();
             (!v.is_empty()).then_some(v)
@@ -125,12 +129,15 @@ pub fn message_id(bytes: &[u8]) -> Option<String> {
 }
 
 /// The raw schema item for a message: `rd.msg.rfc822` with the bytes as attachment `rfc822`,
-/// written by `ext_id` (`proto.import`, `proto.imap`).
+/// written by `ext_id` (`proto.import`, `proto.imap`). Its `content_digest` settles which of
+/// two different messages claiming one Message-ID is kept, whatever order they come in
+/// (see `ingest::add_schemas`).
 pub fn rfc822_item(bytes: &[u8], ext_id: &str) -> Map<String, Value> {
     let item = json!({
         "rd_key": ["email", message_key(bytes)],
         "rd_schema_id": "rd.msg.rfc822",
         "rd_ext_id": ext_id,
+        "content_digest": content_digest(bytes),
         "_attachments": { "rfc822": {
             "content_type": "message/rfc822",
             "data": base64::engine::general_purpose::STANDARD.encode(bytes),
