@@ -1,13 +1,17 @@
 // rd.msg.imap-locations → rd.msg.grouping-tag folder-<name> for mail kept outside the INBOX, or
 // `archived` for mail in no folder any more (an extender with confidence 5, as the original's
-// folder-to-grouping-tag), and the folder's rd.grouping.info so the group exists.
+// folder-to-grouping-tag), and the folder's rd.grouping.info so the group exists. Mail imported
+// from a Maildir (rd.msg.maildir-location, its folders) is tagged the same way.
 extension({
   id: "rd.ext.core.folder-to-grouping-tag",
-  source_schemas: ["rd.msg.imap-locations"],
+  source_schemas: ["rd.msg.imap-locations", "rd.msg.maildir-location"],
   category: "extender",
   confidence: 5,
   handler(doc) {
-    const locations = Array.isArray(doc.locations) ? doc.locations : [];
+    const locations =
+      doc.rd_schema_id === "rd.msg.maildir-location"
+        ? (Array.isArray(doc.folders) ? doc.folders : []).map((folder_name) => ({ folder_name }))
+        : Array.isArray(doc.locations) ? doc.locations : [];
     if (locations.length === 0) {
       emit_schema("rd.msg.grouping-tag", { tag: "archived" });
       return;

@@ -5,11 +5,14 @@
 //   subscribed ──(a UI sets)──▶ unsubscribe-pending ──(confirmation request: we reply)──▶
 //   unsubscribe-confirmed ──(the list says "you are unsubscribed")──▶ unsubscribed
 //
-// A message only moves the state if it is newer than the last change (`changed_timestamp`), so
-// mail that arrives out of order — an old confirmation, an old post — changes nothing; a post
-// newer than an unsubscription means the user is subscribed again. The list document is shared
-// with the UI, so it is read and written whole (update_documents), as in the original; the
-// confirming reply is an rd.msg.outgoing.simple on the request message.
+// A message only moves the state if it is newer than the last message or change that did
+// (`changed_timestamp`, ties broken by message key in `changed_key`), so mail that arrives out
+// of order — an old confirmation, an old post — changes nothing, and the state is that of the
+// newest message whatever order they came in: a post newer than an unsubscription means the
+// user is subscribed again. The list's addresses (List-Post, List-Unsubscribe …) are the newest
+// post's (`info_timestamp`, `info_key`); `identity` the smallest of mine a post was sent to.
+// The list document is shared with the UI, so it is read and written whole (update_documents),
+// as in the original; the confirming reply is an rd.msg.outgoing.simple on the request message.
 
 function header(headers, name) {
   const v = headers[name];
@@ -117,44 +120,54 @@ extension({
     if (!list) return;
     emit_schema("rd.msg.email.mailing-list", { list_id: list.id });
     const ts = typeof doc.timestamp === "number" ? doc.timestamp : 0;
+    const msgKey = JSON.stringify(doc.rd_key);
     const key = ["mailing-list", list.id];
+    // (ts, msgKey) after (at, atKey): later, or as late and later by key.
+    const after = (at, atKey) => ts > (at || 0) || (ts === (at || 0) && msgKey > (atKey || ""));
     for (let attempt = 0; attempt < 5; attempt++) {
       const current = open_schemas([[key, "rd.mailing-list"]])[0];
       const next = current ? JSON.parse(JSON.stringify(current)) : {
         rd_key: key, rd_schema_id: "rd.mailing-list", id: list.id, name: list.name,
-        status: list.kind === "unsubscribed" ? "unsubscribed" : "subscribed", changed_timestamp: ts,
+        status: list.kind === "unsubscribed" ? "unsubscribed" : "subscribed", changed_timestamp: ts, changed_key: msgKey,
       };
-      const newer = ts > (next.changed_timestamp || 0);
+      const newer = !current || after(next.changed_timestamp, next.changed_key);
+      const moved = () => {
+        next.changed_timestamp = ts;
+        next.changed_key = msgKey;
+      };
       let reply = null;
       if (list.kind === "message") {
-        if (newer || !current) {
+        if (!current || after(next.info_timestamp, next.info_key)) {
           for (const field of ["post", "archive", "help", "subscribe", "unsubscribe"]) {
             const v = urls(header(headers, "list-" + field));
             if (Object.keys(v).length) next[field] = v;
+            else delete next[field];
           }
-          // Which of my identities the list writes to, when it says.
-          const mine = get_my_identities();
-          const to = [];
-          for (const name of ["to", "cc", "delivered-to"]) {
-            for (const v of headers[name] || []) to.push(...raindrop.mail.addresses(String(v)));
-          }
-          const me = to.map((a) => ["email", a.address.toLowerCase()]).find((id) => mine.some((m) => m[0] === id[0] && m[1] === id[1]));
-          if (me && !next.identity) next.identity = me;
+          next.info_timestamp = ts;
+          next.info_key = msgKey;
         }
-        if (newer && next.status === "unsubscribed") {
-          next.status = "subscribed";
-          next.changed_timestamp = ts;
+        // Which of my identities the list writes to, when it says.
+        const mine = get_my_identities();
+        const to = [];
+        for (const name of ["to", "cc", "delivered-to"]) {
+          for (const v of headers[name] || []) to.push(...raindrop.mail.addresses(String(v)));
+        }
+        const me = to.map((a) => ["email", a.address.toLowerCase()]).find((id) => mine.some((m) => m[0] === id[0] && m[1] === id[1]));
+        if (me && (!next.identity || JSON.stringify(me) < JSON.stringify(next.identity))) next.identity = me;
+        if (newer) {
+          if (next.status === "unsubscribed") next.status = "subscribed";
+          moved();
         }
       } else if (list.kind === "confirm-request") {
         if (newer && next.status === "unsubscribe-pending") {
           next.status = "unsubscribe-confirmed";
-          next.changed_timestamp = ts;
+          moved();
           reply = list.reply_to;
         }
       } else if (list.kind === "unsubscribed") {
-        if (newer && next.status !== "unsubscribed") {
+        if (newer) {
           next.status = "unsubscribed";
-          next.changed_timestamp = ts;
+          moved();
         }
       }
       const unchanged = current && JSON.stringify(current) === JSON.stringify(next);

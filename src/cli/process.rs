@@ -320,6 +320,11 @@ fn write_messages(store: &dyn Store, found: &[raindrop::mail::import::FoundMessa
             eprint!("\r\x1b[2K{done}/{} messages", found.len());
         }
     }
+    // Folders and read flags of Maildir messages, once every copy of each has been seen.
+    let places = raindrop::mail::import::place_items(found, "proto.import");
+    for chunk in places.chunks(1000) {
+        refused += super::tally(raindrop::ingest::add_schemas(store, chunk.to_vec(), Durability::Deferred)?, "not imported").1;
+    }
     store.sync()?;
     if progress {
         eprintln!();

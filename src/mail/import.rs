@@ -1,6 +1,12 @@
 //! Reading messages from files: `.eml` files, mbox files and Maildir folders. A folder is
 //! walked; a file that starts like an mbox ("From ") is split into its messages; any other file
 //! is one message, whatever its name.
+//!
+//! A message in a Maildir (a file in the `cur/` or `new/` of a folder that has both) also
+//! tells its folder and whether it was read: `new/` is unread, `cur/` is read when its flags
+//! (`…:2,FRS`) hold `S`. The folder is the Maildir's name — a Maildir++ subfolder's without its
+//! dot (`.Lists.rust` is `Lists.rust`), and `INBOX` for a Maildir++ root or one named
+//! `Maildir`. [`place_items`] makes documents of them.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +18,15 @@ use serde_json::{json, Map, Value};
 pub struct FoundMessage {
     pub origin: String,
     pub bytes: Vec<u8>,
+    /// Its folder and read state, when it came from a Maildir.
+    pub maildir: Option<MaildirPlace>,
+}
+
+/// Where a Maildir keeps a message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MaildirPlace {
+    pub folder: String,
+    pub seen: bool,
 }
 
 /// A file or folder an import could not read, and why.
@@ -50,8 +65,9 @@ fn walk(path: &Path, out: &mut Vec<FoundMessage>, skipped: &mut Vec<Unreadable>,
         entries.sort();
         for entry in entries {
             let name = entry.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            // Maildir's tmp/ holds messages still being written; dot-files are not messages.
-            if name.starts_with('.') || (name == "tmp" && entry.is_dir()) {
+            // Maildir's tmp/ holds messages still being written; dot-files are not messages,
+            // but a dot-folder that is a Maildir is a Maildir++ subfolder.
+            if (name.starts_with('.') && !is_maildir(&entry)) || (name == "tmp" && entry.is_dir()) {
                 continue;
             }
             walk(&entry, out, skipped, folders_read);
@@ -63,13 +79,73 @@ fn walk(path: &Path, out: &mut Vec<FoundMessage>, skipped: &mut Vec<Unreadable>,
         Err(e) => return skip(e),
     };
     let origin = path.display().to_string();
-    if bytes.starts_with(b"From ") {
+    let maildir = maildir_place(path);
+    if maildir.is_none() && bytes.starts_with(b"From ") {
         for (i, message) in split_mbox(&bytes).into_iter().enumerate() {
-            out.push(FoundMessage { origin: format!("{origin}#{}", i + 1), bytes: message });
+            out.push(FoundMessage { origin: format!("{origin}#{}", i + 1), bytes: message, maildir: None });
         }
     } else if !bytes.is_empty() {
-        out.push(FoundMessage { origin, bytes });
+        out.push(FoundMessage { origin, bytes, maildir });
     }
+}
+
+fn is_maildir(dir: &Path) -> bool {
+    dir.join("cur").is_dir() && dir.join("new").is_dir()
+}
+
+/// The folder and read state of a file in a Maildir's `cur/` or `new/`.
+fn maildir_place(file: &Path) -> Option<MaildirPlace> {
+    let sub = file.parent()?;
+    let sub_name = sub.file_name()?.to_str()?;
+    if sub_name != "cur" && sub_name != "new" {
+        return None;
+    }
+    let maildir = sub.parent()?;
+    if !is_maildir(maildir) {
+        return None;
+    }
+    let seen = sub_name == "cur" && file.file_name()?.to_str()?.rsplit_once(":2,").is_some_and(|(_, flags)| flags.contains('S'));
+    let name = maildir.file_name().and_then(|n| n.to_str()).unwrap_or("INBOX");
+    let has_subfolders = std::fs::read_dir(maildir)
+        .map(|d| d.filter_map(Result::ok).any(|e| e.file_name().to_string_lossy().starts_with('.') && is_maildir(&e.path())))
+        .unwrap_or(false);
+    let folder = match name.strip_prefix('.') {
+        Some(sub) if !sub.is_empty() => sub.to_string(),
+        _ if has_subfolders || name.eq_ignore_ascii_case("maildir") || name.eq_ignore_ascii_case("inbox") => "INBOX".to_string(),
+        _ => name.to_string(),
+    };
+    Some(MaildirPlace { folder, seen })
+}
+
+/// For the Maildir messages among `found`: per message (by key), `rd.msg.maildir-location`
+/// (`folders`: every folder it was found in, sorted) and `rd.msg.seen` (read in any of them),
+/// written by `ext_id`.
+pub fn place_items(found: &[FoundMessage], ext_id: &str) -> Vec<Map<String, Value>> {
+    let mut places: std::collections::BTreeMap<String, (std::collections::BTreeSet<String>, bool)> = Default::default();
+    for m in found {
+        if let Some(place) = &m.maildir {
+            let entry = places.entry(message_key(&m.bytes)).or_default();
+            entry.0.insert(place.folder.clone());
+            entry.1 |= place.seen;
+        }
+    }
+    let mut items = Vec::new();
+    for (key, (folders, seen)) in places {
+        for (schema, fields) in [
+            ("rd.msg.maildir-location", json!({ "folders": folders })),
+            ("rd.msg.seen", json!({ "seen": seen, "outgoing_state": "incoming" })),
+        ] {
+            let mut item = Map::new();
+            item.insert("rd_key".into(), json!(["email", key]));
+            item.insert("rd_schema_id".into(), json!(schema));
+            item.insert("rd_ext_id".into(), json!(ext_id));
+            if let Value::Object(f) = fields {
+                item.extend(f);
+            }
+            items.push(item);
+        }
+    }
+    items
 }
 
 /// Splits an mbox into messages: a line starting "From " begins one; ">From " lines are
@@ -161,6 +237,49 @@ mod tests {
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[0], b"Subject: one\n\nFrom here\nbody\n");
         assert_eq!(parts[1], b"Subject: two\n\nx\n");
+    }
+
+    #[test]
+    fn maildir_folders_and_flags_are_read() {
+        let root = std::env::temp_dir().join(format!("raindrop-maildir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for dir in [
+            "Maildir/cur",
+            "Maildir/new",
+            "Maildir/tmp",
+            "Maildir/.Lists.rust/cur",
+            "Maildir/.Lists.rust/new",
+            "Mail/Sent/cur",
+            "Mail/Sent/new",
+        ] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+        }
+        let write = |path: &str, id: &str| std::fs::write(root.join(path), format!("Message-ID: <{id}>\nSubject: s\n\nx\n")).unwrap();
+        write("Maildir/cur/1.host:2,S", "a@x");
+        write("Maildir/new/2.host", "b@x");
+        write("Maildir/.Lists.rust/cur/3.host:2,RF", "c@x");
+        write("Maildir/.Lists.rust/cur/4.host:2,FS", "a@x");
+        write("Maildir/tmp/5.host", "d@x");
+        write("Mail/Sent/cur/6.host:2,S", "e@x");
+        let (mut found, mut skipped) = (Vec::new(), Vec::new());
+        read_messages(&root, &mut found, &mut skipped);
+        let places: Vec<(String, Option<MaildirPlace>)> = found.iter().map(|m| (message_key(&m.bytes), m.maildir.clone())).collect();
+        let place = |folder: &str, seen: bool| Some(MaildirPlace { folder: folder.into(), seen });
+        assert_eq!(
+            places,
+            vec![
+                ("e@x".to_string(), place("Sent", true)),
+                ("c@x".to_string(), place("Lists.rust", false)),
+                ("a@x".to_string(), place("Lists.rust", true)),
+                ("a@x".to_string(), place("INBOX", true)),
+                ("b@x".to_string(), place("INBOX", false)),
+            ]
+        );
+        let items = place_items(&found, "proto.import");
+        let a: Vec<&Map<String, Value>> = items.iter().filter(|i| i["rd_key"] == json!(["email", "a@x"])).collect();
+        assert_eq!(a[0]["folders"], json!(["INBOX", "Lists.rust"]));
+        assert_eq!(a[1]["seen"], json!(true));
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

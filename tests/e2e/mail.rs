@@ -368,3 +368,91 @@ fn the_same_mail_gives_the_same_database_in_any_order() {
     crate::support::assert_same_docs(&derive("shuffled", &shuffled, false), &forward, "shuffled");
     crate::support::assert_same_docs(&derive("one-by-one", &reversed, true), &forward, "one at a time, reversed");
 }
+
+#[test]
+fn maildir_folders_and_flags_and_mbox_files_are_imported() {
+    let dir = TempDir::new("mail-maildir");
+    let root = dir.path().join("Maildir");
+    for sub in ["cur", "new", "tmp", ".Sent/cur", ".Sent/new", ".Sent/tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let msg = |id: &str, subject: &str| {
+        format!("From: a@example.com\nTo: me@example.com\nMessage-ID: <{id}>\nSubject: {subject}\nDate: Mon, 1 Jan 2001 00:00:00 +0000\n\nbody of {subject}\n")
+    };
+    std::fs::write(root.join("cur/1.host:2,S"), msg("read@x", "read")).unwrap();
+    std::fs::write(root.join("new/2.host"), msg("unread@x", "unread")).unwrap();
+    std::fs::write(root.join(".Sent/cur/3.host:2,RS"), msg("sent@x", "sent")).unwrap();
+    std::fs::write(root.join("tmp/4.host"), msg("partial@x", "still being written")).unwrap();
+    let mbox = dir.path().join("archive.mbox");
+    std::fs::write(
+        &mbox,
+        format!(
+            "From a@example.com Mon Jan  1 00:00:00 2001\n{}From b@example.com Mon Jan  1 00:00:00 2001\n{}>From the mbox's quoting\n",
+            msg("m1@x", "first of the mbox"),
+            msg("m2@x", "second of the mbox")
+        ),
+    )
+    .unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let log = run(&db, &["import", root.to_str().unwrap(), mbox.to_str().unwrap()]);
+    assert!(log.contains("5 message(s) read, 0 refused"), "{log}");
+    run(&db, &["process"]);
+    let docs = dump(&db, &exts());
+    assert_eq!(of_schema(&docs, "rd.core.error").len(), 0);
+    let seen = |id: &str| find(&docs, "rd.msg.seen", email(id)).map(|d| d["seen"].clone());
+    assert_eq!((seen("read@x"), seen("unread@x"), seen("sent@x")), (Some(json!(true)), Some(json!(false)), Some(json!(true))));
+    assert_eq!(seen("m1@x"), None, "an mbox says nothing of flags");
+    assert!(find(&docs, "rd.msg.rfc822", email("partial@x")).is_none(), "tmp/ is not read");
+    assert_eq!(find(&docs, "rd.msg.maildir-location", email("sent@x")).unwrap()["folders"], json!(["Sent"]));
+    assert_eq!(find(&docs, "rd.msg.grouping-tag", email("sent@x")).unwrap()["tag"], "folder-Sent");
+    assert_ne!(find(&docs, "rd.msg.grouping-tag", email("read@x")).map(|d| d["tag"].clone()), Some(json!("folder-INBOX")));
+    let body = |id: &str| find(&docs, "rd.msg.body", email(id)).unwrap()["body"].as_str().unwrap().to_string();
+    assert_eq!(body("m1@x"), "body of first of the mbox\n");
+    assert_eq!(body("m2@x"), "body of second of the mbox\nFrom the mbox's quoting\n");
+    // Importing again adds nothing.
+    run(&db, &["import", root.to_str().unwrap(), mbox.to_str().unwrap()]);
+    let log = run(&db, &["process"]);
+    assert!(log.contains("0 handler runs"), "{log}");
+}
+
+#[test]
+fn a_mailing_lists_state_is_that_of_its_newest_message_in_any_order() {
+    // Posts and an unsubscription notice of one Mailman list, handled one at a time in
+    // opposite orders: the newest message decides the status, and the newest post the list's
+    // addresses. (With the old rule a post to a subscribed list advanced nothing, so post 1,
+    // post 3, notice 2 ended unsubscribed, and every other order subscribed.)
+    let dir = TempDir::new("mail-list-order");
+    let list_msg = |n: u32, day: u32, admin: bool| {
+        let (subject, extra) = if admin {
+            ("You have been unsubscribed from the Test mailing list".to_string(), "X-List-Administrivia: yes\n")
+        } else {
+            (format!("post {n}"), "")
+        };
+        format!(
+            "From: {from}\nTo: me@example.com\nMessage-ID: <m{n}@lists.example.com>\nSubject: {subject}\nDate: {day} Jan 2010 10:00:00 +0000\nList-Id: Test list <test.lists.example.com>\nList-Post: <mailto:test-{n}@lists.example.com>\n{extra}\nbody {n}\n",
+            from = if admin { "test-bounces@lists.example.com" } else { "someone@example.com" },
+        )
+    };
+    let files: Vec<PathBuf> = [(1, 1, false), (2, 2, true), (3, 3, false)]
+        .iter()
+        .map(|&(n, day, admin)| {
+            let path = dir.path().join(format!("{n}.eml"));
+            std::fs::write(&path, list_msg(n, day, admin)).unwrap();
+            path
+        })
+        .collect();
+    let state = |name: &str, order: &[usize]| -> Value {
+        let db = dir.path().join(name).to_string_lossy().into_owned();
+        for &i in order {
+            import(&db, &files[i]);
+            run(&db, &["process"]);
+        }
+        let docs = dump(&db, &exts());
+        let list = find(&docs, "rd.mailing-list", json!(["mailing-list", "test.lists.example.com"])).unwrap().clone();
+        json!({"status": list["status"], "post": list["post"]})
+    };
+    let expected = json!({"status": "subscribed", "post": {"mailto": "test-3@lists.example.com"}});
+    for (name, order) in [("a", [0, 1, 2]), ("b", [0, 2, 1]), ("c", [1, 0, 2]), ("d", [1, 2, 0]), ("e", [2, 0, 1]), ("f", [2, 1, 0])] {
+        assert_eq!(state(name, &order), expected, "order {order:?}");
+    }
+}
