@@ -39,10 +39,10 @@ pub fn bench_api() {
     let window = Duration::from_secs_f64(seconds);
     let dir = std::env::temp_dir().join(format!("raindrop-bench-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let messages = super::mailbox(n + busy_n);
+    let messages = super::mail::mailbox(n + busy_n);
     eprintln!("building the database: {n} messages through the bundled extensions…");
     let db = dir.join("db");
-    super::mail_run(&db, &messages[..n], 2, false);
+    super::mail::mail_run(&db, &messages[..n], 2, false);
     let extra = dir.join("extra");
     std::fs::create_dir_all(&extra).unwrap();
     for (i, m) in messages[n..].iter().enumerate() {
