@@ -10,7 +10,9 @@
 // of order — an old confirmation, an old post — changes nothing, and the state is that of the
 // newest message whatever order they came in: a post newer than an unsubscription means the
 // user is subscribed again. The list's addresses (List-Post, List-Unsubscribe …) are the newest
-// post's (`info_timestamp`, `info_key`); `identity` the smallest of mine a post was sent to.
+// post's, and its name (`info_timestamp`, `info_key`); `identity` the smallest of mine a post
+// was sent to. (A date far in the future wins all the same: results must not depend on the
+// day they are derived, so the clock is not consulted.)
 // The list document is shared with the UI, so it is read and written whole (update_documents),
 // as in the original; the confirming reply is an rd.msg.outgoing.simple on the request message.
 
@@ -123,7 +125,7 @@ extension({
     const msgKey = JSON.stringify(doc.rd_key);
     const key = ["mailing-list", list.id];
     // (ts, msgKey) after (at, atKey): later, or as late and later by key.
-    const after = (at, atKey) => ts > (at || 0) || (ts === (at || 0) && msgKey > (atKey || ""));
+    const after = (at, atKey) => at === undefined || ts > at || (ts === at && msgKey > (atKey || ""));
     for (let attempt = 0; attempt < 5; attempt++) {
       const current = open_schemas([[key, "rd.mailing-list"]])[0];
       const next = current ? JSON.parse(JSON.stringify(current)) : {
@@ -143,6 +145,7 @@ extension({
             if (Object.keys(v).length) next[field] = v;
             else delete next[field];
           }
+          next.name = list.name;
           next.info_timestamp = ts;
           next.info_key = msgKey;
         }

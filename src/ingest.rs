@@ -58,8 +58,11 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
     for ((id, item), digest) in ids.iter().zip(&items).zip(&digests) {
         let base = merged.get(id).cloned().or_else(|| existing.get(id).cloned().flatten());
         let kept = base.as_ref().and_then(|b| b.get("content_digest")).and_then(Value::as_str);
+        // The same content from a source not yet among the contributors joins them (the
+        // message from IMAP and from a file): either order ends with both.
+        let joins = |b: &Doc| b.get("rd_schema_items").and_then(Value::as_object).is_some_and(|items| !items.contains_key(&item.ext_id));
         if let (Some(kept), Some(new)) = (kept, digest.as_deref()) {
-            if new >= kept {
+            if new > kept || (new == kept && !base.as_ref().is_some_and(joins)) {
                 let rev = base.as_ref().and_then(|b| b.get("_rev")).and_then(Value::as_str).unwrap_or_default().to_string();
                 unchanged.push(WriteResult::Ok { id: id.clone(), rev });
                 continue;
@@ -82,4 +85,45 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
     results.extend(unchanged);
     results.extend(bad);
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn message(ext: &str, digest: &str) -> Map<String, Value> {
+        let item = json!({"rd_key": ["email", "one@x"], "rd_schema_id": "rd.msg.rfc822", "rd_ext_id": ext, "content_digest": digest});
+        item.as_object().cloned().unwrap_or_default()
+    }
+
+    /// The document two arrivals leave behind, as (its digest, its contributors).
+    fn after(first: Map<String, Value>, second: Map<String, Value>) -> (Value, Vec<String>) {
+        let dir = std::env::temp_dir().join(format!("raindrop-ingest-{}-{:?}", std::process::id(), std::thread::current().id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let embedded = crate::store::embedded::EmbeddedStore::open(&dir).unwrap();
+        let store: &dyn Store = &embedded;
+        add_schemas(store, vec![first], Durability::Immediate).unwrap();
+        add_schemas(store, vec![second], Durability::Immediate).unwrap();
+        let id = model::doc_id(&json!(["email", "one@x"]), "rd.msg.rfc822").unwrap();
+        let doc = store.get_docs(&[id]).unwrap().remove(0).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let contributors = doc["rd_schema_items"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+        (doc["content_digest"].clone(), contributors)
+    }
+
+    #[test]
+    fn of_two_messages_under_one_key_the_lower_digest_stays_in_either_order() {
+        let (a, b) = (message("proto.import", "0aaa"), message("proto.import", "0bbb"));
+        assert_eq!(after(a.clone(), b.clone()).0, json!("0aaa"));
+        assert_eq!(after(b, a).0, json!("0aaa"));
+    }
+
+    #[test]
+    fn the_same_message_from_two_sources_keeps_both_in_either_order() {
+        let (imap, file) = (message("proto.imap", "0aaa"), message("proto.import", "0aaa"));
+        let both = vec!["proto.imap".to_string(), "proto.import".to_string()];
+        assert_eq!(after(imap.clone(), file.clone()), (json!("0aaa"), both.clone()));
+        assert_eq!(after(file, imap), (json!("0aaa"), both));
+    }
 }

@@ -53,10 +53,7 @@ fn lenient(text: &str) -> Value {
             continue;
         }
         let (name, address) = match (piece.rfind('<'), piece.rfind('>')) {
-            (Some(open), Some(close)) if open < close => {
-                let name = strip_comments(&piece[..open]);
-                (Some(name.trim_matches('"').trim().to_string()), piece[open + 1..close].to_string())
-            }
+            (Some(open), Some(close)) if open < close => (Some(display_name(&piece[..open])), piece[open + 1..close].to_string()),
             _ => (None, piece.to_string()),
         };
         let address = strip_comments(&address);
@@ -102,7 +99,30 @@ fn group_prefix_end(piece: &str) -> Option<usize> {
     (!before.contains(['<', '"', '@', '('])).then_some(colon)
 }
 
-/// The text without its `(comments)` (nested, with quoted pairs), white space collapsed.
+/// A display name as written before `<…>`: comments dropped, a quoted string unquoted (its
+/// quoted pairs undone), white space collapsed.
+fn display_name(text: &str) -> String {
+    let (mut out, mut depth, mut quoted, mut escaped) = (String::new(), 0u32, false, false);
+    for c in text.chars() {
+        match c {
+            _ if escaped => {
+                escaped = false;
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            '\\' if quoted || depth > 0 => escaped = true,
+            '"' if depth == 0 => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An address without its `(comments)` (nested, with quoted pairs) and white space around `@`.
 fn strip_comments(text: &str) -> String {
     let (mut out, mut depth, mut escaped, mut quoted) = (String::new(), 0u32, false, false);
     for c in text.chars() {
@@ -168,6 +188,8 @@ mod tests {
             json!([{"name": "List Moderator", "address": "moderator"}, {"name": null, "address": "b@example.com"}])
         );
         assert_eq!(from_text("\"Smith, Jo\" <jo>"), json!([{"name": "Smith, Jo", "address": "jo"}]));
+        assert_eq!(from_text("John @ Home <jo>"), json!([{"name": "John @ Home", "address": "jo"}]));
+        assert_eq!(from_text("\"A \\\"B\\\"\" (x) <jo>"), json!([{"name": "A \"B\"", "address": "jo"}]));
         assert_eq!(from_text(""), json!([]));
     }
 }

@@ -43,8 +43,8 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 fn zone(name: &str) -> Option<i64> {
     Some(match name {
         "UT" | "UTC" | "GMT" | "Z" => 0,
-        "AST" => -400,
-        "ADT" | "EDT" => -400,
+        "AST" | "EDT" => -400,
+        "ADT" => -300,
         "EST" | "CDT" => -500,
         "CST" | "MDT" => -600,
         "MST" | "PDT" => -700,
@@ -98,7 +98,7 @@ fn loose(text: &str) -> Option<i64> {
         std::mem::swap(&mut dd, &mut mm);
     }
     let mon = month(&mm)?;
-    let dd = dd.trim_end_matches(',');
+    let dd = dd.strip_suffix(',').unwrap_or(&dd);
     // asctime: "Jan 2 03:04:05 2001" has the time where the year is.
     if yy.find(':').is_some_and(|i| i > 0) {
         std::mem::swap(&mut yy, &mut tm);
@@ -112,10 +112,23 @@ fn loose(text: &str) -> Option<i64> {
     if !yy.starts_with(|c: char| c.is_ascii_digit()) {
         std::mem::swap(&mut yy, &mut tz);
     }
-    let tm = tm.trim_end_matches(',');
+    let (hour, minute, second) = clock(tm.strip_suffix(',').unwrap_or(&tm))?;
+    let (mut year, day) = (yy.parse::<i64>().ok()?, dd.parse::<i64>().ok()?);
+    if year < 100 {
+        year += if year > 68 { 1900 } else { 2000 };
+    }
+    // Python's calendar.timegm refuses years past 9999 (and a header's numbers can be anything).
+    if !(1..=9999).contains(&year) || [day, hour, minute, second].iter().any(|v| !(-1_000_000..=1_000_000).contains(v)) {
+        return None;
+    }
+    // Every term is bounded above, so none of this can overflow.
+    Some(days_from_civil(year, mon, day) * 86_400 + hour * 3600 + minute * 60 + second - zone_offset(&tz))
+}
+
+/// `hh:mm[:ss]` (or with dots, as some mailers write it).
+fn clock(tm: &str) -> Option<(i64, i64, i64)> {
     let mut pieces: Vec<&str> = tm.split(':').collect();
     if pieces.len() == 1 && tm.contains('.') {
-        // Some mailers separate the time's parts with dots.
         pieces = tm.split('.').collect();
     }
     let (h, m, s) = match pieces[..] {
@@ -123,19 +136,15 @@ fn loose(text: &str) -> Option<i64> {
         [h, m, s] => (h, m, s),
         _ => return None,
     };
-    let number = |t: &str| t.parse::<i64>().ok();
-    let (mut year, day, hour, minute, second) = (number(&yy)?, number(dd)?, number(h)?, number(m)?, number(s)?);
-    if year < 100 {
-        year += if year > 68 { 1900 } else { 2000 };
-    }
-    let tz_upper = tz.to_ascii_uppercase();
-    let mut offset = zone(&tz_upper).or_else(|| tz_upper.parse::<i64>().ok());
-    // "-0000" means "the zone is unknown" (RFC 5322 §3.3): read as UTC.
-    if offset == Some(0) && tz_upper.starts_with('-') {
-        offset = None;
-    }
-    let offset = offset.map(|o| o.signum() * ((o.abs() / 100) * 3600 + (o.abs() % 100) * 60)).unwrap_or(0);
-    Some(days_from_civil(year, mon, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+    Some((h.parse().ok()?, m.parse().ok()?, s.parse().ok()?))
+}
+
+/// The zone's offset east of UTC in seconds. "-0000" means "the zone is unknown" (RFC 5322
+/// §3.3), and a zone past ±24 hours or none at all is no zone: both read as UTC.
+fn zone_offset(tz: &str) -> i64 {
+    let tz = tz.to_ascii_uppercase();
+    let offset = zone(&tz).or_else(|| tz.parse::<i64>().ok()).filter(|o| (-2400..=2400).contains(o)).unwrap_or(0);
+    offset.signum() * ((offset.abs() / 100) * 3600 + (offset.abs() % 100) * 60)
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm); a day
@@ -180,5 +189,22 @@ mod tests {
         assert_eq!(parse("yesterday"), None);
         assert_eq!(parse(""), None);
         assert_eq!(parse("2 Foo 2001 03:04:05"), None);
+        assert_eq!(parse("Fri, 21 Nov 1997 09:55:06 ADT"), Some(880116906));
+        assert_eq!(parse("Jan 2,, 03:04 69 GMT"), None);
+    }
+
+    #[test]
+    fn huge_numbers_are_no_date_and_never_overflow() {
+        assert_eq!(parse("1 Jan 2001 00:00 -9223372036854775808"), Some(978307200));
+        assert_eq!(parse("1 Jan 2001 00:00 +9223372036854775807"), Some(978307200));
+        for text in [
+            "9223372036854775807 Jan 2001 00:00",
+            "1 Jan 2001 9223372036854775807:00",
+            "1 Jan 1000000000000 00:00",
+            "1 Jan 99999999999999999999 00:00",
+            "1 Jan 10000 00:00",
+        ] {
+            assert_eq!(parse(text), None, "{text}");
+        }
     }
 }

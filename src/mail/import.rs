@@ -100,7 +100,9 @@ fn maildir_place(file: &Path) -> Option<MaildirPlace> {
     if sub_name != "cur" && sub_name != "new" {
         return None;
     }
-    let maildir = sub.parent()?;
+    // Named by its real path: `raindrop import .` inside a Maildir names it too.
+    let maildir = std::fs::canonicalize(sub.parent()?).ok()?;
+    let maildir = maildir.as_path();
     if !is_maildir(maildir) {
         return None;
     }
