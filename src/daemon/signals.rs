@@ -57,6 +57,13 @@ impl Control {
     }
 }
 
+/// Exits at once with `code` while JS runtimes may still run on other threads: SpiderMonkey's
+/// destructors would crash under them, so the engine's exit is used.
+fn exit_now(code: i32) -> ! {
+    crate::js::engine::exit_after_runtimes(code, Duration::ZERO);
+    std::process::exit(code)
+}
+
 /// Handles SIGTERM, SIGINT and SIGHUP on a thread of their own from now on.
 pub(super) fn install(control: Arc<Control>) -> std::io::Result<()> {
     let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
@@ -69,7 +76,7 @@ pub(super) fn install(control: Arc<Control>) -> std::io::Result<()> {
             }
             if control.stop.swap(true, Ordering::SeqCst) {
                 eprintln!("raindrop: second signal: exiting now (the next run resumes from the last checkpoint)");
-                std::process::exit(130);
+                exit_now(130);
             }
             eprintln!("raindrop: stopping: finishing the page in flight and writing the checkpoint");
             control.end_run();
@@ -79,7 +86,7 @@ pub(super) fn install(control: Arc<Control>) -> std::io::Result<()> {
                     "raindrop: did not stop within {} s: exiting (the next run resumes from the last checkpoint)",
                     STOP_DEADLINE.as_secs()
                 );
-                std::process::exit(1);
+                exit_now(1);
             });
         }
     })?;

@@ -22,8 +22,15 @@ pub struct ExtensionSource {
 
 impl ExtensionSource {
     /// The file alone, with no libraries (see [`read_dir`] for a folder's).
+    /// A file that is not UTF-8 is read with its bad bytes as U+FFFD: it then fails to load
+    /// on its own (at the line of the bad bytes) instead of keeping the whole folder from
+    /// being read.
     pub fn read(path: &Path) -> Result<ExtensionSource, ExtensionError> {
-        let source = std::fs::read_to_string(path).map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| ExtensionError::Read { path: path.to_path_buf(), source: e })?;
+        let source = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        };
         Ok(ExtensionSource { path: path.to_path_buf(), source, libs: Arc::default() })
     }
 

@@ -204,6 +204,8 @@ pub struct JsPool {
     jobs: Option<Sender<Job>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     extensions: Vec<LoadedExtension>,
+    /// Each worker's clock, to stop what runs when the pool is dropped.
+    slots: Vec<Arc<super::watchdog::WatchSlot>>,
     _watchdog: Watchdog,
 }
 
@@ -217,9 +219,11 @@ impl JsPool {
             if shared.config.unbounded_queue { crossbeam_channel::unbounded::<Job>() } else { bounded::<Job>(shared.config.threads * 4) };
         let mut workers = Vec::new();
         let mut ready = Vec::new();
+        let mut slots = Vec::new();
         for i in 0..shared.config.threads {
             let (ready_tx, ready_rx) = bounded(1);
             let (shared, jobs, slot) = (shared.clone(), job_rx.clone(), watchdog.slot());
+            slots.push(slot.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("js-{i}"))
                 .stack_size(16 << 20)
@@ -239,7 +243,7 @@ impl JsPool {
             .zip(declarations.unwrap_or_default())
             .map(|(source, declaration)| LoadedExtension::new(source, declaration))
             .collect();
-        Ok(JsPool { jobs: Some(job_tx), workers, extensions, _watchdog: watchdog })
+        Ok(JsPool { jobs: Some(job_tx), workers, extensions, slots, _watchdog: watchdog })
     }
 
     /// How many calls can run side by side.
@@ -330,8 +334,13 @@ impl JsPool {
 }
 
 impl Drop for JsPool {
+    /// Calls still running are stopped as if past their time limit (an API handler given an
+    /// hour must not hold up a stopping daemon); the workers see the queue close and exit.
     fn drop(&mut self) {
-        self.jobs.take(); // workers see the queue close and exit
+        self.jobs.take();
+        for slot in &self.slots {
+            slot.stop_now();
+        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }

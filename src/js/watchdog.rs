@@ -50,6 +50,12 @@ impl WatchSlot {
         self.started.store(now.max(prev + 1), Ordering::Release);
     }
 
+    /// Stops the running call, and every call until the next `arm` (the pool is going away).
+    pub fn stop_now(&self) {
+        self.limit_ns.store(0, Ordering::Release);
+        self.watchdog.wake();
+    }
+
     /// No call runs until the next `arm`.
     pub fn disarm(&self) {
         self.started.store(0, Ordering::Release);

@@ -263,3 +263,67 @@ fn route_files_are_picked_up_changed_and_kept_while_the_daemon_runs() {
     std::fs::remove_file(api.join("new.js")).unwrap();
     eventually(30, "a removed file's route gone", || get(&daemon, "/api/new").0 == 404);
 }
+
+const HOSTILE: &str = r#"
+route({ path: "/forever", time_limit_ms: 3600000, handler() { for (;;) {} } });
+route({ path: "/framing", handler() { return { body: "hi", headers: { "content-length": "1000" } }; } });
+route({ path: "/bad-value", handler() { return { body: "hi", headers: { "x-a": "line\r\nx-b: injected" } }; } });
+route({ method: "POST", path: "/write", handler(req) { return { json: { wrote: req.json } }; } });
+"#;
+
+#[test]
+fn pages_of_other_sites_cannot_call_the_api_and_handlers_cannot_break_the_framing() {
+    // Found by probing as a hostile user: any web page could POST to the API (mark mail
+    // read, leave lists), a DNS-rebinding page could read it through another Host name, and a
+    // handler's content-length header left the client hanging.
+    let dir = TempDir::new("api-hostile");
+    let api = dir.path().join("api");
+    std::fs::create_dir_all(&api).unwrap();
+    std::fs::write(api.join("hostile.js"), HOSTILE).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let daemon = serve(&db, &api, dir.path(), "2");
+    let url = format!("http://127.0.0.1:{}/api/write", daemon.port);
+    let send = |origin: Option<&str>, host: Option<&str>| {
+        let mut r = client().post(&url).body("{\"a\": 1}");
+        if let Some(o) = origin {
+            r = r.header("Origin", o);
+        }
+        if let Some(h) = host {
+            r = r.header("Host", h);
+        }
+        let r = r.send().unwrap();
+        (r.status().as_u16(), r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (status, body) = send(Some("https://evil.example"), None);
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("cors_origins"), "{body}");
+    assert_eq!(send(Some(&format!("http://127.0.0.1:{}", daemon.port)), None).0, 200, "the page's own origin");
+    assert_eq!(send(None, None).0, 200, "curl sends no Origin");
+    assert_eq!(send(None, Some("evil.example")).0, 403, "another host name");
+    assert_eq!(send(None, Some(&format!("localhost:{}", daemon.port))).0, 200);
+
+    let (status, body) = get(&daemon, "/api/framing");
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("content-length"), "{body}");
+    let (status, body) = get(&daemon, "/api/bad-value");
+    assert_eq!(status, 500, "{body}");
+}
+
+#[test]
+fn a_stop_while_a_handler_runs_for_an_hour_exits_cleanly_at_once() {
+    // Found by probing: SIGTERM during a handler with an hour's time limit waited 10 s, then
+    // crashed in SpiderMonkey's destructors (exit 139). The running call is now stopped.
+    let dir = TempDir::new("api-stop");
+    let api = dir.path().join("api");
+    std::fs::create_dir_all(&api).unwrap();
+    std::fs::write(api.join("hostile.js"), HOSTILE).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let mut daemon = serve(&db, &api, dir.path(), "2");
+    let port = daemon.port;
+    let _waiting = std::thread::spawn(move || client().get(format!("http://127.0.0.1:{port}/api/forever")).send().map(|r| r.status()));
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(15), Some(0), "{}", daemon.log());
+    assert!(started.elapsed() < Duration::from_secs(9), "took {:?}:\n{}", started.elapsed(), daemon.log());
+}

@@ -55,8 +55,32 @@ pub(super) async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Res
         }
         Err(r) => r,
     };
+    let response = checked(response);
     state.metrics.api_request(response.status);
     with_cors(respond(response), allowed.as_deref(), false)
+}
+
+/// Headers that frame the HTTP message: the server sets them, a handler may not.
+const FRAMING: [&str; 7] = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer"];
+
+/// The handler's answer, or a 500 naming the header it may not send (one that frames the
+/// message, or a name or value HTTP cannot carry).
+fn checked(r: ApiResponse) -> ApiResponse {
+    for (name, value) in &r.headers {
+        let problem = if FRAMING.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            Some("is set by the server")
+        } else if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            Some("is not a valid header name")
+        } else if HeaderValue::from_str(value).is_err() {
+            Some("has a value HTTP cannot carry (control characters, or not visible ASCII)")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return ApiResponse::error(500, &format!("the handler's header {name:?} {problem}"), json!({}));
+        }
+    }
+    r
 }
 
 /// The request as the API takes it, or the error response for one that cannot be read.

@@ -154,7 +154,37 @@ fn authorized(state: &HttpState, req: &Request<Incoming>) -> bool {
     given.is_some_and(|g| g.len() == token.len() && g.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
 }
 
+/// A request this listener refuses whatever its path: without a token (a loopback listener),
+/// one whose Host is not a loopback name (a page of another site that had its name point at
+/// 127.0.0.1: DNS rebinding); and one a browser sends from a page of another origin that
+/// `cors_origins` does not name (a form on any web site could otherwise mark mail read).
+fn foreign(state: &HttpState, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let host = req.headers().get(hyper::header::HOST).and_then(|v| v.to_str().ok());
+    if state.token.is_none() {
+        if let Some(host) = host {
+            let name = match host.rsplit_once(':') {
+                Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host,
+            };
+            let loopback = name.eq_ignore_ascii_case("localhost")
+                || name.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                return Some(error(StatusCode::FORBIDDEN, &format!("this listener answers only to a loopback host name, not {host:?}")));
+            }
+        }
+    }
+    let origin = req.headers().get(hyper::header::ORIGIN).and_then(|v| v.to_str().ok())?;
+    let same = host.is_some_and(|h| origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(h));
+    if same || state.cors_origins.iter().any(|c| c == origin || c == "*") {
+        return None;
+    }
+    Some(error(StatusCode::FORBIDDEN, &format!("requests from pages of {origin} are refused: name it in cors_origins to allow it")))
+}
+
 async fn answer(state: Arc<HttpState>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(refused) = foreign(&state, &req) {
+        return Ok(refused);
+    }
     let path = req.uri().path().to_string();
     if path == "/api" || path.starts_with("/api/") {
         return Ok(api::answer(state, req).await);
