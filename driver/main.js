@@ -181,6 +181,15 @@
     if (indexOf(METHODS, method) < 0) fail(site, "method must be one of " + join(METHODS, ", ") + ", not " + formatArg(method));
     if (typeof r.path !== "string" || !regexTest(ROUTE_PATH, r.path))
       fail(site, "path must be like /things/:id (segments of letters, digits and _.~-, a :name for a parameter), not " + formatArg(r.path));
+    const names = [];
+    const parts = strSplit(r.path, "/");
+    for (let i = 0; i < parts.length; i++) {
+      if (parts[i] === "." || parts[i] === "..") fail(site, "path segments . and .. are not served: " + formatArg(r.path));
+      if (strSlice(parts[i], 0, 1) === ":") {
+        if (indexOf(names, parts[i]) >= 0) fail(site, "path names the parameter " + parts[i] + " twice: " + formatArg(r.path));
+        push(names, parts[i]);
+      }
+    }
     if (typeof r.handler !== "function") fail(site, "handler must be a function");
     let limit = null;
     if (r.time_limit_ms !== undefined) {

@@ -149,6 +149,11 @@ impl Api {
             }
         }
         let table = RouteTable::new(files);
+        for (file, error) in &table.duplicates {
+            if let Some(ext) = pool.extensions().get(*file) {
+                failures.push(LoadFailure { file: ext.source.file_name(), error: error.clone() });
+            }
+        }
         Api { pool: Some(pool), table, failures, lanes: Lanes::default() }
     }
 

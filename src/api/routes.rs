@@ -26,6 +26,16 @@ enum Segment {
     Param(String),
 }
 
+/// Whether two paths match the same requests (parameter names aside).
+fn same_shape(a: &[Segment], b: &[Segment]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|pair| match pair {
+            (Segment::Literal(x), Segment::Literal(y)) => x == y,
+            (Segment::Param(_), Segment::Param(_)) => true,
+            _ => false,
+        })
+}
+
 /// What a path and method come to.
 #[derive(Debug, PartialEq)]
 pub enum Match<'a> {
@@ -39,27 +49,34 @@ pub enum Match<'a> {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
+    /// Routes that repeat an earlier one's method and path (parameter names aside), left out:
+    /// (file index, what to say).
+    pub duplicates: Vec<(usize, String)>,
 }
 
 impl RouteTable {
-    /// The routes of each file, in file order (`None` for a file that did not load).
+    /// The routes of each file, in file order (`None` for a file that did not load). A route
+    /// that repeats an earlier one (`GET /x/:id` after `GET /x/:key`) is left out and listed in
+    /// `duplicates`: which of two files wins must not be a silent accident.
     pub fn new<'a>(files: impl IntoIterator<Item = Option<&'a [RouteDecl]>>) -> RouteTable {
-        let mut routes = Vec::new();
+        let mut routes: Vec<Route> = Vec::new();
+        let mut duplicates = Vec::new();
         for (file, decls) in files.into_iter().enumerate() {
             for (index, d) in decls.unwrap_or_default().iter().enumerate() {
-                routes.push(Route {
-                    method: d.method.clone(),
-                    segments: segments(&d.path),
-                    file,
-                    index,
-                    limit: d.time_limit(),
-                    site: d.site.clone(),
-                });
+                let segments = segments(&d.path);
+                if let Some(earlier) = routes.iter().find(|r| r.method == d.method && same_shape(&r.segments, &segments)) {
+                    duplicates.push((
+                        file,
+                        format!("{}: {} {} is declared already at {}; this one is ignored", d.site, d.method, d.path, earlier.site),
+                    ));
+                    continue;
+                }
+                routes.push(Route { method: d.method.clone(), segments, file, index, limit: d.time_limit(), site: d.site.clone() });
             }
         }
         // Most literal segments first; the sort is stable, so declaration order breaks ties.
         routes.sort_by_key(|r| std::cmp::Reverse(r.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()));
-        RouteTable { routes }
+        RouteTable { routes, duplicates }
     }
 
     /// `path` is the part after `/api`, percent-encoded as it came.
@@ -166,5 +183,17 @@ mod tests {
         assert_eq!(table.find("GET", "/things"), Match::NotFound);
         assert_eq!(table.find("GET", "/things/%FF"), Match::NotFound);
         assert_eq!(table.list()[0].1, "/things/new");
+    }
+
+    #[test]
+    fn a_route_declared_twice_is_kept_once_and_reported() {
+        let (a, b) = ([decl("GET", "/x/:id")], [decl("GET", "/x/:key"), decl("POST", "/x/:key"), decl("GET", "/x/new")]);
+        let table = RouteTable::new([Some(&a[..]), Some(&b[..])]);
+        assert_eq!(table.list().len(), 3);
+        assert_eq!(table.duplicates.len(), 1);
+        assert_eq!(table.duplicates[0].0, 1);
+        assert!(table.duplicates[0].1.contains("GET /x/:key is declared already at x.js:1:1"), "{:?}", table.duplicates);
+        let Match::Found(r, _) = table.find("GET", "/x/1") else { panic!() };
+        assert_eq!(r.file, 0);
     }
 }

@@ -280,8 +280,20 @@ fn pages_of_other_sites_cannot_call_the_api_and_handlers_cannot_break_the_framin
     let api = dir.path().join("api");
     std::fs::create_dir_all(&api).unwrap();
     std::fs::write(api.join("hostile.js"), HOSTILE).unwrap();
+    // A route declared again (another file), a parameter named twice, a ".." segment, a file
+    // that is not UTF-8: each reported, none keeping the rest from serving.
+    std::fs::write(api.join("later.js"), "route({ method: \"POST\", path: \"/write\", handler() { return { json: 'second' }; } });")
+        .unwrap();
+    std::fs::write(api.join("params.js"), "route({ path: \"/p/:a/:a\", handler() { return { json: 1 }; } });").unwrap();
+    std::fs::write(api.join("dots.js"), "route({ path: \"/../etc\", handler() { return { json: 1 }; } });").unwrap();
+    std::fs::write(api.join("latin1.js"), b"// caf\xe9\nroute({ path: \"/l\", handler() { return { json: 1 }; } });").unwrap();
     let db = dir.path().join("db").to_string_lossy().into_owned();
     let daemon = serve(&db, &api, dir.path(), "2");
+    let failed = daemon.status()["api"]["failed_to_load"].to_string();
+    for what in ["declared already at", "parameter :a twice", "segments . and .."] {
+        assert!(failed.contains(what), "{what}: {failed}");
+    }
+    assert_eq!(get(&daemon, "/api/l").0, 200, "a file not in UTF-8 loads on its own: {failed}");
     let url = format!("http://127.0.0.1:{}/api/write", daemon.port);
     let send = |origin: Option<&str>, host: Option<&str>| {
         let mut r = client().post(&url).body("{\"a\": 1}");
@@ -297,7 +309,8 @@ fn pages_of_other_sites_cannot_call_the_api_and_handlers_cannot_break_the_framin
     let (status, body) = send(Some("https://evil.example"), None);
     assert_eq!(status, 403, "{body}");
     assert!(body["error"].as_str().unwrap().contains("cors_origins"), "{body}");
-    assert_eq!(send(Some(&format!("http://127.0.0.1:{}", daemon.port)), None).0, 200, "the page's own origin");
+    let (status, body) = send(Some(&format!("http://127.0.0.1:{}", daemon.port)), None);
+    assert_eq!((status, &body["wrote"]), (200, &json!({"a": 1})), "the page's own origin, and the first file's route");
     assert_eq!(send(None, None).0, 200, "curl sends no Origin");
     assert_eq!(send(None, Some("evil.example")).0, 403, "another host name");
     assert_eq!(send(None, Some(&format!("localhost:{}", daemon.port))).0, 200);
