@@ -96,6 +96,10 @@ struct Lanes {
 struct Lane {
     running: usize,
     average: f64,
+    /// Whether a request of the route has finished: until one has, nothing says the route is
+    /// fast, so it is held to the slow routes' share (a burst of first requests of a slow
+    /// route after a start or a reload cannot take every thread).
+    known: bool,
     waiting: VecDeque<Waiting>,
 }
 
@@ -109,7 +113,7 @@ struct Waiting {
 
 impl Lane {
     fn may_run(&self, cap: usize) -> bool {
-        self.average < SLOW.as_secs_f64() || self.running < cap
+        (self.known && self.average < SLOW.as_secs_f64()) || self.running < cap
     }
 }
 
@@ -245,18 +249,22 @@ impl Api {
     /// A request of route `key` ended after `took`: the next one waiting, if it may run now.
     fn finished(self: &Arc<Self>, key: (usize, usize), took: Duration) {
         let cap = self.pool.as_ref().map_or(1, |p| p.threads().saturating_sub(1).max(1));
-        let next = {
+        let next: Vec<Waiting> = {
             let mut lanes = self.lanes.routes.lock().unwrap_or_else(|p| p.into_inner());
             let lane = lanes.entry(key).or_default();
             lane.running = lane.running.saturating_sub(1);
-            lane.average = 0.8 * lane.average + 0.2 * took.as_secs_f64();
-            if lane.may_run(cap) {
-                lane.waiting.pop_front()
+            lane.average = if lane.known { 0.8 * lane.average + 0.2 * took.as_secs_f64() } else { took.as_secs_f64() };
+            lane.known = true;
+            if lane.average < SLOW.as_secs_f64() {
+                // Fast after all: everything it held back goes.
+                lane.waiting.drain(..).collect()
+            } else if lane.may_run(cap) {
+                lane.waiting.pop_front().into_iter().collect()
             } else {
-                None
+                Vec::new()
             }
         };
-        if let Some(w) = next {
+        for w in next {
             self.run(w);
         }
     }

@@ -340,3 +340,27 @@ fn a_stop_while_a_handler_runs_for_an_hour_exits_cleanly_at_once() {
     assert_eq!(daemon.wait_exit(15), Some(0), "{}", daemon.log());
     assert!(started.elapsed() < Duration::from_secs(9), "took {:?}:\n{}", started.elapsed(), daemon.log());
 }
+
+#[test]
+fn a_burst_of_slow_first_requests_leaves_a_thread_for_a_fast_one() {
+    // Found by probing: right after a start or a reload nothing was known of a route, so a
+    // burst of its slow requests took every thread and a fast request waited behind them.
+    let dir = TempDir::new("api-burst");
+    let api = dir.path().join("api");
+    std::fs::create_dir_all(&api).unwrap();
+    std::fs::write(api.join("tricky.js"), TRICKY).unwrap();
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let daemon = serve(&db, &api, dir.path(), "2");
+    let port = daemon.port;
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || client().get(format!("http://127.0.0.1:{port}/api/slow")).send().unwrap().status().as_u16()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    assert_eq!(get(&daemon, "/api/fast").0, 200);
+    let fast = started.elapsed();
+    for s in slow {
+        assert_eq!(s.join().unwrap(), 200);
+    }
+    assert!(fast < Duration::from_millis(1000), "the fast request waited {fast:?} behind the first slow ones");
+}
