@@ -225,7 +225,7 @@ impl Client {
     }
 
     fn get(&mut self, path: &str) -> (u16, Vec<u8>) {
-        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").unwrap();
+        write!(self.writer, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
         let mut line = String::new();
         self.reader.read_line(&mut line).unwrap();
         let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
