@@ -5,8 +5,8 @@
 //! hyper serves it on a small tokio runtime of its own thread; what a request needs from the
 //! store runs on tokio's blocking threads, so a slow database never holds the listener; the
 //! backlog it counts is kept for 5 s, counted once for any number of requests. Bounded:
-//! headers must arrive within 10 s and fit in 64 KiB (an idle keep-alive connection is closed
-//! after 10 s too), a connection lasts at most 10 minutes, and at most 256 connections are
+//! headers must arrive within 10 s and fit hyper's 64 KiB read buffer (about twice that in
+//! practice; an idle keep-alive connection is closed after 10 s too), a connection lasts at most 10 minutes, and at most 256 connections are
 //! served at once. When a token is configured (it must be, on an address that is not
 //! loopback), every request but those for the page's own files must carry `Authorization:
 //! Bearer <token>`.
