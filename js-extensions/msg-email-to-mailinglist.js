@@ -126,7 +126,9 @@ extension({
     const key = ["mailing-list", list.id];
     // (ts, msgKey) after (at, atKey): later, or as late and later by key.
     const after = (at, atKey) => at === undefined || ts > at || (ts === at && msgKey > (atKey || ""));
-    for (let attempt = 0; attempt < 5; attempt++) {
+    // Every newer message of a list now writes its document, so handlers of one list's mail on
+    // two threads meet often: a conflict is read again and retried, up to 25 times.
+    for (let attempt = 0; attempt < 25; attempt++) {
       const current = open_schemas([[key, "rd.mailing-list"]])[0];
       const next = current ? JSON.parse(JSON.stringify(current)) : {
         rd_key: key, rd_schema_id: "rd.mailing-list", id: list.id, name: list.name,
@@ -181,6 +183,6 @@ extension({
       }
       if (result.error !== "conflict") throw new Error("cannot write the list " + list.id + ": " + result.error);
     }
-    throw new Error("the list " + list.id + " kept changing under us (5 conflicts)");
+    throw new Error("the list " + list.id + " kept changing under us (25 conflicts)");
   },
 });

@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cli;
 mod daemon;
+mod extension_api;
 mod hardening;
 mod imap;
 mod js_pool;
