@@ -219,7 +219,7 @@ impl Daemon {
             let pipeline = Pipeline::new(self.store.clone(), pool.clone()).with_metrics(self.metrics.clone());
             match pipeline.run(run, &mut *progress) {
                 Ok(stats) => {
-                    add(&mut total, &stats);
+                    total.add(&stats);
                     backoff = Duration::from_secs(1);
                 }
                 Err(PipelineError::Store(e @ (StoreError::Unavailable { .. } | StoreError::Embedded { .. }))) => {
@@ -369,14 +369,4 @@ fn open_store(spec: &StoreSpec, control: &Control) -> Option<Arc<dyn Store>> {
             }
         }
     }
-}
-
-fn add(total: &mut Stats, run: &Stats) {
-    total.changes_read += run.changes_read;
-    total.handler_calls += run.handler_calls;
-    total.skipped_up_to_date += run.skipped_up_to_date;
-    total.docs_written += run.docs_written;
-    total.docs_removed += run.docs_removed;
-    total.errors += run.errors;
-    total.conflicts_retried += run.conflicts_retried;
 }

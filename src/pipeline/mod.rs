@@ -100,7 +100,8 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn add(&mut self, other: &Stats) {
+    /// Adds another run's counts (the daemon sums its runs).
+    pub fn add(&mut self, other: &Stats) {
         self.changes_read += other.changes_read;
         self.handler_calls += other.handler_calls;
         self.skipped_up_to_date += other.skipped_up_to_date;

@@ -41,6 +41,20 @@ pub fn serve(db: &str, api: &Path, dir: &Path, threads: &str) -> Daemon {
     daemon
 }
 
+/// `raindrop run` on an empty database serving an API folder of `files` (name, source), on 2
+/// JS threads; the folder is `dir/api`.
+fn api_daemon(tag: &str, files: &[(&str, &str)]) -> (TempDir, Daemon) {
+    let dir = TempDir::new(tag);
+    let api = dir.path().join("api");
+    std::fs::create_dir_all(&api).unwrap();
+    for (name, source) in files {
+        std::fs::write(api.join(name), source).unwrap();
+    }
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let daemon = serve(&db, &api, dir.path(), "2");
+    (dir, daemon)
+}
+
 fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
 }
@@ -153,12 +167,7 @@ route({ method: "POST", path: "/echo/:name", handler(req) {
 
 #[test]
 fn handlers_that_fail_are_answered_clearly_and_the_server_keeps_serving() {
-    let dir = TempDir::new("api-tricky");
-    let api = dir.path().join("api");
-    std::fs::create_dir_all(&api).unwrap();
-    std::fs::write(api.join("tricky.js"), TRICKY).unwrap();
-    let db = dir.path().join("db").to_string_lossy().into_owned();
-    let daemon = serve(&db, &api, dir.path(), "2");
+    let (_dir, daemon) = api_daemon("api-tricky", &[("tricky.js", TRICKY)]);
 
     let (status, body) = get(&daemon, "/api/throws");
     assert_eq!(status, 500, "{body}");
@@ -220,12 +229,7 @@ fn handlers_that_fail_are_answered_clearly_and_the_server_keeps_serving() {
 
 #[test]
 fn a_fast_request_is_answered_while_a_slow_one_runs() {
-    let dir = TempDir::new("api-concurrency");
-    let api = dir.path().join("api");
-    std::fs::create_dir_all(&api).unwrap();
-    std::fs::write(api.join("tricky.js"), TRICKY).unwrap();
-    let db = dir.path().join("db").to_string_lossy().into_owned();
-    let daemon = serve(&db, &api, dir.path(), "2");
+    let (_dir, daemon) = api_daemon("api-concurrency", &[("tricky.js", TRICKY)]);
     let port = daemon.port;
     let slow = std::thread::spawn(move || {
         let started = Instant::now();
@@ -326,12 +330,7 @@ fn pages_of_other_sites_cannot_call_the_api_and_handlers_cannot_break_the_framin
 fn a_stop_while_a_handler_runs_for_an_hour_exits_cleanly_at_once() {
     // Found by probing: SIGTERM during a handler with an hour's time limit waited 10 s, then
     // crashed in SpiderMonkey's destructors (exit 139). The running call is now stopped.
-    let dir = TempDir::new("api-stop");
-    let api = dir.path().join("api");
-    std::fs::create_dir_all(&api).unwrap();
-    std::fs::write(api.join("hostile.js"), HOSTILE).unwrap();
-    let db = dir.path().join("db").to_string_lossy().into_owned();
-    let mut daemon = serve(&db, &api, dir.path(), "2");
+    let (_dir, mut daemon) = api_daemon("api-stop", &[("hostile.js", HOSTILE)]);
     let port = daemon.port;
     let _waiting = std::thread::spawn(move || client().get(format!("http://127.0.0.1:{port}/api/forever")).send().map(|r| r.status()));
     std::thread::sleep(Duration::from_millis(500));
@@ -345,12 +344,7 @@ fn a_stop_while_a_handler_runs_for_an_hour_exits_cleanly_at_once() {
 fn a_burst_of_slow_first_requests_leaves_a_thread_for_a_fast_one() {
     // Found by probing: right after a start or a reload nothing was known of a route, so a
     // burst of its slow requests took every thread and a fast request waited behind them.
-    let dir = TempDir::new("api-burst");
-    let api = dir.path().join("api");
-    std::fs::create_dir_all(&api).unwrap();
-    std::fs::write(api.join("tricky.js"), TRICKY).unwrap();
-    let db = dir.path().join("db").to_string_lossy().into_owned();
-    let daemon = serve(&db, &api, dir.path(), "2");
+    let (_dir, daemon) = api_daemon("api-burst", &[("tricky.js", TRICKY)]);
     let port = daemon.port;
     let slow: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || client().get(format!("http://127.0.0.1:{port}/api/slow")).send().unwrap().status().as_u16()))
