@@ -68,6 +68,9 @@
   const routes = []; // what route({...}) declared, validated
   const METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
   const ROUTE_PATH = /^(\/(:?[A-Za-z0-9_.~-]+))+\/?$|^\/$/;
+  let schemaDecl = null; // what a definition file's schema({...}) declared, compiled
+  const definitions = Object.create(null); // schema id → compiled definition, null (none) or false (strict)
+  let violation = null; // the first schema violation of the running handler call
   const libsLoaded = []; // names given to load_lib, in order
   const libResults = Object.create(null);
 
@@ -268,6 +271,194 @@
     };
   }
 
+  // ---- Schema definitions -------------------------------------------------------------------
+  //
+  // A definition file calls schema({id, version, fields, expandable, open, validate, upgrade}).
+  // Field types: string, number, integer, boolean, object, any, null, identity ([kind, value]),
+  // key (an rd_key), [T] (an array of T), A|B (either), and a trailing ? (may be absent or null).
+  // Each type compiles once to a predicate; emit_schema checks every item against its schema's
+  // definition before it is written.
+  const objectKeys = Object.keys;
+  const TYPE_NAME = /^[a-z]+/;
+  const FIELD_NAME = /^[^_]/;
+  const isPlainObject = (v) => v !== null && typeof v === "object" && !isArray(v);
+  const BASE_TYPES = {
+    string: (v) => typeof v === "string",
+    number: (v) => typeof v === "number" && numberIsFinite(v),
+    integer: (v) => typeof v === "number" && numberIsFinite(v) && v % 1 === 0,
+    boolean: (v) => typeof v === "boolean",
+    object: isPlainObject,
+    any: (v) => true,
+    null: (v) => v === null,
+    identity: (v) => isArray(v) && v.length === 2 && typeof v[0] === "string" && v[0].length > 0 &&
+      (typeof v[1] === "string" || (typeof v[1] === "number" && numberIsFinite(v[1]))),
+    key: (v) => isArray(v) && v.length === 2 && typeof v[0] === "string" && v[0].length > 0,
+  };
+
+  // A type's text → predicate; throws naming what it could not read.
+  function compileType(text) {
+    let i = 0;
+    function union() {
+      const alts = [single()];
+      while (text[i] === "|") {
+        i++;
+        push(alts, single());
+      }
+      if (alts.length === 1) return alts[0];
+      return (v) => {
+        for (let k = 0; k < alts.length; k++) if (alts[k](v)) return true;
+        return false;
+      };
+    }
+    function single() {
+      if (text[i] === "[") {
+        i++;
+        const element = union();
+        if (text[i] !== "]") throw new ErrorCtor("expected ] at character " + (i + 1));
+        i++;
+        return (v) => {
+          if (!isArray(v)) return false;
+          for (let k = 0; k < v.length; k++) if (!element(v[k])) return false;
+          return true;
+        };
+      }
+      const m = TYPE_NAME.exec(strSlice(text, i));
+      const name = m === null ? "" : m[0];
+      if (name === "" || !Object.prototype.hasOwnProperty.call(BASE_TYPES, name))
+        throw new ErrorCtor("unknown type " + formatArg(strSlice(text, i) || text) + " (string, number, integer, boolean, object, any, null, identity, key, [T], A|B, T?)");
+      i += name.length;
+      return BASE_TYPES[name];
+    }
+    const optional = text.length > 1 && text[text.length - 1] === "?";
+    if (optional) text = strSlice(text, 0, text.length - 1);
+    const check = union();
+    if (i !== text.length) throw new ErrorCtor("unexpected " + formatArg(strSlice(text, i)) + " at character " + (i + 1));
+    return { check, optional };
+  }
+
+  function describeValue(v) {
+    if (v === null) return "null";
+    if (isArray(v)) return "an array of " + v.length;
+    if (typeof v === "number" && !numberIsFinite(v)) return StringCtor(v);
+    if (typeof v === "string") return "a string";
+    return "a " + typeof v;
+  }
+
+  // A schema({...}) declaration, validated and compiled (throws with `site` on a mistake).
+  function compileSchema(d, site) {
+    if (d === null || typeof d !== "object") fail(site, "schema() needs an object");
+    if (typeof d.id !== "string" || d.id.length === 0) fail(site, "schema id must be a non-empty string");
+    const version = d.version === undefined ? 1 : d.version;
+    if (typeof version !== "number" || !(version >= 1 && version <= 1000000) || version % 1 !== 0)
+      fail(site, "version must be a whole number from 1");
+    if (!isPlainObject(d.fields)) fail(site, "fields must be an object: field name → type");
+    const names = [], checks = Object.create(null), types = Object.create(null);
+    const fieldNames = objectKeys(d.fields);
+    for (let i = 0; i < fieldNames.length; i++) {
+      const name = fieldNames[i];
+      if (!regexTest(FIELD_NAME, name) || strStartsWith(name, "rd_"))
+        fail(site, "field " + name + ": names starting with _ or rd_ belong to the store and the document model");
+      const type = d.fields[name];
+      if (typeof type !== "string") fail(site, "field " + name + ": the type must be a string like \"string\" or \"[identity]?\"");
+      try {
+        checks[name] = compileType(type);
+      } catch (e) {
+        fail(site, "field " + name + ": " + e.message);
+      }
+      types[name] = type;
+      push(names, name);
+    }
+    const expandable = d.expandable === undefined ? [] : d.expandable;
+    let ok = isArray(expandable);
+    for (let i = 0; ok && i < expandable.length; i++) ok = typeof expandable[i] === "string" && checks[expandable[i]] !== undefined;
+    if (!ok) fail(site, "expandable must be an array of names of the schema's fields");
+    const open = d.open === undefined ? false : d.open;
+    if (typeof open !== "boolean") fail(site, "open must be true or false");
+    if (d.validate !== undefined && typeof d.validate !== "function") fail(site, "validate must be a function");
+    if (d.upgrade !== undefined && typeof d.upgrade !== "function") fail(site, "upgrade must be a function");
+    return { id: d.id, version, names, checks, types, expandable: slice(expandable), open,
+             validate: d.validate, upgrade: d.upgrade, site };
+  }
+
+  // schema({...}) at the top level of a definition file.
+  function schema(d) {
+    const site = callerSite(1);
+    if (!loading) throw apiError(ErrorCtor, "schema() may only be called at the top level of a definition file, while it loads");
+    if (schemaDecl !== null || declarationError !== null) {
+      declarationError = declarationError || site + ": schema() called more than once";
+      return;
+    }
+    try {
+      schemaDecl = compileSchema(d, site);
+    } catch (e) {
+      declarationError = (e.site || site) + ": " + e.message;
+    }
+  }
+
+  // The definition of schema `id` in this sandbox: evaluated from its file the first time it
+  // is asked for; null when there is none, false when strict mode makes that an error.
+  function definitionOf(id) {
+    const known = definitions[id];
+    if (known !== undefined) return known;
+    const loaded = hostLib("schema:" + id);
+    let def = loaded;
+    if (typeof loaded === "function") {
+      let d = null;
+      loaded(function (decl) { d = decl; });
+      def = compileSchema(d, "schemas/" + id + ".js");
+    }
+    definitions[id] = def;
+    return def;
+  }
+
+  // Why `items` does not fit `def` — {field, reason} — or null.
+  function checkItems(def, items) {
+    for (let i = 0; i < def.names.length; i++) {
+      const name = def.names[i];
+      const v = items[name];
+      const c = def.checks[name];
+      if (v === undefined || (v === null && !c.check(null))) {
+        if (c.optional) continue;
+        return { field: name, reason: v === undefined ? "the field is required and missing" : "the field is required and null" };
+      }
+      if (!c.check(v)) return { field: name, reason: "expected " + def.types[name] + ", got " + describeValue(v) };
+    }
+    if (!def.open) {
+      const present = objectKeys(items);
+      for (let i = 0; i < present.length; i++) {
+        if (def.checks[present[i]] === undefined && items[present[i]] !== undefined)
+          return { field: present[i], reason: "not a field of the schema (open: true in the definition allows others)" };
+      }
+    }
+    if (def.validate !== undefined) {
+      let answer;
+      try {
+        answer = def.validate(items);
+      } catch (e) {
+        return { field: null, reason: "validate() threw: " + StringCtor(e && e.message !== undefined ? e.message : e) };
+      }
+      if (typeof answer === "string") return { field: null, reason: answer };
+      if (answer === false) return { field: null, reason: "validate() returned false" };
+    }
+    return null;
+  }
+
+  // Checks an item about to be emitted; throws (and marks the call failed) when it breaks its
+  // schema's definition. Returns the definition's version (undefined: no definition).
+  function checkEmit(schema_id, items) {
+    const def = definitionOf(schema_id);
+    if (def === null) return undefined;
+    let problem;
+    if (def === false) problem = { field: null, reason: "the schema has no definition (strict mode)" };
+    else problem = items === null ? null : checkItems(def, items);
+    if (problem === null) return def.version;
+    const who = declaration !== null ? declaration.id : "the handler";
+    const message = who + " emitted " + schema_id + (problem.field !== null ? ", field " + problem.field : "") + ": " + problem.reason;
+    const e = apiError(TypeError, message);
+    if (violation === null) violation = e;
+    throw e;
+  }
+
   function emit_schema(schema_id, items, opts) {
     if (emitted === null) throw apiError(ErrorCtor, "emit_schema() may only be called while a handler runs");
     if (typeof schema_id !== "string" || schema_id.length === 0)
@@ -283,6 +474,8 @@
       if (opts.deps !== undefined) item.deps = opts.deps;
       if (opts.rd_source !== undefined) item.rd_source = opts.rd_source;
     }
+    const version = checkEmit(schema_id, items);
+    if (version !== undefined) item.version = version;
     // Serialised now, so a handler that later mutates `items` does not change what it emitted,
     // and a value JSON cannot hold fails here, at the line that emitted it.
     let text;
@@ -483,6 +676,7 @@
   defineGlobal("log", log);
   defineGlobal("load_lib", load_lib);
   defineGlobal("route", route);
+  defineGlobal("schema", schema);
   defineGlobal("process_later", process_later);
   for (const name of host.natives) {
     defineGlobal(name, function () {
@@ -594,27 +788,52 @@
 
   // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:
   // {"ok":[items…],"later":[…]} or {"error":{…}}.
+  // A schema violation fails the call even when the handler caught the error emit_schema threw.
   function runOne(fn, arg) {
     emitted = [];
     laterValues = [];
+    violation = null;
     hostBegin();
     try {
       settle(fn(arg));
+      if (violation !== null) return failure(violation);
       let text = '{"ok":[' + join(emitted, ",") + "]";
       if (laterValues.length > 0) text += ',"later":' + stringify(laterValues);
       return text + "}";
     } catch (e) {
-      let err;
-      try {
-        err = stringify({ error: describeError(e) });
-      } catch (_) {
-        err = '{"error":{"name":"Error","message":"the handler threw a value that cannot be described"}}';
-      }
-      return err;
+      return failure(violation !== null ? violation : e);
     } finally {
       emitted = null;
       laterValues = null;
+      violation = null;
     }
+  }
+
+  function failure(e) {
+    try {
+      const described = describeError(e);
+      if (e === violation) described.kind = "schema";
+      return stringify({ error: described });
+    } catch (_) {
+      return '{"error":{"name":"Error","message":"the handler threw a value that cannot be described"}}';
+    }
+  }
+
+  // A definition file's handler: upgrades one document's fields, {fields, from}, to the
+  // definition's version (its `upgrade(fields, fromVersion)`, then the definition's checks).
+  function upgradeOne(doc) {
+    const def = schemaDecl;
+    let fields = doc.fields;
+    if (def.upgrade !== undefined) {
+      const answer = def.upgrade(fields, doc.from);
+      if (answer !== undefined) fields = answer;
+    }
+    if (!isPlainObject(fields)) throw new TypeError("upgrade() must return the document's fields, an object");
+    const problem = checkItems(def, fields);
+    if (problem !== null)
+      throw new TypeError("upgrade() to version " + def.version + " gave fields that break the definition: " +
+        (problem.field !== null ? "field " + problem.field + ": " : "") + problem.reason);
+    push(emitted, stringify({ schema_id: def.id, items: fields, version: def.version }));
   }
 
   return {
@@ -636,7 +855,20 @@
           time_limit_ms: null, site: routes[0].site, libs: slice(libsLoaded), routes: declared,
         });
       }
-      if (declaration === null) throw new ErrorCtor("the file never calls extension({...}) (or route({...}))");
+      if (schemaDecl !== null && (declaration !== null || routes.length > 0))
+        throw new ErrorCtor(schemaDecl.site + ": a file declares a schema, an extension or routes, only one of them");
+      if (schemaDecl !== null) {
+        const d = schemaDecl;
+        // A definition compiled here is the one this sandbox checks its own items against.
+        definitions[d.id] = d;
+        return stringify({
+          id: "schema:" + d.id, source_schemas: [], category: "provider", confidence: 0, time_limit_ms: null,
+          site: d.site, libs: slice(libsLoaded),
+          schema: { id: d.id, version: d.version, fields: d.types, expandable: d.expandable, open: d.open,
+                    has_validate: d.validate !== undefined, has_upgrade: d.upgrade !== undefined },
+        });
+      }
+      if (declaration === null) throw new ErrorCtor("the file never calls extension({...}), route({...}) or schema({...})");
       const d = declaration;
       return stringify({
         id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
@@ -651,7 +883,7 @@
     // outcomes of the documents that finished.
     run(docs) {
       partial = [];
-      const handler = declaration.handler;
+      const handler = declaration !== null ? declaration.handler : upgradeOne;
       for (let i = 0; i < docs.length; i++) push(partial, runOne(handler, docs[i]));
       const text = "[" + join(partial, ",") + "]";
       partial = null;

@@ -14,6 +14,11 @@ pub struct FileConfig {
     pub db: Option<String>,
     /// Folder of extension files.
     pub extensions: Option<PathBuf>,
+    /// Folder of the user's schema definitions (besides `<extensions>/schemas/`).
+    pub schemas: Option<PathBuf>,
+    /// An item of a schema without a definition is an error (default: written, and counted).
+    #[serde(default)]
+    pub strict_schemas: bool,
     /// JS worker threads.
     pub js_threads: Option<usize>,
     /// The user's own identities, e.g. `identities = [["email", "me@example.com"]]`.

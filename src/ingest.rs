@@ -12,7 +12,8 @@ use crate::model::{self, SchemaItem};
 use crate::store::{Doc, Durability, Store, StoreError, WriteBatch, WriteResult};
 
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id`,
-/// `rd_confidence` (0 by default) and
+/// `rd_confidence` (0 by default), `rd_schema_version` (the definition version the fields
+/// follow) and
 /// `_attachments`), as the original's `add-schemas` did: each becomes (or joins) its schema
 /// document as raw data, with no source. A caller writing `Durability::Deferred` calls
 /// `Store::sync` before it reports the items kept.
@@ -31,6 +32,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
         let ext_id = fields.remove("rd_ext_id").and_then(|v| v.as_str().map(str::to_string)).unwrap_or_else(|| "rd.raw".into());
         let confidence = fields.remove("rd_confidence").and_then(|v| v.as_f64()).filter(|c| c.is_finite()).unwrap_or(0.0);
         let attachments = fields.remove("_attachments").and_then(|v| v.as_object().cloned());
+        let version = fields.remove("rd_schema_version").and_then(|v| v.as_u64()).and_then(|v| u32::try_from(v).ok()).filter(|v| *v >= 1);
         fields.retain(|k, _| !k.starts_with('_'));
         if schema_id.is_empty() || model::doc_id(&rd_key, &schema_id).is_err() {
             bad.push(WriteResult::Error { id: format!("line {}", i + 1), reason: "needs rd_key [type, value] and rd_schema_id".into() });
@@ -48,6 +50,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
             provider: true,
             confidence,
             fingerprint: String::new(),
+            version,
         });
     }
     let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();

@@ -19,6 +19,7 @@ pub mod model;
 mod par;
 pub mod pipeline;
 pub mod protocols;
+pub mod schema;
 pub mod store;
 pub mod timing;
 pub mod web;

@@ -39,6 +39,11 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
         "the API matches routes and runs their JS; the host functions reach the store, the listener owns HTTP",
     ),
     (
+        "schema/",
+        &["crate::pipeline", "crate::host_api", "crate::protocols", "crate::mail", "store::embedded", "store::couch"],
+        "definitions are read, run and installed through the pool, the model and the Store trait",
+    ),
+    (
         "pipeline/",
         &["crate::host_api", "crate::protocols", "crate::mail", "store::embedded", "store::couch"],
         "the pipeline sees the store only through the Store trait and JS only through the pool",
@@ -46,7 +51,7 @@ const LAYERS: &[(&str, &[&str], &str)] = &[
 ];
 
 /// Where the JS pool may be named: the layers that run extensions.
-const POOL_USERS: &[&str] = &["js/", "pipeline/", "api/", "daemon/", "cli/", "bin/"];
+const POOL_USERS: &[&str] = &["js/", "pipeline/", "api/", "daemon/", "cli/", "bin/", "schema/"];
 
 /// A source file: its path under `src/` and its lines.
 struct Source {

@@ -41,6 +41,56 @@ pub enum DbCommand {
         #[arg(long)]
         schema: Option<String>,
     },
+    /// Print the megaview's rows for one question, one JSON line each ({id, key, value}):
+    /// --key (with --schema: that document), --schema (with --field and --value: by a field's
+    /// value; an expandable field by element), --ext and/or --source, or --dep.
+    Megaview(MegaviewArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct MegaviewArgs {
+    /// An rd_key, as JSON: `["email", "a@example.com"]`.
+    #[arg(long)]
+    key: Option<String>,
+    #[arg(long)]
+    schema: Option<String>,
+    #[arg(long, requires = "value")]
+    field: Option<String>,
+    /// The field's value, as JSON (`'"text"'`, `42`, `["email", "a@b"]`).
+    #[arg(long, requires = "field")]
+    value: Option<String>,
+    /// A source document's id (`null`: raw data, with no source).
+    #[arg(long)]
+    source: Option<String>,
+    /// An extension's id.
+    #[arg(long)]
+    ext: Option<String>,
+    /// A dependency, as JSON: `[rd_key, schema id]`.
+    #[arg(long)]
+    dep: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: usize,
+    #[arg(long, default_value_t = 0)]
+    skip: usize,
+    #[arg(long)]
+    descending: bool,
+}
+
+impl MegaviewArgs {
+    fn ask(&self) -> anyhow::Result<raindrop::schema::ViewAsk> {
+        let json = |name: &str, text: &Option<String>| -> anyhow::Result<Option<Value>> {
+            text.as_deref().map(|t| serde_json::from_str(t).with_context(|| format!("--{name} must be JSON: {t}"))).transpose()
+        };
+        Ok(raindrop::schema::ViewAsk {
+            key: json("key", &self.key)?,
+            schema: self.schema.clone(),
+            field: self.field.clone(),
+            value: json("value", &self.value)?,
+            source: self.source.as_deref().map(|s| (s != "null").then(|| s.to_string())),
+            ext: self.ext.clone(),
+            dep: json("dep", &self.dep)?,
+        })
+    }
 }
 
 pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
@@ -111,6 +161,13 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
                     writeln!(out, "{}", serde_json::to_string(&doc)?)?;
                 }
                 since = page.last_seq;
+            }
+        }
+        DbCommand::Megaview(args) => {
+            let key = args.ask()?.key(&*store).map_err(anyhow::Error::msg)?;
+            let query = raindrop::store::ViewQuery { key, limit: args.limit, skip: args.skip, descending: args.descending };
+            for row in store.megaview(&query)? {
+                writeln!(out, "{}", serde_json::to_string(&row)?)?;
             }
         }
     }

@@ -16,6 +16,10 @@ const TEMPLATE: &str = r#"# Raindrop's configuration. Flags and environment vari
 
 # The folder of extension .js files (lib/ inside it holds libraries for load_lib).
 # extensions = "js-extensions"
+# Your own schema definitions (one schema({...}) file each; a schemas/ folder beside the
+# extensions is read too). strict_schemas makes an item of a schema with no definition an error.
+# schemas = "my-schemas"
+# strict_schemas = false
 
 # JS worker threads, each with its own SpiderMonkey runtime (1 to 64; default: cores).
 # js_threads = 2

@@ -36,6 +36,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "RAINDROP_EXTENSIONS")]
     pub extensions: Option<PathBuf>,
 
+    /// Folder of your own schema definitions, one `schema({...})` file each (besides the
+    /// bundled ones and a `schemas/` folder in the extensions folder).
+    #[arg(long, global = true, env = "RAINDROP_SCHEMAS")]
+    pub schemas: Option<PathBuf>,
+
+    /// An item of a schema that has no definition is an error document instead of being
+    /// written (and counted as undefined in `raindrop status`).
+    #[arg(long, global = true)]
+    pub strict_schemas: bool,
+
     /// Folder of API `.js` files, served under /api/ by `raindrop run` (default: api).
     #[arg(long, global = true, env = "RAINDROP_API")]
     pub api: Option<PathBuf>,
@@ -126,6 +136,9 @@ fn check_js_threads(n: usize) -> Result<usize, String> {
 pub struct Settings {
     pub store: StoreSpec,
     pub extensions: PathBuf,
+    /// `--schemas DIR`, and whether an item of a schema without a definition is an error.
+    pub schemas: Option<PathBuf>,
+    pub strict_schemas: bool,
     /// The API folder.
     pub api: PathBuf,
     /// Origins allowed to call the API from a browser.
@@ -148,6 +161,8 @@ impl Settings {
         Ok(Settings {
             store: StoreSpec::parse(cli.db.as_deref().or(file.db.as_deref())),
             extensions: cli.extensions.clone().or(file.extensions.clone()).unwrap_or_else(|| PathBuf::from("js-extensions")),
+            schemas: cli.schemas.clone().or(file.schemas.clone()),
+            strict_schemas: cli.strict_schemas || file.strict_schemas,
             api: cli.api.clone().or(file.api.clone()).unwrap_or_else(|| PathBuf::from("api")),
             cors_origins: file.cors_origins.clone(),
             js_threads: match cli.js_threads.or(file.js_threads) {
@@ -171,7 +186,20 @@ impl Settings {
             identities: self.identities.clone(),
             accounts: self.accounts.clone(),
             sync_interval: self.sync_interval,
+            schemas: self.schemas.clone(),
+            strict_schemas: self.strict_schemas,
         }
+    }
+
+    /// The schema definitions (bundled, beside the extensions, `--schemas`), read and loaded;
+    /// files that do not load are named on stderr.
+    pub fn load_schemas(&self) -> anyhow::Result<raindrop::schema::Definitions> {
+        let folders = raindrop::schema::folders(&self.extensions, self.schemas.as_deref());
+        let defs = raindrop::schema::Definitions::load(&folders, self.strict_schemas, 1)?;
+        for (file, why) in &defs.failed {
+            eprintln!("warning: schema definition {file} did not load: {why}");
+        }
+        Ok(defs)
     }
 
     pub fn open_store(&self) -> anyhow::Result<std::sync::Arc<dyn Store>> {

@@ -82,7 +82,11 @@ impl ProcessArgs {
 fn start(settings: &Settings) -> anyhow::Result<(Arc<dyn Store>, Pipeline)> {
     let store = settings.open_store()?;
     let sources = extension::read_dir(&settings.extensions)?;
+    let defs = settings.load_schemas()?;
+    raindrop::schema::report(&raindrop::schema::install(&*store, &defs)?);
     let mut config = PoolConfig::new(settings.js_threads);
+    config.schemas = defs.sources();
+    drop(defs);
     let mut host = HostFunctions::new();
     raindrop::host_api::register_all(&mut host, store.clone(), settings.identities.clone());
     config.host_functions = host;
@@ -212,10 +216,30 @@ pub fn status(settings: &Settings) -> anyhow::Result<ExitCode> {
     let backlog = pipeline::backlog(&*store, &Pipeline::checkpoint_id(&RunOptions::default()))?;
     writeln!(out, "backlog: {backlog} change(s) not yet processed")?;
     writeln!(out, "{:<48} {:>10} {:>8}", "extension", "processed", "errors")?;
-    for (ext, (processed, errors)) in counts {
+    for (ext, (processed, errors)) in &counts.extensions {
         writeln!(out, "{ext:<48} {processed:>10} {errors:>8}")?;
     }
+    print_undefined(&mut out, settings, &counts.schemas)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The schemas extensions wrote that have no definition, with how many documents of each.
+fn print_undefined(
+    out: &mut impl std::io::Write,
+    settings: &Settings,
+    written: &std::collections::BTreeMap<String, u64>,
+) -> anyhow::Result<()> {
+    let defs = settings.load_schemas()?;
+    let undefined: Vec<(&String, &u64)> = written.iter().filter(|(s, _)| defs.get(s).is_none()).collect();
+    if undefined.is_empty() {
+        writeln!(out, "every schema extensions wrote has a definition ({} definitions)", defs.len())?;
+        return Ok(());
+    }
+    writeln!(out, "undefined: {} schema(s) written with no definition (--strict-schemas makes them errors)", undefined.len())?;
+    for (schema, n) in undefined {
+        writeln!(out, "  {schema:<46} {n:>10} document(s)")?;
+    }
+    Ok(())
 }
 
 /// The `/status` of a daemon listening where the settings say, if it runs on this database.

@@ -25,9 +25,14 @@ pub(super) type Snapshot = BTreeMap<PathBuf, (Option<SystemTime>, u64)>;
 
 /// The folder's `*.js` files and `lib/*.js`, as they stand.
 pub(super) fn snapshot(dir: &Path) -> Snapshot {
+    snapshot_of(&[dir.to_path_buf(), dir.join("lib")])
+}
+
+/// The `*.js` files directly in each of `folders`, as they stand.
+pub(super) fn snapshot_of(folders: &[PathBuf]) -> Snapshot {
     let mut out = Snapshot::new();
-    for folder in [dir.to_path_buf(), dir.join("lib")] {
-        let Ok(entries) = std::fs::read_dir(&folder) else { continue };
+    for folder in folders {
+        let Ok(entries) = std::fs::read_dir(folder) else { continue };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "js") {

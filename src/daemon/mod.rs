@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, Stats};
 use crate::protocols::imap::ImapAccount;
 use crate::store::{Store, StoreError, StoreSpec};
-use extensions::{snapshot, Loader};
+use extensions::{snapshot_of, Loader};
 use signals::Control;
 
 pub use extensions::FolderError;
@@ -56,6 +56,22 @@ pub struct DaemonSettings {
     pub identities: Vec<Value>,
     pub accounts: Vec<ImapAccount>,
     pub sync_interval: Duration,
+    /// `--schemas DIR`: the user's schema definitions (besides `<extensions>/schemas/`).
+    pub schemas: Option<PathBuf>,
+    /// An item of a schema without a definition is an error.
+    pub strict_schemas: bool,
+}
+
+impl DaemonSettings {
+    /// Every folder whose `.js` files the daemon takes up when they change: the extensions,
+    /// their libraries, and the schema definitions.
+    fn watched_folders(&self) -> Vec<PathBuf> {
+        let ext = &self.extensions;
+        let mut out = vec![ext.clone(), ext.join("lib")];
+        out.extend(crate::schema::folders(ext, self.schemas.as_deref()));
+        out.extend(self.schemas.clone());
+        out
+    }
 }
 
 /// How the daemon is set up for its whole life.
@@ -188,8 +204,8 @@ struct Daemon {
     loader: Loader,
     /// The extension ids of the last pool (none before the first).
     loaded_ids: Option<BTreeSet<String>>,
-    /// The folder the watcher looks at (SIGHUP may change it).
-    watched: Arc<Mutex<PathBuf>>,
+    /// The folders the watcher looks at (SIGHUP may change them).
+    watched: Arc<Mutex<Vec<PathBuf>>>,
     /// Extensions gone from the folder whose outputs are still to be withdrawn.
     to_withdraw: BTreeSet<String>,
     /// The pipeline's checkpoint (it names the extensions of the last run).
@@ -258,7 +274,7 @@ impl Daemon {
                 return;
             }
         }
-        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.extensions.clone();
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.watched_folders();
         let mut plan = plan.lock().unwrap_or_else(|p| p.into_inner());
         plan.accounts = self.settings.accounts.clone();
         plan.interval = self.settings.sync_interval;
@@ -276,7 +292,10 @@ impl Daemon {
         let mut config = PoolConfig::new(self.settings.js_threads);
         config.metrics = Some(self.metrics.clone());
         crate::host_api::register_all(&mut config.host_functions, self.store.clone(), self.settings.identities.clone());
-        let loaded = self.loader.load(&self.settings.extensions, &config)?;
+        let (schemas, schema_failures) = self.install_schemas();
+        config.schemas = schemas;
+        let mut loaded = self.loader.load(&self.settings.extensions, &config)?;
+        loaded.failures.extend(schema_failures);
         for failure in &loaded.failures {
             eprintln!("raindrop: {} did not load: {}", failure.file, failure.error);
         }
@@ -297,6 +316,28 @@ impl Daemon {
         self.withdraw_gone();
         self.loaded_ids = Some(ids.union(&loaded.stalled).cloned().collect());
         Ok(Arc::new(loaded.pool))
+    }
+
+    /// The schema definitions, read and installed into the database (documents upgraded to a
+    /// new version first): what the new pool checks items against. A definition that does not
+    /// load is reported and left out; a database that refuses the install is reported and the
+    /// install is tried again at the next reload, the definitions being checked all the same.
+    fn install_schemas(&mut self) -> (Arc<crate::js::extension::SchemaSources>, Vec<crate::metrics::LoadFailure>) {
+        let folders = crate::schema::folders(&self.settings.extensions, self.settings.schemas.as_deref());
+        let defs = match crate::schema::Definitions::load(&folders, self.settings.strict_schemas, 1) {
+            Ok(defs) => defs,
+            Err(e) => {
+                eprintln!("raindrop: {e}; no item is checked against a definition until they load");
+                return (Arc::default(), Vec::new());
+            }
+        };
+        match crate::schema::install(&*self.store, &defs) {
+            Ok(done) => crate::schema::report(&done),
+            Err(e) => eprintln!("raindrop: {e}; trying again at the next reload"),
+        }
+        let failures =
+            defs.failed.iter().map(|(file, error)| crate::metrics::LoadFailure { file: file.clone(), error: error.clone() }).collect();
+        (defs.sources(), failures)
     }
 
     /// Withdraws the outputs of extensions gone from the folder; what the store does not let
@@ -329,18 +370,18 @@ impl Daemon {
     /// changed (and then held still for one more look, so a file being written is taken whole).
     fn watch(&self) -> std::io::Result<()> {
         let (control, watched) = (self.control.clone(), self.watched.clone());
-        *watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.extensions.clone();
+        *watched.lock().unwrap_or_else(|p| p.into_inner()) = self.settings.watched_folders();
         std::thread::Builder::new().name("watch".into()).spawn(move || {
-            let folder = || watched.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let mut seen = snapshot(&folder());
+            let folders = || watched.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut seen = snapshot_of(&folders());
             while !control.stopping() {
                 std::thread::sleep(WATCH_INTERVAL);
-                let now = snapshot(&folder());
+                let now = snapshot_of(&folders());
                 if now == seen {
                     continue;
                 }
                 std::thread::sleep(WATCH_INTERVAL);
-                let settled = snapshot(&folder());
+                let settled = snapshot_of(&folders());
                 if settled == now {
                     eprintln!("raindrop: the extensions folder changed: taking it up");
                     seen = settled;

@@ -19,7 +19,41 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
     open_attachment(host, store.clone());
     find_schemas(host, store.clone());
     find_schemas_each(host, store.clone());
+    open_view(host, store.clone());
     update_documents(host, store);
+}
+
+/// `open_view({key | schema | schema, field, value | source | ext | dep, limit, skip,
+/// descending, include_docs})` → `[{id, key, value[, doc]}, …]`: rows of the megaview (see
+/// `store::megaview`), at most `limit` (default 1,000).
+fn open_view(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register("open_view", move |_, args| {
+        let o = args
+            .first()
+            .and_then(Value::as_object)
+            .ok_or("open_view needs an object: {key | schema | field and value | source | ext | dep, limit, skip, descending}")?;
+        let ask = crate::schema::ViewAsk::from_object(o).map_err(|e| HostError(format!("open_view: {e}")))?;
+        let key = ask.key(&*s).map_err(|e| HostError(format!("open_view: {e}")))?;
+        let number = |name: &str, default: u64| match o.get(name) {
+            None | Some(Value::Null) => Ok(default),
+            Some(v) => v.as_u64().ok_or_else(|| HostError(format!("open_view: {name} must be a whole number"))),
+        };
+        let query = crate::store::ViewQuery {
+            key,
+            limit: number("limit", 1000)? as usize,
+            skip: number("skip", 0)? as usize,
+            descending: o.get("descending").and_then(Value::as_bool).unwrap_or(false),
+        };
+        let rows = s.megaview(&query)?;
+        let mut out: Vec<Value> = rows.iter().map(|r| json!({ "id": r.id, "key": r.key, "value": r.value })).collect();
+        if o.get("include_docs").and_then(Value::as_bool).unwrap_or(false) {
+            let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+            for (row, doc) in out.iter_mut().zip(s.get_docs(&ids)?) {
+                row["doc"] = doc.map_or(Value::Null, Value::Object);
+            }
+        }
+        Ok(Value::Array(out))
+    });
 }
 
 /// `add_schemas(items)` → one `{id, rev}` or `{id, error}` per item (see

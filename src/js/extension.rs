@@ -97,6 +97,28 @@ fn js_files(dir: &Path) -> Result<Vec<ExtensionSource>, ExtensionError> {
     paths.iter().map(|p| ExtensionSource::read(p)).collect()
 }
 
+/// The schema definitions emitted items are checked against, by schema id: the driver
+/// evaluates one in an extension's sandbox the first time that extension emits the schema.
+#[derive(Debug, Clone, Default)]
+pub struct SchemaSources {
+    pub by_id: std::collections::HashMap<String, ExtensionSource>,
+    /// An item of a schema without a definition is an error (by default it is written).
+    pub strict: bool,
+}
+
+impl SchemaSources {
+    /// What the driver evaluates for schema `id`: the definition file wrapped in a function of
+    /// `schema` (so its `schema({...})` call hands the definition to the driver, whatever the
+    /// extension calls `schema`), or `null` for no definition — `false` in strict mode.
+    pub(super) fn definition_source(&self, id: &str) -> (String, String) {
+        match self.by_id.get(id) {
+            // On the first line, so the file's line numbers stay its own.
+            Some(file) => (file.file_name(), format!("(function (schema) {{ {}\n}})", file.source)),
+            None => (format!("schemas/{id}.js"), if self.strict { "false" } else { "null" }.to_string()),
+        }
+    }
+}
+
 /// What `extension({...})` declared, as validated by the driver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Declaration {
@@ -133,6 +155,24 @@ pub struct Declaration {
     /// For a file of the API folder: the routes it declared (and no extension).
     #[serde(default)]
     pub routes: Vec<RouteDecl>,
+    /// For a schema definition file: what its `schema({...})` declared (and no extension).
+    #[serde(default)]
+    pub schema: Option<SchemaDecl>,
+}
+
+/// What a definition file's `schema({...})` declared, as the driver validated it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaDecl {
+    pub id: String,
+    pub version: u32,
+    /// Field name → type (`string`, `[identity]?`, …; the driver owns the grammar).
+    pub fields: BTreeMap<String, String>,
+    /// Array fields whose elements each get a row of their own in the megaview.
+    pub expandable: Vec<String>,
+    /// Fields not listed are allowed.
+    pub open: bool,
+    pub has_validate: bool,
+    pub has_upgrade: bool,
 }
 
 /// One `route({method, path, handler})` of an API file.

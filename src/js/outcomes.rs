@@ -59,6 +59,10 @@ pub(super) struct JsError {
     pub(super) file: Option<String>,
     pub(super) line: Option<u32>,
     pub(super) stack: Option<String>,
+    /// `"schema"`: an emitted item broke its schema's definition (the driver marks the call
+    /// failed even if the handler caught the error).
+    #[serde(default)]
+    pub(super) kind: Option<String>,
 }
 
 /// One document's outcome as the driver writes it: `{"ok":[…],"later":[…]}` or `{"error":{…}}`.
@@ -74,8 +78,13 @@ impl OneOutcome {
     fn into_outcome(self, out_of_memory: bool) -> DocOutcome {
         match (self.ok, self.error) {
             (_, Some(e)) => {
-                let kind =
-                    if out_of_memory && e.message.contains("out of memory") { FailureKind::OutOfMemory } else { FailureKind::Exception };
+                let kind = if e.kind.as_deref() == Some("schema") {
+                    FailureKind::SchemaViolation
+                } else if out_of_memory && e.message.contains("out of memory") {
+                    FailureKind::OutOfMemory
+                } else {
+                    FailureKind::Exception
+                };
                 DocOutcome::Failed(HandlerError { kind, message: e.message, file: e.file, line: e.line, stack: e.stack })
             }
             (Some(items), None) => DocOutcome::Emitted(Emission { items, later: self.later }),

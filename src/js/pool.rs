@@ -43,6 +43,8 @@ pub struct PoolConfig {
     /// behind); the API's has none: requests are bounded by the listener's connections, and
     /// submitting one must never block the listener's thread.
     pub unbounded_queue: bool,
+    /// The schema definitions every `emit_schema` is checked against (none: nothing checked).
+    pub schemas: Arc<super::extension::SchemaSources>,
 }
 
 impl PoolConfig {
@@ -54,6 +56,7 @@ impl PoolConfig {
             host_functions: HostFunctions::new(),
             metrics: None,
             unbounded_queue: false,
+            schemas: Arc::default(),
         }
     }
 }
@@ -108,6 +111,10 @@ pub struct EmittedItem {
     pub deps: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rd_source: Option<Value>,
+    /// The version of the schema's definition the item was checked against (none: no
+    /// definition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
     /// `withdraw_schema`: the extension's contribution to the document is taken back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub withdraw: bool,
@@ -154,6 +161,9 @@ pub enum FailureKind {
     BadOutput,
     /// The extension did not load.
     NotLoaded,
+    /// An item it emitted broke its schema's definition (a field's type, a required field, the
+    /// definition's `validate`).
+    SchemaViolation,
 }
 
 impl HandlerError {

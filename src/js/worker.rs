@@ -11,7 +11,7 @@ use crossbeam_channel::{Receiver, Sender};
 use serde_json::Value;
 
 use super::engine::{CallFailure, EngineError, JsRuntime, LoadFailure, RuntimeLimits, SandboxId};
-use super::extension::{Declaration, ExtensionSource, Libs};
+use super::extension::{Declaration, ExtensionSource, Libs, SchemaSources};
 use super::host::HostFunctions;
 use super::outcomes::{fail_all, has_lone_surrogate, parse_outcomes, JsError};
 use super::pool::{Batch, BatchResult, DocOutcome, FailureKind, FilterKeys, HandlerError, Job, PoolConfig, LATER_VALUES_PER_LIMIT};
@@ -30,7 +30,12 @@ struct WorkerHost {
     clock: Rc<DocClock>,
     /// The libraries of the extension being loaded (`load_lib` runs only then).
     libs: Rc<RefCell<Arc<Libs>>>,
+    /// The definitions `emit_schema` checks items against.
+    schemas: Arc<SchemaSources>,
 }
+
+/// How the driver names a schema's definition to `__rd_host.lib` (no library's name has a `:`).
+const SCHEMA_PREFIX: &str = "schema:";
 
 /// Times each document of a batch, from one handler call's start to the next's (the driver
 /// marks each start), for the handler-time histogram: gathered here, handed to the metrics
@@ -97,8 +102,11 @@ impl super::engine::Host for WorkerHost {
     fn call_native(&self, ext: &str, name: &str, args_json: &str) -> String {
         self.functions.call_json(ext, name, args_json)
     }
-    fn lib_source(&self, name: &str) -> Option<String> {
-        self.libs.borrow().get(name).cloned()
+    fn lib_source(&self, name: &str) -> Option<(String, String)> {
+        if let Some(id) = name.strip_prefix(SCHEMA_PREFIX) {
+            return Some(self.schemas.definition_source(id));
+        }
+        self.libs.borrow().get(name).map(|source| (format!("lib/{name}.js"), source.clone()))
     }
 }
 
@@ -202,6 +210,7 @@ impl Worker<'_> {
             functions: self.shared.config.host_functions.clone(),
             clock: self.clock.clone(),
             libs: libs.clone(),
+            schemas: self.shared.config.schemas.clone(),
         };
         let limits = RuntimeLimits { heap_bytes: self.shared.config.heap_bytes };
         let mut rt = JsRuntime::new(Box::new(host), limits)?;

@@ -32,8 +32,15 @@ fn contributor_entry(item: &SchemaItem) -> Map<String, Value> {
     if item.provider {
         entry.insert("provider".into(), Value::Bool(true));
     }
+    if let Some(v) = item.version {
+        entry.insert(VERSION.into(), Value::from(v));
+    }
     entry
 }
+
+/// The member recording a definition's version: in each contributor's entry, and at the top
+/// level the lowest of them (what an upgrade looks for).
+const VERSION: &str = "rd_schema_version";
 
 /// The stored body (every member but `_id`) of the document `item` makes when its document does
 /// not exist yet: what [`apply_item_at`] would give with no existing document, built from the
@@ -76,6 +83,10 @@ pub fn new_doc_body(item: &SchemaItem) -> Option<String> {
     if provider {
         body.push_str(",\"rd_schema_provider\":");
         body.push_str(&ext);
+    }
+    if let Some(v) = item.version {
+        body.push_str(",\"rd_schema_version\":");
+        body.push_str(&v.to_string());
     }
     body.push_str(",\"rd_schema_items\":{");
     body.push_str(&ext);
@@ -151,7 +162,7 @@ pub fn remove_contributor(existing: &Doc, ext_id: &str) -> Option<Doc> {
 }
 
 /// The keys of a schema document that are the model's, not a contributor's field.
-const MODEL_KEYS: [&str; 4] = ["rd_key", "rd_schema_id", "rd_schema_items", "rd_schema_provider"];
+const MODEL_KEYS: [&str; 5] = ["rd_key", "rd_schema_id", "rd_schema_items", "rd_schema_provider", VERSION];
 
 /// A document's contributor entries, each with its `schema`: a lone contributor's fields are
 /// read back from the top level (see the module's note).
@@ -226,11 +237,53 @@ fn aggregate(
     if let Some(p) = provider {
         doc.insert("rd_schema_provider".into(), Value::String(p));
     }
+    if let Some(v) = contributors.values().filter_map(|e| e.get(VERSION).and_then(Value::as_u64)).min() {
+        doc.insert(VERSION.into(), Value::from(v));
+    }
     doc.insert("rd_schema_items".into(), Value::Object(contributors));
     if !attachments.is_empty() {
         doc.insert("_attachments".into(), Value::Object(attachments));
     }
     doc
+}
+
+/// One contributor's part of a document, for an upgrade.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Contribution {
+    pub ext_id: String,
+    /// Its fields (`None` for an assertion).
+    pub fields: Option<Map<String, Value>>,
+    /// The definition version it was written under (1 when none is recorded).
+    pub version: u32,
+}
+
+/// Every contributor's part of `doc`.
+pub fn contributions(doc: &Doc) -> Vec<Contribution> {
+    contributors(doc)
+        .into_iter()
+        .map(|(ext_id, entry)| Contribution {
+            fields: entry.get("schema").and_then(Value::as_object).cloned(),
+            version: entry.get(VERSION).and_then(Value::as_u64).map_or(1, |v| v.clamp(1, u32::MAX as u64) as u32),
+            ext_id,
+        })
+        .collect()
+}
+
+/// `doc` with these contributions' fields and versions in place of their old ones, merged
+/// again (`_id`, `_rev`, attachments and the other contributors kept).
+pub fn upgraded(doc: &Doc, parts: &[Contribution]) -> Doc {
+    let mut entries = contributors(doc);
+    for part in parts {
+        if let Some(Value::Object(entry)) = entries.get_mut(&part.ext_id) {
+            entry.insert("schema".into(), part.fields.clone().map_or(Value::Null, Value::Object));
+            entry.insert(VERSION.into(), Value::from(part.version));
+        }
+    }
+    let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let rd_key = doc.get("rd_key").cloned().unwrap_or(Value::Null);
+    let schema = doc.get("rd_schema_id").and_then(Value::as_str).unwrap_or_default().to_string();
+    let attachments = doc.get("_attachments").and_then(Value::as_object).cloned().unwrap_or_default();
+    aggregate(&id, Some(doc), &rd_key, &schema, entries, attachments)
 }
 
 /// Whether two versions of a document say the same thing (ignoring `_rev` and how the store
@@ -294,6 +347,7 @@ mod tests {
             provider: true,
             confidence,
             fingerprint: "fp".into(),
+            version: None,
         }
     }
 

@@ -25,7 +25,10 @@ use serde_json::{Map, Value};
 
 use crate::store::Doc;
 
-pub use merge::{apply_item, apply_item_at, holds_same_from_other_source, new_doc_body, remove_contributor, same_content};
+pub use merge::{
+    apply_item, apply_item_at, contributions, holds_same_from_other_source, new_doc_body, remove_contributor, same_content, upgraded,
+    Contribution,
+};
 
 /// A schema item: what one extension contributes to one document.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +47,9 @@ pub struct SchemaItem {
     pub provider: bool,
     pub confidence: f64,
     pub fingerprint: String,
+    /// The version of the schema's definition the fields were checked against, recorded as the
+    /// entry's `rd_schema_version` (none: no definition, which counts as version 1).
+    pub version: Option<u32>,
 }
 
 /// An item's fields as the JSON text of an object, as the handler emitted them.

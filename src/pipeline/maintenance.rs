@@ -42,15 +42,26 @@ pub fn backlog(store: &dyn Store, checkpoint_id: &str) -> Result<u64, StoreError
     }
 }
 
-/// Per-extension counts from the state records: (processed sources, errors).
-pub fn extension_counts(store: &dyn Store) -> Result<BTreeMap<String, (u64, u64)>, StoreError> {
-    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+/// What the state records count: per extension, (processed sources, errors); per schema, the
+/// documents extensions emitted for their sources (later_handlers' outputs are not counted).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub extensions: BTreeMap<String, (u64, u64)>,
+    pub schemas: BTreeMap<String, u64>,
+}
+
+/// [`Counts`] from the state records.
+pub fn extension_counts(store: &dyn Store) -> Result<Counts, StoreError> {
+    let mut counts = Counts::default();
     state_pages(store, 1000, |records| -> Result<(), StoreError> {
         for record in &records {
             for (ext, entry) in record.entries() {
-                let e = counts.entry(ext.clone()).or_default();
+                let e = counts.extensions.entry(ext.clone()).or_default();
                 e.0 += 1;
                 e.1 += u64::from(entry.error);
+                for schema in entry.outputs.iter().filter_map(|id| crate::model::schema_of_id(id)) {
+                    *counts.schemas.entry(schema.to_string()).or_default() += 1;
+                }
             }
         }
         Ok(())

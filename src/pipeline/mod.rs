@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 use crate::js::{Category, JsPool};
 use crate::store::{Seq, Store, StoreError};
 
-pub use maintenance::{backlog, extension_counts, forget};
+pub use maintenance::{backlog, extension_counts, forget, Counts};
 pub use source::project;
 
 /// The schema of the documents that record failures.

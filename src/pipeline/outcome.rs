@@ -157,6 +157,7 @@ fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e:
         provider: ext.provider,
         confidence: ext.confidence,
         fingerprint: ext.fingerprint.clone(),
+        version: e.version,
     })
 }
 
@@ -192,6 +193,7 @@ fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerE
         provider: true,
         confidence: 0.0,
         fingerprint: ext.fingerprint.clone(),
+        version: None,
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod couch;
 pub mod embedded;
+mod megaview;
 pub mod rev;
 mod spec;
 
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub use megaview::{MegaKey, ViewQuery, ViewRow};
 pub use spec::{open, StoreSpec};
 
 /// A document: a JSON object with CouchDB's underscore fields.
@@ -321,6 +323,9 @@ pub trait Store: Send + Sync {
 
     /// Writes a checkpoint document (last write wins).
     fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError>;
+
+    /// The rows of one megaview key (see [`MegaKey`]).
+    fn megaview(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError>;
 
     /// Deletes the whole database.
     fn destroy(&self) -> Result<(), StoreError>;

@@ -11,6 +11,7 @@ mod imap;
 mod js_pool;
 mod mail;
 mod pipeline;
+mod schemas;
 mod store_conformance;
 mod store_faults;
 mod support;

@@ -122,7 +122,7 @@ impl raindrop::js::engine::Host for NoHost {
     fn call_native(&self, _: &str, _: &str, _: &str) -> String {
         "{}".into()
     }
-    fn lib_source(&self, _: &str) -> Option<String> {
+    fn lib_source(&self, _: &str) -> Option<(String, String)> {
         None
     }
 }

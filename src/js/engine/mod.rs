@@ -54,8 +54,10 @@ pub trait Host {
     /// Calls host function `name` with a JSON array of arguments; returns JSON text
     /// `{"ok": value}` or `{"error": "message"}`.
     fn call_native(&self, ext: &str, name: &str, args_json: &str) -> String;
-    /// The source of library `name` (`lib/<name>.js` in the extensions folder), if there is one.
-    fn lib_source(&self, name: &str) -> Option<String>;
+    /// What `__rd_host.lib(name)` evaluates, if there is such a file: the file name its errors
+    /// and stacks report, and its source. `name` is a library's (`lib/<name>.js` in the
+    /// extensions folder), or one the driver asks for itself (`schema:<id>`, a definition).
+    fn lib_source(&self, name: &str) -> Option<(String, String)>;
 }
 
 /// Why the engine could not start a runtime.

@@ -254,7 +254,7 @@ pub(super) unsafe extern "C" fn js_lib(raw: *mut RawJSContext, argc: u32, vp: *m
             Ok(name) => name,
             Err(e) => return Err(e),
         };
-        let Some(source) = with_host(|h, _| h.lib_source(&name)).flatten() else {
+        let Some((file, source)) = with_host(|h, _| h.lib_source(&name)).flatten() else {
             return Err(format!("load_lib: there is no lib/{name}.js in the extensions folder"));
         };
         // SAFETY: the current realm's global is live while its code runs; the completion value
@@ -264,7 +264,7 @@ pub(super) unsafe extern "C" fn js_lib(raw: *mut RawJSContext, argc: u32, vp: *m
             if global.get().is_null() {
                 return Err("load_lib: no global to load into".into());
             }
-            let file = CString::new(format!("lib/{name}.js")).unwrap_or_default();
+            let file = CString::new(file.replace('\0', " ")).unwrap_or_default();
             let opts = mozjs::rust::CompileOptionsWrapper::new(&cx, file, 1);
             let rval = mozjs::rust::MutableHandle::from_raw(args.rval());
             Ok(mozjs::rust::evaluate_script(&mut cx, global.handle(), &source, rval, opts).is_ok())

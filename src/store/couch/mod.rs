@@ -20,9 +20,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-use super::{Attachment, Change, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, WriteBatch, WriteResult, Written};
-use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json, shaped, Row, Rows, FIND_MAP};
+use super::{
+    Attachment, Change, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, ViewQuery, ViewRow, WriteBatch, WriteResult, Written,
+};
+use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json, shaped, Row, Rows, MEGAVIEW_MAP};
 pub use wire::{inline_attachment, redact};
+
+/// The megaview (see `store::megaview`), a view of Raindrop's design document.
+const MEGAVIEW_PATH: &str = "_design/raindrop/_view/megaview";
 
 /// How hard to try before calling the server unavailable.
 #[derive(Debug, Clone, Copy)]
@@ -188,10 +193,10 @@ impl CouchStore {
         let resp = self.send(|| self.request(reqwest::Method::GET, path))?;
         let current: Option<Value> =
             if resp.status() == StatusCode::NOT_FOUND { None } else { Some(self.json(self.expect_status(resp, &[StatusCode::OK])?)?) };
-        if current.as_ref().and_then(|d| d.pointer("/views/by_field/map")).and_then(Value::as_str) == Some(FIND_MAP) {
+        if current.as_ref().and_then(|d| d.pointer("/views/megaview/map")).and_then(Value::as_str) == Some(MEGAVIEW_MAP) {
             return Ok(());
         }
-        let mut doc = json!({ "language": "javascript", "views": { "by_field": { "map": FIND_MAP } } });
+        let mut doc = json!({ "language": "javascript", "views": { "megaview": { "map": MEGAVIEW_MAP } } });
         if let Some(rev) = current.as_ref().and_then(|d| d.get("_rev")) {
             doc["_rev"] = rev.clone();
         }
@@ -329,7 +334,7 @@ impl CouchStore {
     /// twice), in one request.
     fn view_rows(&self, keys: &[Value], limit: Option<usize>) -> Result<Vec<Row>, StoreError> {
         self.views()?;
-        let path = "_design/raindrop/_view/by_field";
+        let path = MEGAVIEW_PATH;
         let resp = if let [key] = keys {
             let mut q = vec![("key", key.to_string()), ("include_docs", "true".to_string())];
             if let Some(limit) = limit {
@@ -396,7 +401,7 @@ impl Store for CouchStore {
     fn find(&self, find: &Find<'_>) -> Result<Vec<Vec<String>>, StoreError> {
         let limit = find.limit.max(1);
         let Some((field, values)) = find.by else {
-            let rows = self.view_rows(&[json!([find.schema])], Some(limit))?;
+            let rows = self.view_rows(&[json!(["schema_id", find.schema])], Some(limit))?;
             return Ok(vec![rows.iter().filter_map(|r| r.doc.as_deref()).map(|d| shaped(d, find.fields)).collect::<Result<_, _>>()?]);
         };
         if values.is_empty() {
@@ -428,6 +433,20 @@ impl Store for CouchStore {
             }
         }
         Ok(out)
+    }
+
+    fn megaview(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError> {
+        self.views()?;
+        let mut q = vec![("key", query.key.to_json().to_string()), ("limit", query.limit.max(1).to_string())];
+        if query.skip > 0 {
+            q.push(("skip", query.skip.to_string()));
+        }
+        if query.descending {
+            q.push(("descending", "true".to_string()));
+        }
+        let resp = self.send(|| self.request(reqwest::Method::GET, MEGAVIEW_PATH).query(&q))?;
+        let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+        Ok(rows.rows.into_iter().map(|r| ViewRow { id: r.id.unwrap_or_default(), key: r.key, value: r.value }).collect())
     }
 
     /// CouchDB's view indexes every field at once: nothing to ready.

@@ -12,7 +12,34 @@ use crate::store::{Doc, Seq, StoreError};
 /// The view behind `find`: every schema document under `[schema]`, and under
 /// `[schema, field, value]` for each top-level field (arrays and objects up to 512 bytes of
 /// JSON), like the original's megaview.
-pub(super) const FIND_MAP: &str = "function (doc) {\n  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;\n  emit([doc.rd_schema_id], null);\n  for (var k in doc) {\n    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;\n    var v = doc[k];\n    if (v === null || typeof v !== 'object' || JSON.stringify(v).length <= 512) emit([doc.rd_schema_id, k, v], null);\n    if (Array.isArray(v)) for (var i = 0; i < v.length; i++) if (v[i] === null || typeof v[i] !== 'object' || JSON.stringify(v[i]).length <= 512) emit([doc.rd_schema_id, k + '[]', v[i]], null);\n  }\n}";
+/// The megaview's map function (see `store::megaview`): what `find` and `megaview` query.
+pub(super) const MEGAVIEW_MAP: &str = "function (doc) {
+  if (!doc.rd_schema_id || doc._id.indexOf('rc!') !== 0) return;
+  var sid = doc.rd_schema_id, key = doc.rd_key === undefined ? null : doc.rd_key;
+  var base = { _rev: doc._rev, rd_key: key, rd_schema_id: sid };
+  emit(['schema_id', sid], base);
+  if (key !== null) {
+    emit(['key', key], base);
+    emit(['key-schema_id', [key, sid]], base);
+    var items = doc.rd_schema_items || {};
+    for (var ext in items) {
+      var e = items[ext] || {}, src = e.rd_source || null;
+      var v = { _rev: doc._rev, rd_key: key, rd_schema_id: sid, rd_ext_id: ext, rd_source: src };
+      var sourceId = src && typeof src[0] === 'string' ? src[0] : null;
+      emit(['ext_id', ext], v);
+      emit(['source', sourceId], v);
+      emit(['ext_id-source', [ext, sourceId]], v);
+      var deps = e.rd_deps || [];
+      for (var d = 0; d < deps.length; d++) emit(['dep', deps[d]], v);
+    }
+  }
+  for (var k in doc) {
+    if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;
+    var val = doc[k];
+    if (val === null || typeof val !== 'object' || JSON.stringify(val).length <= 512) emit([sid, k, val], base);
+    if (Array.isArray(val)) for (var i = 0; i < val.length; i++) if (val[i] === null || typeof val[i] !== 'object' || JSON.stringify(val[i]).length <= 512) emit([sid, k + '[]', val[i]], base);
+  }
+}";
 
 /// The rows of an `_all_docs` or view answer with `include_docs`, each document as text.
 #[derive(Deserialize)]
@@ -23,7 +50,11 @@ pub(super) struct Rows {
 #[derive(Deserialize)]
 pub(super) struct Row {
     #[serde(default)]
+    pub(super) id: Option<String>,
+    #[serde(default)]
     pub(super) key: Value,
+    #[serde(default)]
+    pub(super) value: Value,
     pub(super) doc: Option<Box<RawValue>>,
 }
 

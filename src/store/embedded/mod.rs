@@ -24,6 +24,7 @@
 //! reads stored rows back as documents, `index` keeps the field index behind `find`.
 
 mod index;
+mod megaview;
 mod rows;
 mod setup;
 mod write;
@@ -37,7 +38,7 @@ use base64::Engine as _;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use super::{Attachment, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, WriteBatch, WriteResult, Written};
+use super::{Attachment, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, ViewQuery, ViewRow, WriteBatch, WriteResult, Written};
 use index::indexed_fields;
 use rows::{assemble, body_text, doc_text, parse_seq, projected_text};
 use setup::{connect, err, refuse_foreign, set_up, Checkpointer};
@@ -180,6 +181,10 @@ impl Store for EmbeddedStore {
 
     fn index_field(&self, schema_id: &str, field: &str) -> Result<(), StoreError> {
         self.ensure_index(schema_id, field)
+    }
+
+    fn megaview(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError> {
+        self.megaview_rows(query)
     }
 
     fn changes(&self, since: &Seq, limit: usize, docs: bool) -> Result<ChangesPage<Arc<str>>, StoreError> {

@@ -1,0 +1,31 @@
+// A conversation at a glance, keyed by its conversation id (["conv", …]): written by
+// rd.ext.core.convo-to-summary, rebuilt whenever one of its messages changes.
+schema({
+  id: "rd.conv.summary",
+  version: 1,
+  fields: {
+    subject: "string?", // the first message's that has one, else null
+    // The latest three: {id, schemas: {"rd.msg.body": {…}, "rd.msg.seen": {seen}}, attachments}
+    messages: "[object]",
+    message_ids: "[key]", // every live message, oldest first
+    unread_ids: "[key]",
+    identities: "[identity]", // everyone who wrote or was written to
+    from_display: "[string]",
+    "grouping-timestamp": "[[string|number]]", // [tag, latest timestamp of its messages]
+    unread_grouping_tags: "[string]",
+    all_grouping_tags: "[string]",
+  },
+  expandable: ["message_ids", "identities", "unread_grouping_tags", "all_grouping_tags"],
+  validate(doc) {
+    if (doc.message_ids.length === 0) return "message_ids is empty (a conversation without messages has no summary)";
+    if (doc.messages.length > 3 || doc.messages.length > doc.message_ids.length) return "messages holds more than the latest three";
+    if (doc.unread_ids.length > doc.message_ids.length) return "more unread_ids than message_ids";
+    for (const m of doc.messages) {
+      if (!Array.isArray(m.id) || m.schemas === null || typeof m.schemas !== "object") return "a message needs id and schemas";
+    }
+    for (const g of doc["grouping-timestamp"]) {
+      if (g.length !== 2 || typeof g[0] !== "string" || typeof g[1] !== "number") return "grouping-timestamp holds [tag, timestamp] pairs";
+    }
+    if (doc.unread_grouping_tags.length > doc.all_grouping_tags.length) return "more unread_grouping_tags than all_grouping_tags";
+  },
+});

@@ -1,0 +1,195 @@
+//! Putting the definitions into the database: one `rd.schema.definition` document per
+//! definition (so any CouchDB client can read them), and the upgrade pass that brings the
+//! documents of a schema whose version went up to that version.
+//!
+//! The upgrade is crash-safe and idempotent because a document's version is written with its
+//! upgraded fields, in one revision-checked write: a document is upgraded exactly when it
+//! still records an older version, and a pass stopped anywhere leaves each document either
+//! upgraded or not. A document changed under the pass (a conflict) is left for the next one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::{Definition, Definitions};
+use crate::js::DocOutcome;
+use crate::model::{self, Contribution};
+use crate::store::{Doc, Durability, Find, Store, StoreError, WriteBatch, WriteResult};
+
+/// The schema of the definitions' own documents, keyed `["schema", id]`.
+pub const DEFINITION_SCHEMA: &str = "rd.schema.definition";
+/// The contributor the definition documents are written as.
+const WRITER: &str = "rd.core.schemas";
+/// Documents read, upgraded and written at a time.
+const UPGRADE_PAGE: usize = 200;
+
+/// What [`install`] did.
+#[derive(Debug, Default)]
+pub struct Installed {
+    /// Definition documents written (new or changed) and withdrawn (definition gone).
+    pub written: usize,
+    pub withdrawn: usize,
+    /// Documents upgraded to their definition's version.
+    pub upgraded: usize,
+    /// Documents whose upgrade failed, with why: left at their old version, tried again at
+    /// the next start.
+    pub failed: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot install the schema definitions: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Writes the definition documents that are new or changed, withdraws those whose definition
+/// is gone, then upgrades every document older than its definition.
+pub fn install(store: &dyn Store, defs: &Definitions) -> Result<Installed, InstallError> {
+    let mut done = Installed::default();
+    let raw: Vec<Map<String, Value>> = defs.iter().map(definition_document).collect();
+    let results = crate::ingest::add_schemas(store, raw, Durability::Immediate)?;
+    done.written = results.iter().filter(|r| matches!(r, WriteResult::Ok { rev, .. } if !rev.is_empty())).count();
+    done.withdrawn = withdraw_gone(store, defs)?;
+    for def in defs.iter() {
+        if def.decl.version > 1 {
+            upgrade_schema(store, defs, def, &mut done)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Tells the user what [`install`] changed (nothing when nothing did).
+pub fn report(done: &Installed) {
+    if done.written + done.withdrawn > 0 {
+        eprintln!("raindrop: schema definitions: {} written, {} withdrawn", done.written, done.withdrawn);
+    }
+    if done.upgraded > 0 {
+        eprintln!("raindrop: {} document(s) upgraded to their schema definition's version", done.upgraded);
+    }
+    for (id, why) in &done.failed {
+        eprintln!("raindrop: {id} could not be upgraded ({why}); it keeps its version and is tried again at the next start");
+    }
+}
+
+/// The raw item of a definition's document.
+fn definition_document(def: &Definition) -> Map<String, Value> {
+    let d = &def.decl;
+    let doc = json!({
+        "rd_key": ["schema", d.id],
+        "rd_schema_id": DEFINITION_SCHEMA,
+        "rd_ext_id": WRITER,
+        "id": d.id,
+        "version": d.version,
+        "fields": d.fields,
+        "expandable": d.expandable,
+        "open": d.open,
+        "has_validate": d.has_validate,
+        "has_upgrade": d.has_upgrade,
+        "file": def.source.file_name(),
+        "source": def.source.source,
+    });
+    match doc {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// Deletes the definition documents of schemas that no longer have a definition.
+fn withdraw_gone(store: &dyn Store, defs: &Definitions) -> Result<usize, StoreError> {
+    let existing = store.find_docs(DEFINITION_SCHEMA, None, usize::MAX)?;
+    let gone: Vec<Doc> = existing
+        .iter()
+        .filter(|d| d.get("id").and_then(Value::as_str).is_some_and(|id| defs.get(id).is_none()))
+        .filter(|d| d.get("rd_schema_items").and_then(Value::as_object).is_some_and(|items| items.contains_key(WRITER)))
+        .filter_map(|d| Some(model::tombstone(d.get("_id")?.as_str()?, d.get("_rev").cloned())))
+        .collect();
+    let n = gone.len();
+    if n > 0 {
+        store.write(WriteBatch::docs(gone))?;
+    }
+    Ok(n)
+}
+
+/// The ids of `schema`'s documents written under a version older than `version`.
+fn stale_ids(store: &dyn Store, schema: &str, version: u32) -> Result<Vec<String>, StoreError> {
+    let fields = ["rd_schema_version".to_string()];
+    let found = store.find(&Find { schema, by: None, limit: usize::MAX, fields: Some(&fields) })?;
+    let mut ids = Vec::new();
+    for text in found.into_iter().flatten() {
+        let Ok(doc) = serde_json::from_str::<Doc>(&text) else { continue };
+        let at = doc.get("rd_schema_version").and_then(Value::as_u64).unwrap_or(1);
+        // A projection keeps `rd_key`, which names the document.
+        if at < version as u64 {
+            ids.extend(doc.get("rd_key").and_then(|key| model::doc_id(key, schema).ok()));
+        }
+    }
+    Ok(ids)
+}
+
+/// Upgrades `def`'s documents page by page: each contribution older than the definition goes
+/// through its `upgrade(fields, fromVersion)` (and the definition's checks), and the document
+/// is written back with every contribution at the new version.
+fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done: &mut Installed) -> Result<(), StoreError> {
+    let Some((pool, ext)) = defs.upgrader(&def.decl.id) else { return Ok(()) };
+    let version = def.decl.version;
+    let ids = stale_ids(store, &def.decl.id, version)?;
+    if !ids.is_empty() {
+        tracing::info!(schema = %def.decl.id, version, documents = ids.len(), "upgrading documents to their definition's version");
+    }
+    for page in ids.chunks(UPGRADE_PAGE) {
+        let docs: Vec<Doc> = store.get_docs(page)?.into_iter().flatten().collect();
+        // One input per stale contribution: (document index, contributor).
+        let mut inputs: Vec<Arc<str>> = Vec::new();
+        let mut owners: Vec<(usize, Contribution)> = Vec::new();
+        for (i, doc) in docs.iter().enumerate() {
+            for part in model::contributions(doc).into_iter().filter(|p| p.version < version) {
+                let fields = part.fields.clone().unwrap_or_default();
+                inputs.push(Arc::from(json!({"fields": fields, "from": part.version}).to_string()));
+                owners.push((i, part));
+            }
+        }
+        let outcomes = pool.run(ext, inputs).outcomes;
+        let mut parts: HashMap<usize, Vec<Contribution>> = HashMap::new();
+        let mut broken: HashMap<usize, String> = HashMap::new();
+        for ((i, part), outcome) in owners.into_iter().zip(outcomes) {
+            match upgraded_fields(part, outcome, version) {
+                Ok(p) => parts.entry(i).or_default().push(p),
+                Err(why) => {
+                    broken.entry(i).or_insert(why);
+                }
+            }
+        }
+        let mut writes = Vec::new();
+        for (i, doc) in docs.iter().enumerate() {
+            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            if let Some(why) = broken.remove(&i) {
+                tracing::warn!(schema = %def.decl.id, id = %id, "cannot upgrade: {why}");
+                done.failed.push((id, why));
+                continue;
+            }
+            writes.push(model::upgraded(doc, parts.get(&i).map(Vec::as_slice).unwrap_or_default()));
+        }
+        for result in store.write(WriteBatch::docs(writes))?.docs {
+            match result {
+                WriteResult::Ok { .. } => done.upgraded += 1,
+                // Changed since it was read: the next start upgrades what it is then.
+                WriteResult::Conflict { id } => tracing::info!(id = %id, "changed while being upgraded: left for the next start"),
+                WriteResult::Error { id, reason } => done.failed.push((id, reason)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A contribution's fields as the upgrade returned them, at `version`.
+fn upgraded_fields(part: Contribution, outcome: DocOutcome, version: u32) -> Result<Contribution, String> {
+    let emission = match outcome {
+        DocOutcome::Emitted(e) => e,
+        DocOutcome::Failed(e) => return Err(e.to_string()),
+    };
+    let fields = emission.items.first().and_then(|item| item.fields()).ok_or("upgrade() gave no fields")?;
+    // An assertion stays one: an upgrade of nothing that returns nothing.
+    let fields = if part.fields.is_none() && fields.is_empty() { None } else { Some(fields) };
+    Ok(Contribution { fields, version, ..part })
+}

@@ -1,0 +1,93 @@
+//! Asking the megaview the way a user thinks of it — by key, schema, field and value, source,
+//! extension or dependency — for `open_view` and `raindrop db megaview`. A field the schema's
+//! definition calls `expandable` is looked up element by element (its `field[]` rows), as the
+//! original's `rd_megaview_expandable` did; the definition is read from its document in the
+//! database, so any process asking gets the same answer.
+
+use serde_json::Value;
+
+use super::DEFINITION_SCHEMA;
+use crate::model;
+use crate::store::{MegaKey, Store, StoreError};
+
+/// The parts of a megaview question; which may go together is checked by [`ViewAsk::key`].
+#[derive(Debug, Clone, Default)]
+pub struct ViewAsk {
+    pub key: Option<Value>,
+    pub schema: Option<String>,
+    pub field: Option<String>,
+    pub value: Option<Value>,
+    /// `Some(None)`: raw data, with no source.
+    pub source: Option<Option<String>>,
+    pub ext: Option<String>,
+    pub dep: Option<Value>,
+}
+
+impl ViewAsk {
+    /// Reads the question's parts from an object (`open_view({...})`): `key`, `schema`,
+    /// `field` and `value`, `source`, `ext`, `dep`.
+    pub fn from_object(o: &serde_json::Map<String, Value>) -> Result<ViewAsk, String> {
+        let text = |name: &str| match o.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{name} must be a string, not {other}")),
+        };
+        Ok(ViewAsk {
+            key: o.get("key").cloned(),
+            schema: text("schema")?,
+            field: text("field")?,
+            value: o.get("value").cloned(),
+            source: match o.get("source") {
+                None => None,
+                Some(Value::Null) => Some(None),
+                Some(Value::String(s)) => Some(Some(s.clone())),
+                Some(other) => return Err(format!("source must be a document id or null, not {other}")),
+            },
+            ext: text("ext")?,
+            dep: o.get("dep").cloned(),
+        })
+    }
+
+    /// The one megaview key the parts make: `key` (with `schema`: that document), `schema`
+    /// (with `field` and `value`: by a field's value), `ext` and/or `source`, or `dep`.
+    pub fn key(&self, store: &dyn Store) -> Result<MegaKey, String> {
+        let many = "ask by one of: key (and schema), schema (and field with value), ext and/or source, dep";
+        match self {
+            ViewAsk { key: Some(k), schema, field: None, value: None, source: None, ext: None, dep: None } => Ok(match schema {
+                Some(s) => MegaKey::KeySchema(k.clone(), s.clone()),
+                None => MegaKey::Key(k.clone()),
+            }),
+            ViewAsk { key: None, schema: Some(s), field: None, value: None, source: None, ext: None, dep: None } => {
+                Ok(MegaKey::Schema(s.clone()))
+            }
+            ViewAsk { key: None, schema: Some(s), field: Some(f), value: Some(v), source: None, ext: None, dep: None } => {
+                let field =
+                    if !f.ends_with("[]") && expandable(store, s, f).map_err(|e| e.to_string())? { format!("{f}[]") } else { f.clone() };
+                Ok(MegaKey::Field(s.clone(), field, v.clone()))
+            }
+            ViewAsk { field: Some(_), value: None, .. } | ViewAsk { field: None, value: Some(_), .. } => {
+                Err("field and value go together (and with schema)".into())
+            }
+            ViewAsk { key: None, schema: None, field: None, value: None, source, ext, dep: None } if source.is_some() || ext.is_some() => {
+                Ok(match (ext, source) {
+                    (Some(e), Some(s)) => MegaKey::ExtSource(e.clone(), s.clone()),
+                    (Some(e), None) => MegaKey::Ext(e.clone()),
+                    (None, Some(s)) => MegaKey::Source(s.clone()),
+                    (None, None) => unreachable!("one of them is given"),
+                })
+            }
+            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: None, dep: Some(d) } => {
+                Ok(MegaKey::Dep(d.clone()))
+            }
+            _ => Err(many.into()),
+        }
+    }
+}
+
+/// Whether `field` of `schema` is expandable, by the definition's document in the database.
+fn expandable(store: &dyn Store, schema: &str, field: &str) -> Result<bool, StoreError> {
+    let id = model::doc_id(&serde_json::json!(["schema", schema]), DEFINITION_SCHEMA).unwrap_or_default();
+    let Some(text) = store.get_many(&[id], Some(&["expandable".to_string()]))?.pop().flatten() else { return Ok(false) };
+    let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Ok(doc.get("expandable").and_then(Value::as_array).is_some_and(|e| e.iter().any(|f| f.as_str() == Some(field))))
+}

@@ -1,0 +1,311 @@
+//! Schema definitions end to end: items checked at emit (types, required fields, `validate`),
+//! the definitions as documents, version upgrades that survive SIGKILL, the megaview on both
+//! stores, and a definition edited while the daemon runs.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn exts(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    let ext = dir.join("exts");
+    std::fs::create_dir_all(ext.join("schemas")).unwrap();
+    for (name, source) in files {
+        std::fs::write(ext.join(name), source).unwrap();
+    }
+    ext
+}
+
+fn seed(db: &str, exts: &Path, dir: &Path, lines: &[Value]) {
+    let path = dir.join(format!("seed-{}.jsonl", free_port()));
+    std::fs::write(&path, lines.iter().map(|l| l.to_string() + "\n").collect::<String>()).unwrap();
+    ok({
+        let mut c = rd(db, exts);
+        c.arg("add-schemas").arg(&path);
+        c
+    });
+}
+
+fn process(db: &str, exts: &Path, more: &[&str]) -> String {
+    ok({
+        let mut c = rd(db, exts);
+        c.args(more).arg("process");
+        c
+    })
+}
+
+const OUT_SCHEMA: &str = r#"schema({
+  id: "t.out", version: 1,
+  fields: { name: "string", size: "integer?", tags: "[string]?" },
+  expandable: ["tags"],
+  validate(doc) { if (doc.name === "forbidden") return "the name may not be forbidden"; },
+});
+"#;
+
+/// Each source says what to emit; one handler catches the error emit_schema throws.
+const EMITTER: &str = r#"extension({ id: "t.emitter", source_schemas: ["t.in"], handler(doc) {
+  if (doc.catch) { try { emit_schema("t.out", doc.item); } catch (e) { log("caught " + e.message); } return; }
+  emit_schema(doc.schema || "t.out", doc.item);
+} });
+"#;
+
+#[test]
+fn emitted_items_are_checked_against_their_definitions() {
+    let dir = TempDir::new("schema-check");
+    let exts = exts(dir.path(), &[("emitter.js", EMITTER), ("schemas/t.out.js", OUT_SCHEMA)]);
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let cases = [
+        json!({"name": "ok", "size": 3, "tags": ["a", "b"]}),
+        json!({"name": 5}),
+        json!({"size": 3}),
+        json!({"name": "x", "size": 2.5}),
+        json!({"name": "forbidden"}),
+        json!({"name": "x", "colour": "red"}),
+        json!({"name": "x", "tags": ["a", 1]}),
+    ];
+    let mut lines: Vec<Value> =
+        cases.iter().enumerate().map(|(i, item)| json!({"rd_key": ["in", i], "rd_schema_id": "t.in", "item": item})).collect();
+    lines.push(json!({"rd_key": ["in", "caught"], "rd_schema_id": "t.in", "catch": true, "item": {"name": 7}}));
+    lines.push(json!({"rd_key": ["in", "undefined"], "rd_schema_id": "t.in", "schema": "t.nodef", "item": {"anything": 1}}));
+    seed(&db, &exts, dir.path(), &lines);
+    process(&db, &exts, &[]);
+    let docs = dump(&db, &exts);
+
+    let outs = of_schema(&docs, "t.out");
+    assert_eq!(outs.len(), 1, "only the valid item is written: {outs:#?}");
+    assert_eq!(outs[0]["name"], "ok");
+    assert_eq!(outs[0]["rd_schema_version"], 1, "documents record their definition's version");
+    assert_eq!(of_schema(&docs, "t.nodef").len(), 1, "a schema without a definition is written");
+
+    let message_of = |key: Value| -> String {
+        let source = format!("rc!in.{}!t.in", base64(&key));
+        of_schema(&docs, "rd.core.error")
+            .into_iter()
+            .find(|e| e["error_details"]["source"][0] == source.as_str())
+            .map(|e| {
+                assert_eq!(e["error_details"]["kind"], "schema-violation", "{e}");
+                assert_eq!(e["error_details"]["ext_id"], "t.emitter");
+                assert_eq!(e["error_details"]["line"], 3, "the line of the emit_schema call: {e}");
+                e["error_details"]["message"].as_str().unwrap().to_string()
+            })
+            .unwrap_or_else(|| panic!("no error document for source {key}"))
+    };
+    assert_eq!(message_of(json!(1)), "t.emitter emitted t.out, field name: expected string, got a number");
+    assert_eq!(message_of(json!(2)), "t.emitter emitted t.out, field name: the field is required and missing");
+    assert_eq!(message_of(json!(3)), "t.emitter emitted t.out, field size: expected integer?, got a number");
+    assert_eq!(message_of(json!(4)), "t.emitter emitted t.out: the name may not be forbidden");
+    assert!(message_of(json!(5)).starts_with("t.emitter emitted t.out, field colour: not a field of the schema"));
+    assert_eq!(message_of(json!(6)), "t.emitter emitted t.out, field tags: expected [string]?, got an array of 2");
+    // Caught by the handler, and an error document all the same (placed at the emit's line).
+    let caught = of_schema(&docs, "rd.core.error")
+        .into_iter()
+        .find(|e| e["error_details"]["source"][0].as_str().unwrap().contains(&base64(&json!("caught"))))
+        .cloned();
+    let caught = caught.expect("the caught violation is an error document");
+    assert_eq!(caught["error_details"]["line"], 2);
+
+    // The definition as a document any client can read.
+    let def = docs.iter().find(|d| d["rd_schema_id"] == "rd.schema.definition" && d["id"] == "t.out").expect("t.out's definition document");
+    assert_eq!(def["rd_key"], json!(["schema", "t.out"]));
+    assert_eq!(def["version"], 1);
+    assert_eq!(def["fields"], json!({"name": "string", "size": "integer?", "tags": "[string]?"}));
+    assert_eq!(def["expandable"], json!(["tags"]));
+    assert_eq!(def["has_validate"], true);
+    assert_eq!(def["source"], OUT_SCHEMA);
+    // Every bundled definition is there too.
+    let defined: BTreeSet<&str> = of_schema(&docs, "rd.schema.definition").iter().filter_map(|d| d["id"].as_str()).collect();
+    for schema in ["rd.msg.rfc822", "rd.msg.email", "rd.msg.body", "rd.conv.summary", "rd.core.error", "rd.schema.definition"] {
+        assert!(defined.contains(schema), "{schema} has no definition document: {defined:?}");
+    }
+
+    // `raindrop status` names the schema written without a definition.
+    let status = rd(&db, &exts).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("undefined: 1 schema(s)") && text.contains("t.nodef"), "{text}");
+
+    // Strict: the undefined schema is an error too.
+    let strict = dir.path().join("strict").to_string_lossy().into_owned();
+    seed(&strict, &exts, dir.path(), &lines[lines.len() - 1..]);
+    process(&strict, &exts, &["--strict-schemas"]);
+    let docs = dump(&strict, &exts);
+    assert!(of_schema(&docs, "t.nodef").is_empty());
+    let errors = of_schema(&docs, "rd.core.error");
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0]["error_details"]["message"], "t.emitter emitted t.nodef: the schema has no definition (strict mode)");
+}
+
+/// `base64(python json(v))`, as in a document id.
+fn base64(v: &Value) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(raindrop::model::python_json(v))
+}
+
+const UP_V2: &str = r#"schema({
+  id: "t.up", version: 2,
+  fields: { n: "integer", label: "string", upgrades: "integer", from: "integer" },
+  upgrade(doc, from) {
+    // Some work per document, so the pass takes long enough to be killed in its middle.
+    let x = 0;
+    for (let i = 0; i < 50000; i++) x += i % 7;
+    doc.label = "item " + doc.n + (x < 0 ? "?" : "");
+    doc.upgrades = (doc.upgrades || 0) + 1;
+    doc.from = from;
+    return doc;
+  },
+});
+"#;
+
+const DOWN: &str = r#"extension({ id: "t.down", source_schemas: ["t.up"], handler(doc) {
+  emit_schema("t.down", { label: doc.label || null, upgrades: doc.upgrades || 0 });
+} });
+"#;
+
+#[test]
+fn a_version_upgrade_reaches_every_document_exactly_once_through_sigkills() {
+    let dir = TempDir::new("schema-upgrade");
+    let exts = exts(dir.path(), &[("down.js", DOWN), ("schemas/t.up.js", UP_V2)]);
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let lines: Vec<Value> = (0..10_000).map(|n| json!({"rd_key": ["up", n], "rd_schema_id": "t.up", "n": n})).collect();
+    seed(&db, &exts, dir.path(), &lines);
+    let upgraded = || of_schema(&dump(&db, &exts), "t.up").iter().filter(|d| d["rd_schema_version"] == 2).count();
+    // Killed again and again until a kill has landed in the middle of the pass.
+    let mut partial = Vec::new();
+    for delay in [400u64, 700, 500, 600, 800, 450, 650, 550] {
+        let mut child =
+            rd(&db, &exts).arg("process").stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        let n = upgraded();
+        partial.push(n);
+        if n == 10_000 {
+            break;
+        }
+    }
+    assert!(partial.iter().any(|n| (1..10_000).contains(n)), "no kill landed in the middle of the upgrade: {partial:?}");
+    process(&db, &exts, &[]);
+    let docs = dump(&db, &exts);
+    let ups = of_schema(&docs, "t.up");
+    assert_eq!(ups.len(), 10_000);
+    for d in &ups {
+        assert_eq!((d["upgrades"].as_u64(), d["from"].as_u64(), d["rd_schema_version"].as_u64()), (Some(1), Some(1), Some(2)), "{d}");
+        assert_eq!(d["label"], format!("item {}", d["n"]));
+    }
+    // What depends on them ran again on the upgraded documents.
+    let downs = of_schema(&docs, "t.down");
+    assert_eq!(downs.len(), 10_000);
+    assert!(downs.iter().all(|d| d["upgrades"] == 1 && d["label"].as_str().is_some_and(|l| l.starts_with("item "))));
+}
+
+fn megaview(db: &str, exts: &Path, args: &[&str]) -> BTreeSet<String> {
+    let out = rd(db, exts).args(["db", "megaview", "--limit", "100000"]).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap()).to_string()).collect()
+}
+
+#[test]
+fn the_megaview_answers_the_same_rows_on_both_stores() {
+    let dir = TempDir::new("megaview");
+    let pouch = PouchServer::start();
+    let exts = repo().join("js-extensions");
+    let embedded = dir.path().join("db").to_string_lossy().into_owned();
+    let couch = pouch.db_url("megaview");
+    for db in [&embedded, &couch] {
+        ok({
+            let mut c = rd(db, &exts);
+            c.args(["import", "--process"]).arg(repo().join("../shared/corpus/raindrop"));
+            c
+        });
+    }
+    let docs = dump(&embedded, &exts);
+    let body = of_schema(&docs, "rd.msg.body")
+        .into_iter()
+        .find(|d| d["to"].as_array().is_some_and(|t| !t.is_empty()) && d["rd_schema_items"].get("rd.ext.core.msg-email-to-body").is_some())
+        .expect("a body with recipients");
+    let dep = docs
+        .iter()
+        .find_map(|d| d["rd_schema_items"].as_object()?.values().find_map(|e| e["rd_deps"].as_array()?.first().cloned()))
+        .expect("a document with a dependency");
+    let source = body["rd_schema_items"]["rd.ext.core.msg-email-to-body"]["rd_source"][0].as_str().unwrap().to_string();
+    let (key, to, from) =
+        (body["rd_key"].to_string(), body["to"][body["to"].as_array().unwrap().len() - 1].to_string(), body["from"].to_string());
+    let questions: Vec<Vec<&str>> = vec![
+        vec!["--schema", "rd.msg.body"],
+        vec!["--schema", "rd.conv.summary"],
+        vec!["--key", &key],
+        vec!["--key", &key, "--schema", "rd.msg.email"],
+        vec!["--ext", "rd.ext.core.msg-email-to-convo"],
+        vec!["--source", "null"],
+        vec!["--source", &source],
+        vec!["--ext", "rd.ext.core.msg-email-to-body", "--source", &source],
+        vec!["--schema", "rd.msg.body", "--field", "from", "--value", &from],
+        // Expandable: one row per element of `to`.
+        vec!["--schema", "rd.msg.body", "--field", "to", "--value", &to],
+    ];
+    let dep_text = dep.to_string();
+    let mut questions = questions;
+    questions.push(vec!["--dep", &dep_text]);
+    for q in &questions {
+        let (a, b) = (megaview(&embedded, &exts, q), megaview(&couch, &exts, q));
+        assert!(!a.is_empty(), "no rows for {q:?}");
+        assert_eq!(a, b, "the stores differ for {q:?}");
+    }
+    let by_to = megaview(&embedded, &exts, &questions[9]);
+    assert!(by_to.iter().any(|row| row.contains(body["_id"].as_str().unwrap())), "the body is found by its last recipient: {by_to:?}");
+    let by_key = megaview(&embedded, &exts, &questions[2]);
+    assert!(by_key.len() >= 3, "a message's key finds its rfc822, email and body documents: {by_key:?}");
+}
+
+const EDIT_V1: &str = r#"schema({ id: "t.live", version: 1, fields: { n: "any" } });
+"#;
+const EDIT_STRICT: &str = r#"schema({ id: "t.live", version: 1, fields: { n: "number" } });
+"#;
+const EDIT_V2: &str = r##"schema({ id: "t.live", version: 2, fields: { n: "string" }, upgrade(doc, from) { doc.n = "#" + doc.n; return doc; } });
+"##;
+const LIVE: &str = r#"extension({ id: "t.live-emitter", source_schemas: ["t.in"], handler(doc) { emit_schema("t.live", { n: doc.v }); } });
+"#;
+
+#[test]
+fn a_definition_edited_while_the_daemon_runs_is_taken_up() {
+    let dir = TempDir::new("schema-live");
+    let exts = exts(dir.path(), &[("live.js", LIVE), ("schemas/t.live.js", EDIT_V1)]);
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    seed(
+        &db,
+        &exts,
+        dir.path(),
+        &[json!({"rd_key": ["in", 1], "rd_schema_id": "t.in", "v": 1}), json!({"rd_key": ["in", 2], "rd_schema_id": "t.in", "v": 2})],
+    );
+    let port = free_port();
+    let mut cmd = rd(&db, &exts);
+    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}")]);
+    let mut daemon = Daemon::start(cmd, dir.path());
+    daemon.port = port;
+    let values = |docs: &[Value]| -> Vec<Value> { of_schema(docs, "t.live").iter().map(|d| d["n"].clone()).collect() };
+    eventually(60, "the first outputs", || values(&dump(&db, &exts)) == vec![json!(1), json!(2)]);
+
+    // Stricter, same version: a new item that breaks it is an error document.
+    std::fs::write(exts.join("schemas/t.live.js"), EDIT_STRICT).unwrap();
+    eventually(30, "the stricter definition's document", || {
+        dump(&db, &exts).iter().any(|d| d["rd_schema_id"] == "rd.schema.definition" && d["fields"]["n"] == "number")
+    });
+    seed(&db, &exts, dir.path(), &[json!({"rd_key": ["in", 3], "rd_schema_id": "t.in", "v": "three"})]);
+    eventually(30, "an error document for the item that breaks it", || {
+        of_schema(&dump(&db, &exts), "rd.core.error")
+            .iter()
+            .any(|e| e["error_details"]["message"] == "t.live-emitter emitted t.live, field n: expected number, got a string")
+    });
+
+    // Version 2: the documents there are upgraded in place.
+    std::fs::write(exts.join("schemas/t.live.js"), EDIT_V2).unwrap();
+    eventually(30, "the documents upgraded to version 2", || {
+        let docs = dump(&db, &exts);
+        let live = of_schema(&docs, "t.live");
+        live.len() == 2 && live.iter().all(|d| d["rd_schema_version"] == 2) && values(&docs) == vec![json!("#1"), json!("#2")]
+    });
+    assert!(daemon.log().contains("2 document(s) upgraded"), "{}", daemon.log());
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(daemon.wait_exit(20), Some(0));
+}
