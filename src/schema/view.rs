@@ -53,10 +53,13 @@ impl ViewAsk {
     pub fn key(&self, store: &dyn Store) -> Result<MegaKey, String> {
         let many = "ask by one of: key (and schema), schema (and field with value), ext and/or source, dep";
         match self {
-            ViewAsk { key: Some(k), schema, field: None, value: None, source: None, ext: None, dep: None } => Ok(match schema {
-                Some(s) => MegaKey::KeySchema(k.clone(), s.clone()),
-                None => MegaKey::Key(k.clone()),
-            }),
+            ViewAsk { key: Some(k), schema, field: None, value: None, source: None, ext: None, dep: None } => {
+                let id = |schema: &str| model::doc_id(k, schema).map_err(|e| e.to_string());
+                Ok(match schema {
+                    Some(s) => MegaKey::KeySchema { key: k.clone(), schema: s.clone(), id: id(s)? },
+                    None => MegaKey::Key { key: k.clone(), id_prefix: id("")? },
+                })
+            }
             ViewAsk { key: None, schema: Some(s), field: None, value: None, source: None, ext: None, dep: None } => {
                 Ok(MegaKey::Schema(s.clone()))
             }

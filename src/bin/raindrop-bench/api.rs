@@ -42,7 +42,7 @@ pub fn bench_api() {
     let messages = super::mail::mailbox(n + busy_n);
     eprintln!("building the database: {n} messages through the bundled extensions…");
     let db = dir.join("db");
-    super::mail::mail_run(&db, &messages[..n], 2, false);
+    super::mail::mail_run(&db, &messages[..n], 2, false, true);
     let extra = dir.join("extra");
     std::fs::create_dir_all(&extra).unwrap();
     for (i, m) in messages[n..].iter().enumerate() {

@@ -124,7 +124,16 @@ pub(crate) fn mailbox(n: usize) -> Vec<Vec<u8>> {
 /// (seconds importing, seconds from the import's start to the last derived document, documents
 /// written, errors, bodies written, conversations with a digest of how they partition the
 /// messages).
-pub(crate) fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usize, beside: bool) -> (f64, f64, u64, u64, usize, String) {
+/// With `checked`, as `raindrop` runs: the schema definitions installed and every emitted item
+/// checked against them, and the megaview's contributors table kept by every write (as once
+/// anything has asked it by extension, source, key or dependency); without, neither.
+pub(crate) fn mail_run(
+    dir: &std::path::Path,
+    messages: &[Vec<u8>],
+    threads: usize,
+    beside: bool,
+    checked: bool,
+) -> (f64, f64, u64, u64, usize, String) {
     use raindrop::pipeline::{Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
     let exts = std::env::var("BENCH_EXTENSIONS")
@@ -135,6 +144,16 @@ pub(crate) fn mail_run(dir: &std::path::Path, messages: &[Vec<u8>], threads: usi
     let mut host = raindrop::js::HostFunctions::new();
     raindrop::host_api::register_all(&mut host, store.clone(), vec![json!(["email", "me@example.com"])]);
     config.host_functions = host;
+    if checked {
+        let defs = raindrop::schema::Definitions::load(&[], false, 1).unwrap();
+        raindrop::schema::install(&*store, &defs).unwrap();
+        config.schemas = defs.sources();
+        // BENCH_MEGAVIEW=off: the checks alone.
+        if std::env::var("BENCH_MEGAVIEW").as_deref() != Ok("off") {
+            let ask = raindrop::store::MegaKey::Ext("proto.import".into());
+            store.megaview(&raindrop::store::ViewQuery { key: ask, limit: 1, skip: 0, descending: false }).unwrap();
+        }
+    }
     let pool = Arc::new(JsPool::start(sources, config).unwrap());
     let p = Pipeline::new(store.clone(), pool);
     let verbose = std::env::var("BENCH_VERBOSE").is_ok();
@@ -210,21 +229,31 @@ pub(crate) fn bench_mail() {
         Ok("after") => vec![false],
         _ => vec![false, true],
     };
+    // BENCH_SCHEMAS=off runs without the definitions' checks and the megaview, =both each way
+    // side by side (their cost); by default with them, as raindrop runs.
+    let variants: Vec<bool> = match std::env::var("BENCH_SCHEMAS").as_deref() {
+        Ok("off") => vec![false],
+        Ok("both") => vec![false, true],
+        _ => vec![true],
+    };
     let keep = std::env::var_os("BENCH_KEEP").is_some();
     let big = if std::env::var_os("BENCH_BIG_THREADS").is_some() { ", with three long threads" } else { "" };
     println!("raindrop-bench mail — one run; generated mailboxes of {sizes:?} messages{big}, the bundled extensions, embedded store");
     println!(
-        "{:>9} {:>10} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  conversations (digest)",
-        "messages", "JS threads", "process", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors"
+        "{:>9} {:>10} {:>8} {:>8} {:>10} {:>10} {:>12} {:>14} {:>16} {:>8}  conversations (digest)",
+        "messages", "JS threads", "process", "schemas", "import s", "total s", "messages/s", "docs written", "rd.msg.body", "errors"
     );
     let mut rates = std::collections::BTreeMap::new();
+    // (off, on) rates of a run with both variants.
+    let mut unchecked: std::collections::BTreeMap<(usize, &str, usize), Vec<f64>> = Default::default();
     for &n in &sizes {
         let messages = &all[..n];
         for &threads in &counts {
-            for &beside in &modes {
+            for (&beside, &checked) in modes.iter().flat_map(|m| variants.iter().map(move |v| (m, v))) {
                 let mode = if beside { "beside" } else { "after" };
-                let db = dir.join(format!("n{n}-t{threads}-{mode}"));
-                let (imported, total, written, errors, bodies, conversations) = mail_run(&db, messages, threads, beside);
+                let schemas = if checked { "on" } else { "off" };
+                let db = dir.join(format!("n{n}-t{threads}-{mode}-{schemas}"));
+                let (imported, total, written, errors, bodies, conversations) = mail_run(&db, messages, threads, beside, checked);
                 // Each run on a quiet disk: the last one's ~0.5 GB database, left in place, was
                 // still being written back while the next ran (its two-thread run lost ~15%).
                 if !keep {
@@ -232,9 +261,14 @@ pub(crate) fn bench_mail() {
                 }
                 let _ = std::process::Command::new("sync").status();
                 let rate = n as f64 / total;
-                rates.insert((n, mode, threads), rate);
+                if checked == *variants.last().unwrap_or(&true) {
+                    rates.insert((n, mode, threads), rate);
+                }
+                if variants.len() > 1 {
+                    unchecked.entry((n, mode, threads)).or_insert(Vec::new()).push(rate);
+                }
                 println!(
-                    "{n:>9} {threads:>10} {mode:>8} {imported:>10.2} {total:>10.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}"
+                    "{n:>9} {threads:>10} {mode:>8} {schemas:>8} {imported:>10.2} {total:>10.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}"
                 );
                 if raindrop::timing::enabled() {
                     eprint!("{}", raindrop::timing::take_report());
@@ -261,6 +295,11 @@ pub(crate) fn bench_mail() {
             if let (Some(after), Some(beside)) = (rates.get(&(n, "after", threads)), rates.get(&(n, "beside", threads))) {
                 println!("{n} messages, {threads} thread(s): beside / after the import: {:.2}x", beside / after);
             }
+        }
+    }
+    for ((n, mode, threads), pair) in &unchecked {
+        if let [off, on] = pair.as_slice() {
+            println!("{n} messages, {mode}, {threads} thread(s): with the schema checks and the megaview / without: {:.2}x", on / off);
         }
     }
     println!("process: `after` the import (raindrop import, then raindrop process) or `beside` it (raindrop import --process)");

@@ -14,55 +14,86 @@ use crate::store::{MegaKey, StoreError, ViewQuery, ViewRow};
 /// The row of `indexed_fields` that says the contributors table is kept.
 pub(super) const CONTRIBUTORS_ON: (&str, &str) = ("", "rd_schema_items");
 
-/// One contributor of a document, as its rows store it.
-#[derive(Debug, Clone, PartialEq)]
+/// One contributor of a document, as its rows store it (its `rd_source` with the source's
+/// revision is read from the document when asked: a row changes only when a contributor or
+/// its source document does, not at each revision of the source).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Contributor {
     ext: String,
     /// The source document's id (`None`: raw data).
     source: Option<String>,
-    /// Its `rd_source` as JSON (`[id, rev]` or `null`).
-    rd_source: String,
-    /// The document's `rd_key` as JSON.
-    rd_key: String,
     /// Its `rd_deps`, each as JSON.
     deps: Vec<String>,
 }
 
-/// The contributors of a stored body (none for a document outside the model).
+/// The contributors of a stored body (none for a document outside the model), by extension.
+/// Only the `rd_schema_items` member is parsed: the scan skips over the rest of the text.
 pub(super) fn contributors_of(body: &str) -> Vec<Contributor> {
-    let doc = projected(body, &["rd_schema_items".to_string()]);
-    let (Some(rd_key), Some(Value::Object(items))) = (doc.get("rd_key"), doc.get("rd_schema_items")) else { return Vec::new() };
-    let rd_key = rd_key.to_string();
-    items
-        .iter()
-        .map(|(ext, entry)| {
-            let rd_source = entry.get("rd_source").cloned().unwrap_or(Value::Null);
-            Contributor {
-                ext: ext.clone(),
-                source: rd_source.get(0).and_then(Value::as_str).map(str::to_string),
-                rd_source: rd_source.to_string(),
-                rd_key: rd_key.clone(),
-                deps: entry.get("rd_deps").and_then(Value::as_array).map(|d| d.iter().map(Value::to_string).collect()).unwrap_or_default(),
-            }
+    let items: Option<serde_json::Map<String, Value>> = match crate::json_text::members(body) {
+        Some(members) => {
+            let value = members.iter().find(|(name, _)| &body[name.clone()] == "rd_schema_items").map(|(_, v)| &body[v.clone()]);
+            value.and_then(|text| serde_json::from_str(text).ok())
+        }
+        None => projected(body, &["rd_schema_items".to_string()]).remove("rd_schema_items").and_then(|v| v.as_object().cloned()),
+    };
+    let mut out: Vec<Contributor> = items
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ext, entry)| Contributor {
+            ext,
+            source: entry.get("rd_source").and_then(|s| s.get(0)).and_then(Value::as_str).map(str::to_string),
+            deps: {
+                let mut deps: Vec<String> =
+                    entry.get("rd_deps").and_then(Value::as_array).map(|d| d.iter().map(Value::to_string).collect()).unwrap_or_default();
+                deps.sort();
+                deps.dedup();
+                deps
+            },
         })
-        .collect()
+        .collect();
+    out.sort();
+    out
 }
 
-/// Replaces document `id`'s contributor rows with `rows` (inside the write's transaction).
+/// Makes document `id`'s contributor rows `rows` (inside the write's transaction). For a
+/// document that existed they are read first and left alone when they are the same — the
+/// common update, whose contributors and sources stay — which costs a lookup, not a delete and
+/// an insert in every index.
 pub(super) fn write_contributors(tx: &rusqlite::Transaction<'_>, id: &str, rows: &[Contributor], existed: bool) -> rusqlite::Result<()> {
     if existed {
+        if stored_contributors(tx, id)? == rows {
+            return Ok(());
+        }
         tx.prepare_cached("DELETE FROM contributors WHERE id = ?1")?.execute([id])?;
         tx.prepare_cached("DELETE FROM contributor_deps WHERE id = ?1")?.execute([id])?;
     }
     for c in rows {
-        tx.prepare_cached("INSERT OR REPLACE INTO contributors (id, ext, source, rd_source, rd_key) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![id, c.ext, c.source, c.rd_source, c.rd_key])?;
+        tx.prepare_cached("INSERT OR REPLACE INTO contributors (id, ext, source) VALUES (?1, ?2, ?3)")?.execute(params![id, c.ext, c.source])?;
         for dep in &c.deps {
-            tx.prepare_cached("INSERT OR IGNORE INTO contributor_deps (dep, id, ext) VALUES (?1, ?2, ?3)")?
-                .execute(params![dep, id, c.ext])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO contributor_deps (dep, id, ext) VALUES (?1, ?2, ?3)")?.execute(params![dep, id, c.ext])?;
         }
     }
     Ok(())
+}
+
+/// Document `id`'s contributor rows as stored, in [`contributors_of`]'s order.
+fn stored_contributors(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<Vec<Contributor>> {
+    let mut out: Vec<Contributor> = tx
+        .prepare_cached("SELECT ext, source FROM contributors WHERE id = ?1")?
+        .query_map([id], |r| Ok(Contributor { ext: r.get(0)?, source: r.get(1)?, deps: Vec::new() }))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut stmt = tx.prepare_cached("SELECT ext, dep FROM contributor_deps WHERE id = ?1")?;
+    for row in stmt.query_map([id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (ext, dep) = row?;
+        if let Some(c) = out.iter_mut().find(|c| c.ext == ext) {
+            c.deps.push(dep);
+        }
+    }
+    out.sort();
+    for c in &mut out {
+        c.deps.sort();
+    }
+    Ok(out)
 }
 
 impl EmbeddedStore {
@@ -106,7 +137,7 @@ impl EmbeddedStore {
 
     pub(super) fn megaview_rows(&self, q: &ViewQuery) -> Result<Vec<ViewRow>, StoreError> {
         match &q.key {
-            MegaKey::Schema(_) => {}
+            MegaKey::Schema(_) | MegaKey::Key { .. } | MegaKey::KeySchema { .. } => {}
             MegaKey::Field(schema, field, _) => self.ensure_index(schema, field)?,
             _ => self.ensure_contributors()?,
         }
@@ -115,36 +146,33 @@ impl EmbeddedStore {
     }
 }
 
-/// The statement and its arguments for a key: rows of (id, rev, rd_key JSON or NULL, body when
-/// rd_key is NULL, ext or NULL, rd_source JSON or NULL).
+/// The statement and its arguments for a key: rows of (id, rev, body, ext or NULL, NULL,
+/// schema).
 fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
     use rusqlite::types::Value as Sql;
     let text = |s: &str| Sql::Text(s.to_string());
     let source = |s: &Option<String>| s.as_deref().map_or(Sql::Null, text);
     match key {
-        MegaKey::Schema(s) => {
-            ("SELECT d.id, d.rev, NULL, d.body, NULL, NULL, d.schema FROM docs d WHERE d.schema = ?1 AND d.deleted = 0", vec![text(s)])
-        }
+        MegaKey::Schema(s) => ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.schema = ?1 AND d.deleted = 0", vec![text(s)]),
         MegaKey::Field(schema, field, value) => (
-            "SELECT d.id, d.rev, NULL, d.body, NULL, NULL, d.schema FROM field_index f JOIN docs d ON d.id = f.id
+            "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM field_index f JOIN docs d ON d.id = f.id
              WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0",
             vec![text(schema), text(field), text(&value.to_string())],
         ),
-        MegaKey::Key(k) => (
-            "SELECT DISTINCT d.id, d.rev, c.rd_key, NULL, NULL, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
-             WHERE d.deleted = 0 AND c.rd_key = ?1",
-            vec![text(&k.to_string())],
+        // Ids of one key share their prefix up to the schema: a range of the id index.
+        MegaKey::Key { id_prefix, .. } => (
+            "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d
+             WHERE d.id >= ?1 AND d.id < ?1 || char(1114111) AND d.deleted = 0 AND d.schema IS NOT NULL",
+            vec![text(id_prefix)],
         ),
-        MegaKey::KeySchema(k, s) => (
-            "SELECT DISTINCT d.id, d.rev, c.rd_key, NULL, NULL, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
-             WHERE d.deleted = 0 AND c.rd_key = ?1 AND d.schema = ?2",
-            vec![text(&k.to_string()), text(s)],
-        ),
+        MegaKey::KeySchema { id, .. } => {
+            ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.id = ?1 AND d.deleted = 0 AND d.schema IS NOT NULL", vec![text(id)])
+        }
         MegaKey::Ext(e) => (BY_EXT, vec![text(e)]),
         MegaKey::Source(s) => (BY_SOURCE, vec![source(s)]),
         MegaKey::ExtSource(e, s) => (BY_EXT_SOURCE, vec![text(e), source(s)]),
         MegaKey::Dep(dep) => (
-            "SELECT d.id, d.rev, c.rd_key, NULL, c.ext, c.rd_source, d.schema FROM contributor_deps p
+            "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema FROM contributor_deps p
              JOIN contributors c ON c.id = p.id AND c.ext = p.ext JOIN docs d ON d.id = p.id
              WHERE d.deleted = 0 AND p.dep = ?1",
             vec![text(&dep.to_string())],
@@ -152,12 +180,11 @@ fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
     }
 }
 
-const BY_EXT: &str = "SELECT d.id, d.rev, c.rd_key, NULL, c.ext, c.rd_source, d.schema FROM contributors c JOIN docs d ON d.id = c.id
+const BY_EXT: &str = "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
      WHERE d.deleted = 0 AND c.ext = ?1";
-const BY_SOURCE: &str = "SELECT d.id, d.rev, c.rd_key, NULL, c.ext, c.rd_source, d.schema FROM contributors c JOIN docs d ON d.id = c.id
+const BY_SOURCE: &str = "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
      WHERE d.deleted = 0 AND c.source IS ?1";
-const BY_EXT_SOURCE: &str =
-    "SELECT d.id, d.rev, c.rd_key, NULL, c.ext, c.rd_source, d.schema FROM contributors c JOIN docs d ON d.id = c.id
+const BY_EXT_SOURCE: &str = "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
      WHERE d.deleted = 0 AND c.ext = ?1 AND c.source IS ?2";
 
 fn rows_of(c: &Connection, q: &ViewQuery, key: &Value) -> rusqlite::Result<Vec<ViewRow>> {
@@ -172,17 +199,15 @@ fn rows_of(c: &Connection, q: &ViewQuery, key: &Value) -> rusqlite::Result<Vec<V
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         let (id, rev): (String, String) = (r.get(0)?, r.get(1)?);
-        let rd_key: Value = match r.get::<_, Option<String>>(2)? {
-            Some(text) => serde_json::from_str(&text).unwrap_or(Value::Null),
-            None => r
-                .get::<_, Option<String>>(3)?
-                .map(|body| projected(&body, &[]).remove("rd_key").unwrap_or(Value::Null))
-                .unwrap_or(Value::Null),
-        };
-        let mut value = json!({ "_rev": rev, "rd_key": rd_key, "rd_schema_id": r.get::<_, Option<String>>(6)? });
-        if let Some(ext) = r.get::<_, Option<String>>(4)? {
+        let ext: Option<String> = r.get(3)?;
+        let wanted = if ext.is_some() { vec!["rd_schema_items".to_string()] } else { Vec::new() };
+        let mut doc = projected(super::rows::body_text(r, 2)?, &wanted);
+        let rd_key = doc.remove("rd_key").unwrap_or(Value::Null);
+        let mut value = json!({ "_rev": rev, "rd_key": rd_key, "rd_schema_id": r.get::<_, Option<String>>(5)? });
+        if let Some(ext) = ext {
+            let entry = doc.get("rd_schema_items").and_then(|items| items.get(&ext));
+            value["rd_source"] = entry.and_then(|e| e.get("rd_source")).cloned().unwrap_or(Value::Null);
             value["rd_ext_id"] = Value::String(ext);
-            value["rd_source"] = r.get::<_, Option<String>>(5)?.and_then(|s| serde_json::from_str(&s).ok()).unwrap_or(Value::Null);
         }
         out.push(ViewRow { id, key: key.clone(), value });
     }

@@ -51,13 +51,10 @@ CREATE TABLE IF NOT EXISTS contributors (
     id        TEXT NOT NULL,
     ext       TEXT NOT NULL,
     source    TEXT,
-    rd_source TEXT NOT NULL,
-    rd_key    TEXT NOT NULL,
     PRIMARY KEY (id, ext)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contributors_by_ext ON contributors (ext, source);
 CREATE INDEX IF NOT EXISTS contributors_by_source ON contributors (source);
-CREATE INDEX IF NOT EXISTS contributors_by_key ON contributors (rd_key);
 CREATE TABLE IF NOT EXISTS contributor_deps (
     dep TEXT NOT NULL,
     id  TEXT NOT NULL,

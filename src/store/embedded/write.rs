@@ -284,6 +284,10 @@ fn write_one(
     index: &[(String, String)],
 ) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
     if let Some(written) = write_plain(tx, &doc, seq, index)? {
+        if let Some(rows) = &doc.contributors {
+            // A new document has no rows yet.
+            write_contributors(tx, &doc.id, rows, doc.rev.is_some())?;
+        }
         return Ok(Ok(written));
     }
     let existing: Option<(String, bool)> = tx
@@ -337,7 +341,8 @@ fn write_one(
 }
 
 /// The common write in one statement: a new document, or an update of a live one at the given
-/// revision, with no attachments and no index rows either side. `None` when it does not apply,
+/// revision, with no attachments and no index rows either side (its contributor rows, when
+/// they are kept, are the caller's). `None` when it does not apply,
 /// or its statement matched no row (a conflict, a deleted document, a changed schema): the full
 /// path of [`write_one`] then decides.
 fn write_plain(
@@ -346,7 +351,7 @@ fn write_plain(
     seq: i64,
     index: &[(String, String)],
 ) -> rusqlite::Result<Option<WriteResult>> {
-    let (Some(new_rev), true, None) = (&doc.plain_rev, index.is_empty(), &doc.contributors) else { return Ok(None) };
+    let (Some(new_rev), true) = (&doc.plain_rev, index.is_empty()) else { return Ok(None) };
     let written = match &doc.rev {
         None => tx
             .prepare_cached(
