@@ -325,14 +325,14 @@
       const m = TYPE_NAME.exec(strSlice(text, i));
       const name = m === null ? "" : m[0];
       if (name === "" || !Object.prototype.hasOwnProperty.call(BASE_TYPES, name))
-        throw new ErrorCtor("unknown type " + formatArg(strSlice(text, i) || text) + " (string, number, integer, boolean, object, any, null, identity, key, [T], A|B, T?)");
+        throw new ErrorCtor("unknown type " + stringify(strSlice(text, i) || text) + " (string, number, integer, boolean, object, any, null, identity, key, [T], A|B, T?)");
       i += name.length;
       return BASE_TYPES[name];
     }
     const optional = text.length > 1 && text[text.length - 1] === "?";
     if (optional) text = strSlice(text, 0, text.length - 1);
     const check = union();
-    if (i !== text.length) throw new ErrorCtor("unexpected " + formatArg(strSlice(text, i)) + " at character " + (i + 1));
+    if (i !== text.length) throw new ErrorCtor("unexpected " + stringify(strSlice(text, i)) + " at character " + (i + 1));
     return { check, optional };
   }
 

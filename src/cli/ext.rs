@@ -45,7 +45,7 @@ pub enum ExtCommand {
 pub fn run(settings: &Settings, cmd: &ExtCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ExtCommand::List { json } => list(settings, *json),
-        ExtCommand::Run { file, doc: Some(doc), .. } => run_one(file, doc),
+        ExtCommand::Run { file, doc: Some(doc), .. } => run_one(settings, file, doc),
         ExtCommand::Run { file, id, schema, limit, .. } => run_on_db(settings, file, id.as_deref(), schema.as_deref(), *limit),
     }
 }
@@ -113,7 +113,7 @@ fn run_on_db(
     let mut host = HostFunctions::new();
     raindrop::host_api::register_all(&mut host, store.clone(), settings.identities.clone());
     host.register("update_documents", |_, _| Err("update_documents: `raindrop ext run` writes nothing".into()));
-    let pool = start_one(file, host)?;
+    let pool = start_one(settings, file, host)?;
     let Some(declaration) = pool.extensions()[0].declaration.as_ref().ok().cloned() else {
         eprintln!("error: {}", pool.extensions()[0].declaration.as_ref().err().cloned().unwrap_or_default());
         return Ok(ExitCode::from(1));
@@ -165,15 +165,17 @@ fn run_on_db(
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// A one-thread pool of the extension in `file`, with `host` and the libraries of its folder.
-fn start_one(file: &std::path::Path, host: HostFunctions) -> anyhow::Result<JsPool> {
+/// A one-thread pool of the extension in `file`, with `host` and the libraries of its folder;
+/// its items are checked against the schema definitions, as in the daemon.
+fn start_one(settings: &Settings, file: &std::path::Path, host: HostFunctions) -> anyhow::Result<JsPool> {
     let source = ExtensionSource::read_with_libs(file)?;
     let mut config = PoolConfig::new(1);
     config.host_functions = host;
+    config.schemas = settings.load_schemas()?.sources();
     Ok(JsPool::start(vec![source], config)?)
 }
 
-fn run_one(file: &std::path::Path, doc: &str) -> anyhow::Result<ExitCode> {
+fn run_one(settings: &Settings, file: &std::path::Path, doc: &str) -> anyhow::Result<ExitCode> {
     let text = match doc.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))?,
         None => doc.to_string(),
@@ -183,7 +185,7 @@ fn run_one(file: &std::path::Path, doc: &str) -> anyhow::Result<ExitCode> {
     // The helpers that need no database (raindrop.mail.parse) work here too.
     let mut host = HostFunctions::new();
     raindrop::host_api::register_without_store(&mut host);
-    let pool = start_one(file, host)?;
+    let pool = start_one(settings, file, host)?;
     let declaration = match &pool.extensions()[0].declaration {
         Ok(d) => d,
         Err(e) => {

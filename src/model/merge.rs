@@ -237,8 +237,11 @@ fn aggregate(
     if let Some(p) = provider {
         doc.insert("rd_schema_provider".into(), Value::String(p));
     }
-    if let Some(v) = contributors.values().filter_map(|e| e.get(VERSION).and_then(Value::as_u64)).min() {
-        doc.insert(VERSION.into(), Value::from(v));
+    // The lowest of the contributors' versions, one that records none counting as version 1;
+    // none recorded, no member (version 1).
+    if contributors.values().any(|e| e.get(VERSION).is_some()) {
+        let lowest = contributors.values().map(|e| e.get(VERSION).and_then(Value::as_u64).unwrap_or(1)).min().unwrap_or(1);
+        doc.insert(VERSION.into(), Value::from(lowest));
     }
     doc.insert("rd_schema_items".into(), Value::Object(contributors));
     if !attachments.is_empty() {
@@ -349,6 +352,41 @@ mod tests {
             fingerprint: "fp".into(),
             version: None,
         }
+    }
+
+    #[test]
+    fn versions_are_recorded_and_upgrades_replace_each_contribution() {
+        let mut lone = item("a", 1.0, json!({"n": 1}));
+        lone.version = Some(2);
+        let doc = apply_item(None, &lone).unwrap();
+        assert_eq!(doc["rd_schema_version"], 2);
+        assert_eq!(doc["rd_schema_items"]["a"]["rd_schema_version"], 2);
+        // The new document's text says the same as the merge.
+        let text: Doc = serde_json::from_str(&new_doc_body(&lone).unwrap()).unwrap();
+        let mut merged = doc.clone();
+        merged.remove("_id");
+        assert_eq!(Value::Object(text), Value::Object(merged));
+
+        // Two contributors, one with no recorded version (version 1): the document's is the lowest.
+        let doc = apply_item(Some(&doc), &item("b", 2.0, json!({"m": true}))).unwrap();
+        assert_eq!(doc.get("rd_schema_version"), Some(&json!(1)));
+        let parts = contributions(&doc);
+        assert_eq!(parts.iter().map(|p| (p.ext_id.as_str(), p.version)).collect::<Vec<_>>(), vec![("a", 2), ("b", 1)]);
+        let b = parts.into_iter().find(|p| p.ext_id == "b").unwrap();
+        let up = Contribution { fields: Some(json!({"m": "yes"}).as_object().unwrap().clone()), version: 3, ..b };
+        let doc = upgraded(&doc, &[up]);
+        assert_eq!(doc["m"], "yes");
+        assert_eq!(doc["n"], 1);
+        assert_eq!(doc["rd_schema_items"]["b"]["rd_schema_version"], 3);
+        assert_eq!(doc["rd_schema_version"], 2);
+
+        // A lone contributor's upgrade keeps its fields at the top level only.
+        let doc = apply_item(None, &item("a", 1.0, json!({"n": 1}))).unwrap();
+        let part = contributions(&doc).pop().unwrap();
+        assert_eq!((part.version, part.fields.clone()), (1, json!({"n": 1}).as_object().cloned()));
+        let doc = upgraded(&doc, &[Contribution { fields: json!({"n": 2}).as_object().cloned(), version: 2, ..part }]);
+        assert_eq!(doc["n"], 2);
+        assert!(doc["rd_schema_items"]["a"].get("schema").is_none(), "{doc:?}");
     }
 
     #[test]

@@ -16,15 +16,21 @@
 use serde::Serialize;
 use serde_json::Value;
 
-
 /// One megaview key. A key's variants carry the document ids it stands for (made by the
 /// document model, which a store does not know), for a store that answers by id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MegaKey {
     /// An rd_key: the ids of its documents all start with `id_prefix`.
-    Key { key: Value, id_prefix: String },
+    Key {
+        key: Value,
+        id_prefix: String,
+    },
     Schema(String),
-    KeySchema { key: Value, schema: String, id: String },
+    KeySchema {
+        key: Value,
+        schema: String,
+        id: String,
+    },
     Ext(String),
     /// A source document's id (`None`: raw data, with no source).
     Source(Option<String>),

@@ -309,3 +309,112 @@ fn a_definition_edited_while_the_daemon_runs_is_taken_up() {
     daemon.signal(libc::SIGTERM);
     assert_eq!(daemon.wait_exit(20), Some(0));
 }
+
+/// Every type of the grammar, on the real engine through the library: which values each
+/// accepts, and definitions the driver refuses (reported with their file and line).
+#[test]
+fn the_type_grammar_accepts_and_refuses_what_it_says() {
+    use raindrop::js::extension::SchemaSources;
+    use raindrop::js::{DocOutcome, ExtensionSource, FailureKind, JsPool, PoolConfig};
+    use std::sync::Arc;
+    let types = [
+        ("s", "string"),
+        ("n", "number"),
+        ("i", "integer"),
+        ("b", "boolean"),
+        ("o", "object"),
+        ("a", "any"),
+        ("z", "null"),
+        ("id", "identity"),
+        ("k", "key"),
+        ("arr", "[string]"),
+        ("nest", "[[integer]]"),
+        ("u", "string|[string]"),
+        ("opt", "number"),
+        ("el", "[string|null]"),
+    ];
+    let fields: String = types.iter().map(|(f, t)| format!("{f}: \"{t}?\", ")).collect();
+    let definition = format!("schema({{ id: \"t.types\", version: 3, fields: {{ {fields} }} }});");
+    let mut by_id = std::collections::HashMap::new();
+    by_id.insert("t.types".to_string(), ExtensionSource::from_string("schemas/t.types.js", &definition));
+    let mut config = PoolConfig::new(1);
+    config.schemas = Arc::new(SchemaSources { by_id, strict: false });
+    let emitter = r#"extension({ id: "t.types-emitter", source_schemas: ["x"], handler(doc) { emit_schema("t.types", doc.item); } });"#;
+    let pool = JsPool::start(vec![ExtensionSource::from_string("emitter.js", emitter)], config).unwrap();
+    let cases: Vec<(Value, bool)> = vec![
+        (json!({"s": "x", "n": 1.5, "i": -3, "b": false, "o": {}, "a": [1], "z": null}), true),
+        (json!({"id": ["email", "a@b"], "k": ["conv", {"x": [1]}], "arr": [], "nest": [[1, 2], []]}), true),
+        (json!({"u": "one", "opt": 2, "el": ["a", null]}), true),
+        (json!({"u": ["a", "b"]}), true),
+        (json!({"s": 1}), false),
+        (json!({"i": 1.5}), false),
+        (json!({"b": 0}), false),
+        (json!({"o": []}), false),
+        (json!({"id": ["email"]}), false),
+        (json!({"id": ["", "x"]}), false),
+        (json!({"id": ["email", {"x": 1}]}), false),
+        (json!({"k": "conv"}), false),
+        (json!({"nest": [[1.5]]}), false),
+        (json!({"u": 3}), false),
+        (json!({"el": [1]}), false),
+        (json!({"z": 0}), false),
+        (json!({"unknown": 1}), false),
+    ];
+    let docs: Vec<Arc<str>> = cases.iter().map(|(item, _)| Arc::from(json!({ "item": item }).to_string())).collect();
+    let result = pool.run(0, docs);
+    for ((item, accepted), outcome) in cases.iter().zip(&result.outcomes) {
+        match (outcome, accepted) {
+            (DocOutcome::Emitted(e), true) => assert_eq!(e.items[0].version, Some(3), "{item}"),
+            (DocOutcome::Failed(e), false) => assert_eq!(e.kind, FailureKind::SchemaViolation, "{item}: {e:?}"),
+            (other, _) => panic!("{item}: expected accepted = {accepted}, got {other:?}"),
+        }
+    }
+
+    // Definitions the driver refuses, each with its file and line.
+    let dir = TempDir::new("schema-bad");
+    let exts = exts(dir.path(), &[]);
+    let bad = [
+        ("bad-type.js", "schema({ id: \"t.a\",\n  fields: { x: \"strin\" } });", "bad-type.js:1:", "field x: unknown type \"strin\""),
+        (
+            "bad-bracket.js",
+            "schema({ id: \"t.b\", fields: { x: \"[string\" } });",
+            "bad-bracket.js:1:",
+            "field x: expected ] at character 8",
+        ),
+        (
+            "bad-version.js",
+            "schema({ id: \"t.c\", version: 0, fields: {} });",
+            "bad-version.js:1:",
+            "version must be a whole number from 1",
+        ),
+        (
+            "bad-name.js",
+            "schema({ id: \"t.d\", fields: { rd_x: \"any\" } });",
+            "bad-name.js:1:",
+            "field rd_x: names starting with _ or rd_",
+        ),
+        (
+            "bad-expand.js",
+            "schema({ id: \"t.e\", fields: { x: \"any\" }, expandable: [\"y\"] });",
+            "bad-expand.js:1:",
+            "expandable must be",
+        ),
+        (
+            "twice.js",
+            "schema({ id: \"t.f\", fields: {} });\nschema({ id: \"t.g\", fields: {} });",
+            "twice.js:2:",
+            "schema() called more than once",
+        ),
+    ];
+    for (file, source, _, _) in &bad {
+        std::fs::write(exts.join("schemas").join(file), source).unwrap();
+    }
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    let out = rd(&db, &exts).arg("process").output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for (file, _, site, message) in &bad {
+        let line = stderr.lines().find(|l| l.contains(file)).unwrap_or_else(|| panic!("{file} not reported:\n{stderr}"));
+        assert!(line.contains(site) && line.contains(message), "{file}: {line}");
+    }
+}

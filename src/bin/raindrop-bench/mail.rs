@@ -265,7 +265,7 @@ pub(crate) fn bench_mail() {
                     rates.insert((n, mode, threads), rate);
                 }
                 if variants.len() > 1 {
-                    unchecked.entry((n, mode, threads)).or_insert(Vec::new()).push(rate);
+                    unchecked.entry((n, mode, threads)).or_default().push(rate);
                 }
                 println!(
                     "{n:>9} {threads:>10} {mode:>8} {schemas:>8} {imported:>10.2} {total:>10.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}"

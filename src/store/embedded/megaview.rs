@@ -68,9 +68,11 @@ pub(super) fn write_contributors(tx: &rusqlite::Transaction<'_>, id: &str, rows:
         tx.prepare_cached("DELETE FROM contributor_deps WHERE id = ?1")?.execute([id])?;
     }
     for c in rows {
-        tx.prepare_cached("INSERT OR REPLACE INTO contributors (id, ext, source) VALUES (?1, ?2, ?3)")?.execute(params![id, c.ext, c.source])?;
+        tx.prepare_cached("INSERT OR REPLACE INTO contributors (id, ext, source) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, c.ext, c.source])?;
         for dep in &c.deps {
-            tx.prepare_cached("INSERT OR IGNORE INTO contributor_deps (dep, id, ext) VALUES (?1, ?2, ?3)")?.execute(params![dep, id, c.ext])?;
+            tx.prepare_cached("INSERT OR IGNORE INTO contributor_deps (dep, id, ext) VALUES (?1, ?2, ?3)")?
+                .execute(params![dep, id, c.ext])?;
         }
     }
     Ok(())
@@ -153,7 +155,9 @@ fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
     let text = |s: &str| Sql::Text(s.to_string());
     let source = |s: &Option<String>| s.as_deref().map_or(Sql::Null, text);
     match key {
-        MegaKey::Schema(s) => ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.schema = ?1 AND d.deleted = 0", vec![text(s)]),
+        MegaKey::Schema(s) => {
+            ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.schema = ?1 AND d.deleted = 0", vec![text(s)])
+        }
         MegaKey::Field(schema, field, value) => (
             "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM field_index f JOIN docs d ON d.id = f.id
              WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0",
@@ -165,9 +169,10 @@ fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
              WHERE d.id >= ?1 AND d.id < ?1 || char(1114111) AND d.deleted = 0 AND d.schema IS NOT NULL",
             vec![text(id_prefix)],
         ),
-        MegaKey::KeySchema { id, .. } => {
-            ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.id = ?1 AND d.deleted = 0 AND d.schema IS NOT NULL", vec![text(id)])
-        }
+        MegaKey::KeySchema { id, .. } => (
+            "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.id = ?1 AND d.deleted = 0 AND d.schema IS NOT NULL",
+            vec![text(id)],
+        ),
         MegaKey::Ext(e) => (BY_EXT, vec![text(e)]),
         MegaKey::Source(s) => (BY_SOURCE, vec![source(s)]),
         MegaKey::ExtSource(e, s) => (BY_EXT_SOURCE, vec![text(e), source(s)]),
