@@ -49,6 +49,8 @@
   const strSlice = uncurry(String.prototype.slice);
   const strStartsWith = uncurry(String.prototype.startsWith);
   const regexTest = uncurry(RegExp.prototype.test);
+  const hasOwn = uncurry(Object.prototype.hasOwnProperty);
+  const charCodeAt = uncurry(String.prototype.charCodeAt);
   const LIB_NAME = /^[A-Za-z0-9_.-]+$/;
   const numberIsFinite = Number.isFinite;
   const NumberCtor = Number;
@@ -279,8 +281,6 @@
   // Each type compiles once to a predicate; emit_schema checks every item against its schema's
   // definition before it is written.
   const objectKeys = Object.keys;
-  const TYPE_NAME = /^[a-z]+/;
-  const FIELD_NAME = /^[^_]/;
   const isPlainObject = (v) => v !== null && typeof v === "object" && !isArray(v);
   const BASE_TYPES = {
     string: (v) => typeof v === "string",
@@ -322,9 +322,11 @@
           return true;
         };
       }
-      const m = TYPE_NAME.exec(strSlice(text, i));
-      const name = m === null ? "" : m[0];
-      if (name === "" || !Object.prototype.hasOwnProperty.call(BASE_TYPES, name))
+      // A-z letters, read without a RegExp (whose `exec` an extension may have replaced).
+      let end = i;
+      while (end < text.length && charCodeAt(text, end) >= 97 && charCodeAt(text, end) <= 122) end++;
+      const name = strSlice(text, i, end);
+      if (name === "" || !hasOwn(BASE_TYPES, name))
         throw new ErrorCtor("unknown type " + stringify(strSlice(text, i) || text) + " (string, number, integer, boolean, object, any, null, identity, key, [T], A|B, T?)");
       i += name.length;
       return BASE_TYPES[name];
@@ -345,20 +347,26 @@
   }
 
   // A schema({...}) declaration, validated and compiled (throws with `site` on a mistake).
+  // Only its own members are read: an extension that set Object.prototype.open (in its own
+  // realm, where a definition compiles) does not open every schema.
   function compileSchema(d, site) {
     if (d === null || typeof d !== "object") fail(site, "schema() needs an object");
-    if (typeof d.id !== "string" || d.id.length === 0) fail(site, "schema id must be a non-empty string");
-    const version = d.version === undefined ? 1 : d.version;
+    const own = (name, fallback) => (hasOwn(d, name) && d[name] !== undefined ? d[name] : fallback);
+    const id = own("id", undefined);
+    if (typeof id !== "string" || id.length === 0) fail(site, "schema id must be a non-empty string");
+    const version = own("version", 1);
     if (typeof version !== "number" || !(version >= 1 && version <= 1000000) || version % 1 !== 0)
       fail(site, "version must be a whole number from 1");
-    if (!isPlainObject(d.fields)) fail(site, "fields must be an object: field name → type");
+    const fields = own("fields", undefined);
+    if (!isPlainObject(fields)) fail(site, "fields must be an object: field name → type");
     const names = [], checks = Object.create(null), types = Object.create(null);
-    const fieldNames = objectKeys(d.fields);
+    const fieldNames = objectKeys(fields);
     for (let i = 0; i < fieldNames.length; i++) {
       const name = fieldNames[i];
-      if (!regexTest(FIELD_NAME, name) || strStartsWith(name, "rd_"))
+      if (name === "") fail(site, "a field name cannot be empty");
+      if (strStartsWith(name, "_") || strStartsWith(name, "rd_"))
         fail(site, "field " + name + ": names starting with _ or rd_ belong to the store and the document model");
-      const type = d.fields[name];
+      const type = fields[name];
       if (typeof type !== "string") fail(site, "field " + name + ": the type must be a string like \"string\" or \"[identity]?\"");
       try {
         checks[name] = compileType(type);
@@ -368,16 +376,18 @@
       types[name] = type;
       push(names, name);
     }
-    const expandable = d.expandable === undefined ? [] : d.expandable;
+    const expandable = own("expandable", []);
     let ok = isArray(expandable);
     for (let i = 0; ok && i < expandable.length; i++) ok = typeof expandable[i] === "string" && checks[expandable[i]] !== undefined;
     if (!ok) fail(site, "expandable must be an array of names of the schema's fields");
-    const open = d.open === undefined ? false : d.open;
+    const open = own("open", false);
     if (typeof open !== "boolean") fail(site, "open must be true or false");
-    if (d.validate !== undefined && typeof d.validate !== "function") fail(site, "validate must be a function");
-    if (d.upgrade !== undefined && typeof d.upgrade !== "function") fail(site, "upgrade must be a function");
-    return { id: d.id, version, names, checks, types, expandable: slice(expandable), open,
-             validate: d.validate, upgrade: d.upgrade, site };
+    const validate = own("validate", undefined), upgrade = own("upgrade", undefined);
+    if (validate !== undefined && typeof validate !== "function") fail(site, "validate must be a function");
+    if (upgrade !== undefined && typeof upgrade !== "function") fail(site, "upgrade must be a function");
+    let required = false;
+    for (let i = 0; i < names.length; i++) required = required || !checks[names[i]].optional;
+    return { id, version, names, checks, types, expandable: slice(expandable), open, required, validate, upgrade, site };
   }
 
   // schema({...}) at the top level of a definition file.
@@ -411,11 +421,12 @@
     return def;
   }
 
-  // Why `items` does not fit `def` — {field, reason} — or null.
+  // Why `items` does not fit `def` — {field, reason} — or null. Own members only: a field
+  // named `toString` is not found on Object.prototype.
   function checkItems(def, items) {
     for (let i = 0; i < def.names.length; i++) {
       const name = def.names[i];
-      const v = items[name];
+      const v = hasOwn(items, name) ? items[name] : undefined;
       const c = def.checks[name];
       if (v === undefined || (v === null && !c.check(null))) {
         if (c.optional) continue;
@@ -435,22 +446,40 @@
       try {
         answer = def.validate(items);
       } catch (e) {
-        return { field: null, reason: "validate() threw: " + StringCtor(e && e.message !== undefined ? e.message : e) };
+        let why;
+        try {
+          why = StringCtor(e !== null && typeof e === "object" && e.message !== undefined ? e.message : e);
+        } catch (_) {
+          why = "(an unprintable value)";
+        }
+        return { field: null, reason: "validate() threw: " + why };
       }
-      if (typeof answer === "string") return { field: null, reason: answer };
-      if (answer === false) return { field: null, reason: "validate() returned false" };
+      const reason = refusal(answer);
+      if (reason !== null) return { field: null, reason };
     }
     return null;
   }
 
-  // Checks an item about to be emitted; throws (and marks the call failed) when it breaks its
-  // schema's definition. Returns the definition's version (undefined: no definition).
+  // What a validate() answer says: null (the item is fine: nothing, null or true) or why not.
+  function refusal(answer) {
+    if (answer === undefined || answer === null || answer === true) return null;
+    if (typeof answer === "string") return answer === "" ? "validate() refused it (with an empty reason)" : answer;
+    if (answer === false) return "validate() returned false";
+    if (typeof answer === "object" && typeof answer.message === "string") return answer.message;
+    return "validate() returned " + formatArg(answer) + " (a reason is a string; nothing means valid)";
+  }
+
+  // Checks an item about to be emitted (already written as `text`, so neither validate() nor a
+  // getter changes what is written after it was checked); throws, and marks the call failed,
+  // when it breaks its schema's definition. Returns the definition's version (undefined: no
+  // definition).
   function checkEmit(schema_id, items) {
     const def = definitionOf(schema_id);
     if (def === null) return undefined;
-    let problem;
+    let problem = null;
     if (def === false) problem = { field: null, reason: "the schema has no definition (strict mode)" };
-    else problem = items === null ? null : checkItems(def, items);
+    else if (items !== null) problem = checkItems(def, items);
+    else if (def.required) problem = { field: null, reason: "null items (no fields) for a schema with required fields" };
     if (problem === null) return def.version;
     const who = declaration !== null ? declaration.id : "the handler";
     const message = who + " emitted " + schema_id + (problem.field !== null ? ", field " + problem.field : "") + ": " + problem.reason;
@@ -474,8 +503,6 @@
       if (opts.deps !== undefined) item.deps = opts.deps;
       if (opts.rd_source !== undefined) item.rd_source = opts.rd_source;
     }
-    const version = checkEmit(schema_id, items);
-    if (version !== undefined) item.version = version;
     // Serialised now, so a handler that later mutates `items` does not change what it emitted,
     // and a value JSON cannot hold fails here, at the line that emitted it.
     let text;
@@ -486,6 +513,8 @@
         StringCtor(e && e.message !== undefined ? e.message : e));
     }
     if (text === undefined) throw apiError(TypeError, "emit_schema(" + schema_id + "): the items cannot be written as JSON");
+    const version = checkEmit(schema_id, items);
+    if (version !== undefined) text = strSlice(text, 0, text.length - 1) + ',"version":' + version + "}";
     push(emitted, text);
   }
 

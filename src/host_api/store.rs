@@ -32,21 +32,26 @@ fn open_view(host: &mut HostFunctions, s: Arc<dyn Store>) {
             .first()
             .and_then(Value::as_object)
             .ok_or("open_view needs an object: {key | schema | field and value | source | ext | dep, limit, skip, descending}")?;
-        let ask = crate::schema::ViewAsk::from_object(o).map_err(|e| HostError(format!("open_view: {e}")))?;
-        let key = ask.key(&*s).map_err(|e| HostError(format!("open_view: {e}")))?;
+        let ask = crate::schema::ViewAsk::from_object(o).map_err(HostError)?;
+        let key = ask.key(&*s).map_err(HostError)?;
         let number = |name: &str, default: u64| match o.get(name) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v.as_u64().ok_or_else(|| HostError(format!("open_view: {name} must be a whole number"))),
+            Some(v) => v.as_u64().ok_or_else(|| HostError(format!("{name} must be a whole number"))),
+        };
+        let flag = |name: &str| match o.get(name) {
+            None | Some(Value::Null) => Ok(false),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(HostError(format!("{name} must be true or false, not {other}"))),
         };
         let query = crate::store::ViewQuery {
             key,
             limit: number("limit", 1000)? as usize,
             skip: number("skip", 0)? as usize,
-            descending: o.get("descending").and_then(Value::as_bool).unwrap_or(false),
+            descending: flag("descending")?,
         };
         let rows = s.megaview(&query)?;
         let mut out: Vec<Value> = rows.iter().map(|r| json!({ "id": r.id, "key": r.key, "value": r.value })).collect();
-        if o.get("include_docs").and_then(Value::as_bool).unwrap_or(false) {
+        if flag("include_docs")? {
             let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
             for (row, doc) in out.iter_mut().zip(s.get_docs(&ids)?) {
                 row["doc"] = doc.map_or(Value::Null, Value::Object);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Definition, Definitions};
-use crate::js::DocOutcome;
+use crate::js::{DocOutcome, FailureKind};
 use crate::model::{self, Contribution};
 use crate::store::{Doc, Durability, Find, Store, StoreError, WriteBatch, WriteResult};
 
@@ -23,6 +23,8 @@ pub const DEFINITION_SCHEMA: &str = "rd.schema.definition";
 const WRITER: &str = "rd.core.schemas";
 /// Documents read, upgraded and written at a time.
 const UPGRADE_PAGE: usize = 200;
+/// Failed upgrades after which a start stops upgrading (the next start tries again).
+const MAX_FAILURES: usize = 100;
 
 /// What [`install`] did.
 #[derive(Debug, Default)]
@@ -47,9 +49,17 @@ pub enum InstallError {
 /// is gone, then upgrades every document older than its definition.
 pub fn install(store: &dyn Store, defs: &Definitions) -> Result<Installed, InstallError> {
     let mut done = Installed::default();
-    let raw: Vec<Map<String, Value>> = defs.iter().map(definition_document).collect();
+    // Stamped with their own definition's version, so they are not upgraded again each start.
+    let own_version = defs.get(DEFINITION_SCHEMA).map(|d| d.decl.version);
+    let raw: Vec<Map<String, Value>> = defs.iter().map(|d| definition_document(d, own_version)).collect();
+    let ids: Vec<String> = defs.iter().filter_map(|d| model::doc_id(&json!(["schema", d.decl.id]), DEFINITION_SCHEMA).ok()).collect();
+    let before: Vec<Option<String>> =
+        store.get_docs(&ids)?.into_iter().map(|d| d.and_then(|d| d.get("_rev").and_then(Value::as_str).map(str::to_string))).collect();
     let results = crate::ingest::add_schemas(store, raw, Durability::Immediate)?;
-    done.written = results.iter().filter(|r| matches!(r, WriteResult::Ok { rev, .. } if !rev.is_empty())).count();
+    done.written = results
+        .iter()
+        .filter(|r| matches!(r, WriteResult::Ok { id, rev } if ids.iter().zip(&before).all(|(i, b)| i != id || b.as_deref() != Some(rev.as_str()))))
+        .count();
     done.withdrawn = withdraw_gone(store, defs)?;
     for def in defs.iter() {
         if def.decl.version > 1 {
@@ -73,9 +83,9 @@ pub fn report(done: &Installed) {
 }
 
 /// The raw item of a definition's document.
-fn definition_document(def: &Definition) -> Map<String, Value> {
+fn definition_document(def: &Definition, own_version: Option<u32>) -> Map<String, Value> {
     let d = &def.decl;
-    let doc = json!({
+    let mut doc = json!({
         "rd_key": ["schema", d.id],
         "rd_schema_id": DEFINITION_SCHEMA,
         "rd_ext_id": WRITER,
@@ -89,6 +99,9 @@ fn definition_document(def: &Definition) -> Map<String, Value> {
         "file": def.source.file_name(),
         "source": def.source.source,
     });
+    if let Some(v) = own_version {
+        doc["rd_schema_version"] = json!(v);
+    }
     match doc {
         Value::Object(map) => map,
         _ => unreachable!("a JSON object literal"),
@@ -149,9 +162,12 @@ fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done:
                 owners.push((i, part));
             }
         }
-        let outcomes = pool.run(ext, inputs).outcomes;
+        let (outcomes, hopeless) = run_upgrades(pool, ext, inputs);
         let mut parts: HashMap<usize, Vec<Contribution>> = HashMap::new();
         let mut broken: HashMap<usize, String> = HashMap::new();
+        // Documents the pass stopped before (or that have no contribution to upgrade) are left.
+        let mut left: std::collections::HashSet<usize> = owners[outcomes.len()..].iter().map(|(i, _)| *i).collect();
+        left.extend((0..docs.len()).filter(|i| !owners.iter().any(|(j, _)| j == i)));
         for ((i, part), outcome) in owners.into_iter().zip(outcomes) {
             match upgraded_fields(part, outcome, version) {
                 Ok(p) => parts.entry(i).or_default().push(p),
@@ -163,6 +179,9 @@ fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done:
         let mut writes = Vec::new();
         for (i, doc) in docs.iter().enumerate() {
             let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+            if left.contains(&i) {
+                continue;
+            }
             if let Some(why) = broken.remove(&i) {
                 tracing::warn!(schema = %def.decl.id, id = %id, "cannot upgrade: {why}");
                 done.failed.push((id, why));
@@ -178,17 +197,50 @@ fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done:
                 WriteResult::Error { id, reason } => done.failed.push((id, reason)),
             }
         }
+        if hopeless || done.failed.len() >= MAX_FAILURES {
+            done.failed.push((def.decl.id.clone(), "the upgrade pass over this schema stopped: its upgrade() keeps failing".into()));
+            break;
+        }
     }
     Ok(())
 }
 
-/// A contribution's fields as the upgrade returned them, at `version`.
+/// Runs the upgrades of `inputs`, a few at a time (the first alone): an upgrade that runs out
+/// of time or memory would do so for every document, a time limit each, at every start, so the
+/// pass stops at the first such failure (`true`) with the outcomes so far.
+fn run_upgrades(pool: &crate::js::JsPool, ext: usize, inputs: Vec<Arc<str>>) -> (Vec<DocOutcome>, bool) {
+    let mut outcomes = Vec::with_capacity(inputs.len());
+    let mut rest = inputs.as_slice();
+    let mut size = 1;
+    while !rest.is_empty() {
+        let (now, later) = rest.split_at(size.min(rest.len()));
+        let done = pool.run(ext, now.to_vec()).outcomes;
+        let stop =
+            done.iter().any(|o| matches!(o, DocOutcome::Failed(e) if matches!(e.kind, FailureKind::TimeLimit | FailureKind::OutOfMemory)));
+        outcomes.extend(done);
+        if stop {
+            return (outcomes, true);
+        }
+        rest = later;
+        size = 20;
+    }
+    (outcomes, false)
+}
+
+/// A contribution's fields as the upgrade returned them, at `version`. Fields named like the
+/// store's or the model's own members are refused, as they are from `emit_schema`: an
+/// upgrade must not delete, move or re-key the document it upgrades.
 fn upgraded_fields(part: Contribution, outcome: DocOutcome, version: u32) -> Result<Contribution, String> {
     let emission = match outcome {
         DocOutcome::Emitted(e) => e,
-        DocOutcome::Failed(e) => return Err(e.to_string()),
+        DocOutcome::Failed(e) => return Err(format!("upgrade() to version {version}: {e}")),
     };
     let fields = emission.items.first().and_then(|item| item.fields()).ok_or("upgrade() gave no fields")?;
+    if let Some(name) = fields.keys().find(|k| model::is_reserved_field(k)) {
+        return Err(format!(
+            "upgrade() to version {version} gave field `{name}`: names starting with `_` or `rd_` belong to the store and the model"
+        ));
+    }
     // An assertion stays one: an upgrade of nothing that returns nothing.
     let fields = if part.fields.is_none() && fields.is_empty() { None } else { Some(fields) };
     Ok(Contribution { fields, version, ..part })

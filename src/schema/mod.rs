@@ -32,8 +32,9 @@ pub struct Definition {
 
 /// Every definition that loaded, those that did not, and the pools that ran them (kept for
 /// upgrades: each definition file is an "extension" of its pool whose handler is its
-/// `upgrade`). The bundled definitions and the user's load in pools of their own, so a user's
-/// definition of a bundled id replaces it instead of clashing with it.
+/// `upgrade`). The bundled definitions and each of the user's folders load in pools of their
+/// own, so a later folder's definition of an id replaces an earlier one's instead of clashing
+/// with it (two files of one folder defining one id do clash, and the second is reported).
 pub struct Definitions {
     /// Id → the definition, its pool (index in `pools`) and its file's index in that pool.
     by_id: HashMap<String, (Definition, usize, usize)>,
@@ -56,9 +57,9 @@ pub enum SchemaError {
 /// `extra` (`--schemas DIR`); those that do not exist are skipped. The bundled definitions
 /// (the repository's `schemas/`) are built into the binary and come first ([`bundled`]).
 pub fn folders(extensions: &Path, extra: Option<&Path>) -> Vec<PathBuf> {
-    let mut out = vec![extensions.join("schemas")];
+    let mut out: Vec<PathBuf> = Some(extensions.join("schemas")).filter(|p| p.is_dir()).into_iter().collect();
+    // Given on purpose: one that is not there is an error when read, not silently nothing.
     out.extend(extra.map(Path::to_path_buf));
-    out.retain(|p| p.is_dir());
     out.dedup_by_key(|p| p.canonicalize().unwrap_or_else(|_| p.clone()));
     out
 }
@@ -69,15 +70,14 @@ impl Definitions {
         Definitions { by_id: HashMap::new(), failed: Vec::new(), strict: false, pools: Vec::new() }
     }
 
-    /// Loads the bundled definitions, then every definition file of `dirs` (see [`folders`]).
+    /// Loads the bundled definitions, then every definition file of each of `dirs` in turn
+    /// (see [`folders`]): a later folder's definition of an id replaces an earlier one's.
     pub fn load(dirs: &[PathBuf], strict: bool, threads: usize) -> Result<Definitions, SchemaError> {
         let mut defs = Definitions { strict, ..Definitions::none() };
         defs.load_group(bundled::sources(), threads)?;
-        let mut files: Vec<ExtensionSource> = Vec::new();
         for dir in dirs {
-            files.extend(read_dir(dir)?);
+            defs.load_group(read_dir(dir)?, threads)?;
         }
-        defs.load_group(files, threads)?;
         Ok(defs)
     }
 

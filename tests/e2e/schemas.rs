@@ -418,3 +418,80 @@ fn the_type_grammar_accepts_and_refuses_what_it_says() {
         assert!(line.contains(site) && line.contains(message), "{file}: {line}");
     }
 }
+
+const BAD_UP: &str = r#"schema({ id: "t.bad", version: 2, fields: { n: "integer" }, open: true, upgrade(doc) {
+  if (doc.n === 1) return { n: 1, _deleted: true };
+  if (doc.n === 2) return { n: 2, rd_key: ["evil", 2], rd_schema_id: "rd.msg.body" };
+  if (doc.n === 3) return { n: 3, _id: "zzz", _rev: null };
+  if (doc.n === 4) throw new Error("cannot upgrade four");
+  if (doc.n === 5) return "not fields";
+  return doc;
+} });
+"#;
+
+#[test]
+fn an_upgrade_cannot_delete_move_or_rekey_a_document_and_a_failing_one_changes_nothing() {
+    let dir = TempDir::new("schema-bad-upgrade");
+    let exts = exts(dir.path(), &[("schemas/t.bad.js", BAD_UP)]);
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    seed(&db, &exts, dir.path(), &(1..=6).map(|n| json!({"rd_key": ["bad", n], "rd_schema_id": "t.bad", "n": n})).collect::<Vec<_>>());
+    let before = of_schema(&dump(&db, &exts), "t.bad").into_iter().cloned().collect::<Vec<_>>();
+    let stderr = process(&db, &exts, &[]);
+    let docs = dump(&db, &exts);
+    let after = of_schema(&docs, "t.bad");
+    assert_eq!(after.len(), 6, "no document deleted or added: {after:#?}");
+    assert!(docs.iter().all(|d| d["_id"] != "zzz"));
+    for (old, new) in before.iter().zip(&after) {
+        if new["n"] == 6 {
+            assert_eq!(new["rd_schema_version"], 2, "the good one is upgraded");
+        } else {
+            assert_eq!(*old, **new, "a refused upgrade leaves the document as it was");
+        }
+    }
+    for n in 1..=5 {
+        let id = format!("rc!bad.{}!t.bad", base64(&json!(n)));
+        assert!(stderr.lines().any(|l| l.contains(&id) && l.contains("could not be upgraded")), "{n} not reported:\n{stderr}");
+    }
+    assert!(stderr.contains("gave field `_deleted`") && stderr.contains("cannot upgrade four"), "{stderr}");
+
+    // An upgrade that loops stops the pass at its first document, not one time limit each.
+    std::fs::write(
+        exts.join("schemas/t.bad.js"),
+        "schema({ id: \"t.bad\", version: 3, fields: { n: \"integer\" }, open: true, upgrade(doc) { for (;;) {} } });",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut c = rd(&db, &exts);
+    c.arg("process");
+    let stderr = ok(c);
+    assert!(stderr.contains("the upgrade pass over this schema stopped"), "{stderr}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+}
+
+#[test]
+fn checks_hold_against_a_mutating_validate_and_a_patched_prototype() {
+    let dir = TempDir::new("schema-tamper");
+    let def = r#"schema({ id: "t.t", fields: { n: "string" }, validate(doc) { doc.n = 42; doc.extra = "sneaky"; } });"#;
+    let patcher = r#"Object.prototype.open = true;
+extension({ id: "t.patcher", source_schemas: ["t.in"], handler(doc) { emit_schema("t.t", { n: "x", extra: 1 }, { rd_key: ["p", 1] }); } });"#;
+    let plain = r#"extension({ id: "t.plain", source_schemas: ["t.in"], handler(doc) { emit_schema("t.t", { n: "ok" }, { rd_key: ["q", 1] }); } });"#;
+    let exts = exts(dir.path(), &[("schemas/t.t.js", def), ("patcher.js", patcher), ("plain.js", plain)]);
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    seed(&db, &exts, dir.path(), &[json!({"rd_key": ["in", 1], "rd_schema_id": "t.in"})]);
+    process(&db, &exts, &[]);
+    let docs = dump(&db, &exts);
+    let written = of_schema(&docs, "t.t");
+    assert_eq!(written.len(), 1, "{written:#?}");
+    assert_eq!((&written[0]["n"], written[0].get("extra")), (&json!("ok"), None), "what validate() did to its argument is not written");
+    let errors = of_schema(&docs, "rd.core.error");
+    assert!(
+        errors.iter().any(|e| e["error_details"]["message"]
+            == "t.patcher emitted t.t, field extra: not a field of the schema (open: true in the definition allows others)"),
+        "{errors:#?}"
+    );
+
+    // A --schemas folder that is not there is an error, not silently no definitions.
+    let out = rd(&db, &exts).args(["--schemas", "/nonexistent/schemas", "process"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/schemas"), "{}", String::from_utf8_lossy(&out.stderr));
+}

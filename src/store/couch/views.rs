@@ -62,6 +62,9 @@ impl CouchStore {
     }
     /// The rows of one megaview key, from the view.
     pub(super) fn megaview_rows(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
         self.views()?;
         let mut q = vec![("key", query.key.to_json().to_string()), ("limit", query.limit.max(1).to_string())];
         if query.skip > 0 {

@@ -37,7 +37,9 @@ pub(super) const MEGAVIEW_MAP: &str = "function (doc) {
     if (k.charAt(0) === '_' || k.indexOf('rd_') === 0) continue;
     var val = doc[k];
     if (val === null || typeof val !== 'object' || JSON.stringify(val).length <= 512) emit([sid, k, val], base);
-    if (Array.isArray(val)) for (var i = 0; i < val.length; i++) if (val[i] === null || typeof val[i] !== 'object' || JSON.stringify(val[i]).length <= 512) emit([sid, k + '[]', val[i]], base);
+    if (Array.isArray(val)) for (var i = 0; i < val.length; i++) {
+      if (val[i] === null || typeof val[i] !== 'object' || JSON.stringify(val[i]).length <= 512) emit([sid, k + '[]', val[i]], base);
+    }
   }
 }";
 

@@ -15,8 +15,32 @@ pub(super) const FIND_BY_FIELD: &str = "SELECT d.id, d.rev, d.has_att, d.body FR
      WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0
      ORDER BY d.seq LIMIT ?4";
 
-/// Values longer than this (as JSON) are not indexed, as in the CouchDB view.
+/// Objects and arrays longer than this (as JSON) are not indexed, as in the CouchDB view;
+/// scalars always are.
 const MAX_INDEXED_VALUE: usize = 512;
+
+/// A value as the index holds it: JSON text with numbers written one way (`1.0`, `1e0` and
+/// `-0` as `1` and `0`), as CouchDB's collation compares them.
+pub(super) fn index_text(value: &Value) -> String {
+    fn canonical(v: &Value) -> Value {
+        match v {
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => Value::from(f as i64),
+                _ => v.clone(),
+            },
+            Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+            Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), canonical(v))).collect()),
+            other => other.clone(),
+        }
+    }
+    canonical(value).to_string()
+}
+
+/// Whether `value` gets an index row: scalars always, objects and arrays up to
+/// [`MAX_INDEXED_VALUE`] bytes of JSON.
+fn indexed(value: &Value, text: &str) -> bool {
+    !(value.is_object() || value.is_array()) || text.len() <= MAX_INDEXED_VALUE
+}
 
 impl EmbeddedStore {
     /// Makes sure `field` of `schema` is indexed: the first time, records it and indexes every
@@ -71,15 +95,15 @@ pub(super) fn index_entries(doc: &Doc, fields: &[String]) -> Vec<(String, String
         match (doc.get(name), elements) {
             (Some(Value::Array(items)), true) => {
                 for item in items {
-                    let text = item.to_string();
-                    if text.len() <= MAX_INDEXED_VALUE && !out.iter().any(|(f, v)| f == field && *v == text) {
+                    let text = index_text(item);
+                    if indexed(item, &text) && !out.iter().any(|(f, v)| f == field && *v == text) {
                         out.push((field.clone(), text));
                     }
                 }
             }
             (Some(value), false) => {
-                let text = value.to_string();
-                if text.len() <= MAX_INDEXED_VALUE {
+                let text = index_text(value);
+                if indexed(value, &text) {
                     out.push((field.clone(), text));
                 }
             }

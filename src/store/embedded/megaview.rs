@@ -1,8 +1,8 @@
 //! The megaview of the embedded store (see `store::megaview`), answered from its tables: the
 //! documents (by schema, by id), the field index (made per field the first time it is asked
-//! for), and the contributors table — each document's `rd_schema_items` entries and their
-//! `rd_deps` — made the first time a query needs it and kept by every write after. A database
-//! nobody asks by extension, source, key or dependency pays nothing for it.
+//! for, then kept by every write), and the contributors table — each document's
+//! `rd_schema_items` entries and their `rd_deps` — brought up to date from the documents
+//! written since, when a query needs it (as CouchDB updates a view when it is read).
 
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
@@ -11,14 +11,11 @@ use super::rows::projected;
 use super::EmbeddedStore;
 use crate::store::{MegaKey, StoreError, ViewQuery, ViewRow};
 
-/// The row of `indexed_fields` that says the contributors table is kept.
-pub(super) const CONTRIBUTORS_ON: (&str, &str) = ("", "rd_schema_items");
-
 /// One contributor of a document, as its rows store it (its `rd_source` with the source's
 /// revision is read from the document when asked: a row changes only when a contributor or
 /// its source document does, not at each revision of the source).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) struct Contributor {
+struct Contributor {
     ext: String,
     /// The source document's id (`None`: raw data).
     source: Option<String>,
@@ -28,7 +25,7 @@ pub(super) struct Contributor {
 
 /// The contributors of a stored body (none for a document outside the model), by extension.
 /// Only the `rd_schema_items` member is parsed: the scan skips over the rest of the text.
-pub(super) fn contributors_of(body: &str) -> Vec<Contributor> {
+fn contributors_of(body: &str) -> Vec<Contributor> {
     let items: Option<serde_json::Map<String, Value>> = match crate::json_text::members(body) {
         Some(members) => {
             let value = members.iter().find(|(name, _)| &body[name.clone()] == "rd_schema_items").map(|(_, v)| &body[v.clone()]);
@@ -59,7 +56,7 @@ pub(super) fn contributors_of(body: &str) -> Vec<Contributor> {
 /// document that existed they are read first and left alone when they are the same — the
 /// common update, whose contributors and sources stay — which costs a lookup, not a delete and
 /// an insert in every index.
-pub(super) fn write_contributors(tx: &rusqlite::Transaction<'_>, id: &str, rows: &[Contributor], existed: bool) -> rusqlite::Result<()> {
+fn write_contributors(tx: &rusqlite::Transaction<'_>, id: &str, rows: &[Contributor], existed: bool) -> rusqlite::Result<()> {
     if existed {
         if stored_contributors(tx, id)? == rows {
             return Ok(());
@@ -99,41 +96,44 @@ fn stored_contributors(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Re
 }
 
 impl EmbeddedStore {
-    /// Whether every write keeps the contributors table now.
-    pub(super) fn contributors_kept(&self) -> bool {
-        self.indexed.lock().unwrap_or_else(|p| p.into_inner()).get(CONTRIBUTORS_ON.0).is_some()
-    }
-
-    /// Makes sure the contributors table is kept: the first time, fills it from every live
-    /// document (under the writer lock, so no write slips past) and records that it is kept.
-    fn ensure_contributors(&self) -> Result<(), StoreError> {
-        if self.contributors_kept() {
+    /// Brings the contributors table up to the last write, as CouchDB brings a view up to date
+    /// when it is queried: the documents written since the sequence it was last brought to
+    /// (all of them, the first time) are read from the feed's index and their rows made again —
+    /// compared first, so a document whose contributors and sources stayed costs a lookup. Under
+    /// the writer lock, in one transaction with the sequence it reached, so no write slips past.
+    /// Writes pay nothing for it; a database never asked by extension, source or dependency
+    /// never has the table filled.
+    fn catch_up_contributors(&self) -> Result<(), StoreError> {
+        let reached = |c: &Connection| -> rusqlite::Result<i64> {
+            c.query_row("SELECT COALESCE(MAX(seq), 0) FROM contributors_seq", [], |r| r.get(0))
+        };
+        // Another process may have written to the file: its last sequence, not this one's.
+        let behind = |c: &Connection| -> rusqlite::Result<bool> {
+            Ok(reached(c)? < c.query_row("SELECT COALESCE(MAX(seq), 0) FROM docs", [], |r| r.get::<_, i64>(0))?)
+        };
+        if !self.read(behind)? {
             return Ok(());
         }
         let _t = crate::timing::span("S:index");
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        if self.contributors_kept() {
-            return Ok(());
-        }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.e(e))?;
-        tx.execute("INSERT OR IGNORE INTO indexed_fields (schema, field) VALUES (?1, ?2)", params![CONTRIBUTORS_ON.0, CONTRIBUTORS_ON.1])
-            .map_err(|e| self.e(e))?;
-        tx.execute_batch("DELETE FROM contributors; DELETE FROM contributor_deps;").map_err(|e| self.e(e))?;
-        let docs: Vec<(String, String)> = {
-            let mut stmt = tx.prepare("SELECT id, body FROM docs WHERE schema IS NOT NULL AND deleted = 0").map_err(|e| self.e(e))?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(|e| self.e(e))?;
-            rows.collect::<rusqlite::Result<_>>().map_err(|e| self.e(e))?
-        };
-        for (id, body) in docs {
-            write_contributors(&tx, &id, &contributors_of(&body), false).map_err(|e| self.e(e))?;
+        let from = reached(&tx).map_err(|e| self.e(e))?;
+        let mut to = from;
+        {
+            let mut stmt = tx.prepare("SELECT seq, id, deleted, body FROM docs WHERE seq > ?1 ORDER BY seq").map_err(|e| self.e(e))?;
+            let mut rows = stmt.query([from]).map_err(|e| self.e(e))?;
+            while let Some(r) = rows.next().map_err(|e| self.e(e))? {
+                let (seq, id, deleted): (i64, String, bool) =
+                    (r.get(0).map_err(|e| self.e(e))?, r.get(1).map_err(|e| self.e(e))?, r.get(2).map_err(|e| self.e(e))?);
+                let found = if deleted { Vec::new() } else { contributors_of(super::rows::body_text(r, 3).map_err(|e| self.e(e))?) };
+                // The first fill starts from an empty table: nothing to compare with.
+                write_contributors(&tx, &id, &found, from > 0).map_err(|e| self.e(e))?;
+                to = seq;
+            }
         }
+        tx.execute_batch("DELETE FROM contributors_seq").map_err(|e| self.e(e))?;
+        tx.execute("INSERT INTO contributors_seq (seq) VALUES (?1)", [to]).map_err(|e| self.e(e))?;
         tx.commit().map_err(|e| self.e(e))?;
-        self.indexed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(CONTRIBUTORS_ON.0.to_string())
-            .or_default()
-            .push(CONTRIBUTORS_ON.1.into());
         Ok(())
     }
 
@@ -141,7 +141,7 @@ impl EmbeddedStore {
         match &q.key {
             MegaKey::Schema(_) | MegaKey::Key { .. } | MegaKey::KeySchema { .. } => {}
             MegaKey::Field(schema, field, _) => self.ensure_index(schema, field)?,
-            _ => self.ensure_contributors()?,
+            _ => self.catch_up_contributors()?,
         }
         let key = q.key.to_json();
         self.read(|c| rows_of(c, q, &key))
@@ -161,12 +161,15 @@ fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
         MegaKey::Field(schema, field, value) => (
             "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM field_index f JOIN docs d ON d.id = f.id
              WHERE f.schema = ?1 AND f.field = ?2 AND f.value = ?3 AND d.deleted = 0",
-            vec![text(schema), text(field), text(&value.to_string())],
+            vec![text(schema), text(field), text(&super::index::index_text(value))],
         ),
-        // Ids of one key share their prefix up to the schema: a range of the id index.
+        // Ids of one key share their prefix up to the schema: a range of the id index, less the
+        // ids of a key whose type holds `.` and `!` and so starts alike (what follows the
+        // prefix is a schema id, which holds no `!`).
         MegaKey::Key { id_prefix, .. } => (
             "SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d
-             WHERE d.id >= ?1 AND d.id < ?1 || char(1114111) AND d.deleted = 0 AND d.schema IS NOT NULL",
+             WHERE d.id >= ?1 AND d.id < ?1 || char(1114111) AND d.deleted = 0 AND d.schema IS NOT NULL
+               AND instr(substr(d.id, length(?1) + 1), '!') = 0",
             vec![text(id_prefix)],
         ),
         MegaKey::KeySchema { id, .. } => (

@@ -156,7 +156,7 @@ pub(super) fn find_rows(
     let mut rows = match by {
         Some((name, value)) => {
             stmt = c.prepare_cached(FIND_BY_FIELD)?;
-            stmt.query(params![schema_id, name, value.to_string(), limit])?
+            stmt.query(params![schema_id, name, super::index::index_text(value), limit])?
         }
         None => {
             stmt = c.prepare_cached(

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS contributor_deps (
     PRIMARY KEY (dep, id, ext)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contributor_deps_by_id ON contributor_deps (id);
+CREATE TABLE IF NOT EXISTS contributors_seq (
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS records (
     id   TEXT NOT NULL UNIQUE,
     rev  TEXT NOT NULL,

@@ -9,7 +9,6 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::index::{index_entries, index_entries_of_text, indexed_fields};
-use super::megaview::{contributors_of, write_contributors, Contributor, CONTRIBUTORS_ON};
 use super::EmbeddedStore;
 use crate::store::{rev, Doc, Durability, NewDoc, Record, StoreError, WriteResult};
 
@@ -41,8 +40,6 @@ struct Incoming {
     index: Vec<(String, String)>,
     /// Its next revision when it has no attachments (the common one-statement write).
     plain_rev: Option<String>,
-    /// Its rows of the contributors table, when the table is kept (see `megaview.rs`).
-    contributors: Option<Vec<Contributor>>,
 }
 
 /// One member of a document's `_attachments`: new data (decoded, with its digest, or why it
@@ -98,8 +95,7 @@ fn split_incoming(mut doc: Doc, indexed: &HashMap<String, Vec<String>>) -> Resul
         _ => Vec::new(),
     };
     let plain_rev = attachments.is_none().then(|| rev::next(rev.as_deref(), deleted, body.as_bytes(), &[]));
-    let contributors = contributors_kept(indexed).then(|| if deleted { Vec::new() } else { contributors_of(&body) });
-    Ok(Incoming { id, rev, deleted, body, schema, attachments, index, plain_rev, contributors })
+    Ok(Incoming { id, rev, deleted, body, schema, attachments, index, plain_rev })
 }
 
 /// A document to write as members or as the text of a new one, or a record.
@@ -114,30 +110,14 @@ fn new_incoming(doc: NewDoc, indexed: &HashMap<String, Vec<String>>) -> Result<I
     check_id(&doc.id).map_err(|e| (doc.id.clone(), e))?;
     let index = indexed.get(&doc.schema).map(|fields| index_entries_of_text(&doc.body, fields)).unwrap_or_default();
     let plain_rev = Some(rev::next(None, false, doc.body.as_bytes(), &[]));
-    let contributors = contributors_kept(indexed).then(|| contributors_of(&doc.body));
-    Ok(Incoming {
-        id: doc.id,
-        rev: None,
-        deleted: false,
-        body: doc.body,
-        schema: Some(doc.schema),
-        attachments: None,
-        index,
-        plain_rev,
-        contributors,
-    })
+    Ok(Incoming { id: doc.id, rev: None, deleted: false, body: doc.body, schema: Some(doc.schema), attachments: None, index, plain_rev })
 }
 
 /// [`split_incoming`] for a record's text (no schema, index rows or attachments).
 fn text_incoming(id: String, rev: Option<String>, body: String) -> Result<Incoming, (String, String)> {
     check_id(&id).map_err(|e| (id.clone(), e))?;
     let plain_rev = Some(rev::next(rev.as_deref(), false, body.as_bytes(), &[]));
-    Ok(Incoming { id, rev, deleted: false, body, schema: None, attachments: None, index: Vec::new(), plain_rev, contributors: None })
-}
-
-/// Whether the contributors table is kept, by the indexed fields as recorded.
-fn contributors_kept(indexed: &HashMap<String, Vec<String>>) -> bool {
-    indexed.contains_key(CONTRIBUTORS_ON.0)
+    Ok(Incoming { id, rev, deleted: false, body, schema: None, attachments: None, index: Vec::new(), plain_rev })
 }
 
 /// One record of a bulk write, against the revision it was read at (none: it must not exist;
@@ -246,9 +226,6 @@ impl EmbeddedStore {
             {
                 incoming.index = index_entries_of_text(&incoming.body, fields);
             }
-            if contributors_kept(&indexed) && incoming.contributors.is_none() {
-                incoming.contributors = Some(if incoming.deleted { Vec::new() } else { contributors_of(&incoming.body) });
-            }
             let index = std::mem::take(&mut incoming.index);
             match write_one(&tx, incoming, seq + 1, &index).map_err(|e| self.e(e))? {
                 Ok(result) => {
@@ -284,10 +261,6 @@ fn write_one(
     index: &[(String, String)],
 ) -> rusqlite::Result<Result<WriteResult, WriteResult>> {
     if let Some(written) = write_plain(tx, &doc, seq, index)? {
-        if let Some(rows) = &doc.contributors {
-            // A new document has no rows yet.
-            write_contributors(tx, &doc.id, rows, doc.rev.is_some())?;
-        }
         return Ok(Ok(written));
     }
     let existing: Option<(String, bool)> = tx
@@ -334,15 +307,11 @@ fn write_one(
                 .execute(params![schema, field, value, doc.id])?;
         }
     }
-    if let Some(rows) = &doc.contributors {
-        write_contributors(tx, &doc.id, rows, existing.is_some())?;
-    }
     Ok(Ok(WriteResult::Ok { id: doc.id, rev: new_rev }))
 }
 
 /// The common write in one statement: a new document, or an update of a live one at the given
-/// revision, with no attachments and no index rows either side (its contributor rows, when
-/// they are kept, are the caller's). `None` when it does not apply,
+/// revision, with no attachments and no index rows either side. `None` when it does not apply,
 /// or its statement matched no row (a conflict, a deleted document, a changed schema): the full
 /// path of [`write_one`] then decides.
 fn write_plain(
