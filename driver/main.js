@@ -617,16 +617,30 @@
       const found = globalThis.find_schemas("rd.contact", "displayName", name, 1);
       if (found.length) contact = found[0].rd_key[1];
     }
-    if (contact === null) {
-      // Derived from the first identity, so re-running gives the same contact.
-      contact = "contact:" + stringify(pairs[0][0]);
-      emit_schema("rd.contact", { displayName: name || StringCtor(pairs[0][0][1]) }, { rd_key: ["contact", contact] });
+    // Derived from the first identity, so re-running gives the same contact. What this
+    // extension made before is emitted again, not only what is missing: a re-run (the
+    // extension or the driver edited) withdraws what a source no longer emits, and the
+    // contacts and links it made would go.
+    const derived = "contact:" + stringify(pairs[0][0]);
+    const mine = declaration !== null ? declaration.id : null;
+    if (contact === null) contact = derived;
+    if (contact === derived) {
+      // Made with the name it was first given, and kept so: a later source naming the person
+      // otherwise does not rename them (the result would depend on the order mail came in).
+      const current = globalThis.open_schemas([[["contact", contact], "rd.contact"]])[0];
+      const entry = current && current.rd_schema_items && mine !== null ? current.rd_schema_items[mine] : undefined;
+      if (!current) emit_schema("rd.contact", { displayName: name || StringCtor(pairs[0][0][1]) }, { rd_key: ["contact", contact] });
+      else if (entry !== undefined) {
+        const kept = entry.schema ? entry.schema.displayName : current.displayName;
+        if (typeof kept === "string") emit_schema("rd.contact", { displayName: kept }, { rd_key: ["contact", contact] });
+      }
     }
     for (let i = 0; i < pairs.length; i++) {
       emit_schema("rd.identity.exists", null, { rd_key: ["identity", pairs[i][0]] });
       const l = links[i];
       const linked = l && isArray(l.contacts) && l.contacts.some((c) => c[0] === contact);
-      if (!linked) emit_schema("rd.identity.contacts", { contacts: [[contact, pairs[i][1]]] }, { rd_key: ["identity", pairs[i][0]] });
+      const ours = l && l.rd_schema_items && mine !== null && l.rd_schema_items[mine] !== undefined;
+      if (!linked || ours) emit_schema("rd.identity.contacts", { contacts: [[contact, pairs[i][1]]] }, { rd_key: ["identity", pairs[i][0]] });
     }
     return contact;
   }

@@ -417,3 +417,47 @@ fn the_daemon_follows_the_feed() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+#[test]
+fn contacts_survive_their_extension_running_again() {
+    // Story: editing sent-relationships (or upgrading the driver, which every extension's
+    // fingerprint takes in) re-ran it over every message; the links and contacts already there
+    // were not emitted again, and so were withdrawn: 3 contacts became 0.
+    let dir = TempDir::new("contacts-rerun");
+    let exts = dir.path().join("exts");
+    std::fs::create_dir_all(&exts).unwrap();
+    for entry in std::fs::read_dir(crate::support::repo().join("js-extensions")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "js") {
+            std::fs::copy(&path, exts.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let db = dir.path().join("db").to_string_lossy().into_owned();
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("--config").arg(crate::support::repo().join("fixtures/corpus-config.toml"));
+        c.args(["import", "--process"]).arg(crate::support::repo().join("../shared/corpus/raindrop"));
+        c
+    });
+    let contacts = |docs: &[Value]| -> Vec<Value> {
+        ["rd.contact", "rd.identity.contacts"]
+            .iter()
+            .flat_map(|s| of_schema(docs, s))
+            .map(|d| crate::support::normalise(d.clone()))
+            .collect()
+    };
+    let before = contacts(&dump(&db, &exts));
+    assert!(before.len() >= 2, "the sample mail makes contacts: {before:#?}");
+    let file = exts.join("sent-relationships.js");
+    let source = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{source}\n// edited\n")).unwrap();
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("--config").arg(crate::support::repo().join("fixtures/corpus-config.toml")).arg("process");
+        c
+    });
+    let after = contacts(&dump(&db, &exts));
+    let names =
+        |docs: &[Value]| docs.iter().map(|d| (d["_id"].clone(), d["displayName"].clone(), d["contacts"].clone())).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "the contacts and links after the re-run");
+}
