@@ -11,7 +11,7 @@
 //! A row's value is `{_rev, rd_key, rd_schema_id}`, with `rd_ext_id` and `rd_source` on a
 //! contributor's rows. CouchDB keeps it as a view of a design document; the embedded store
 //! answers from its tables (the documents, the field index, and a table of contributors
-//! made the first time it is needed and kept by every write after).
+//! brought up to date when a query needs it, as a view is).
 
 use serde::Serialize;
 use serde_json::Value;
