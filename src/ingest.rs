@@ -11,6 +11,36 @@ use serde_json::{Map, Value};
 use crate::model::{self, SchemaItem};
 use crate::store::{Doc, Durability, Store, StoreError, WriteBatch, WriteResult};
 
+/// Gives each item that names no version the version of its schema's definition, as the
+/// database holds it (an `rd.schema.definition` document), when that is above 1: raw data
+/// written after a definition went up is not taken for older data and upgraded again at the
+/// next start. (No version means 1: raw data of a first definition stays as it always was,
+/// whether a definition was installed before it came in or not.) One read of the few
+/// definitions a batch's schemas have.
+fn stamp_versions(store: &dyn Store, items: &mut [SchemaItem]) -> Result<(), StoreError> {
+    let mut schemas: Vec<&str> = items.iter().filter(|i| i.version.is_none()).map(|i| i.schema_id.as_str()).collect();
+    schemas.sort_unstable();
+    schemas.dedup();
+    if schemas.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> =
+        schemas.iter().filter_map(|s| model::doc_id(&serde_json::json!(["schema", s]), model::DEFINITION_SCHEMA).ok()).collect();
+    let found = store.get_many(&ids, Some(&["version".to_string()]))?;
+    let versions: HashMap<String, u32> = schemas
+        .iter()
+        .zip(found)
+        .filter_map(|(s, text)| {
+            let doc: Value = serde_json::from_str(&text?).ok()?;
+            Some((s.to_string(), u32::try_from(doc.get("version")?.as_u64()?).ok()?)).filter(|(_, v)| *v > 1)
+        })
+        .collect();
+    for item in items.iter_mut().filter(|i| i.version.is_none()) {
+        item.version = versions.get(&item.schema_id).copied();
+    }
+    Ok(())
+}
+
 /// Writes raw schema items (`{rd_key, rd_schema_id, …fields}`, with optional `rd_ext_id`,
 /// `rd_confidence` (0 by default), `rd_schema_version` (the definition version the fields
 /// follow) and
@@ -53,6 +83,7 @@ pub fn add_schemas(store: &dyn Store, raw: Vec<Map<String, Value>>, durability: 
             version,
         });
     }
+    stamp_versions(store, &mut items)?;
     let ids: Vec<String> = items.iter().filter_map(|i| model::doc_id(&i.rd_key, &i.schema_id).ok()).collect();
     let current = store.get_docs(&ids)?;
     let mut merged: BTreeMap<String, Doc> = BTreeMap::new();

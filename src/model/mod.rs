@@ -30,6 +30,10 @@ pub use merge::{
     Contribution,
 };
 
+/// The schema of the schema definitions' own documents, keyed `["schema", id]` (written by
+/// `schema::install`; its `version` is what a raw item of that schema is written under).
+pub const DEFINITION_SCHEMA: &str = "rd.schema.definition";
+
 /// A schema item: what one extension contributes to one document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchemaItem {

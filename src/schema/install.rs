@@ -17,8 +17,7 @@ use crate::js::{DocOutcome, FailureKind};
 use crate::model::{self, Contribution};
 use crate::store::{Doc, Durability, Find, Store, StoreError, WriteBatch, WriteResult};
 
-/// The schema of the definitions' own documents, keyed `["schema", id]`.
-pub const DEFINITION_SCHEMA: &str = "rd.schema.definition";
+pub use crate::model::DEFINITION_SCHEMA;
 /// The contributor the definition documents are written as.
 const WRITER: &str = "rd.core.schemas";
 /// Documents read, upgraded and written at a time.

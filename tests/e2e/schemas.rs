@@ -197,6 +197,18 @@ fn a_version_upgrade_reaches_every_document_exactly_once_through_sigkills() {
     let downs = of_schema(&docs, "t.down");
     assert_eq!(downs.len(), 10_000);
     assert!(downs.iter().all(|d| d["upgrades"] == 1 && d["label"].as_str().is_some_and(|l| l.starts_with("item "))));
+
+    // Raw data written now is of the version the database's definition says, not upgraded again.
+    seed(
+        &db,
+        &exts,
+        dir.path(),
+        &[json!({"rd_key": ["up", "new"], "rd_schema_id": "t.up", "n": 1, "label": "new", "upgrades": 0, "from": 2})],
+    );
+    process(&db, &exts, &[]);
+    let docs = dump(&db, &exts);
+    let new = of_schema(&docs, "t.up").into_iter().find(|d| d["rd_key"] == json!(["up", "new"])).unwrap();
+    assert_eq!((&new["rd_schema_version"], &new["upgrades"]), (&json!(2), &json!(0)), "{new}");
 }
 
 fn megaview(db: &str, exts: &Path, args: &[&str]) -> BTreeSet<String> {
