@@ -97,7 +97,8 @@ impl Definitions {
                     }
                     None => self.failed.push((file, "not a schema definition: the file declares an extension or routes".into())),
                 },
-                Err(e) => self.failed.push((file, e.clone())),
+                // The pool names a definition file's "extension" `schema:<id>`: said plainly.
+                Err(e) => self.failed.push((file, e.replace("extension id schema:", "schema "))),
             }
         }
         self.pools.push(pool);
