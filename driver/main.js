@@ -902,8 +902,6 @@
         throw new ErrorCtor(schemaDecl.site + ": a file declares a schema, an extension or routes, only one of them");
       if (schemaDecl !== null) {
         const d = schemaDecl;
-        // A definition compiled here is the one this sandbox checks its own items against.
-        definitions[d.id] = d;
         return stringify({
           id: "schema:" + d.id, source_schemas: [], category: "provider", confidence: 0, time_limit_ms: null,
           site: d.site, libs: slice(libsLoaded),

@@ -16,8 +16,8 @@ const TEMPLATE: &str = r#"# Raindrop's configuration. Flags and environment vari
 
 # The folder of extension .js files (lib/ inside it holds libraries for load_lib).
 # extensions = "js-extensions"
-# Your own schema definitions (one schema({...}) file each; a schemas/ folder beside the
-# extensions is read too). strict_schemas makes an item of a schema with no definition an error.
+# Your own schema definitions (one schema({...}) file each; a schemas/ folder inside the
+# extensions folder is read too). strict_schemas makes an item of a schema with no definition an error.
 # schemas = "my-schemas"
 # strict_schemas = false
 

@@ -68,7 +68,8 @@ impl DaemonSettings {
     fn watched_folders(&self) -> Vec<PathBuf> {
         let ext = &self.extensions;
         let mut out = vec![ext.clone(), ext.join("lib")];
-        out.extend(crate::schema::folders(ext, self.schemas.as_deref()));
+        // `<extensions>/schemas/` whether it exists yet or not: one made later is seen.
+        out.push(ext.join("schemas"));
         out.extend(self.schemas.clone());
         out
     }
@@ -324,12 +325,19 @@ impl Daemon {
     /// install is tried again at the next reload, the definitions being checked all the same.
     fn install_schemas(&mut self) -> (Arc<crate::js::extension::SchemaSources>, Vec<crate::metrics::LoadFailure>) {
         let folders = crate::schema::folders(&self.settings.extensions, self.settings.schemas.as_deref());
-        let defs = match crate::schema::Definitions::load(&folders, self.settings.strict_schemas, 1) {
+        let strict = self.settings.strict_schemas;
+        let defs = match crate::schema::Definitions::load(&folders, strict, 1) {
             Ok(defs) => defs,
-            Err(e) => {
-                eprintln!("raindrop: {e}; no item is checked against a definition until they load");
-                return (Arc::default(), Vec::new());
-            }
+            Err(e) => match crate::schema::Definitions::load(&[], strict, 1) {
+                Ok(bundled) => {
+                    eprintln!("raindrop: {e}; the bundled definitions are used until the folder can be read");
+                    bundled
+                }
+                Err(e) => {
+                    eprintln!("raindrop: {e}; no item is checked against a definition until they load");
+                    return (Arc::default(), Vec::new());
+                }
+            },
         };
         match crate::schema::install(&*self.store, &defs) {
             Ok(done) => crate::schema::report(&done),
@@ -383,7 +391,7 @@ impl Daemon {
                 std::thread::sleep(WATCH_INTERVAL);
                 let settled = snapshot_of(&folders());
                 if settled == now {
-                    eprintln!("raindrop: the extensions folder changed: taking it up");
+                    eprintln!("raindrop: the extensions folder (or a schema definition) changed: taking it up");
                     seen = settled;
                     control.reload(false);
                 }

@@ -22,7 +22,8 @@ pub use crate::model::DEFINITION_SCHEMA;
 const WRITER: &str = "rd.core.schemas";
 /// Documents read, upgraded and written at a time.
 const UPGRADE_PAGE: usize = 200;
-/// Failed upgrades after which a start stops upgrading (the next start tries again).
+/// Failed upgrades of one schema after which a start stops upgrading it (the next start tries
+/// again).
 const MAX_FAILURES: usize = 100;
 
 /// What [`install`] did.
@@ -36,6 +37,9 @@ pub struct Installed {
     /// Documents whose upgrade failed, with why: left at their old version, tried again at
     /// the next start.
     pub failed: Vec<(String, String)>,
+    /// Schemas whose upgrade pass stopped early (an upgrade out of time or memory, or too many
+    /// failures): what is left is tried again at the next start.
+    pub stopped: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,9 @@ pub fn report(done: &Installed) {
     }
     for (id, why) in &done.failed {
         eprintln!("raindrop: {id} could not be upgraded ({why}); it keeps its version and is tried again at the next start");
+    }
+    for schema in &done.stopped {
+        eprintln!("raindrop: the upgrade pass over {schema} stopped: its upgrade() keeps failing; what is left is tried at the next start");
     }
 }
 
@@ -146,6 +153,7 @@ fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done:
     let Some((pool, ext)) = defs.upgrader(&def.decl.id) else { return Ok(()) };
     let version = def.decl.version;
     let ids = stale_ids(store, &def.decl.id, version)?;
+    let failed_before = done.failed.len();
     if !ids.is_empty() {
         tracing::info!(schema = %def.decl.id, version, documents = ids.len(), "upgrading documents to their definition's version");
     }
@@ -196,8 +204,8 @@ fn upgrade_schema(store: &dyn Store, defs: &Definitions, def: &Definition, done:
                 WriteResult::Error { id, reason } => done.failed.push((id, reason)),
             }
         }
-        if hopeless || done.failed.len() >= MAX_FAILURES {
-            done.failed.push((def.decl.id.clone(), "the upgrade pass over this schema stopped: its upgrade() keeps failing".into()));
+        if hopeless || done.failed.len() - failed_before >= MAX_FAILURES {
+            done.stopped.push(def.decl.id.clone());
             break;
         }
     }

@@ -1,5 +1,5 @@
 //! Formal schema definitions: one JS file per schema (`schema({id, version, fields, …})`),
-//! read from the bundled `schemas/` folder, a `schemas/` folder beside the extensions and
+//! read from the bundled `schemas/` folder, a `schemas/` folder inside the extensions folder and
 //! `--schemas DIR` (a later folder's definition of an id replaces an earlier one's).
 //!
 //! Checking an emitted item is the driver's job, in the extension's own sandbox at the

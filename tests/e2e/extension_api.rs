@@ -436,7 +436,7 @@ fn contacts_survive_their_extension_running_again() {
     ok({
         let mut c = rd(&db, &exts);
         c.arg("--config").arg(crate::support::repo().join("fixtures/corpus-config.toml"));
-        c.args(["import", "--process"]).arg(crate::support::repo().join("../shared/corpus/raindrop"));
+        c.args(["import", "--process"]).arg(crate::support::repo().join("fixtures/mail"));
         c
     });
     let contacts = |docs: &[Value]| -> Vec<Value> {

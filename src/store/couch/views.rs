@@ -12,8 +12,8 @@ use crate::store::{StoreError, ViewQuery, ViewRow};
 const MEGAVIEW_PATH: &str = "_design/raindrop/_view/megaview";
 
 impl CouchStore {
-    /// Installs (or updates) the design document behind [`Store::find`].
-    /// Installs the views on first use (once per store).
+    /// Installs (or updates) Raindrop's design document — the megaview, behind `find` and
+    /// `megaview` — on first use (once per store).
     pub(super) fn views(&self) -> Result<(), StoreError> {
         if !self.views_ready.load(std::sync::atomic::Ordering::Acquire) {
             self.ensure_views()?;
