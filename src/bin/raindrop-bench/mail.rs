@@ -134,8 +134,19 @@ pub(crate) fn mail_run(
     beside: bool,
     checked: bool,
 ) -> (f64, f64, u64, u64, usize, String) {
-    use raindrop::pipeline::{Pipeline, RunOptions};
     let store: Arc<dyn Store> = Arc::new(raindrop::store::embedded::EmbeddedStore::open(dir).unwrap());
+    mail_run_on(store, messages, threads, beside, checked)
+}
+
+/// [`mail_run`] on a store already open (the CouchDB-protocol benchmark's).
+pub(crate) fn mail_run_on(
+    store: Arc<dyn Store>,
+    messages: &[Vec<u8>],
+    threads: usize,
+    beside: bool,
+    checked: bool,
+) -> (f64, f64, u64, u64, usize, String) {
+    use raindrop::pipeline::{Pipeline, RunOptions};
     let exts = std::env::var("BENCH_EXTENSIONS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("js-extensions"));
@@ -311,4 +322,71 @@ pub(crate) fn bench_mail() {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// `raindrop-bench mail-couch [POUCHDB_SERVER_BIN]`: the generated mailbox
+/// (`BENCH_MESSAGES`, default 1,000) through every bundled extension on PouchDB Server over
+/// loopback HTTP, as `raindrop import` then `raindrop process` with 2 JS threads: messages/s,
+/// HTTP requests per message (every request the store sent, retries included), and the
+/// server process's CPU seconds per 1,000 messages (its `/proc` times before and after).
+pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
+    let Some(bin) = pouchdb_bin.or_else(|| std::env::var("RAINDROP_POUCHDB_SERVER").ok()) else {
+        println!("(PouchDB Server skipped: pass its path or set RAINDROP_POUCHDB_SERVER)");
+        return;
+    };
+    let n: usize = std::env::var("BENCH_MESSAGES").ok().and_then(|s| s.replace('_', "").parse().ok()).unwrap_or(1_000);
+    let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let messages = mailbox(n);
+    let dir = std::env::temp_dir().join(format!("raindrop-bench-mail-couch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (mut child, port) = super::start_pouchdb(&bin, &dir.join("pouchdb"));
+    let url = format!("http://127.0.0.1:{port}/mail");
+    let couch = Arc::new(raindrop::store::couch::CouchStore::open(&url, Default::default()).unwrap());
+    let cpu_before = process_cpu_seconds(child.id());
+    let requests_before = couch.requests();
+    let (imported, total, written, errors, bodies, conversations) = mail_run_on(couch.clone(), &messages, threads, false, true);
+    let cpu = process_cpu_seconds(child.id()) - cpu_before;
+    let requests = couch.requests() - requests_before;
+    let failures = (&*couch as &dyn Store).find_docs("rd.core.error", None, 3).unwrap_or_default();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "raindrop-bench mail-couch — one run; a generated mailbox of {n} messages, the bundled extensions, PouchDB Server on loopback"
+    );
+    println!(
+        "{:>9} {:>10} {:>10} {:>10} {:>12} {:>14} {:>12} {:>16} {:>14} {:>8}  conversations (digest)",
+        "messages",
+        "JS threads",
+        "import s",
+        "total s",
+        "messages/s",
+        "HTTP requests",
+        "per message",
+        "server CPU s",
+        "per 1,000 msgs",
+        "errors"
+    );
+    println!(
+        "{n:>9} {threads:>10} {imported:>10.2} {total:>10.2} {:>12.0} {requests:>14} {:>12.2} {cpu:>16.1} {:>14.2} {errors:>8}  {conversations}",
+        n as f64 / total,
+        requests as f64 / n as f64,
+        cpu * 1000.0 / n as f64
+    );
+    println!("documents written {written}, rd.msg.body {bodies}; one worker (shared workers are issue 21's)");
+    for f in &failures {
+        println!("error document: {}", f.get("error_details").map(|d| d.to_string()).unwrap_or_default());
+    }
+    println!("target (issue 21): <= 1 HTTP request per message; the server's CPU per message 3x lower");
+}
+
+/// User and system CPU seconds of process `pid` so far, from `/proc` (0 when it cannot be read).
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // After the command name in parentheses: state is field 3; utime and stime are 14 and 15.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // Linux reports them in USER_HZ, 100 a second.
+    (ticks(11) + ticks(12)) / 100.0
 }

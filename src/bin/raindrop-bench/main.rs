@@ -38,12 +38,13 @@ fn main() {
         Some("store") => bench_store(args.get(2).cloned()),
         Some("pipeline") => bench_pipeline(args.get(2).cloned()),
         Some("mail") => mail::bench_mail(),
+        Some("mail-couch") => mail::bench_mail_couch(args.get(2).cloned()),
         Some("api") => api::bench_api(),
         Some("api-load") => api::load_only(&args[2..]),
         Some("stdio-child") => stdio_child(),
         Some("pool-one-cpu") => pool_one_cpu(Duration::from_secs_f64(seconds)),
         _ => {
-            eprintln!("usage: raindrop-bench pool | store [POUCHDB_SERVER_BIN] | pipeline [POUCHDB_SERVER_BIN] | mail | api");
+            eprintln!("usage: raindrop-bench pool | store [POUCHDB_SERVER_BIN] | pipeline [POUCHDB_SERVER_BIN] | mail | mail-couch [POUCHDB_SERVER_BIN] | api");
             std::process::exit(2);
         }
     }
@@ -319,7 +320,7 @@ fn pool_one_cpu(window: Duration) {
 }
 
 /// Starts PouchDB Server on a free loopback port with its data in `dir`; waits until it answers.
-fn start_pouchdb(bin: &str, dir: &std::path::Path) -> (std::process::Child, u16) {
+pub(crate) fn start_pouchdb(bin: &str, dir: &std::path::Path) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     std::fs::create_dir_all(dir).unwrap();
     let child = Command::new(bin)

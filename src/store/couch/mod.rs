@@ -68,9 +68,16 @@ pub struct CouchStore {
     /// Whether the design document behind `find` is known to be installed (done on first use,
     /// so databases that never query carry no design document).
     views_ready: std::sync::atomic::AtomicBool,
+    /// HTTP requests sent (each attempt), for benchmarks to count round trips.
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl CouchStore {
+    /// How many HTTP requests this store has sent (every attempt counts).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Connects to the database at `url` (`http[s]://[user[:password]@]host:port/db`) and
     /// creates it if it does not exist.
     pub fn open(url: &str, retry: RetryPolicy) -> Result<CouchStore, StoreError> {
@@ -87,7 +94,15 @@ impl CouchStore {
             .timeout(retry.request_timeout)
             .build()
             .map_err(|e| StoreError::Unavailable { location: redact(url), reason: e.to_string() })?;
-        let store = CouchStore { client, db_url: redact(url), user, password, retry, views_ready: Default::default() };
+        let store = CouchStore {
+            client,
+            db_url: redact(url),
+            user,
+            password,
+            retry,
+            views_ready: Default::default(),
+            requests: Default::default(),
+        };
         store.ensure_db()?;
         Ok(store)
     }
@@ -123,6 +138,7 @@ impl CouchStore {
         let mut last_error = String::new();
         let mut timeouts = 0;
         for attempt in 1..=self.retry.attempts.max(1) {
+            self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             match make().send() {
                 Err(e) if e.is_timeout() => {
                     timeouts += 1;
