@@ -378,6 +378,9 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
         println!("error document: {}", f.get("error_details").map(|d| d.to_string()).unwrap_or_default());
     }
     println!("target (issue 21): <= 1 HTTP request per message; the server's CPU per message 3x lower");
+    if raindrop::timing::enabled() {
+        eprint!("{}", raindrop::timing::take_report());
+    }
 }
 
 /// User and system CPU seconds of process `pid` so far, from `/proc` (0 when it cannot be read).
