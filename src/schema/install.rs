@@ -91,7 +91,8 @@ pub fn report(done: &Installed) {
 /// The raw item of a definition's document.
 fn definition_document(def: &Definition, own_version: Option<u32>) -> Map<String, Value> {
     let d = &def.decl;
-    let mut doc = json!({
+    let mut doc = Map::new();
+    let members = json!({
         "rd_key": ["schema", d.id],
         "rd_schema_id": DEFINITION_SCHEMA,
         "rd_ext_id": WRITER,
@@ -105,13 +106,11 @@ fn definition_document(def: &Definition, own_version: Option<u32>) -> Map<String
         "file": def.source.file_name(),
         "source": def.source.source,
     });
+    doc.extend(members.as_object().into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(v) = own_version {
-        doc["rd_schema_version"] = json!(v);
+        doc.insert("rd_schema_version".into(), json!(v));
     }
-    match doc {
-        Value::Object(map) => map,
-        _ => unreachable!("a JSON object literal"),
-    }
+    doc
 }
 
 /// Deletes the definition documents of schemas that no longer have a definition.

@@ -71,13 +71,14 @@ impl ViewAsk {
             ViewAsk { field: Some(_), value: None, .. } | ViewAsk { field: None, value: Some(_), .. } => {
                 Err("field and value go together (and with schema)".into())
             }
-            ViewAsk { key: None, schema: None, field: None, value: None, source, ext, dep: None } if source.is_some() || ext.is_some() => {
-                Ok(match (ext, source) {
-                    (Some(e), Some(s)) => MegaKey::ExtSource(e.clone(), s.clone()),
-                    (Some(e), None) => MegaKey::Ext(e.clone()),
-                    (None, Some(s)) => MegaKey::Source(s.clone()),
-                    (None, None) => unreachable!("one of them is given"),
-                })
+            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: Some(e), dep: None } => {
+                Ok(MegaKey::ExtSource(e.clone(), s.clone()))
+            }
+            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: Some(e), dep: None } => {
+                Ok(MegaKey::Ext(e.clone()))
+            }
+            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: None, dep: None } => {
+                Ok(MegaKey::Source(s.clone()))
             }
             ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: None, dep: Some(d) } => {
                 Ok(MegaKey::Dep(d.clone()))

@@ -257,7 +257,7 @@ pub(crate) fn bench_mail() {
     );
     let mut rates = std::collections::BTreeMap::new();
     // (off, on) rates of a run with both variants.
-    let mut unchecked: std::collections::BTreeMap<(usize, &str, usize), Vec<f64>> = Default::default();
+    let mut by_variant: std::collections::BTreeMap<(usize, &str, usize), Vec<f64>> = Default::default();
     for &n in &sizes {
         let messages = &all[..n];
         for &threads in &counts {
@@ -277,7 +277,7 @@ pub(crate) fn bench_mail() {
                     rates.insert((n, mode, threads), rate);
                 }
                 if variants.len() > 1 {
-                    unchecked.entry((n, mode, threads)).or_default().push(rate);
+                    by_variant.entry((n, mode, threads)).or_default().push(rate);
                 }
                 println!(
                     "{n:>9} {threads:>10} {mode:>8} {schemas:>8} {imported:>10.2} {total:>10.2} {rate:>12.0} {written:>14} {bodies:>16} {errors:>8}  {conversations}"
@@ -309,7 +309,7 @@ pub(crate) fn bench_mail() {
             }
         }
     }
-    for ((n, mode, threads), pair) in &unchecked {
+    for ((n, mode, threads), pair) in &by_variant {
         if let [off, on] = pair.as_slice() {
             println!("{n} messages, {mode}, {threads} thread(s): with the schema checks and the megaview / without: {:.2}x", on / off);
         }
