@@ -1,12 +1,36 @@
 // rd.conv.summary → rd.grouping.summary per grouping tag (["display-group", tag]): up to five
 // unread conversations, latest first, and how many are unread, as the original's group-summary
-// did (a later_handler: one rebuild per tag per page).
+// did (a later_handler: one update per tag per batch of pages).
+//
+// Neither part reads the group's conversations: a summary lists its unread tags with their
+// times in unread_grouping_timestamp ([tag, time] pairs), and the megaview's rows of that field
+// are asked in order (the latest five) and counted — the cost of a group's update does not
+// grow with its unread conversations.
+const SCHEMA = "rd.conv.summary";
+const FIELD = "unread_grouping_timestamp";
+
+// The latest five unread conversations of `tag`, as a full sort of all of them would give:
+// latest first, then by conversation id. Rows tied with the fifth are all asked, so the order
+// among them is ours, not the index's.
+function latestUnread(tag) {
+  const top = open_view({ schema: SCHEMA, field: FIELD, prefix: [tag], descending: true, limit: 5 });
+  const entry = (row) => ({ conv: row.value.rd_key, ts: row.key[2][1] });
+  let unread = top.map(entry);
+  if (top.length === 5) {
+    const fifth = top[4].key[2];
+    const tied = open_view({ schema: SCHEMA, field: FIELD + "[]", value: fifth, limit: 1000000 });
+    unread = unread.filter((u) => u.ts !== fifth[1]).concat(tied.map((row) => ({ conv: row.value.rd_key, ts: fifth[1] })));
+  }
+  unread.sort((a, b) => b.ts - a.ts || (JSON.stringify(a.conv) < JSON.stringify(b.conv) ? -1 : 1));
+  return unread.slice(0, 5).map((u) => u.conv);
+}
+
 extension({
   id: "rd.ext.core.group-summary",
   source_fields: ["all_grouping_tags", "unread_grouping_tags"],
-  indexes: [["rd.conv.summary", "unread_grouping_tags[]"]],
+  indexes: [[SCHEMA, FIELD + "[]"]],
   filter(id, rev, schema_id) {
-    return schema_id === "rd.conv.summary";
+    return schema_id === SCHEMA;
   },
   handler(doc) {
     process_later((doc.all_grouping_tags || []).concat(doc.unread_grouping_tags || []));
@@ -14,16 +38,9 @@ extension({
   later_handler(tagLists) {
     const tags = new Set();
     for (const list of tagLists) for (const t of list) tags.add(t);
-    if (!tags.size) return;
     for (const tag of [...tags].sort()) {
-      const unread = [];
-      for (const s of find_schemas("rd.conv.summary", "unread_grouping_tags[]", tag, 1000000, ["grouping-timestamp"])) {
-        const at = (s["grouping-timestamp"] || []).find((g) => g[0] === tag);
-        unread.push({ conv: s.rd_key, ts: at ? at[1] : 0 });
-      }
-      unread.sort((a, b) => b.ts - a.ts || (JSON.stringify(a.conv) < JSON.stringify(b.conv) ? -1 : 1));
-      emit_schema("rd.grouping.summary", { unread: unread.slice(0, 5).map((u) => u.conv), num_unread: unread.length },
-        { rd_key: ["display-group", tag] });
+      const num_unread = count_view({ schema: SCHEMA, field: FIELD, prefix: [tag] });
+      emit_schema("rd.grouping.summary", { unread: latestUnread(tag), num_unread }, { rd_key: ["display-group", tag] });
     }
   },
 });

@@ -43,7 +43,8 @@ pub enum DbCommand {
     },
     /// Print the megaview's rows for one question, one JSON line each ({id, key, value}):
     /// --key (with --schema: that document), --schema (with --field and --value: by a field's
-    /// value; an expandable field by element), --ext and/or --source, or --dep.
+    /// value, an expandable field by element; with --field and --prefix: the values that are
+    /// arrays starting so, in order), --ext and/or --source, or --dep. --count prints how many.
     Megaview(MegaviewArgs),
 }
 
@@ -54,11 +55,18 @@ pub struct MegaviewArgs {
     key: Option<String>,
     #[arg(long)]
     schema: Option<String>,
-    #[arg(long, requires = "value")]
+    #[arg(long)]
     field: Option<String>,
     /// The field's value, as JSON (`'"text"'`, `42`, `["email", "a@b"]`).
     #[arg(long, requires = "field")]
     value: Option<String>,
+    /// Instead of --value: the first elements of the array values asked, as a JSON array
+    /// (`'["tag"]'`); rows come in the values' order.
+    #[arg(long, requires = "field", conflicts_with = "value")]
+    prefix: Option<String>,
+    /// Print the number of rows instead of the rows.
+    #[arg(long)]
+    count: bool,
     /// A source document's id (`null`: raw data, with no source).
     #[arg(long)]
     source: Option<String>,
@@ -86,6 +94,11 @@ impl MegaviewArgs {
             schema: self.schema.clone(),
             field: self.field.clone(),
             value: json("value", &self.value)?,
+            prefix: match json("prefix", &self.prefix)? {
+                None => None,
+                Some(Value::Array(items)) => Some(items),
+                Some(other) => anyhow::bail!("--prefix must be a JSON array, not {other}"),
+            },
             source: self.source.as_deref().map(|s| (s != "null").then(|| s.to_string())),
             ext: self.ext.clone(),
             dep: json("dep", &self.dep)?,
@@ -165,6 +178,10 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
         }
         DbCommand::Megaview(args) => {
             let key = args.ask()?.key(&*store).map_err(anyhow::Error::msg)?;
+            if args.count {
+                writeln!(out, "{}", store.megaview_count(&key)?)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             let query = raindrop::store::ViewQuery { key, limit: args.limit, skip: args.skip, descending: args.descending };
             for row in store.megaview(&query)? {
                 writeln!(out, "{}", serde_json::to_string(&row)?)?;

@@ -20,12 +20,13 @@ pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec
     find_schemas(host, store.clone());
     find_schemas_each(host, store.clone());
     open_view(host, store.clone());
+    count_view(host, store.clone());
     update_documents(host, store);
 }
 
-/// `open_view({key | schema | schema, field, value | source | ext | dep, limit, skip,
-/// descending, include_docs})` → `[{id, key, value[, doc]}, …]`: rows of the megaview (see
-/// `store::megaview`), at most `limit` (default 1,000).
+/// `open_view({key | schema | schema, field, value | schema, field, prefix | source | ext |
+/// dep, limit, skip, descending, include_docs})` → `[{id, key, value[, doc]}, …]`: rows of the
+/// megaview (see `store::megaview`), at most `limit` (default 1,000).
 fn open_view(host: &mut HostFunctions, s: Arc<dyn Store>) {
     host.register("open_view", move |_, args| {
         let o = args
@@ -58,6 +59,17 @@ fn open_view(host: &mut HostFunctions, s: Arc<dyn Store>) {
             }
         }
         Ok(Value::Array(out))
+    });
+}
+
+/// `count_view({...})` → how many rows `open_view` would give for the question with no limit,
+/// without reading them (the unread conversations of a group: the field index's entries on the
+/// embedded store, the view's `_count` on CouchDB).
+fn count_view(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register("count_view", move |_, args| {
+        let o = args.first().and_then(Value::as_object).ok_or("count_view needs an object, the question open_view takes")?;
+        let key = crate::schema::ViewAsk::from_object(o).map_err(HostError)?.key(&*s).map_err(HostError)?;
+        Ok(json!(s.megaview_count(&key)?))
     });
 }
 

@@ -17,6 +17,8 @@ pub struct ViewAsk {
     pub schema: Option<String>,
     pub field: Option<String>,
     pub value: Option<Value>,
+    /// Instead of `value`: every value that is an array starting with these elements, in order.
+    pub prefix: Option<Vec<Value>>,
     /// `Some(None)`: raw data, with no source.
     pub source: Option<Option<String>>,
     pub ext: Option<String>,
@@ -25,7 +27,7 @@ pub struct ViewAsk {
 
 impl ViewAsk {
     /// Reads the question's parts from an object (`open_view({...})`): `key`, `schema`,
-    /// `field` and `value`, `source`, `ext`, `dep`.
+    /// `field` and `value` (or `prefix`), `source`, `ext`, `dep`.
     pub fn from_object(o: &serde_json::Map<String, Value>) -> Result<ViewAsk, String> {
         let text = |name: &str| match o.get(name) {
             None | Some(Value::Null) => Ok(None),
@@ -37,6 +39,11 @@ impl ViewAsk {
             schema: text("schema")?,
             field: text("field")?,
             value: o.get("value").cloned(),
+            prefix: match o.get("prefix") {
+                None | Some(Value::Null) => None,
+                Some(Value::Array(items)) => Some(items.clone()),
+                Some(other) => return Err(format!("prefix must be an array (the first elements of the values asked), not {other}")),
+            },
             source: match o.get("source") {
                 None => None,
                 Some(Value::Null) => Some(None),
@@ -49,38 +56,49 @@ impl ViewAsk {
     }
 
     /// The one megaview key the parts make: `key` (with `schema`: that document), `schema`
-    /// (with `field` and `value`: by a field's value), `ext` and/or `source`, or `dep`.
+    /// (with `field` and `value`: by a field's value; with `field` and `prefix`: the values that
+    /// are arrays starting so, in order), `ext` and/or `source`, or `dep`.
     pub fn key(&self, store: &dyn Store) -> Result<MegaKey, String> {
-        let many = "ask by one of: key (and schema), schema (and field with value), ext and/or source, dep";
+        let many = "ask by one of: key (and schema), schema (and field with value or prefix), ext and/or source, dep";
+        let field_of = |s: &str, f: &str| -> Result<String, String> {
+            let expand = !f.ends_with("[]") && expandable(store, s, f).map_err(|e| e.to_string())?;
+            Ok(if expand { format!("{f}[]") } else { f.to_string() })
+        };
+        if let Some(prefix) = &self.prefix {
+            return match self {
+                ViewAsk { key: None, schema: Some(s), field: Some(f), value: None, source: None, ext: None, dep: None, .. } => {
+                    Ok(MegaKey::FieldPrefix(s.clone(), field_of(s, f)?, prefix.clone()))
+                }
+                _ => Err("prefix goes with schema and field alone (instead of value)".into()),
+            };
+        }
         match self {
-            ViewAsk { key: Some(k), schema, field: None, value: None, source: None, ext: None, dep: None } => {
+            ViewAsk { key: Some(k), schema, field: None, value: None, source: None, ext: None, dep: None, .. } => {
                 let id = |schema: &str| model::doc_id(k, schema).map_err(|e| e.to_string());
                 Ok(match schema {
                     Some(s) => MegaKey::KeySchema { key: k.clone(), schema: s.clone(), id: id(s)? },
                     None => MegaKey::Key { key: k.clone(), id_prefix: id("")? },
                 })
             }
-            ViewAsk { key: None, schema: Some(s), field: None, value: None, source: None, ext: None, dep: None } => {
+            ViewAsk { key: None, schema: Some(s), field: None, value: None, source: None, ext: None, dep: None, .. } => {
                 Ok(MegaKey::Schema(s.clone()))
             }
-            ViewAsk { key: None, schema: Some(s), field: Some(f), value: Some(v), source: None, ext: None, dep: None } => {
-                let field =
-                    if !f.ends_with("[]") && expandable(store, s, f).map_err(|e| e.to_string())? { format!("{f}[]") } else { f.clone() };
-                Ok(MegaKey::Field(s.clone(), field, v.clone()))
+            ViewAsk { key: None, schema: Some(s), field: Some(f), value: Some(v), source: None, ext: None, dep: None, .. } => {
+                Ok(MegaKey::Field(s.clone(), field_of(s, f)?, v.clone()))
             }
             ViewAsk { field: Some(_), value: None, .. } | ViewAsk { field: None, value: Some(_), .. } => {
                 Err("field and value go together (and with schema)".into())
             }
-            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: Some(e), dep: None } => {
+            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: Some(e), dep: None, .. } => {
                 Ok(MegaKey::ExtSource(e.clone(), s.clone()))
             }
-            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: Some(e), dep: None } => {
+            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: Some(e), dep: None, .. } => {
                 Ok(MegaKey::Ext(e.clone()))
             }
-            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: None, dep: None } => {
+            ViewAsk { key: None, schema: None, field: None, value: None, source: Some(s), ext: None, dep: None, .. } => {
                 Ok(MegaKey::Source(s.clone()))
             }
-            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: None, dep: Some(d) } => {
+            ViewAsk { key: None, schema: None, field: None, value: None, source: None, ext: None, dep: Some(d), .. } => {
                 Ok(MegaKey::Dep(d.clone()))
             }
             _ => Err(many.into()),

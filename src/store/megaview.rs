@@ -8,6 +8,11 @@
 //! - per top-level field: `[schema, field, value]` (values up to 512 bytes of JSON), and
 //!   `[schema, "field[]", element]` for each element of an array field.
 //!
+//! A field's rows are also asked as a range — every value that is an array starting with a
+//! prefix, in collation order ([`MegaKey::FieldPrefix`]: the latest unread conversations of a
+//! group, `[tag, time]` pairs) — and counted ([`crate::store::Store::megaview_count`]: a
+//! CouchDB `_count` reduce), so an ordered or counted question reads no document.
+//!
 //! A row's value is `{_rev, rd_key, rd_schema_id}`, with `rd_ext_id` and `rd_source` on a
 //! contributor's rows. CouchDB keeps it as a view of a design document; the embedded store
 //! answers from its tables (the documents, the field index, and a table of contributors
@@ -38,6 +43,9 @@ pub enum MegaKey {
     Dep(Value),
     /// `[schema, field, value]`; `field` ends in `[]` for an element of an array field.
     Field(String, String, Value),
+    /// Every `[schema, field, value]` whose value is an array starting with these elements,
+    /// ordered by value (CouchDB's collation), then by document id. Each row's key is its own.
+    FieldPrefix(String, String, Vec<Value>),
 }
 
 /// A query of the megaview: the rows of one key, in document id order (reversed when
@@ -72,7 +80,43 @@ impl MegaKey {
             MegaKey::ExtSource(e, s) => json!(["ext_id-source", [e, source(s)]]),
             MegaKey::Dep(d) => json!(["dep", d]),
             MegaKey::Field(schema, field, value) => json!([schema, field, value]),
+            MegaKey::FieldPrefix(schema, field, prefix) => json!([schema, field, prefix]),
         }
+    }
+}
+
+/// CouchDB's order of JSON values: null, false, true, numbers, strings, arrays (element by
+/// element, the shorter first), objects (member by member). Strings are compared by code point
+/// here, where CouchDB uses the Unicode collation (`"a" < "B"`): a store ordering strings needs
+/// no more than the same order for equal prefixes.
+pub fn collate(a: &Value, b: &Value) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn rank(v: &Value) -> u8 {
+        match v {
+            Value::Null => 0,
+            Value::Bool(false) => 1,
+            Value::Bool(true) => 2,
+            Value::Number(_) => 3,
+            Value::String(_) => 4,
+            Value::Array(_) => 5,
+            Value::Object(_) => 6,
+        }
+    }
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
+        }
+        (Value::String(x), Value::String(y)) => x.cmp(y),
+        (Value::Array(x), Value::Array(y)) => {
+            x.iter().zip(y).map(|(p, q)| collate(p, q)).find(|o| o.is_ne()).unwrap_or_else(|| x.len().cmp(&y.len()))
+        }
+        (Value::Object(x), Value::Object(y)) => x
+            .iter()
+            .zip(y)
+            .map(|((k, p), (l, q))| k.cmp(l).then_with(|| collate(p, q)))
+            .find(|o| o.is_ne())
+            .unwrap_or_else(|| x.len().cmp(&y.len())),
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 
@@ -92,5 +136,35 @@ mod tests {
         assert_eq!(MegaKey::Source(None).to_json(), json!(["source", null]));
         assert_eq!(MegaKey::ExtSource("x".into(), Some("rc!y".into())).to_json(), json!(["ext_id-source", ["x", "rc!y"]]));
         assert_eq!(MegaKey::Field("s".into(), "f[]".into(), json!(1)).to_json(), json!(["s", "f[]", 1]));
+    }
+
+    #[test]
+    fn values_collate_as_in_couchdb() {
+        let ordered = [
+            json!(null),
+            json!(false),
+            json!(true),
+            json!(-1.5),
+            json!(1),
+            json!(1.25),
+            json!(10),
+            json!(""),
+            json!("a"),
+            json!("ab"),
+            json!([]),
+            json!(["a"]),
+            json!(["a", 2]),
+            json!(["a", 10]),
+            json!(["a", "b"]),
+            json!(["b"]),
+            json!({}),
+            json!({"a": 1}),
+        ];
+        for (i, a) in ordered.iter().enumerate() {
+            for (j, b) in ordered.iter().enumerate() {
+                assert_eq!(collate(a, b), i.cmp(&j), "{a} against {b}");
+            }
+        }
+        assert!(collate(&json!(1), &json!(1.0)).is_eq());
     }
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-pub use megaview::{MegaKey, ViewQuery, ViewRow};
+pub use megaview::{collate, MegaKey, ViewQuery, ViewRow};
 pub use spec::{open, StoreSpec};
 
 /// A document: a JSON object with CouchDB's underscore fields.
@@ -326,6 +326,10 @@ pub trait Store: Send + Sync {
 
     /// The rows of one megaview key (see [`MegaKey`]).
     fn megaview(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError>;
+    /// How many rows the megaview has for `key`, without reading them (a group's unread
+    /// conversations): CouchDB reduces the view with `_count`, the embedded store counts the
+    /// field index's entries.
+    fn megaview_count(&self, key: &MegaKey) -> Result<u64, StoreError>;
 
     /// Deletes the whole database.
     fn destroy(&self) -> Result<(), StoreError>;

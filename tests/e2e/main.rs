@@ -14,4 +14,5 @@ mod pipeline;
 mod schemas;
 mod store_conformance;
 mod store_faults;
+mod summaries;
 mod support;

@@ -404,6 +404,10 @@ impl Store for CouchStore {
         self.megaview_rows(query)
     }
 
+    fn megaview_count(&self, key: &crate::store::MegaKey) -> Result<u64, StoreError> {
+        self.megaview_reduced_count(key)
+    }
+
     /// CouchDB's view indexes every field at once: nothing to ready.
     fn index_field(&self, _schema_id: &str, _field: &str) -> Result<(), StoreError> {
         Ok(())

@@ -141,20 +141,89 @@ impl EmbeddedStore {
         match &q.key {
             MegaKey::Schema(_) | MegaKey::Key { .. } | MegaKey::KeySchema { .. } => {}
             MegaKey::Field(schema, field, _) => self.ensure_index(schema, field)?,
+            MegaKey::FieldPrefix(schema, field, prefix) => {
+                self.ensure_index(schema, field)?;
+                return self.read(|c| prefix_rows(c, q, schema, field, prefix));
+            }
             _ => self.catch_up_contributors()?,
         }
         let key = q.key.to_json();
         self.read(|c| rows_of(c, q, &key))
     }
+
+    /// The number of rows of `key`: a field's from the field index alone (its entries are those
+    /// of live documents), any other key's by reading them.
+    pub(super) fn megaview_count_rows(&self, key: &MegaKey) -> Result<u64, StoreError> {
+        let count = |sql: &str, args: Vec<String>| {
+            self.read(|c| c.prepare_cached(sql)?.query_row(rusqlite::params_from_iter(args), |r| r.get::<_, i64>(0)))
+                .map(|n| n.max(0) as u64)
+        };
+        match key {
+            MegaKey::Field(schema, field, value) => {
+                self.ensure_index(schema, field)?;
+                let args = vec![schema.clone(), field.clone(), super::index::index_text(value)];
+                count("SELECT COUNT(*) FROM field_index WHERE schema = ?1 AND field = ?2 AND value = ?3", args)
+            }
+            MegaKey::FieldPrefix(schema, field, prefix) => {
+                self.ensure_index(schema, field)?;
+                let (whole, open) = prefix_bounds(prefix);
+                count(&format!("SELECT COUNT(*) FROM field_index WHERE {PREFIX_RANGE}"), vec![schema.clone(), field.clone(), whole, open])
+            }
+            _ => {
+                let all = ViewQuery { key: key.clone(), limit: usize::MAX, skip: 0, descending: false };
+                Ok(self.megaview_rows(&all)?.len() as u64)
+            }
+        }
+    }
+}
+
+/// The field index's entries of a [`MegaKey::FieldPrefix`]: `?3` the prefix array's text
+/// (`["t"]`), `?4` the text every longer array with that prefix starts with (`["t",`) — the
+/// index's texts are canonical JSON, so the prefix of the elements is a prefix of the text.
+const PREFIX_RANGE: &str = "schema = ?1 AND field = ?2 AND (value = ?3 OR (value >= ?4 AND value < ?4 || char(1114111)))";
+
+/// `?3` and `?4` of [`PREFIX_RANGE`].
+fn prefix_bounds(prefix: &[Value]) -> (String, String) {
+    let whole = super::index::index_text(&Value::Array(prefix.to_vec()));
+    let open = if prefix.is_empty() { "[".to_string() } else { format!("{},", &whole[..whole.len() - 1]) };
+    (whole, open)
+}
+
+/// The rows of a [`MegaKey::FieldPrefix`]: the range's entries (value and id, from the index
+/// alone) put in collation order, then the documents of the page asked for read for their
+/// revision and key. Sorting costs the range's size; only the page's documents are read.
+fn prefix_rows(c: &Connection, q: &ViewQuery, schema: &str, field: &str, prefix: &[Value]) -> rusqlite::Result<Vec<ViewRow>> {
+    let (whole, open) = prefix_bounds(prefix);
+    let mut stmt = c.prepare_cached(&format!("SELECT value, id FROM field_index WHERE {PREFIX_RANGE}"))?;
+    let mut found: Vec<(Value, String)> = stmt
+        .query_map(params![schema, field, whole, open], |r| {
+            Ok((serde_json::from_str(super::rows::body_text(r, 0)?).unwrap_or(Value::Null), r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    found.sort_by(|a, b| crate::store::collate(&a.0, &b.0).then_with(|| a.1.cmp(&b.1)));
+    if q.descending {
+        found.reverse();
+    }
+    let mut doc = c.prepare_cached("SELECT rev, body FROM docs WHERE id = ?1 AND deleted = 0")?;
+    let mut out = Vec::new();
+    for (value, id) in found.into_iter().skip(q.skip).take(q.limit) {
+        let mut rows = doc.query([&id])?;
+        let Some(r) = rows.next()? else { continue };
+        let rev: String = r.get(0)?;
+        let rd_key = projected(super::rows::body_text(r, 1)?, &[]).remove("rd_key").unwrap_or(Value::Null);
+        let value_json = json!({ "_rev": rev, "rd_key": rd_key, "rd_schema_id": schema });
+        out.push(ViewRow { key: json!([schema, field, value]), id, value: value_json });
+    }
+    Ok(out)
 }
 
 /// The statement and its arguments for a key: rows of (id, rev, body, ext or NULL, NULL,
-/// schema).
-fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
+/// schema); `None` for a key [`prefix_rows`] answers.
+fn statement(key: &MegaKey) -> Option<(&'static str, Vec<rusqlite::types::Value>)> {
     use rusqlite::types::Value as Sql;
     let text = |s: &str| Sql::Text(s.to_string());
     let source = |s: &Option<String>| s.as_deref().map_or(Sql::Null, text);
-    match key {
+    Some(match key {
         MegaKey::Schema(s) => {
             ("SELECT d.id, d.rev, d.body, NULL, NULL, d.schema FROM docs d WHERE d.schema = ?1 AND d.deleted = 0", vec![text(s)])
         }
@@ -185,7 +254,9 @@ fn statement(key: &MegaKey) -> (&'static str, Vec<rusqlite::types::Value>) {
              WHERE d.deleted = 0 AND p.dep = ?1",
             vec![text(&dep.to_string())],
         ),
-    }
+        // Ordered by value, not by id: `prefix_rows`.
+        MegaKey::FieldPrefix(..) => return None,
+    })
 }
 
 const BY_EXT: &str = "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema FROM contributors c JOIN docs d ON d.id = c.id
@@ -196,7 +267,7 @@ const BY_EXT_SOURCE: &str = "SELECT d.id, d.rev, d.body, c.ext, NULL, d.schema F
      WHERE d.deleted = 0 AND c.ext = ?1 AND c.source IS ?2";
 
 fn rows_of(c: &Connection, q: &ViewQuery, key: &Value) -> rusqlite::Result<Vec<ViewRow>> {
-    let (head, args) = statement(&q.key);
+    let Some((head, args)) = statement(&q.key) else { return Ok(Vec::new()) };
     let order = if q.descending { " ORDER BY d.id DESC" } else { " ORDER BY d.id" };
     let sql = format!("{head}{order} LIMIT ?{} OFFSET ?{}", args.len() + 1, args.len() + 2);
     let mut stmt = c.prepare_cached(&sql)?;

@@ -187,6 +187,10 @@ impl Store for EmbeddedStore {
         self.megaview_rows(query)
     }
 
+    fn megaview_count(&self, key: &crate::store::MegaKey) -> Result<u64, StoreError> {
+        self.megaview_count_rows(key)
+    }
+
     fn changes(&self, since: &Seq, limit: usize, docs: bool) -> Result<ChangesPage<Arc<str>>, StoreError> {
         let since_n = parse_seq(since)?;
         let (changes, last_seq) = self.read(|c| rows::changes_after(c, since_n, since, limit, docs))?;
