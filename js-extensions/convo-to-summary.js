@@ -15,6 +15,18 @@ const SUMMARISED = ["rd.msg.conversation", "rd.msg.body", "rd.msg.seen", "rd.msg
 const PER_MESSAGE = SUMMARISED.slice(1);
 // Changes to a message already summarised that the stored summary absorbs without a rebuild.
 const ABSORBED = new Set(["rd.msg.conversation", "rd.msg.archived", "rd.msg.attachment-summary"]);
+// And changes it absorbs when the document is at its first revision, so the summary was made
+// either before it existed or from it (a message is often summarised a batch before all its
+// documents are read): a body (the summary had this one: nothing to do), a grouping tag (added:
+// adding it twice changes nothing), a seen flag saying unread or a deletion flag saying not
+// deleted (what no document meant: nothing to do).
+function firstRevisionAbsorbed(schema, doc) {
+  if (!doc || !String(doc._rev).startsWith("1-")) return false;
+  if (schema === "rd.msg.body" || schema === "rd.msg.grouping-tag") return true;
+  if (schema === "rd.msg.seen") return !doc.seen;
+  if (schema === "rd.msg.deleted") return !doc.deleted;
+  return false;
+}
 
 // Only the fields a summary uses: a body's text stays in the store.
 const FIELDS = ["from", "from_display", "to", "to_display", "cc", "subject", "timestamp",
@@ -80,6 +92,11 @@ Tally.prototype.add = function (m) {
     this.identities.push(id);
   }
   if (m.body.from_display && !this.fromDisplay.includes(m.body.from_display)) this.fromDisplay.push(m.body.from_display);
+  this.tag(m);
+};
+
+// Counts a message's grouping tag (again: counting one twice changes nothing).
+Tally.prototype.tag = function (m) {
   if (m.tag) {
     this.groupTimes.set(m.tag, Math.max(this.groupTimes.get(m.tag) || 0, m.body.timestamp || 0));
     if (!m.seen) this.unreadTags.add(m.tag);
@@ -148,21 +165,26 @@ function rebuild(convs) {
 
 // The stored summary brought forward by a conversation's changed messages, or undefined when
 // it has to be rebuilt. `changes`: [{key, schemas: Set (null: unknown)}], `docs(key)` the
-// message's documents (PER_MESSAGE order).
+// message's documents (PER_MESSAGE order, with their revisions).
 function bringForward(stored, changes, docs) {
   if (!stored || !Array.isArray(stored.message_ids) || !Array.isArray(stored.unread_grouping_timestamp)) return undefined;
   const summarised = new Set(stored.message_ids.map(keyText));
   const added = [];
   const attachments = new Map();
+  const tagged = [];
   for (const c of changes) {
-    const m = messageOf(c.key, docs(c.key));
+    const mine = docs(c.key);
+    const m = messageOf(c.key, mine);
     if (!summarised.has(keyText(c.key))) {
       if (m) added.push(m); // a new message (or one that is still no live message: nothing)
       continue;
     }
     if (c.schemas === null || !m) return undefined;
-    for (const s of c.schemas) if (!ABSORBED.has(s)) return undefined;
+    for (const s of c.schemas) {
+      if (!ABSORBED.has(s) && !firstRevisionAbsorbed(s, mine[PER_MESSAGE.indexOf(s)])) return undefined;
+    }
     attachments.set(keyText(c.key), m.attachments);
+    if (c.schemas.has("rd.msg.grouping-tag")) tagged.push(m);
   }
   added.sort(order);
   const last = stored.messages[stored.messages.length - 1];
@@ -171,6 +193,7 @@ function bringForward(stored, changes, docs) {
   const tally = new Tally(stored);
   // Of the messages already summarised only the latest three show their attachments.
   tally.latest = tally.latest.map((s) => (attachments.has(keyText(s.id)) ? Object.assign({}, s, { attachments: attachments.get(keyText(s.id)) }) : s));
+  for (const m of tagged) tally.tag(m);
   for (const m of added) tally.add(m);
   return tally.summary();
 }
@@ -250,7 +273,7 @@ extension({
     const stored = convs.length ? open_schemas(convs.map((c) => [c.conv, "rd.conv.summary"]), SUMMARY_FIELDS) : [];
     const keys = [];
     convs.forEach((c, i) => { if (stored[i]) for (const ch of c.changes) keys.push(ch.key); });
-    const read = keys.length ? open_schemas(keys.flatMap((key) => PER_MESSAGE.map((s) => [key, s])), FIELDS) : [];
+    const read = keys.length ? open_schemas(keys.flatMap((key) => PER_MESSAGE.map((s) => [key, s])), FIELDS.concat("_rev")) : [];
     const at = new Map(keys.map((key, i) => [keyText(key), i * PER_MESSAGE.length]));
     const docs = (key) => read.slice(at.get(keyText(key)), at.get(keyText(key)) + PER_MESSAGE.length);
     convs.forEach((c, i) => {

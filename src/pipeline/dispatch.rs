@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::deps::DEPS_PREFIX;
 use super::outcome::{self, JobResult};
 use super::source::{in_slice, project_members, Source};
 use super::state::{state_id, StateRecord};
@@ -139,16 +138,8 @@ impl Pipeline {
         if !self.exts.iter().any(|e| e.uses_dependencies) {
             return Ok((Vec::new(), Vec::new()));
         }
-        let index_ids: Vec<String> =
-            changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| format!("{DEPS_PREFIX}{}", c.id)).collect();
-        let mut forced: Vec<(String, String)> = Vec::new();
-        for index in self.store.get_records(&index_ids)?.into_iter().flatten() {
-            for pair in index.get("dependents").and_then(Value::as_array).into_iter().flatten() {
-                if let Some([Value::String(src), Value::String(ext)]) = pair.as_array().map(Vec::as_slice) {
-                    forced.push((src.clone(), ext.clone()));
-                }
-            }
-        }
+        let doc_ids: Vec<String> = changes.iter().filter(|c| model::schema_of_id(&c.id).is_some()).map(|c| c.id.clone()).collect();
+        let mut forced = super::deps::dependents_of(&*self.store, &doc_ids)?;
         forced.sort();
         forced.dedup();
         let in_page: HashSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();

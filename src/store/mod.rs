@@ -268,8 +268,8 @@ pub trait Store: Send + Sync {
 
     /// Several documents by id, in the order asked, as JSON text; `None` for missing or deleted
     /// ones. With `fields`, each is cut down to `rd_key` and those fields (a summary reading many
-    /// bodies' few fields then does not pay for the rest); otherwise whole, with `_id`, `_rev`
-    /// and attachment stubs.
+    /// bodies' few fields then does not pay for the rest; `_rev` among them keeps the revision);
+    /// otherwise whole, with `_id`, `_rev` and attachment stubs.
     fn get_many(&self, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError>;
 
     /// The documents a [`Find`] looks for, as JSON text: one list per value asked for, in order

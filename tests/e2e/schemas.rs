@@ -2,7 +2,7 @@
 //! the definitions as documents, version upgrades that survive SIGKILL, the megaview on both
 //! stores, and a definition edited while the daemon runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -212,7 +212,12 @@ fn a_version_upgrade_reaches_every_document_exactly_once_through_sigkills() {
 }
 
 fn megaview(db: &str, exts: &Path, args: &[&str]) -> BTreeSet<String> {
-    let out = rd(db, exts).args(["db", "megaview", "--limit", "100000"]).args(args).output().unwrap();
+    megaview_in_order(db, exts, &[&["--limit", "100000"], args].concat()).into_iter().collect()
+}
+
+/// The lines `raindrop db megaview` prints, in its order, each normalised.
+fn megaview_in_order(db: &str, exts: &Path, args: &[&str]) -> Vec<String> {
+    let out = rd(db, exts).args(["db", "megaview"]).args(args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(|l| normalise(serde_json::from_str(l).unwrap()).to_string()).collect()
 }
@@ -264,6 +269,26 @@ fn the_megaview_answers_the_same_rows_on_both_stores() {
         assert!(!a.is_empty(), "no rows for {q:?}");
         assert_eq!(a, b, "the stores differ for {q:?}");
     }
+    // A group's unread conversations in order (a prefix of [tag, time] pairs), and counts.
+    let mut tags: BTreeMap<String, usize> = BTreeMap::new();
+    for s in of_schema(&docs, "rd.conv.summary") {
+        for t in s["unread_grouping_tags"].as_array().unwrap() {
+            *tags.entry(t.as_str().unwrap().to_string()).or_default() += 1;
+        }
+    }
+    let (tag, unread) = tags.into_iter().max_by_key(|(_, n)| *n).expect("a conversation with an unread tag");
+    assert!(unread >= 3, "{tag}: {unread}");
+    let prefix = json!([tag]).to_string();
+    let ordered = ["--schema", "rd.conv.summary", "--field", "unread_grouping_timestamp", "--prefix", prefix.as_str()];
+    for extra in [&[][..], &["--descending"], &["--count"], &["--descending", "--limit", "2"]] {
+        let q: Vec<&str> = ordered.iter().chain(extra).copied().collect();
+        let (a, b) = (megaview_in_order(&embedded, &exts, &q), megaview_in_order(&couch, &exts, &q));
+        assert!(!a.is_empty(), "no rows for {q:?}");
+        assert_eq!(a, b, "the stores differ for {q:?}");
+    }
+    let counted = |db: &str, q: &[&str]| megaview_in_order(db, &exts, &[q, &["--count"]].concat());
+    assert_eq!(counted(&embedded, &questions[9]), vec![megaview(&embedded, &exts, &questions[9]).len().to_string()]);
+    assert_eq!(counted(&embedded, &questions[9]), counted(&couch, &questions[9]));
     let by_to = megaview(&embedded, &exts, &questions[9]);
     assert!(by_to.iter().any(|row| row.contains(body["_id"].as_str().unwrap())), "the body is found by its last recipient: {by_to:?}");
     let by_key = megaview(&embedded, &exts, &questions[2]);

@@ -159,6 +159,16 @@ impl Store for EmbeddedStore {
                     Some(row) => {
                         let body = body_text(row, 2)?;
                         Some(match fields {
+                            // The revision lives beside the body: put in when asked for.
+                            Some(fields) if fields.iter().any(|f| f == "_rev") => {
+                                let text = projected_text(body, fields);
+                                let rev = serde_json::to_string(row.get_ref(0)?.as_str().unwrap_or_default()).unwrap_or_default();
+                                match text.strip_prefix('{') {
+                                    Some("}") => format!("{{\"_rev\":{rev}}}"),
+                                    Some(rest) => format!("{{\"_rev\":{rev},{rest}"),
+                                    None => text,
+                                }
+                            }
                             Some(fields) => projected_text(body, fields),
                             None => doc_text(c, id, row.get_ref(0)?.as_str().unwrap_or_default(), false, row.get(1)?, body)?,
                         })
