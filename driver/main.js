@@ -258,7 +258,8 @@
       if (!ok) fail(site, "indexes must be an array of [schema id, field] pairs");
     }
     const laterInParts = d.later_in_parts === undefined ? false : d.later_in_parts;
-    if (typeof laterInParts !== "boolean") fail(site, "later_in_parts must be true or false");
+    if (typeof laterInParts !== "boolean" && laterInParts !== "shared")
+      fail(site, "later_in_parts must be true, false or \"shared\"");
     if (laterInParts && d.later_handler === undefined) fail(site, "later_in_parts needs a later_handler");
     let limit = null;
     if (d.time_limit_ms !== undefined) {
@@ -268,7 +269,8 @@
     }
     return {
       id, source_schemas: schemas, source_fields: fields, category, confidence, time_limit_ms: limit,
-      uses_dependencies: !!d.uses_dependencies, indexes, later_in_parts: laterInParts,
+      uses_dependencies: !!d.uses_dependencies, indexes, later_in_parts: laterInParts === true,
+      later_shared: laterInParts === "shared",
       handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
     };
   }
@@ -919,6 +921,7 @@
         id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
         confidence: d.confidence, time_limit_ms: d.time_limit_ms,
         uses_dependencies: d.uses_dependencies, indexes: d.indexes, later_in_parts: d.later_in_parts,
+        later_shared: d.later_shared,
         has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,
         site: d.site, libs: slice(libsLoaded),
       });
@@ -935,7 +938,14 @@
       return text;
     },
     // Runs the later_handler with the values collected by process_later.
+    // A "shared" extension's call is one of several, each given every value: the first is
+    // the pipeline's {rd_part: [index, count]}, handed to the handler as its share.
     runLater(values) {
+      if (declaration.later_shared && values.length && values[0] !== null && typeof values[0] === "object" &&
+          isArray(values[0].rd_part)) {
+        const part = { index: values[0].rd_part[0], count: values[0].rd_part[1] };
+        return "[" + runOne((rest) => declaration.later_handler(rest, part), values.slice(1)) + "]";
+      }
       return "[" + runOne(declaration.later_handler, values) + "]";
     },
     // Asks the optional filter about each [id, rev, schema_id]; JSON array of booleans or errors.

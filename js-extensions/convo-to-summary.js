@@ -36,6 +36,13 @@ const SUMMARY_FIELDS = ["subject", "messages", "message_ids", "unread_ids", "ide
 
 const keyText = (key) => JSON.stringify(key);
 
+// A string's hash (FNV-1a), to share conversations among the later_handler's calls.
+function hashOf(text) {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 16777619) >>> 0;
+  return h;
+}
+
 // A message as a summary sees it, from its documents (PER_MESSAGE order); null when it has no
 // body or is deleted (it is then left out of the summary).
 function messageOf(key, docs) {
@@ -232,15 +239,18 @@ extension({
   source_fields: ["conversation_id"],
   // Summaries are found by their messages too: see the later_handler.
   indexes: [["rd.msg.conversation", "conversation_id"], ["rd.conv.summary", "message_ids[]"]],
-  // Not in parts: two parts bringing one stored summary forward by different messages would
-  // each write it without the other's.
+  // Every thread's call gets every value and takes the conversations of its share: two calls
+  // bringing one stored summary forward by different messages would each write it without
+  // the other's, and which conversation a value is about is known only once it is looked up.
+  later_in_parts: "shared",
   filter(id, rev, schema_id) {
     return id.startsWith("rc!email.") && SUMMARISED.includes(schema_id);
   },
   handler(doc) {
     process_later({ key: doc.rd_key, schema: doc.rd_schema_id });
   },
-  later_handler(values) {
+  later_handler(values, share) {
+    const mine = (convText) => !share || hashOf(convText) % share.count === share.index;
     const changes = whatChanged(values);
     const current = changes.list.length ? open_schemas(changes.list.map((c) => [c.key, "rd.msg.conversation"]), ["conversation_id"]) : [];
     const convOf = new Map();
@@ -268,6 +278,8 @@ extension({
       });
     }
     for (const k of rebuilt.keys()) byConv.delete(k);
+    for (const k of [...byConv.keys()]) if (!mine(k)) byConv.delete(k);
+    for (const k of [...rebuilt.keys()]) if (!mine(k)) rebuilt.delete(k);
     // The stored summaries, and the changed messages' documents, each in one read.
     const convs = [...byConv.values()];
     const stored = convs.length ? open_schemas(convs.map((c) => [c.conv, "rd.conv.summary"]), SUMMARY_FIELDS) : [];

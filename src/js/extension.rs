@@ -142,6 +142,11 @@ pub struct Declaration {
     /// parts, side by side (a document emitted by two parts comes out the same from each).
     #[serde(default)]
     pub later_in_parts: bool,
+    /// Its later_handler is called once per thread with every value and its share
+    /// (`{index, count}`): it handles what falls in its share (`later_in_parts: "shared"`, for
+    /// values that belong together in ways only the handler can tell — a conversation's).
+    #[serde(default)]
+    pub later_shared: bool,
     #[serde(default)]
     pub has_filter: bool,
     #[serde(default)]

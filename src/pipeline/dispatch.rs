@@ -350,7 +350,15 @@ impl Pipeline {
         let pending: Vec<_> = self
             .later_calls(values)
             .into_iter()
-            .map(|(ei, values)| (ei, values.clone(), self.pool.submit_later(self.exts[ei].pool_index, values)))
+            .map(|(ei, values)| {
+                // An error document keeps the values without a shared call's part marker.
+                let kept = if self.exts[ei].later_shared && values.first().is_some_and(|v| v.get("rd_part").is_some()) {
+                    values[1..].to_vec()
+                } else {
+                    values.clone()
+                };
+                (ei, kept, self.pool.submit_later(self.exts[ei].pool_index, values))
+            })
             .collect();
         for (ei, values, call) in pending {
             let ext = &self.exts[ei];
@@ -378,7 +386,9 @@ impl Pipeline {
 
     /// The later_handler calls for the queued values: one per extension, or — for one that
     /// declared `later_in_parts` — one per part, a part per thread (each big enough to be worth
-    /// a call of its own). Whole calls first: the parts then fill in around them.
+    /// a call of its own), or for `later_in_parts: "shared"` one per thread with every value
+    /// after a `{"rd_part": [index, count]}` the driver takes off. Whole calls first: the parts
+    /// then fill in around them.
     fn later_calls(&self, values: BTreeMap<String, Vec<Value>>) -> Vec<(usize, Vec<Value>)> {
         let mut calls: Vec<(usize, Vec<Value>)> = Vec::new();
         for (ext_id, mut values) in values {
@@ -391,14 +401,23 @@ impl Pipeline {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
                 continue;
             }
-            let parts = if ext.later_in_parts { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
+            let parts = if ext.later_in_parts || ext.later_shared { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
+            if ext.later_shared && parts > 1 {
+                for part in 0..parts {
+                    let mut shared = Vec::with_capacity(values.len() + 1);
+                    shared.push(serde_json::json!({ "rd_part": [part, parts] }));
+                    shared.extend(values.iter().cloned());
+                    calls.push((ei, shared));
+                }
+                continue;
+            }
             let size = values.len().div_ceil(parts);
             while !values.is_empty() {
                 let rest = values.split_off(size.min(values.len()));
                 calls.push((ei, std::mem::replace(&mut values, rest)));
             }
         }
-        calls.sort_by_key(|(ei, _)| self.exts[*ei].later_in_parts);
+        calls.sort_by_key(|(ei, _)| self.exts[*ei].later_in_parts || self.exts[*ei].later_shared);
         calls
     }
 }

@@ -133,6 +133,8 @@ struct Ext {
     indexes: Vec<(String, String)>,
     /// Its later_handler may be called on parts of its values, side by side.
     later_in_parts: bool,
+    /// Its later_handler is called once per thread with every value and its share.
+    later_shared: bool,
 }
 
 pub struct Pipeline {
@@ -167,6 +169,7 @@ impl Pipeline {
                     fields: d.source_fields.clone(),
                     indexes: d.indexes.clone(),
                     later_in_parts: d.later_in_parts,
+                    later_shared: d.later_shared,
                 })
             })
             .collect();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_same_docs, dump, of_schema, ok, rd, repo, TempDir};
+use crate::support::{assert_same_docs, dump, of_schema, ok, raindrop, rd, repo, TempDir};
 
 fn exts() -> PathBuf {
     repo().join("js-extensions")
@@ -176,4 +176,44 @@ fn a_group_summary_is_counted_and_ordered_from_the_index_as_a_full_sort_would() 
     let times: Vec<f64> = rows.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["key"][2][1].as_f64().unwrap()).collect();
     assert_eq!(times.len(), unread);
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "latest first: {times:?}");
+}
+
+#[test]
+fn summaries_shared_among_threads_equal_those_of_one_thread() {
+    // Enough mail that convo-to-summary's later_handler runs as one call per thread, each
+    // taking the conversations of its share, in batches (so summaries are also brought
+    // forward): the database must be that of one thread doing everything.
+    let dir = TempDir::new("summaries-shared");
+    let derive = |name: &str, threads: &str| -> Vec<Value> {
+        let db = dir.path().join(name).to_string_lossy().into_owned();
+        for (batch, range) in [0..120, 120..200, 200..300].into_iter().enumerate() {
+            let mail = dir.path().join(format!("{name}-{batch}")).join("INBOX");
+            // Ten conversations at a time, each message answering the one ten before.
+            let _ = std::fs::remove_dir_all(&mail);
+            for sub in ["cur", "new", "tmp"] {
+                std::fs::create_dir_all(mail.join(sub)).unwrap();
+            }
+            for i in range {
+                let refs = if i >= 10 { format!("In-Reply-To: <s{}@t.example>\r\nReferences: <s{}@t.example>\r\n", i - 10, i % 10) } else { String::new() };
+                let text = format!(
+                    "From: P{} <p{}@t.example>\r\nTo: Me <me@example.com>\r\nSubject: s{}\r\nDate: Mon, 1 Mar 2010 {:02}:{:02}:00 +0000\r\nMessage-ID: <s{i}@t.example>\r\n{refs}Content-Type: text/plain\r\n\r\nbody {i} https://t.example/{i}\r\n",
+                    i % 7, i % 7, i % 10, i / 60, i % 60
+                );
+                let name = if i % 4 == 0 { format!("cur/{i}.h:2,S") } else { format!("new/{i}.h") };
+                std::fs::write(mail.join(name), text).unwrap();
+            }
+            for args in [vec!["import", mail.to_str().unwrap()], vec!["process"]] {
+                let mut c = raindrop();
+                c.args(["--db", &db, "--extensions"]).arg(exts()).args(["--js-threads", threads]);
+                c.arg("--config").arg(repo().join("fixtures/corpus-config.toml")).args(&args);
+                ok(c);
+            }
+        }
+        dump(&db, &exts())
+    };
+    let one = derive("one", "1");
+    assert_eq!(of_schema(&one, "rd.core.error").len(), 0);
+    assert_eq!(of_schema(&one, "rd.conv.summary").len(), 10);
+    assert!(of_schema(&one, "rd.conv.summary").iter().all(|s| s["message_ids"].as_array().unwrap().len() == 30));
+    assert_same_docs(&derive("two", "2"), &one, "two threads sharing the summaries against one");
 }

@@ -9,6 +9,12 @@ use raindrop::js::{JsPool, PoolConfig};
 use raindrop::store::{Durability, Store};
 use serde_json::json;
 
+/// Threads waiting for replies at most at once. New threads are asked for faster than replies
+/// close them, so without a bound the open threads grow with the mailbox (8,000 at 100,000
+/// messages) and a thread's replies spread over ever more of it — a person does not follow
+/// more conversations at once for having more mail.
+const OPEN_THREADS: usize = 300;
+
 /// Message `i`'s date: two seconds after message `i - 1`'s, as mail arrives (a reply after what
 /// it answers). `_unused` are the random draws the dates once were, still drawn so the rest of
 /// the mailbox stays the same message for message.
@@ -89,7 +95,7 @@ pub(crate) fn mailbox(n: usize) -> Vec<Vec<u8>> {
             } else {
                 threads[t] = (root, i, left - 1);
             }
-        } else if rnd(4) == 0 {
+        } else if rnd(4) == 0 && threads.len() < OPEN_THREADS {
             threads.push((i, i, 1 + rnd(7)));
         }
         if !me && rnd(3) == 0 {

@@ -232,15 +232,17 @@ fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
     // `Durability::Deferred` write, see `write_all`), readers run beside the writer, and a crash
     // leaves the last committed state. The log is copied into the database
     // by the `Checkpointer`, not by the commits. Reads of the database file go through a memory
-    // map (up to 1 GiB) instead of a `pread` per page: the mail run's attachment and feed reads
-    // were mostly system calls. The price: a disk I/O error while reading ends the process
+    // map of the whole file (up to 64 GiB; `.cargo/config.toml` lifts SQLite's built-in 2 GiB
+    // bound) instead of a `pread` per page: the mail run's attachment and feed reads were mostly
+    // system calls, and past a 1 GiB map a 100,000-message database's random reads (the
+    // writer's merges, extensions' lookups) cost 4-5x what they did at 10,000. The price: a disk I/O error while reading ends the process
     // (SIGBUS) instead of returning an error — a crash, after which a run resumes from its
     // last checkpoint like after any other. Pages of 16 KiB (for a new database; an existing
     // one keeps its size): a message body or mail attachment spans a few pages instead of a
     // chain of many 4 KiB overflow pages, which made commits ~10% of the mail run's CPU
     // (8 KiB measured in between, 32 KiB the same as 16; the store benchmark did not change).
     conn.execute_batch(
-        "PRAGMA busy_timeout=10000; PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-32768; PRAGMA mmap_size=1073741824;",
+        "PRAGMA busy_timeout=10000; PRAGMA page_size=16384; PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA wal_autocheckpoint=0; PRAGMA cache_size=-32768; PRAGMA mmap_size=68719476736;",
     )?;
     // Room for every statement the store uses (rusqlite keeps 16 by default): an evicted one
     // is parsed again on its next use.
