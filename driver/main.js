@@ -261,6 +261,8 @@
     if (typeof laterInParts !== "boolean" && laterInParts !== "shared")
       fail(site, "later_in_parts must be true, false or \"shared\"");
     if (laterInParts && d.later_handler === undefined) fail(site, "later_in_parts needs a later_handler");
+    if (d.later_deletions !== undefined && typeof d.later_deletions !== "boolean") fail(site, "later_deletions must be true or false");
+    if (d.later_deletions && d.later_handler === undefined) fail(site, "later_deletions needs a later_handler");
     let limit = null;
     if (d.time_limit_ms !== undefined) {
       limit = d.time_limit_ms;
@@ -270,7 +272,7 @@
     return {
       id, source_schemas: schemas, source_fields: fields, category, confidence, time_limit_ms: limit,
       uses_dependencies: !!d.uses_dependencies, indexes, later_in_parts: laterInParts === true,
-      later_shared: laterInParts === "shared",
+      later_shared: laterInParts === "shared", later_deletions: !!d.later_deletions,
       handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
     };
   }
@@ -921,7 +923,7 @@
         id: d.id, source_schemas: d.source_schemas, source_fields: d.source_fields, category: d.category,
         confidence: d.confidence, time_limit_ms: d.time_limit_ms,
         uses_dependencies: d.uses_dependencies, indexes: d.indexes, later_in_parts: d.later_in_parts,
-        later_shared: d.later_shared,
+        later_shared: d.later_shared, later_deletions: d.later_deletions,
         has_filter: d.filter !== undefined, has_later_handler: d.later_handler !== undefined,
         site: d.site, libs: slice(libsLoaded),
       });

@@ -206,10 +206,10 @@ function bringForward(stored, changes, docs) {
 }
 
 // What changed, from the later_handler's values: per message {key, schemas} (a Set of the
-// schemas whose documents changed; null: unknown), and the conversations to rebuild. A value
-// queued by an earlier version of this extension says nothing of what changed: a key is a
-// message changed in some way, a {conv} a conversation rebuilt with all its members asked
-// whether they moved.
+// schemas whose documents changed; null: unknown, as for a document deleted), and the
+// conversations to rebuild. A value queued by an earlier version of this extension says
+// nothing of what changed: a key is a message changed in some way, a {conv} a conversation
+// rebuilt with all its members asked whether they moved.
 function whatChanged(values) {
   const changed = new Map();
   const rebuilt = new Map();
@@ -223,6 +223,7 @@ function whatChanged(values) {
   for (const v of values) {
     if (Array.isArray(v)) note(v, null);
     else if (v && v.key) note(v.key, typeof v.schema === "string" ? v.schema : null);
+    else if (v && Array.isArray(v.deleted)) note(v.deleted[0], null); // a document of it went
     else if (v && v.conv) rebuilt.set(keyText(v.conv), v.conv);
   }
   const convs = [...rebuilt.values()];
@@ -243,6 +244,9 @@ extension({
   // bringing one stored summary forward by different messages would each write it without
   // the other's, and which conversation a value is about is known only once it is looked up.
   later_in_parts: "shared",
+  // A message's document that goes (a withdrawn grouping tag, a deleted message) changes its
+  // summary too.
+  later_deletions: true,
   filter(id, rev, schema_id) {
     return id.startsWith("rc!email.") && SUMMARISED.includes(schema_id);
   },

@@ -3,11 +3,12 @@
 // did (a later_handler: one update per tag per batch of pages).
 //
 // Neither part reads the group's conversations: a summary lists its unread tags with their
-// times in unread_grouping_timestamp ([tag, time] pairs), and the megaview's rows of that field
-// are asked in order (the latest five) and counted — the cost of a group's update does not
-// grow with its unread conversations.
+// times in unread_grouping_timestamp ([tag, time] pairs), and the megaview's rows of that
+// field's elements are asked in order (the latest five) and counted — no conversation
+// document is read (the embedded store sorts the group's index entries; CouchDB's view is in
+// order already).
 const SCHEMA = "rd.conv.summary";
-const FIELD = "unread_grouping_timestamp";
+const FIELD = "unread_grouping_timestamp[]";
 
 // The latest five unread conversations of `tag`, as a full sort of all of them would give:
 // latest first, then by conversation id. Rows tied with the fifth are all asked, so the order
@@ -18,7 +19,7 @@ function latestUnread(tag) {
   let unread = top.map(entry);
   if (top.length === 5) {
     const fifth = top[4].key[2];
-    const tied = open_view({ schema: SCHEMA, field: FIELD + "[]", value: fifth, limit: 1000000 });
+    const tied = open_view({ schema: SCHEMA, field: FIELD, value: fifth, limit: 1000000 });
     unread = unread.filter((u) => u.ts !== fifth[1]).concat(tied.map((row) => ({ conv: row.value.rd_key, ts: fifth[1] })));
   }
   unread.sort((a, b) => b.ts - a.ts || (JSON.stringify(a.conv) < JSON.stringify(b.conv) ? -1 : 1));
@@ -28,16 +29,26 @@ function latestUnread(tag) {
 extension({
   id: "rd.ext.core.group-summary",
   source_fields: ["all_grouping_tags", "unread_grouping_tags"],
-  indexes: [[SCHEMA, FIELD + "[]"]],
+  indexes: [[SCHEMA, FIELD]],
+  // A summary that goes (its conversation merged into another) leaves its groups: which ones
+  // is no longer known, so every group is counted again.
+  later_deletions: true,
   filter(id, rev, schema_id) {
     return schema_id === SCHEMA;
   },
   handler(doc) {
     process_later((doc.all_grouping_tags || []).concat(doc.unread_grouping_tags || []));
   },
-  later_handler(tagLists) {
+  later_handler(values) {
     const tags = new Set();
-    for (const list of tagLists) for (const t of list) tags.add(t);
+    let summaryWent = false;
+    for (const v of values) {
+      if (Array.isArray(v)) for (const t of v) tags.add(t);
+      else if (v && v.deleted) summaryWent = true;
+    }
+    if (summaryWent) {
+      for (const row of open_view({ schema: "rd.grouping.summary", limit: 1000000 })) tags.add(row.value.rd_key[1]);
+    }
     for (const tag of [...tags].sort()) {
       const num_unread = count_view({ schema: SCHEMA, field: FIELD, prefix: [tag] });
       emit_schema("rd.grouping.summary", { unread: latestUnread(tag), num_unread }, { rd_key: ["display-group", tag] });

@@ -176,19 +176,23 @@ pub fn run(settings: &Settings, cmd: &DbCommand) -> anyhow::Result<ExitCode> {
                 since = page.last_seq;
             }
         }
-        DbCommand::Megaview(args) => {
-            let key = args.ask()?.key(&*store).map_err(anyhow::Error::msg)?;
-            if args.count {
-                writeln!(out, "{}", store.megaview_count(&key)?)?;
-                return Ok(ExitCode::SUCCESS);
-            }
-            let query = raindrop::store::ViewQuery { key, limit: args.limit, skip: args.skip, descending: args.descending };
-            for row in store.megaview(&query)? {
-                writeln!(out, "{}", serde_json::to_string(&row)?)?;
-            }
-        }
+        DbCommand::Megaview(args) => megaview(&*store, args, &mut out)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `db megaview`: the question's rows, one JSON line each, or with `--count` their number.
+fn megaview(store: &dyn raindrop::store::Store, args: &MegaviewArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    let key = args.ask()?.key(store).map_err(anyhow::Error::msg)?;
+    if args.count {
+        writeln!(out, "{}", store.megaview_count(&key)?)?;
+        return Ok(());
+    }
+    let query = raindrop::store::ViewQuery { key, limit: args.limit, skip: args.skip, descending: args.descending };
+    for row in store.megaview(&query)? {
+        writeln!(out, "{}", serde_json::to_string(&row)?)?;
+    }
+    Ok(())
 }
 
 fn load(store: &dyn raindrop::store::Store, file: &str) -> anyhow::Result<ExitCode> {

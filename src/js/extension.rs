@@ -147,6 +147,11 @@ pub struct Declaration {
     /// values that belong together in ways only the handler can tell — a conversation's).
     #[serde(default)]
     pub later_shared: bool,
+    /// Its later_handler is also given `{"deleted": [rd_key, schema_id]}` for each deleted
+    /// document its `source_schemas` or `filter` takes: what it keeps from documents that go
+    /// must go too (a summary of a message whose grouping tag was withdrawn).
+    #[serde(default)]
+    pub later_deletions: bool,
     #[serde(default)]
     pub has_filter: bool,
     #[serde(default)]

@@ -106,7 +106,42 @@ impl Pipeline {
             jobs.push(Job { source: si, ext: ei });
         }
         let _t = span("P:outcomes");
-        Ok(self.gather(&page, &jobs, results, &mut states, stats))
+        let (mut work, first_error) = self.gather(&page, &jobs, results, &mut states, stats);
+        for (ext, values) in self.deletions_for_later(changes, options) {
+            work.later.entry(ext).or_default().extend(values);
+        }
+        Ok((work, first_error))
+    }
+
+    /// `{"deleted": [rd_key, schema_id]}` for each deleted schema document of the page that an
+    /// extension declaring `later_deletions` takes (by `source_schemas`, or by its `filter`:
+    /// a filter that fails on one counts as taking it), per extension id.
+    fn deletions_for_later(&self, changes: &[Change<Arc<str>>], options: &RunOptions) -> Vec<(String, Vec<Value>)> {
+        let gone: Vec<(&Change<Arc<str>>, &str)> = changes
+            .iter()
+            .filter(|c| c.deleted && in_slice(&c.id, options.worker))
+            .filter_map(|c| model::schema_of_id(&c.id).map(|s| (c, s)))
+            .collect();
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let value =
+            |c: &Change<Arc<str>>, schema: &str| model::rd_key_of_id(&c.id).map(|key| serde_json::json!({ "deleted": [key, schema] }));
+        let keys: Vec<(String, String, String)> = gone.iter().map(|(c, s)| (c.id.clone(), c.rev.clone(), s.to_string())).collect();
+        let keys = Arc::new(FilterKeys::new(&keys));
+        let mut out = Vec::new();
+        for ext in self.exts.iter().filter(|e| e.later_deletions && e.has_later_handler) {
+            let taken: Vec<bool> = if ext.filtered {
+                self.pool.submit_filter(ext.pool_index, &keys).wait().into_iter().map(|a| a.unwrap_or(true)).collect()
+            } else {
+                gone.iter().map(|(_, s)| ext.schemas.iter().any(|w| w == s)).collect()
+            };
+            let values: Vec<Value> = gone.iter().zip(taken).filter(|(_, yes)| *yes).filter_map(|((c, s), _)| value(c, s)).collect();
+            if !values.is_empty() {
+                out.push((ext.id.clone(), values));
+            }
+        }
+        out
     }
 
     /// The page's sources: live schema documents (in this worker's slice) that a provider
@@ -401,7 +436,8 @@ impl Pipeline {
                 tracing::warn!(ext = %ext.id, "process_later was called but the extension has no later_handler");
                 continue;
             }
-            let parts = if ext.later_in_parts || ext.later_shared { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
+            let parts =
+                if ext.later_in_parts || ext.later_shared { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
             if ext.later_shared && parts > 1 {
                 for part in 0..parts {
                     let mut shared = Vec::with_capacity(values.len() + 1);

@@ -135,6 +135,8 @@ struct Ext {
     later_in_parts: bool,
     /// Its later_handler is called once per thread with every value and its share.
     later_shared: bool,
+    /// Its later_handler is told of the deleted documents it takes.
+    later_deletions: bool,
 }
 
 pub struct Pipeline {
@@ -170,6 +172,7 @@ impl Pipeline {
                     indexes: d.indexes.clone(),
                     later_in_parts: d.later_in_parts,
                     later_shared: d.later_shared,
+                    later_deletions: d.later_deletions,
                 })
             })
             .collect();

@@ -77,7 +77,7 @@ fn maildir(root: &Path, range: std::ops::Range<usize>, seen: impl Fn(usize) -> b
 fn summaries_kept_one_message_at_a_time_equal_a_rebuild_from_scratch() {
     let dir = TempDir::new("summaries");
     let n = 40;
-    let seen = |i: usize| i % 3 == 0;
+    let seen = |i: usize| i.is_multiple_of(3);
     let box_of = |name: &str, upto: usize, seen: &dyn Fn(usize) -> bool| maildir(&dir.path().join(name).join("INBOX"), 0..upto, seen);
 
     // One message at a time, processed after each: the summaries are brought forward.
@@ -91,14 +91,17 @@ fn summaries_kept_one_message_at_a_time_equal_a_rebuild_from_scratch() {
     // changes to messages already summarised: one read, one deleted.
     let late = dir.path().join("late.eml");
     std::fs::write(&late, message(n).replace("Date: Mon, 1 Mar 2010", "Date: Sun, 28 Feb 2010")).unwrap();
-    let seen_later = |i: usize| i % 3 == 0 || i == 37;
+    let seen_later = |i: usize| i.is_multiple_of(3) || i == 37;
     run(&one, &["import", late.to_str().unwrap()]);
     run(&one, &["process"]);
     run(&one, &["import", box_of("grow", n, &seen_later).to_str().unwrap()]);
     run(&one, &["process"]);
     let deleted = dir.path().join("deleted.jsonl");
-    std::fs::write(&deleted, json!({"rd_key": ["email", "m38@t.example"], "rd_schema_id": "rd.msg.deleted", "deleted": true}).to_string() + "\n")
-        .unwrap();
+    std::fs::write(
+        &deleted,
+        json!({"rd_key": ["email", "m38@t.example"], "rd_schema_id": "rd.msg.deleted", "deleted": true}).to_string() + "\n",
+    )
+    .unwrap();
     run(&one, &["add-schemas", deleted.to_str().unwrap()]);
     run(&one, &["process"]);
 
@@ -170,9 +173,15 @@ fn a_group_summary_is_counted_and_ordered_from_the_index_as_a_full_sort_would() 
     let (tag, unread) = biggest;
     assert!(unread >= 20, "a group of the list's unread conversations: {tag} has {unread}");
     let prefix = json!([tag]).to_string();
-    let counted = printed(&db, &["db", "megaview", "--schema", "rd.conv.summary", "--field", "unread_grouping_timestamp", "--prefix", &prefix, "--count"]);
+    let counted = printed(
+        &db,
+        &["db", "megaview", "--schema", "rd.conv.summary", "--field", "unread_grouping_timestamp", "--prefix", &prefix, "--count"],
+    );
     assert_eq!(counted.trim(), unread.to_string());
-    let rows = printed(&db, &["db", "megaview", "--schema", "rd.conv.summary", "--field", "unread_grouping_timestamp", "--prefix", &prefix, "--descending"]);
+    let rows = printed(
+        &db,
+        &["db", "megaview", "--schema", "rd.conv.summary", "--field", "unread_grouping_timestamp", "--prefix", &prefix, "--descending"],
+    );
     let times: Vec<f64> = rows.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["key"][2][1].as_f64().unwrap()).collect();
     assert_eq!(times.len(), unread);
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "latest first: {times:?}");
@@ -194,7 +203,11 @@ fn summaries_shared_among_threads_equal_those_of_one_thread() {
                 std::fs::create_dir_all(mail.join(sub)).unwrap();
             }
             for i in range {
-                let refs = if i >= 10 { format!("In-Reply-To: <s{}@t.example>\r\nReferences: <s{}@t.example>\r\n", i - 10, i % 10) } else { String::new() };
+                let refs = if i >= 10 {
+                    format!("In-Reply-To: <s{}@t.example>\r\nReferences: <s{}@t.example>\r\n", i - 10, i % 10)
+                } else {
+                    String::new()
+                };
                 let text = format!(
                     "From: P{} <p{}@t.example>\r\nTo: Me <me@example.com>\r\nSubject: s{}\r\nDate: Mon, 1 Mar 2010 {:02}:{:02}:00 +0000\r\nMessage-ID: <s{i}@t.example>\r\n{refs}Content-Type: text/plain\r\n\r\nbody {i} https://t.example/{i}\r\n",
                     i % 7, i % 7, i % 10, i / 60, i % 60
@@ -216,4 +229,41 @@ fn summaries_shared_among_threads_equal_those_of_one_thread() {
     assert_eq!(of_schema(&one, "rd.conv.summary").len(), 10);
     assert!(of_schema(&one, "rd.conv.summary").iter().all(|s| s["message_ids"].as_array().unwrap().len() == 30));
     assert_same_docs(&derive("two", "2"), &one, "two threads sharing the summaries against one");
+}
+
+#[test]
+fn a_message_that_goes_leaves_its_conversation_summary() {
+    // A message's documents withdrawn (its raw mail deleted: everything derived from it goes)
+    // reach convo-to-summary as deletions: the summary must be the one of the mail without it.
+    let dir = TempDir::new("summaries-deleted");
+    let n = 12;
+    let without = 4;
+    let full = dir.path().join("full").to_string_lossy().into_owned();
+    run(&full, &["import", maildir(&dir.path().join("a").join("INBOX"), 0..n, |_| false).to_str().unwrap()]);
+    run(&full, &["process"]);
+    let rfc = dump(&full, &exts())
+        .into_iter()
+        .find(|d| d["rd_schema_id"] == "rd.msg.rfc822" && d["rd_key"] == json!(["email", format!("m{without}@t.example")]))
+        .unwrap();
+    let rev = printed(&full, &["db", "get", rfc["_id"].as_str().unwrap()]);
+    let rev: Value = serde_json::from_str(&rev).unwrap();
+    run(&full, &["db", "put", &json!({"_id": rfc["_id"], "_rev": rev["_rev"], "_deleted": true}).to_string()]);
+    run(&full, &["process"]);
+
+    let fewer = dir.path().join("fewer").to_string_lossy().into_owned();
+    let mail = maildir(&dir.path().join("b").join("INBOX"), 0..n, |_| false);
+    std::fs::remove_file(mail.join(format!("new/{without}.host"))).unwrap();
+    run(&fewer, &["import", mail.to_str().unwrap()]);
+    run(&fewer, &["process"]);
+    let (got, expected) = (dump(&full, &exts()), dump(&fewer, &exts()));
+    let summaries = |docs: &[Value]| -> Vec<Value> { of_schema(docs, "rd.conv.summary").into_iter().cloned().collect() };
+    let expected_summaries = summaries(&expected);
+    assert_eq!(expected_summaries.len(), 2, "threads a and b");
+    assert_eq!(expected_summaries.iter().map(|s| s["message_ids"].as_array().unwrap().len()).sum::<usize>(), n - 1);
+    assert_same_docs(&summaries(&got), &expected_summaries, "the summary after a message went");
+    assert_same_docs(
+        &of_schema(&got, "rd.grouping.summary").into_iter().cloned().collect::<Vec<_>>(),
+        &of_schema(&expected, "rd.grouping.summary").into_iter().cloned().collect::<Vec<_>>(),
+        "the group summaries",
+    );
 }

@@ -71,7 +71,9 @@ pub(crate) fn mailbox(n: usize) -> Vec<Vec<u8>> {
         };
         let mut headers = format!(
             "From: {from}\r\nTo: {to}\r\nSubject: {} #{}\r\nDate: {}\r\nMessage-ID: <msg{i}@bench.example>\r\nMIME-Version: 1.0\r\n",
-            words[rnd(words.len() as u64) as usize], i / 3, arrival_date(i, (rnd(28), rnd(24), rnd(60)))
+            words[rnd(words.len() as u64) as usize],
+            i / 3,
+            arrival_date(i, (rnd(28), rnd(24), rnd(60)))
         );
         // Threads of 2–8 messages, replies arriving among other mail.
         if big_threads && i < 3 {

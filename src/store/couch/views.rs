@@ -93,7 +93,8 @@ impl CouchStore {
 
 /// The query parameters selecting one key's rows: `key`, or for a [`MegaKey::FieldPrefix`] the
 /// range from `[schema, field, prefix]` to `[schema, field, prefix + [{}]]` (`{}` collates after
-/// every other value), its ends swapped when `descending`.
+/// every scalar, string and array: arrays whose next element is a non-empty object are left
+/// out, which the embedded store includes), its ends swapped when `descending`.
 fn key_range(key: &MegaKey, descending: bool) -> Vec<(&'static str, String)> {
     let MegaKey::FieldPrefix(schema, field, prefix) = key else { return vec![("key", key.to_json().to_string())] };
     let low = json!([schema, field, prefix]);

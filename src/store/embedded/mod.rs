@@ -161,13 +161,7 @@ impl Store for EmbeddedStore {
                         Some(match fields {
                             // The revision lives beside the body: put in when asked for.
                             Some(fields) if fields.iter().any(|f| f == "_rev") => {
-                                let text = projected_text(body, fields);
-                                let rev = serde_json::to_string(row.get_ref(0)?.as_str().unwrap_or_default()).unwrap_or_default();
-                                match text.strip_prefix('{') {
-                                    Some("}") => format!("{{\"_rev\":{rev}}}"),
-                                    Some(rest) => format!("{{\"_rev\":{rev},{rest}"),
-                                    None => text,
-                                }
+                                rows::with_rev(&projected_text(body, fields), row.get_ref(0)?.as_str().unwrap_or_default())
                             }
                             Some(fields) => projected_text(body, fields),
                             None => doc_text(c, id, row.get_ref(0)?.as_str().unwrap_or_default(), false, row.get(1)?, body)?,

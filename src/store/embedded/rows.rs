@@ -116,6 +116,18 @@ pub(super) fn projected_text(body: &str, fields: &[String]) -> String {
 }
 
 /// Column `i` of a row, a document's body, borrowed from SQLite rather than copied out.
+/// `text`, a JSON object's text, with `"_rev": rev` as its first member.
+pub(super) fn with_rev(text: &str, rev: &str) -> String {
+    let mut out = String::from(r#"{"_rev":"#);
+    out.push_str(&serde_json::to_string(rev).unwrap_or_default());
+    let rest = text.get(1..).unwrap_or_default();
+    if !rest.trim_start().starts_with('}') {
+        out.push(',');
+    }
+    out.push_str(rest);
+    out
+}
+
 pub(super) fn body_text<'r>(row: &'r rusqlite::Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
     row.get_ref(i)?.as_str().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
