@@ -103,9 +103,12 @@ pub fn collate(a: &Value, b: &Value) -> std::cmp::Ordering {
         }
     }
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => {
-            x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal)
-        }
+        // Integers exactly (past 2^53 a float would call neighbours equal), else as floats.
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+            (Some(p), Some(q), _, _) => p.cmp(&q),
+            (_, _, Some(p), Some(q)) => p.cmp(&q),
+            _ => x.as_f64().unwrap_or(0.0).partial_cmp(&y.as_f64().unwrap_or(0.0)).unwrap_or(Ordering::Equal),
+        },
         (Value::String(x), Value::String(y)) => x.cmp(y),
         (Value::Array(x), Value::Array(y)) => {
             x.iter().zip(y).map(|(p, q)| collate(p, q)).find(|o| o.is_ne()).unwrap_or_else(|| x.len().cmp(&y.len()))
@@ -166,5 +169,7 @@ mod tests {
             }
         }
         assert!(collate(&json!(1), &json!(1.0)).is_eq());
+        assert!(collate(&json!(9007199254740992u64), &json!(9007199254740993u64)).is_lt(), "integers past 2^53");
+        assert!(collate(&json!(-1), &json!(u64::MAX)).is_lt());
     }
 }
