@@ -51,6 +51,14 @@ struct Job {
 /// (source id, extension id) pairs to run whatever their state says, sorted.
 type Forced = Vec<(String, String)>;
 
+/// One later_handler call: an extension (an index into `Pipeline::exts`), its values, and for
+/// a `later_in_parts: "shared"` extension its share (part, parts).
+struct LaterCall {
+    ext: usize,
+    share: Option<(usize, usize)>,
+    values: Vec<Value>,
+}
+
 /// A filter that failed on a source: (source index, extension index, why).
 type FilterFailure = (usize, usize, HandlerError);
 
@@ -128,13 +136,14 @@ impl Pipeline {
         let value =
             |c: &Change<Arc<str>>, schema: &str| model::rd_key_of_id(&c.id).map(|key| serde_json::json!({ "deleted": [key, schema] }));
         let keys: Vec<(String, String, String)> = gone.iter().map(|(c, s)| (c.id.clone(), c.rev.clone(), s.to_string())).collect();
-        let keys = Arc::new(FilterKeys::new(&keys));
+        let wants = |e: &Ext| e.later_deletions && e.has_later_handler;
+        let mut filtered: HashMap<usize, Vec<Result<bool, HandlerError>>> =
+            self.ask_filters(&keys, |e| wants(e) && e.filtered).into_iter().collect();
         let mut out = Vec::new();
-        for ext in self.exts.iter().filter(|e| e.later_deletions && e.has_later_handler) {
-            let taken: Vec<bool> = if ext.filtered {
-                self.pool.submit_filter(ext.pool_index, &keys).wait().into_iter().map(|a| a.unwrap_or(true)).collect()
-            } else {
-                gone.iter().map(|(_, s)| ext.schemas.iter().any(|w| w == s)).collect()
+        for (ei, ext) in self.exts.iter().enumerate().filter(|(_, e)| wants(e)) {
+            let taken: Vec<bool> = match filtered.remove(&ei) {
+                Some(answers) => answers.into_iter().map(|a| a.unwrap_or(true)).collect(),
+                None => gone.iter().map(|(_, s)| ext.schemas.iter().any(|w| w == s)).collect(),
             };
             let values: Vec<Value> = gone.iter().zip(taken).filter(|(_, yes)| *yes).filter_map(|((c, s), _)| value(c, s)).collect();
             if !values.is_empty() {
@@ -195,6 +204,25 @@ impl Pipeline {
         Ok((forced, extra))
     }
 
+    /// Asks the extensions `asked` picks (each choosing its sources by `filter`) about each
+    /// `(id, rev, schema_id)` of `keys`, side by side over keys encoded once: per extension
+    /// index, one answer per key.
+    fn ask_filters(
+        &self,
+        keys: &[(String, String, String)],
+        asked: impl Fn(&Ext) -> bool,
+    ) -> Vec<(usize, Vec<Result<bool, HandlerError>>)> {
+        let keys = Arc::new(FilterKeys::new(keys));
+        let pending: Vec<_> = self
+            .exts
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| asked(e))
+            .map(|(ei, ext)| (ei, self.pool.submit_filter(ext.pool_index, &keys)))
+            .collect();
+        pending.into_iter().map(|(ei, call)| (ei, call.wait())).collect()
+    }
+
     /// Asks the extensions without `source_schemas` about each source through their
     /// `filter()`, side by side over keys encoded once: per extension, one answer per source,
     /// and the (source, extension, error) of the filters that failed.
@@ -211,17 +239,9 @@ impl Pipeline {
         }
         let keys: Vec<(String, String, String)> =
             offered.iter().map(|&si| (sources[si].id.clone(), sources[si].rev.clone(), sources[si].schema.clone())).collect();
-        let keys = Arc::new(FilterKeys::new(&keys));
-        let pending: Vec<_> = self
-            .exts
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.filtered)
-            .map(|(ei, ext)| (ei, self.pool.submit_filter(ext.pool_index, &keys)))
-            .collect();
-        for (ei, call) in pending {
+        for (ei, answers) in self.ask_filters(&keys, |e| e.filtered) {
             let mut yes = vec![false; sources.len()];
-            for (&si, answer) in offered.iter().zip(call.wait()) {
+            for (&si, answer) in offered.iter().zip(answers) {
                 match answer {
                     Ok(b) => yes[si] = b,
                     // The extension would not run on its own output anyway, and an error
@@ -385,14 +405,16 @@ impl Pipeline {
         let pending: Vec<_> = self
             .later_calls(values)
             .into_iter()
-            .map(|(ei, values)| {
-                // An error document keeps the values without a shared call's part marker.
-                let kept = if self.exts[ei].later_shared && values.first().is_some_and(|v| v.get("rd_part").is_some()) {
-                    values[1..].to_vec()
-                } else {
-                    values.clone()
+            .map(|LaterCall { ext: ei, share, values }| {
+                // A shared call's values go to the driver after its part marker; an error
+                // document keeps them without it.
+                let sent = match share {
+                    Some((part, parts)) => {
+                        std::iter::once(serde_json::json!({ "rd_part": [part, parts] })).chain(values.iter().cloned()).collect()
+                    }
+                    None => values.clone(),
                 };
-                (ei, kept, self.pool.submit_later(self.exts[ei].pool_index, values))
+                (ei, values, self.pool.submit_later(self.exts[ei].pool_index, sent))
             })
             .collect();
         for (ei, values, call) in pending {
@@ -424,8 +446,8 @@ impl Pipeline {
     /// a call of its own), or for `later_in_parts: "shared"` one per thread with every value
     /// after a `{"rd_part": [index, count]}` the driver takes off. Whole calls first: the parts
     /// then fill in around them.
-    fn later_calls(&self, values: BTreeMap<String, Vec<Value>>) -> Vec<(usize, Vec<Value>)> {
-        let mut calls: Vec<(usize, Vec<Value>)> = Vec::new();
+    fn later_calls(&self, values: BTreeMap<String, Vec<Value>>) -> Vec<LaterCall> {
+        let mut calls: Vec<LaterCall> = Vec::new();
         for (ext_id, mut values) in values {
             let Some(ei) = self.exts.iter().position(|e| e.id == ext_id) else {
                 tracing::warn!(ext = %ext_id, "process_later values of an extension that is no longer loaded are dropped");
@@ -439,21 +461,16 @@ impl Pipeline {
             let parts =
                 if ext.later_in_parts || ext.later_shared { self.pool.threads().min(values.len() / MIN_LATER_PART).max(1) } else { 1 };
             if ext.later_shared && parts > 1 {
-                for part in 0..parts {
-                    let mut shared = Vec::with_capacity(values.len() + 1);
-                    shared.push(serde_json::json!({ "rd_part": [part, parts] }));
-                    shared.extend(values.iter().cloned());
-                    calls.push((ei, shared));
-                }
+                calls.extend((0..parts).map(|part| LaterCall { ext: ei, share: Some((part, parts)), values: values.clone() }));
                 continue;
             }
             let size = values.len().div_ceil(parts);
             while !values.is_empty() {
                 let rest = values.split_off(size.min(values.len()));
-                calls.push((ei, std::mem::replace(&mut values, rest)));
+                calls.push(LaterCall { ext: ei, share: None, values: std::mem::replace(&mut values, rest) });
             }
         }
-        calls.sort_by_key(|(ei, _)| self.exts[*ei].later_in_parts || self.exts[*ei].later_shared);
+        calls.sort_by_key(|c| c.share.is_some() || self.exts[c.ext].later_in_parts);
         calls
     }
 }
