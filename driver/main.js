@@ -263,6 +263,8 @@
     if (laterInParts && d.later_handler === undefined) fail(site, "later_in_parts needs a later_handler");
     if (d.later_deletions !== undefined && typeof d.later_deletions !== "boolean") fail(site, "later_deletions must be true or false");
     if (d.later_deletions && d.later_handler === undefined) fail(site, "later_deletions needs a later_handler");
+    if (d.reads !== undefined && typeof d.reads !== "function") fail(site, "reads must be a function: reads(doc) → [[rd_key, schema_id], …]");
+    if (d.reads_attachments !== undefined && typeof d.reads_attachments !== "boolean") fail(site, "reads_attachments must be true or false");
     let limit = null;
     if (d.time_limit_ms !== undefined) {
       limit = d.time_limit_ms;
@@ -274,6 +276,7 @@
       uses_dependencies: !!d.uses_dependencies, indexes, later_in_parts: laterInParts === true,
       later_shared: laterInParts === "shared", later_deletions: !!d.later_deletions,
       handler: d.handler, filter: d.filter, later_handler: d.later_handler, site,
+      reads: d.reads, reads_attachments: !!d.reads_attachments,
     };
   }
 
@@ -601,20 +604,36 @@
   // emit_related_identities([[identity_id, relationship], …] or [identity_id, …], {displayName})
   // asserts each identity exists, finds their contact (through any identity's existing link,
   // else by display name) or makes one, links every identity to it, and returns its id.
-  function emit_related_identities(identities, def) {
+  function relatedPairs(identities) {
     const pairs = [];
     for (let i = 0; i < identities.length; i++) {
       const p = identities[i];
       push(pairs, isArray(p) && isArray(p[0]) ? [p[0], p.length > 1 ? p[1] : null] : [p, null]);
     }
-    if (pairs.length === 0) return null;
-    // Derived from the first identity, so re-running gives the same contact.
-    const derived = "contact:" + stringify(pairs[0][0]);
+    return pairs;
+  }
+
+  // What emit_related_identities(identities, def) reads: each identity's contact links, the
+  // contact derived from the first (in one round trip, not two, on CouchDB) and, with a
+  // display name, the contacts of that name — for an extension's `reads`, so that a batch's
+  // are read in one request. Without `def`, only the documents (what it reads first).
+  function related_identities_reads(identities, def) {
+    const pairs = relatedPairs(identities);
+    if (pairs.length === 0) return [];
     const wanted = [];
     for (let i = 0; i < pairs.length; i++) push(wanted, [["identity", pairs[i][0]], "rd.identity.contacts"]);
-    // The derived contact in the same read: one round trip, not two, on CouchDB.
-    push(wanted, [["contact", derived], "rd.contact"]);
-    const found = globalThis.open_schemas(wanted);
+    // Derived from the first identity, so re-running gives the same contact.
+    push(wanted, [["contact", "contact:" + stringify(pairs[0][0])], "rd.contact"]);
+    const name = def && typeof def.displayName === "string" ? def.displayName : null;
+    if (name) push(wanted, { schema: "rd.contact", field: "displayName", value: name });
+    return wanted;
+  }
+
+  function emit_related_identities(identities, def) {
+    const pairs = relatedPairs(identities);
+    if (pairs.length === 0) return null;
+    const derived = "contact:" + stringify(pairs[0][0]);
+    const found = globalThis.open_schemas(related_identities_reads(identities));
     const links = slice(found, 0, pairs.length);
     const derivedDoc = found[pairs.length];
     let contact = null;
@@ -734,6 +753,7 @@
       return callNative(name, slice(arguments));
     });
   }
+  const nativeReadAhead = globalThis.read_ahead;
   if (indexOf(host.natives, "mail_parse") >= 0) {
     // raindrop.mail.parse(base64 bytes): headers, addresses, dates, MIME parts, text, problems.
     // raindrop.mail.addresses(header value): [{name, address}]; raindrop.mail.date(text): seconds
@@ -754,6 +774,7 @@
   }
   if (indexOf(host.natives, "open_schemas") >= 0 && indexOf(host.natives, "find_schemas") >= 0) {
     defineGlobal("emit_related_identities", emit_related_identities);
+    defineGlobal("related_identities_reads", related_identities_reads);
     defineGlobal("find_and_emit_conversation", find_and_emit_conversation);
   }
 
@@ -835,6 +856,44 @@
     }
     if (r.json_text !== undefined) text = strSlice(text, 0, text.length - 1) + ',"json":' + r.json_text + "}";
     return text;
+  }
+
+  // Every call starts with what the store answered for the last one forgotten, and a batch's
+  // declared reads — `reads(doc)` of each document, and with `reads_attachments` the
+  // documents' attachments — fetched in one request (`read_ahead`): the handlers' own reads
+  // of them are then answered from memory. A `reads` that throws or gives something else
+  // only loses its read ahead: the handler reads what it needs, and reports its own errors.
+  function readAhead(docs) {
+    if (nativeReadAhead === undefined) return;
+    const pairs = [];
+    const finds = [];
+    const withAttachments = [];
+    const d = docs !== null ? declaration : null;
+    if (d !== null && d.reads !== undefined) {
+      hostBegin();
+      for (let i = 0; i < docs.length; i++) {
+        try {
+          const wanted = d.reads(docs[i]);
+          if (!isArray(wanted)) continue;
+          for (let j = 0; j < wanted.length; j++) {
+            const p = wanted[j];
+            if (isArray(p) && p.length === 2 && typeof p[1] === "string") push(pairs, [p[0], p[1]]);
+            else if (p !== null && typeof p === "object" && typeof p.schema === "string" && typeof p.field === "string" && p.value !== undefined)
+              push(finds, { schema: p.schema, field: p.field, value: p.value });
+          }
+        } catch (_) {
+          // See above: the handler's own reads will say what is wrong.
+        }
+      }
+    }
+    if (d !== null && d.reads_attachments) {
+      for (let i = 0; i < docs.length; i++) if (typeof docs[i]._id === "string") push(withAttachments, docs[i]._id);
+    }
+    try {
+      nativeReadAhead({ docs: pairs, finds, attachments: withAttachments, reset: true });
+    } catch (_) {
+      // A store that fails now fails the handlers' own reads, which report it as before.
+    }
   }
 
   // Runs `fn(arg)` as one handler call and returns the outcome as JSON text:
@@ -934,6 +993,7 @@
     run(docs) {
       partial = [];
       const handler = declaration !== null ? declaration.handler : upgradeOne;
+      readAhead(docs);
       for (let i = 0; i < docs.length; i++) push(partial, runOne(handler, docs[i]));
       const text = "[" + join(partial, ",") + "]";
       partial = null;
@@ -943,6 +1003,7 @@
     // A "shared" extension's call is one of several, each given every value: the first is
     // the pipeline's {rd_part: [index, count]}, handed to the handler as its share.
     runLater(values) {
+      readAhead(null);
       if (declaration.later_shared && values.length && values[0] !== null && typeof values[0] === "object" &&
           isArray(values[0].rd_part)) {
         const part = { index: values[0].rd_part[0], count: values[0].rd_part[1] };
@@ -952,6 +1013,7 @@
     },
     // Asks the optional filter about each [id, rev, schema_id]; JSON array of booleans or errors.
     filter(keys) {
+      readAhead(null);
       const out = [];
       for (let i = 0; i < keys.length; i++) {
         hostBegin();
@@ -968,6 +1030,7 @@
     },
     // Runs route `call.route`'s handler on `call.req`; JSON text {"ok": response} or {"error": {…}}.
     request(call) {
+      readAhead(null);
       const r = routes[call.route];
       hostBegin();
       let result;

@@ -7,17 +7,25 @@ function tagOf(identity) {
   return "identity-" + identity[0] + "-" + identity[1];
 }
 
+// The sender flags of everyone on the message: what the handler reads, and depends on.
+function flagDeps(doc) {
+  const from = Array.isArray(doc.from) ? doc.from : null;
+  const people = (from ? [from] : []).concat(doc.to || [], doc.cc || []);
+  return people.map((p) => [["identity", p], "rd.identity.sender-flags"]);
+}
+
 extension({
   id: "rd.ext.core.msg-email-to-grouping-tag",
   source_schemas: ["rd.msg.body"],
   source_fields: ["from", "to", "cc"],
   uses_dependencies: true,
+  // A batch's flags in one read.
+  reads: flagDeps,
   handler(doc) {
     if (doc.rd_key[0] !== "email") return;
     const from = Array.isArray(doc.from) ? doc.from : null;
     const recipients = (doc.to || []).concat(doc.cc || []);
-    const people = (from ? [from] : []).concat(recipients);
-    const deps = people.map((p) => [["identity", p], "rd.identity.sender-flags"]);
+    const deps = flagDeps(doc);
     const flags = deps.length ? open_schemas(deps) : [];
     const bulk = (i) => Boolean(flags[i] && flags[i].bulk);
     const mine = get_my_identities();

@@ -116,6 +116,11 @@ extension({
   source_fields: ["headers", "timestamp"],
   // The confirming reply is kept even when a re-run no longer sends it.
   category: "smart",
+  // A batch's lists in one read.
+  reads(doc) {
+    const list = classify(doc.headers || {});
+    return list ? [[["mailing-list", list.id], "rd.mailing-list"]] : [];
+  },
   handler(doc) {
     const headers = doc.headers || {};
     const list = classify(headers);

@@ -4,6 +4,8 @@
 extension({
   id: "rd.ext.core.msg-rfc-to-email",
   source_schemas: ["rd.msg.rfc822"],
+  // A batch's raw mail in one read.
+  reads_attachments: true,
   handler(doc) {
     const mail = raindrop.mail.parse_attachment(doc, "rfc822");
     if (mail === null) throw new Error("the message has no rfc822 attachment");

@@ -7,6 +7,7 @@
 //! registry of named functions taking and returning JSON. Here those meet.
 
 mod mail;
+mod read_ahead;
 mod store;
 
 use std::sync::Arc;

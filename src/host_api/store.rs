@@ -16,6 +16,7 @@ use crate::store::{Find, Store, WriteResult};
 pub fn register(host: &mut HostFunctions, store: Arc<dyn Store>, identities: Vec<Value>) {
     host.register("get_my_identities", move |_, _| Ok(Value::Array(identities.clone())));
     open_schemas(host, store.clone());
+    read_ahead(host, store.clone());
     open_attachment(host, store.clone());
     find_schemas(host, store.clone());
     find_schemas_each(host, store.clone());
@@ -141,8 +142,51 @@ fn open_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {
             ids.push(model::doc_id(key, schema)?);
         }
         let fields = field_list(args.get(1))?;
-        let docs = s.get_many(&ids, fields.as_deref())?;
+        let docs = super::read_ahead::get_many(&*s, &ids, fields.as_deref())?;
         Ok(json_list(docs.iter().map(|d| d.as_deref().unwrap_or("null"))))
+    });
+}
+
+/// `read_ahead({docs: [[rd_key, schema_id], …], finds: [{schema, field, value}, …],
+/// attachments: [document id, …], reset})`: reads the documents, the finds' documents and the
+/// given documents' attachments now, in as few requests as the store allows, so that
+/// `open_schemas`, `find_schemas` and the attachment readers answer them from memory for the
+/// rest of the call. The driver calls it at the start of every call, with `reset`, for what
+/// the extension's `reads` and `reads_attachments` declare; an extension may call it too.
+fn read_ahead(host: &mut HostFunctions, s: Arc<dyn Store>) {
+    host.register("read_ahead", move |_, args| {
+        let empty = serde_json::Map::new();
+        let ask = match args.first() {
+            Some(Value::Object(o)) => o,
+            None | Some(Value::Null) => &empty,
+            Some(other) => return Err(HostError(format!("read_ahead takes {{docs, finds, attachments}}, not {other}"))),
+        };
+        if ask.get("reset") == Some(&Value::Bool(true)) {
+            super::read_ahead::reset();
+        }
+        let list = |name: &str| ask.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let mut ids = Vec::new();
+        for pair in list("docs") {
+            match pair.as_array().map(Vec::as_slice) {
+                Some([key, Value::String(schema)]) => ids.push(model::doc_id(key, schema)?),
+                _ => return Err(HostError(format!("not an [rd_key, schema_id] pair: {pair}"))),
+            }
+        }
+        let mut finds = Vec::new();
+        for f in list("finds") {
+            match (f.get("schema"), f.get("field"), f.get("value")) {
+                (Some(Value::String(schema)), Some(Value::String(field)), Some(value)) => {
+                    finds.push(super::read_ahead::FindAhead { schema: schema.clone(), field: field.clone(), value: value.clone() })
+                }
+                _ => return Err(HostError(format!("a find is {{schema, field, value}}, not {f}"))),
+            }
+        }
+        let mut with_attachments = Vec::new();
+        for id in list("attachments") {
+            with_attachments.push(id.as_str().ok_or("attachments are read by document id, a string")?.to_string());
+        }
+        super::read_ahead::fetch(&*s, &ids, &with_attachments, &finds)?;
+        Ok(Value::Null)
     });
 }
 
@@ -170,6 +214,11 @@ fn find_schemas(host: &mut HostFunctions, s: Arc<dyn Store>) {
         };
         let limit = args.get(3).and_then(Value::as_u64).unwrap_or(1000) as usize;
         let fields = field_list(args.get(4))?;
+        if let Some((field, [value])) = by {
+            if let Some(found) = super::read_ahead::find(schema, field, value, limit, fields.as_deref()) {
+                return Ok(json_list(found.iter().map(String::as_str)));
+            }
+        }
         let found = s.find(&Find { schema, by, limit, fields: fields.as_deref() })?;
         Ok(json_list(found.iter().flatten().map(String::as_str)))
     });
@@ -206,6 +255,8 @@ fn update_documents(host: &mut HostFunctions, s: Arc<dyn Store>) {
                 doc.insert("_id".into(), Value::String(id));
             }
         }
+        // What was read ahead is read again after a write.
+        super::read_ahead::reset();
         // One answer per document, in order: the refused ones here, the others from the store.
         let mut answers: Vec<Option<Value>> = Vec::with_capacity(docs.len());
         let mut writes = Vec::new();
@@ -238,6 +289,9 @@ pub(super) fn read_attachment(store: &dyn Store, args: &[Value]) -> Result<Optio
         _ => return Err("the first argument must be a document or its id".into()),
     };
     let name = args.get(1).and_then(Value::as_str).ok_or("the second argument must be an attachment name")?;
+    if let Some(read) = super::read_ahead::attachment(&id, name) {
+        return Ok(read);
+    }
     let find = |doc: &crate::store::Doc| {
         doc.get("_attachments")
             .and_then(Value::as_object)

@@ -50,6 +50,22 @@ impl WatchSlot {
         self.started.store(now.max(prev + 1), Ordering::Release);
     }
 
+    /// `spent` went in a host function (a store's answer, most often): it does not count
+    /// against the running call's limit, whose start moves that much later. A firing during
+    /// it is thereby forgotten (the stamp is new), and the watchdog judges the call again by
+    /// the time it spent in JavaScript.
+    pub fn credit(&self, spent: Duration) {
+        let started = self.started.load(Ordering::Acquire);
+        if started == 0 {
+            return;
+        }
+        let moved = self.started.compare_exchange(started, started + (spent.as_nanos() as u64).max(1), Ordering::AcqRel, Ordering::Acquire);
+        // A call the watchdog already fired for is off its list: have it look again.
+        if moved.is_ok() && self.fired_for.load(Ordering::Acquire) == started {
+            self.watchdog.wake();
+        }
+    }
+
     /// Stops the running call, and every call until the next `arm` (the pool is going away).
     pub fn stop_now(&self) {
         self.limit_ns.store(0, Ordering::Release);

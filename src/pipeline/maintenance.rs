@@ -112,11 +112,12 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
     Ok(changed)
 }
 
-/// Bookkeeping kept as documents before 2026-11-28 (the dependency index, the later queues)
-/// becomes records, as it is kept now: out of the changes feed, which read every version of a
-/// growing queue or index again.
+/// Bookkeeping kept as documents before (on the embedded store the dependency index and the
+/// later queues before 2026-11-28; on CouchDB all of it, the sources' states too, before
+/// 2026-12-02) becomes records, as it is kept now: out of the changes feed, which read every
+/// version of a growing queue or index again, and out of CouchDB's view.
 pub(super) fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError> {
-    for prefix in [DEPS_PREFIX, LATER_PREFIX] {
+    for prefix in [DEPS_PREFIX, LATER_PREFIX, STATE_PREFIX] {
         let moved = store.move_to_records(prefix)?;
         if moved > 0 {
             tracing::info!(moved, prefix, "bookkeeping documents moved to records");

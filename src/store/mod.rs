@@ -128,6 +128,9 @@ pub struct Attachment {
     pub data: Vec<u8>,
 }
 
+/// A document's attachments by full name.
+pub type Attachments = Vec<(String, Attachment)>;
+
 /// A document that does not exist yet, given as its stored text: every member but `_id` (no
 /// `_rev`, `_deleted` or `_attachments`). The pipeline builds most of its outputs so, from the
 /// JSON text the handlers emitted, without parsing and printing them again.
@@ -317,6 +320,10 @@ pub trait Store: Send + Sync {
     fn put_attachment(&self, id: &str, rev: &str, name: &str, attachment: &Attachment) -> Result<String, StoreError>;
 
     fn get_attachment(&self, id: &str, name: &str) -> Result<Option<Attachment>, StoreError>;
+
+    /// Every attachment of each of `ids`, by full name, in the order asked (`None`: no such
+    /// document): a batch's raw mail in one request on CouchDB, not one per message.
+    fn get_attachments_of(&self, ids: &[String]) -> Result<Vec<Option<Attachments>>, StoreError>;
 
     /// A checkpoint document: never in the changes feed, never replicated.
     fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError>;

@@ -242,6 +242,36 @@ fn extensions_setting_the_same_global_see_only_their_own() {
 }
 
 #[test]
+fn time_in_host_functions_does_not_count_against_the_limit_but_javascript_between_them_does() {
+    let mut config = PoolConfig::new(1);
+    let mut host = HostFunctions::new();
+    // A slow store: each answer takes 300 ms.
+    host.register("slow_store", |_, _| {
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(json!(1))
+    });
+    config.host_functions = host;
+    let src = r#"extension({id: "t.slow", source_schemas: ["x"], time_limit_ms: 400, handler(doc) {
+        let n = 0;
+        for (let i = 0; i < 4; i++) {
+            n += slow_store();
+            // JavaScript's own time between the calls: 150 ms each when asked to spin.
+            const until = Date.now() + (doc.spin ? 150 : 0);
+            while (Date.now() < until) {}
+        }
+        emit_schema("x.r", { n });
+    }});"#;
+    let pool = JsPool::start(vec![ext("slow.js", src)], config).unwrap();
+    let started = Instant::now();
+    let r = pool.run(0, docs(&[json!({}), json!({"spin": true})]));
+    // 1.2 s waiting on the host: not the handler's time.
+    assert_eq!(emitted(&r.outcomes[0])[0].1, json!({"n": 4}));
+    // 600 ms of its own JavaScript: past its 400 ms.
+    assert_eq!(failure(&r.outcomes[1]).kind, FailureKind::TimeLimit);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
 fn host_functions_are_plain_synchronous_globals() {
     let mut config = PoolConfig::new(1);
     let mut host = HostFunctions::new();

@@ -442,10 +442,34 @@ fn records_beside_documents(s: &dyn Store) {
     assert_eq!(rest.iter().map(|d| d["_id"].clone()).collect::<Vec<_>>(), vec![json!("rdtest!2")]);
     assert!(s.records_after("rdtest!", Some("rdtest!2"), 10).unwrap().is_empty());
     assert!(s.records_after("rdtesu", None, 10).unwrap().is_empty());
-    // The embedded store keeps them out of the feed (on CouchDB they are documents).
-    if s.info().unwrap().backend == "embedded" {
-        assert!(all_changes(s, 100).iter().all(|c| !c.id.starts_with("rdtest!")), "records stay out of the feed");
-    }
+    // Both stores keep them out of the documents' feed (CouchDB in a database of their own).
+    assert!(all_changes(s, 100).iter().all(|c| !c.id.starts_with("rdtest!")), "records stay out of the feed");
+    assert!(s.get("rdtest!2", false).unwrap().is_none(), "a record is not a document");
+}
+
+fn bookkeeping_documents_move_to_records(s: &dyn Store) {
+    // A database from before kept its bookkeeping as documents.
+    let old: Vec<Doc> = (0..3).map(|i| doc(json!({"_id": format!("rdold!{i}"), "n": i}))).collect();
+    s.bulk_write(old).unwrap();
+    write1(s, json!({"_id": "rdolder", "n": 9}));
+    assert!(s.move_to_records("rdold!").unwrap() >= 3);
+    let ids: Vec<String> = (0..3).map(|i| format!("rdold!{i}")).collect();
+    let moved = s.get_records(&ids).unwrap();
+    assert_eq!(
+        moved.iter().map(|r| r.as_ref().map(|d| d["n"].clone())).collect::<Vec<_>>(),
+        vec![Some(json!(0)), Some(json!(1)), Some(json!(2))]
+    );
+    assert!(ids.iter().all(|id| s.get(id, false).unwrap().is_none()), "no longer documents");
+    assert!(s.get("rdolder", false).unwrap().is_some(), "only the prefix moves");
+    assert_eq!(s.records_after("rdold!", None, 10).unwrap().len(), 3);
+    // Moved records are written at their revision like any other.
+    let rev = moved[0].as_ref().unwrap()["_rev"].as_str().unwrap().to_string();
+    let again = doc(json!({"_id": "rdold!0", "_rev": rev, "n": 10}));
+    assert!(matches!(
+        s.write(WriteBatch { records: vec![again.into()], ..WriteBatch::default() }).unwrap().records[..],
+        [WriteResult::Ok { .. }]
+    ));
+    assert_eq!(s.move_to_records("rdold!").unwrap(), 0, "nothing left to move");
 }
 
 macro_rules! conformance {
@@ -463,6 +487,7 @@ macro_rules! conformance {
 
 conformance!(
     records_beside_documents,
+    bookkeeping_documents_move_to_records,
     an_index_readied_before_the_documents_finds_them,
     crud_with_revisions,
     conflicts,

@@ -363,6 +363,8 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
     let (imported, total, written, errors, bodies, conversations) = mail_run_on(couch.clone(), &messages, threads, false, true);
     let cpu = process_cpu_seconds(child.id()) - cpu_before;
     let requests = couch.requests() - requests_before;
+    let by_kind = couch.requests_by_kind();
+    let stored = stored_by_prefix(&format!("http://127.0.0.1:{port}/mail"));
     let failures = (&*couch as &dyn Store).find_docs("rd.core.error", None, 3).unwrap_or_default();
     let _ = child.kill();
     let _ = child.wait();
@@ -390,6 +392,11 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
         cpu * 1000.0 / n as f64
     );
     println!("documents written {written}, rd.msg.body {bodies}; one worker (shared workers are issue 21's)");
+    println!("stored (documents by id prefix, and revisions written to each kind): {stored}");
+    // Every request of the store's life, the import's included, by endpoint.
+    for (kind, count, time) in &by_kind {
+        println!("  {kind:<24} {count:>7} requests {:>9.2} s", time.as_secs_f64());
+    }
     for f in &failures {
         println!("error document: {}", f.get("error_details").map(|d| d.to_string()).unwrap_or_default());
     }
@@ -397,6 +404,23 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
     if raindrop::timing::enabled() {
         eprint!("{}", raindrop::timing::take_report());
     }
+}
+
+/// The database's documents counted by the prefix of their id (up to the first `!`), each with
+/// the revisions written to them: what the server was asked to store.
+fn stored_by_prefix(url: &str) -> String {
+    let Ok(resp) = reqwest::blocking::get(format!("{url}/_all_docs")) else { return String::new() };
+    let Ok(all) = resp.json::<serde_json::Value>() else { return String::new() };
+    let mut counts: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for row in all["rows"].as_array().into_iter().flatten() {
+        let id = row["id"].as_str().unwrap_or_default();
+        let prefix = id.split_once('!').map_or(id, |(p, _)| p);
+        let revs = row["value"]["rev"].as_str().and_then(|r| r.split_once('-')).and_then(|(n, _)| n.parse::<u64>().ok()).unwrap_or(0);
+        let entry = counts.entry(prefix.chars().take(12).collect()).or_default();
+        entry.0 += 1;
+        entry.1 += revs;
+    }
+    counts.iter().map(|(p, (n, r))| format!("{p} {n} ({r} revs)")).collect::<Vec<_>>().join(", ")
 }
 
 /// User and system CPU seconds of process `pid` so far, from `/proc` (0 when it cannot be read).

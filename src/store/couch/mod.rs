@@ -9,6 +9,8 @@
 //!
 //! `wire` holds what the requests are made of: URLs, ids, sequences, rows.
 
+mod feed;
+mod records;
 mod views;
 mod wire;
 
@@ -19,10 +21,10 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{
-    Attachment, Change, ChangesPage, DbInfo, Doc, Find, Seq, Store, StoreError, ViewQuery, ViewRow, WriteBatch, WriteResult, Written,
+    Attachment, ChangesPage, DbInfo, Doc, Find, Record, Seq, Store, StoreError, ViewQuery, ViewRow, WriteBatch, WriteResult, Written,
 };
 use wire::{describe_reqwest, encode_component, encode_id, in_input_order, percent_decode, seq_from_json, shaped, Rows};
 pub use wire::{inline_attachment, redact};
@@ -57,25 +59,50 @@ fn default_request_timeout() -> Duration {
     Duration::from_secs(secs)
 }
 
-/// A CouchDB database.
+/// Which of the store's two databases a request is for: the documents' (the one named), or
+/// the records' beside it (see `records`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Main,
+    Records,
+}
+
+/// A CouchDB database, and beside it the database of its records.
 pub struct CouchStore {
     client: Client,
     /// `http://host:port/db` without credentials: safe to print.
     db_url: String,
+    /// The database's path on the server (`/db`), to name requests by what follows it.
+    db_path: String,
     user: Option<String>,
     password: Option<String>,
     retry: RetryPolicy,
     /// Whether the design document behind `find` is known to be installed (done on first use,
     /// so databases that never query carry no design document).
     views_ready: std::sync::atomic::AtomicBool,
+    /// Whether the records' database is known to exist (made on first use).
+    records_ready: std::sync::atomic::AtomicBool,
+    /// The revision of each checkpoint this store last read or wrote, so that writing one is
+    /// one request, not a read and a write.
+    local_revs: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// HTTP requests sent (each attempt), for benchmarks to count round trips.
     requests: std::sync::atomic::AtomicU64,
+    /// The same by kind ("POST _all_docs", "GET attachment", …) with the time they took: where
+    /// the round trips go.
+    by_kind: std::sync::Mutex<std::collections::BTreeMap<String, (u64, Duration)>>,
 }
 
 impl CouchStore {
     /// How many HTTP requests this store has sent (every attempt counts).
     pub fn requests(&self) -> u64 {
         self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The requests sent so far by kind (method and endpoint), with how many and how long
+    /// they took in all.
+    pub fn requests_by_kind(&self) -> Vec<(String, u64, Duration)> {
+        let by_kind = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+        by_kind.iter().map(|(k, &(n, t))| (k.clone(), n, t)).collect()
     }
 
     /// Connects to the database at `url` (`http[s]://[user[:password]@]host:port/db`) and
@@ -97,11 +124,15 @@ impl CouchStore {
         let store = CouchStore {
             client,
             db_url: redact(url),
+            db_path: parsed.path().trim_end_matches('/').to_string(),
             user,
             password,
             retry,
             views_ready: Default::default(),
+            records_ready: Default::default(),
+            local_revs: Default::default(),
             requests: Default::default(),
+            by_kind: Default::default(),
         };
         store.ensure_db()?;
         Ok(store)
@@ -116,7 +147,16 @@ impl CouchStore {
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
-        let rb = self.client.request(method, self.url(path));
+        self.request_in(Db::Main, method, path)
+    }
+
+    /// A request to `path` of the documents' database or of the records'.
+    fn request_in(&self, db: Db, method: reqwest::Method, path: &str) -> RequestBuilder {
+        let url = match db {
+            Db::Main => self.url(path),
+            Db::Records => records::url(&self.db_url, path),
+        };
+        let rb = self.client.request(method, url);
         match &self.user {
             Some(u) => rb.basic_auth(u, self.password.as_deref()),
             None => rb,
@@ -139,7 +179,23 @@ impl CouchStore {
         let mut timeouts = 0;
         for attempt in 1..=self.retry.attempts.max(1) {
             self.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            match make().send() {
+            let request = match make().build() {
+                Ok(r) => r,
+                Err(e) => return Err(StoreError::BadRequest(describe_reqwest(&e))),
+            };
+            let path = request.url().path().strip_prefix(self.db_path.as_str()).unwrap_or("");
+            let kind = match path.strip_prefix("$records").or_else(|| path.strip_prefix("%24records")) {
+                Some(rest) => format!("records: {}", wire::request_kind(request.method(), rest)),
+                None => wire::request_kind(request.method(), path),
+            };
+            let started = std::time::Instant::now();
+            let answer = self.client.execute(request);
+            let mut by_kind = self.by_kind.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = by_kind.entry(kind).or_default();
+            entry.0 += 1;
+            entry.1 += started.elapsed();
+            drop(by_kind);
+            match answer {
                 Err(e) if e.is_timeout() => {
                     timeouts += 1;
                     last_error = format!("no answer within {} s", self.retry.request_timeout.as_secs_f64());
@@ -193,9 +249,14 @@ impl CouchStore {
     }
 
     fn ensure_db(&self) -> Result<(), StoreError> {
-        let resp = self.send(|| self.request(reqwest::Method::HEAD, ""))?;
+        self.ensure(Db::Main)
+    }
+
+    /// Makes database `db` if it does not exist.
+    fn ensure(&self, db: Db) -> Result<(), StoreError> {
+        let resp = self.send(|| self.request_in(db, reqwest::Method::HEAD, ""))?;
         if resp.status() == StatusCode::NOT_FOUND {
-            let resp = self.send(|| self.request(reqwest::Method::PUT, ""))?;
+            let resp = self.send(|| self.request_in(db, reqwest::Method::PUT, ""))?;
             // 412: someone else created it meanwhile.
             self.expect_status(resp, &[StatusCode::CREATED, StatusCode::ACCEPTED, StatusCode::PRECONDITION_FAILED])?;
         } else {
@@ -203,74 +264,30 @@ impl CouchStore {
         }
         Ok(())
     }
-
-    /// One `_changes` request. With `retry` false, a single attempt (for longpolls, where a
-    /// timeout is an answer).
-    fn read_changes<D: for<'de> Deserialize<'de>>(
-        &self,
-        query: &[(&str, String)],
-        body_timeout: Option<Duration>,
-        retry: bool,
-    ) -> Result<ChangesPage<D>, StoreError> {
-        #[derive(Deserialize)]
-        struct Rev {
-            rev: String,
-        }
-        #[derive(Deserialize)]
-        #[serde(bound = "D: Deserialize<'de>")]
-        struct Row<D> {
-            seq: Value,
-            id: String,
-            changes: Vec<Rev>,
-            #[serde(default)]
-            deleted: bool,
-            doc: Option<D>,
-        }
-        #[derive(Deserialize)]
-        #[serde(bound = "D: Deserialize<'de>")]
-        struct Page<D> {
-            results: Vec<Row<D>>,
-            last_seq: Value,
-        }
-        let make = || {
-            let rb = self.request(reqwest::Method::GET, "_changes").query(query);
-            match body_timeout {
-                Some(t) => rb.timeout(t),
-                None => rb,
-            }
-        };
-        let resp = if retry { self.send(make)? } else { make().send().map_err(|e| self.unavailable(describe_reqwest(&e)))? };
-        let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let page: Page<D> = self.json(resp)?;
-        let changes = page
-            .results
-            .into_iter()
-            .map(|r| Change {
-                seq: seq_from_json(&r.seq),
-                rev: r.changes.into_iter().next().map(|c| c.rev).unwrap_or_default(),
-                id: r.id,
-                deleted: r.deleted,
-                doc: r.doc,
-            })
-            .collect();
-        Ok(ChangesPage { changes, last_seq: seq_from_json(&page.last_seq) })
-    }
-
-    fn changes_query(since: &Seq, limit: usize, include_docs: bool) -> Vec<(&'static str, String)> {
-        let mut q = vec![("limit", limit.max(1).to_string()), ("style", "main_only".to_string())];
-        if !since.is_zero() {
-            q.push(("since", since.as_str().to_string()));
-        }
-        if include_docs {
-            q.push(("include_docs", "true".to_string()));
-        }
-        q
-    }
 }
 
 impl CouchStore {
-    /// `_bulk_docs` in requests of at most 2,000 documents or 16 MiB; one result per document.
-    fn bulk_docs(&self, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
+    /// Documents of `db` by id, as [`Store::get_many`] asks.
+    fn get_many_in(&self, db: Db, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            let body = json!({ "keys": chunk });
+            let resp =
+                self.send(|| self.request_in(db, reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
+            let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+            if rows.rows.len() != chunk.len() {
+                return Err(self.protocol("_all_docs returned a different number of rows than keys"));
+            }
+            for row in rows.rows {
+                out.push(row.doc.as_deref().map(|d| shaped(d, fields)).transpose()?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `_bulk_docs` to `db` in requests of at most 2,000 documents or 16 MiB; one result per
+    /// document.
+    fn bulk_docs(&self, db: Db, docs: Vec<Doc>) -> Result<Vec<WriteResult>, StoreError> {
         #[derive(Deserialize)]
         struct Row {
             id: Option<String>,
@@ -291,7 +308,7 @@ impl CouchStore {
             let batch = &docs[start..end];
             let body = serde_json::to_vec(&json!({ "docs": batch })).map_err(|e| StoreError::BadRequest(e.to_string()))?;
             let resp = self.send(|| {
-                self.request(reqwest::Method::POST, "_bulk_docs")
+                self.request_in(db, reqwest::Method::POST, "_bulk_docs")
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
                     .body(body.clone())
             })?;
@@ -348,19 +365,7 @@ impl Store for CouchStore {
     }
 
     fn get_many(&self, ids: &[String], fields: Option<&[String]>) -> Result<Vec<Option<String>>, StoreError> {
-        let mut out = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(1000) {
-            let body = json!({ "keys": chunk });
-            let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&[("include_docs", "true")]).json(&body))?;
-            let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
-            if rows.rows.len() != chunk.len() {
-                return Err(self.protocol("_all_docs returned a different number of rows than keys"));
-            }
-            for row in rows.rows {
-                out.push(row.doc.as_deref().map(|d| shaped(d, fields)).transpose()?);
-            }
-        }
-        Ok(out)
+        self.get_many_in(Db::Main, ids, fields)
     }
 
     fn find(&self, find: &Find<'_>) -> Result<Vec<Vec<String>>, StoreError> {
@@ -437,19 +442,22 @@ impl Store for CouchStore {
         }
     }
 
-    /// Documents, new documents and records in `_bulk_docs` (records are documents here), then
-    /// the checkpoint: not one transaction, so the records come after the data they describe.
+    /// Documents and new documents in one `_bulk_docs`, then the records in one to the records'
+    /// database, then the checkpoint: not one transaction, so the records come after the data
+    /// they describe.
     fn write(&self, batch: WriteBatch<'_>) -> Result<Written, StoreError> {
         let mut all = batch.docs;
         for doc in batch.new_docs {
             all.push(doc.into_doc()?);
         }
-        let n = all.len();
-        for record in batch.records {
-            all.push(record.into_doc()?);
-        }
-        let mut docs = if all.is_empty() { Vec::new() } else { self.bulk_docs(all)? };
-        let records = docs.split_off(n.min(docs.len()));
+        let docs = if all.is_empty() { Vec::new() } else { self.bulk_docs(Db::Main, all)? };
+        let records = batch.records.into_iter().map(Record::into_doc).collect::<Result<Vec<_>, _>>()?;
+        let records = if records.is_empty() {
+            Vec::new()
+        } else {
+            self.records_db()?;
+            self.bulk_docs(Db::Records, records)?
+        };
         if let Some((id, body)) = batch.checkpoint {
             self.put_local(id, body)?;
         }
@@ -462,34 +470,15 @@ impl Store for CouchStore {
     }
 
     fn get_records(&self, ids: &[String]) -> Result<Vec<Option<Doc>>, StoreError> {
-        self.get_many(ids, None)?.into_iter().map(|t| t.map(|t| super::parse_doc(&t)).transpose()).collect()
+        self.read_records(ids)
     }
 
-    /// Records are documents here: `_all_docs` from the prefix on, in the server's id order.
     fn records_after(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<Doc>, StoreError> {
-        let start = after.unwrap_or(prefix);
-        let q = [
-            ("startkey", Value::String(start.to_string()).to_string()),
-            ("endkey", Value::String(format!("{prefix}\u{fff0}")).to_string()),
-            ("include_docs", "true".to_string()),
-            ("limit", (limit.max(1) + 1).to_string()),
-        ];
-        let resp = self.send(|| self.request(reqwest::Method::GET, "_all_docs").query(&q))?;
-        let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
-        let mut out = Vec::new();
-        for doc in rows.rows.iter().filter_map(|r| r.doc.as_deref()) {
-            let doc = super::parse_doc(doc.get())?;
-            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
-            if Some(id) != after && id.starts_with(prefix) && out.len() < limit.max(1) {
-                out.push(doc);
-            }
-        }
-        Ok(out)
+        self.records_from(prefix, after, limit)
     }
 
-    /// Records are documents here: nothing to move.
-    fn move_to_records(&self, _prefix: &str) -> Result<u64, StoreError> {
-        Ok(0)
+    fn move_to_records(&self, prefix: &str) -> Result<u64, StoreError> {
+        self.move_records(prefix)
     }
 
     fn put_attachment(&self, id: &str, rev: &str, name: &str, attachment: &Attachment) -> Result<String, StoreError> {
@@ -525,45 +514,39 @@ impl Store for CouchStore {
         Ok(Some(Attachment { content_type, data }))
     }
 
-    fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
-        let path = format!("_local/{}", encode_component(id));
-        let resp = self.send(|| self.request(reqwest::Method::GET, &path))?;
-        if resp.status() == StatusCode::NOT_FOUND {
-            return Ok(None);
+    /// `_all_docs` with the attachments inline (base64), one request for the lot.
+    fn get_attachments_of(&self, ids: &[String]) -> Result<Vec<Option<crate::store::Attachments>>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let resp = self.expect_status(resp, &[StatusCode::OK])?;
-        let mut v: Map<String, Value> = self.json(resp)?;
-        Ok(v.remove("body"))
+        let body = json!({ "keys": ids });
+        let q = [("include_docs", "true"), ("attachments", "true")];
+        let resp = self.send(|| self.request(reqwest::Method::POST, "_all_docs").query(&q).json(&body))?;
+        let rows: Rows = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
+        if rows.rows.len() != ids.len() {
+            return Err(self.protocol("_all_docs returned a different number of rows than keys"));
+        }
+        rows.rows
+            .iter()
+            .map(|row| row.doc.as_deref().map(|d| wire::inline_attachments(d.get())).transpose().map_err(|e| self.protocol(e)))
+            .collect()
+    }
+
+    fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
+        self.read_checkpoint(id)
     }
 
     fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError> {
-        let path = format!("_local/{}", encode_component(id));
-        // _local documents still carry a rev on CouchDB: read it, then write; retry a race.
-        for _ in 0..5 {
-            let resp = self.send(|| self.request(reqwest::Method::GET, &path))?;
-            let rev = if resp.status() == StatusCode::NOT_FOUND {
-                None
-            } else {
-                let v: Value = self.json(self.expect_status(resp, &[StatusCode::OK])?)?;
-                v.get("_rev").and_then(Value::as_str).map(str::to_string)
-            };
-            let mut doc = json!({ "body": body });
-            if let Some(rev) = rev {
-                doc["_rev"] = Value::String(rev);
-            }
-            let resp = self.send(|| self.request(reqwest::Method::PUT, &path).json(&doc))?;
-            if resp.status() == StatusCode::CONFLICT {
-                continue;
-            }
-            self.expect_status(resp, &[StatusCode::CREATED, StatusCode::OK, StatusCode::ACCEPTED])?;
-            return Ok(());
-        }
-        Err(StoreError::Conflict { id: format!("_local/{id}") })
+        self.write_checkpoint(id, body)
     }
 
+    /// Both databases.
     fn destroy(&self) -> Result<(), StoreError> {
-        let resp = self.send(|| self.request(reqwest::Method::DELETE, ""))?;
-        self.expect_status(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
+        for db in [Db::Records, Db::Main] {
+            let resp = self.send(|| self.request_in(db, reqwest::Method::DELETE, ""))?;
+            self.expect_status(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
+        }
+        self.records_ready.store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 }

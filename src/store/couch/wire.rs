@@ -123,6 +123,43 @@ pub(super) fn percent_decode(s: &str) -> String {
 }
 
 /// A sequence as CouchDB gave it: strings verbatim, numbers in their JSON form.
+/// What a request is, for counting them: its method and endpoint (`POST _all_docs`, `GET
+/// view`, `GET attachment`, …) from its path after the database's.
+pub(super) fn request_kind(method: &reqwest::Method, path: &str) -> String {
+    let path = path.trim_start_matches('/');
+    let endpoint = match path.split('/').next().unwrap_or("") {
+        "" => "database",
+        "_design" if path.contains("/_view/") => "view",
+        e if e.starts_with('_') => e,
+        _ if path.contains('/') => "attachment",
+        _ => "document",
+    };
+    format!("{method} {endpoint}")
+}
+
+/// The attachments a document read with `attachments=true` carries inline, decoded.
+pub(super) fn inline_attachments(doc: &str) -> Result<crate::store::Attachments, String> {
+    #[derive(Deserialize)]
+    struct Inline {
+        content_type: Option<String>,
+        data: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct WithAttachments {
+        #[serde(rename = "_attachments", default)]
+        attachments: std::collections::BTreeMap<String, Inline>,
+    }
+    let doc: WithAttachments = serde_json::from_str(doc).map_err(|e| format!("a document with its attachments: {e}"))?;
+    doc.attachments
+        .into_iter()
+        .map(|(name, a)| {
+            let data = a.data.ok_or_else(|| format!("attachment {name} came without its data"))?;
+            let data = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| format!("attachment {name}: {e}"))?;
+            Ok((name, crate::store::Attachment { content_type: a.content_type.unwrap_or_else(|| "application/octet-stream".into()), data }))
+        })
+        .collect()
+}
+
 pub(super) fn seq_from_json(v: &Value) -> Seq {
     match v {
         Value::String(s) => Seq::from_raw(s.clone()),
@@ -216,6 +253,30 @@ mod tests {
         let back = in_input_order(rows.clone(), &batch, |r| *r);
         assert_eq!(back, vec![Some("a"), Some("fresh"), Some("b"), Some("a")]);
         assert_eq!(in_input_order(vec![Some("a"), Some("x")], &batch[..2], |r| *r), vec![Some("a"), Some("x")]);
+    }
+
+    #[test]
+    fn requests_are_named_by_endpoint() {
+        use reqwest::Method;
+        assert_eq!(request_kind(&Method::POST, "/_all_docs"), "POST _all_docs");
+        assert_eq!(request_kind(&Method::GET, "/_design/raindrop/_view/megaview"), "GET view");
+        assert_eq!(request_kind(&Method::PUT, "/_local/ckpt"), "PUT _local");
+        assert_eq!(request_kind(&Method::GET, "/rc!x!y/rfc822"), "GET attachment");
+        assert_eq!(request_kind(&Method::GET, "/rc!x!y"), "GET document");
+        assert_eq!(request_kind(&Method::HEAD, ""), "HEAD database");
+    }
+
+    #[test]
+    fn inline_attachments_are_decoded() {
+        let doc = r#"{"_id":"a","_attachments":{"x/rfc822":{"content_type":"message/rfc822","data":"aGVsbG8="}}}"#;
+        let atts = inline_attachments(doc).unwrap();
+        assert_eq!(atts.len(), 1);
+        assert_eq!(
+            (atts[0].0.as_str(), atts[0].1.content_type.as_str(), &atts[0].1.data[..]),
+            ("x/rfc822", "message/rfc822", &b"hello"[..])
+        );
+        assert_eq!(inline_attachments(r#"{"_id":"b"}"#).unwrap().len(), 0);
+        assert!(inline_attachments(r#"{"_attachments":{"s":{"stub":true}}}"#).unwrap_err().contains("without its data"));
     }
 
     #[test]

@@ -321,6 +321,23 @@ impl Store for EmbeddedStore {
         })
     }
 
+    fn get_attachments_of(&self, ids: &[String]) -> Result<Vec<Option<crate::store::Attachments>>, StoreError> {
+        self.read(|c| {
+            let mut exists = c.prepare_cached("SELECT 1 FROM docs WHERE id = ?1 AND deleted = 0")?;
+            let mut atts = c.prepare_cached("SELECT name, content_type, data FROM attachments WHERE doc_id = ?1 ORDER BY name")?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if exists.query_row([id], |_| Ok(())).optional()?.is_none() {
+                    out.push(None);
+                    continue;
+                }
+                let rows = atts.query_map([id], |r| Ok((r.get(0)?, Attachment { content_type: r.get(1)?, data: r.get(2)? })))?;
+                out.push(Some(rows.collect::<Result<Vec<_>, _>>()?));
+            }
+            Ok(out)
+        })
+    }
+
     fn get_local(&self, id: &str) -> Result<Option<Value>, StoreError> {
         let body: Option<String> =
             self.read(|c| c.prepare_cached("SELECT body FROM local WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional())?;
