@@ -50,8 +50,12 @@ extension({
       for (const row of open_view({ schema: "rd.grouping.summary", limit: 1000000 })) tags.add(row.value.rd_key[1]);
     }
     for (const tag of [...tags].sort()) {
-      const num_unread = count_view({ schema: SCHEMA, field: FIELD, prefix: [tag] });
-      emit_schema("rd.grouping.summary", { unread: latestUnread(tag), num_unread }, { rd_key: ["display-group", tag] });
+      const unread = latestUnread(tag);
+      // Two questions of the index, asked one after the other: on a database other workers
+      // write meanwhile (shared workers), the count may be of an earlier moment than the
+      // list. Their write queues this group again, and the next pass counts both as they are.
+      const num_unread = Math.max(count_view({ schema: SCHEMA, field: FIELD, prefix: [tag] }), unread.length);
+      emit_schema("rd.grouping.summary", { unread, num_unread }, { rd_key: ["display-group", tag] });
     }
   },
 });

@@ -24,8 +24,16 @@ pub struct ProcessArgs {
     #[arg(long)]
     pub stop_on_error: bool,
     /// Take only slice K of N of the source documents (e.g. 0/2), with its own checkpoint.
-    #[arg(long, value_parser = parse_worker)]
+    #[arg(long, value_parser = parse_worker, conflicts_with = "share")]
     pub worker: Option<(u64, u64)>,
+    /// Share the work with the other daemons started with --share on this database: each
+    /// takes a share of the sources through leases kept in the database, and takes over the
+    /// share of one that stops renewing them (with --continuous, or `raindrop run`).
+    #[arg(long)]
+    pub share: bool,
+    /// With --share: seconds after which a lease not renewed is taken over.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600), requires = "share")]
+    pub lease_timeout: u64,
     /// Changes read per page.
     #[arg(long, default_value_t = 2000)]
     pub page_size: usize,
@@ -148,6 +156,9 @@ pub fn process(cli: &super::Cli, settings: &Settings, args: &ProcessArgs) -> any
         // Continuous: the daemon, without the mail sync or the listener.
         return daemon(cli, settings, args, None, false);
     }
+    if args.share {
+        anyhow::bail!("--share needs --continuous (or `raindrop run`): a shared worker keeps running to take over for the others");
+    }
     let started = Instant::now();
     let (_store, pipeline) = start(settings)?;
     let stats = pipeline.run(&args.options(), progress_printer())?;
@@ -176,6 +187,7 @@ fn daemon(
         cors_origins: settings.cors_origins.clone(),
         run: RunOptions { continuous: true, ..args.options() },
         sync,
+        share: args.share.then(|| std::time::Duration::from_secs(args.lease_timeout)),
     };
     let cli = cli.clone();
     let reread = move || super::Settings::resolve(&cli).map(|s| s.daemon_settings()).map_err(|e| format!("{e:#}"));

@@ -32,6 +32,7 @@ use serde_json::Value;
 
 use crate::js::{JsPool, PoolConfig};
 use crate::metrics::Metrics;
+use crate::pipeline::share::Share;
 use crate::pipeline::{Pipeline, PipelineError, RunOptions, Stats};
 use crate::protocols::imap::ImapAccount;
 use crate::store::{Store, StoreError, StoreSpec};
@@ -88,6 +89,9 @@ pub struct DaemonOptions {
     pub run: RunOptions,
     /// Sync the accounts (`raindrop run`; not `process --continuous`).
     pub sync: bool,
+    /// Share the work with the other daemons of the database (`--share`), with leases that
+    /// time out after this long.
+    pub share: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +127,11 @@ pub fn run(
     signals::install(control.clone()).map_err(|e| DaemonError::Thread("signal", e))?;
     let metrics = Arc::new(Metrics::default());
     let Some(store) = open_store(&options.store, &control) else { return Ok(Stats::default()) };
-    let run = RunOptions { continuous: true, stop: Some(control.run_stop.clone()), ..options.run.clone() };
+    let mut run = RunOptions { continuous: true, stop: Some(control.run_stop.clone()), ..options.run.clone() };
+    let share = match options.share {
+        None => None,
+        Some(timeout) => Some(join_the_share(&store, timeout, &control, &mut run)?),
+    };
     let mut api_plan = None;
     let mut threads = Stopping { control: control.clone(), listener: None, api_watch: None };
     threads.listener = match options.listen {
@@ -169,12 +177,34 @@ pub fn run(
         to_withdraw: BTreeSet::new(),
         checkpoint_id: Pipeline::checkpoint_id(&run),
         api_plan,
+        share: share.clone(),
     };
     daemon.watch().map_err(|e| DaemonError::Thread("watch", e))?;
     let stats = daemon.main_loop(&run, &reread, &plan, progress);
+    if let Some(share) = share {
+        share.leave();
+    }
     drop(threads);
     eprintln!("raindrop: stopped");
     stats
+}
+
+/// Starts this daemon's part in sharing the work (`--share`): the leases, and the runs' slices
+/// and checkpoint. A claim ends the main run at a page boundary, for the catch-up.
+fn join_the_share(
+    store: &Arc<dyn Store>,
+    timeout: Duration,
+    control: &Arc<Control>,
+    run: &mut RunOptions,
+) -> Result<Arc<Share>, DaemonError> {
+    let share = Share::start(store.clone(), timeout, control.run_stop.clone()).map_err(|e| DaemonError::Thread("leases", e))?;
+    eprintln!("raindrop: sharing the work as worker {} (leases time out after {} s)", share.id(), timeout.as_secs());
+    run.share = Some(share.held());
+    run.checkpoint = Some(crate::pipeline::share::checkpoint_of(share.id()));
+    // A new worker holds nothing yet: its main run starts at the feed's end, and each slice it
+    // claims is caught up from its lease's position.
+    run.start = store.info().ok().map(|i| crate::store::Seq::from_raw(i.update_seq));
+    Ok(share)
 }
 
 /// The threads that hold JS pools besides the main loop's: on any way out of [`run`] they
@@ -213,6 +243,8 @@ struct Daemon {
     checkpoint_id: String,
     /// What the API's pool is made from, when the daemon listens.
     api_plan: Option<Arc<Mutex<api_folder::ApiPlan>>>,
+    /// The leases of a shared worker.
+    share: Option<Arc<Share>>,
 }
 
 impl Daemon {
@@ -226,6 +258,7 @@ impl Daemon {
         let mut total = Stats::default();
         let mut pool = self.load()?;
         let mut backoff = Duration::from_secs(1);
+        let mut run = run.clone();
         loop {
             // Cleared first, then raised again for a stop or reload asked for while the last
             // pool started: neither is lost (both raise `run_stop` after their own flag).
@@ -234,10 +267,19 @@ impl Daemon {
                 self.control.end_run();
             }
             let pipeline = Pipeline::new(self.store.clone(), pool.clone()).with_metrics(self.metrics.clone());
-            match pipeline.run(run, &mut *progress) {
+            let caught_up = match &self.share {
+                Some(share) if !self.control.stopping() => pipeline.catch_up(share, &run, &mut *progress),
+                _ => Ok(Stats::default()),
+            };
+            match caught_up.and_then(|caught_up| {
+                total.add(&caught_up);
+                pipeline.run(&run, &mut *progress)
+            }) {
                 Ok(stats) => {
                     total.add(&stats);
                     backoff = Duration::from_secs(1);
+                    // Only the first run starts at a given place; the next ones at the checkpoint.
+                    run.start = None;
                 }
                 Err(PipelineError::Store(e @ (StoreError::Unavailable { .. } | StoreError::Embedded { .. }))) => {
                     eprintln!("raindrop: the database is unreachable ({e}); trying again in {} s", backoff.as_secs());

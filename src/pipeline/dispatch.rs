@@ -127,7 +127,7 @@ impl Pipeline {
     fn deletions_for_later(&self, changes: &[Change<Arc<str>>], options: &RunOptions) -> Vec<(String, Vec<Value>)> {
         let gone: Vec<(&Change<Arc<str>>, &str)> = changes
             .iter()
-            .filter(|c| c.deleted && in_slice(&c.id, options.worker))
+            .filter(|c| c.deleted && in_slice(&c.id, options))
             .filter_map(|c| model::schema_of_id(&c.id).map(|s| (c, s)))
             .collect();
         if gone.is_empty() {
@@ -160,7 +160,7 @@ impl Pipeline {
         let (forced, mut sources) = self.dependents(changes, options)?;
         let mut deleted: Vec<&str> = Vec::new();
         for c in changes {
-            if model::schema_of_id(&c.id).is_none() || !in_slice(&c.id, options.worker) {
+            if model::schema_of_id(&c.id).is_none() || !in_slice(&c.id, options) {
                 continue;
             }
             match (&c.doc, c.deleted) {
@@ -187,11 +187,8 @@ impl Pipeline {
         forced.sort();
         forced.dedup();
         let in_page: HashSet<&str> = changes.iter().map(|c| c.id.as_str()).collect();
-        let mut missing: Vec<String> = forced
-            .iter()
-            .map(|(src, _)| src.clone())
-            .filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options.worker))
-            .collect();
+        let mut missing: Vec<String> =
+            forced.iter().map(|(src, _)| src.clone()).filter(|src| !in_page.contains(src.as_str()) && in_slice(src, options)).collect();
         missing.dedup();
         let extra = self
             .store

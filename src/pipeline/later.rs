@@ -34,6 +34,32 @@ pub(super) fn queue_record(id: &str, rev: Option<String>, values: &str) -> Recor
     Record::Text { id: id.to_string(), rev, body: format!("{{\"values\":{values}}}") }
 }
 
+/// Moves the values of queue record `from` into queue record `to` (a shared worker's queue,
+/// left when it went, into the run that takes over its slices), in one write: `to` written with
+/// them, `from` deleted, each at the revision read. A write that conflicts (someone adopted it
+/// meanwhile) moves nothing; a crash between the two leaves the values in both, and a value
+/// run twice by a later_handler gives what it gave once. How many values moved.
+pub(super) fn adopt(store: &dyn crate::store::Store, from: &str, to: &str) -> Result<usize, crate::store::StoreError> {
+    let [old, mine] = <[Option<Doc>; 2]>::try_from(store.get_records(&[from.to_string(), to.to_string()])?)
+        .map_err(|_| crate::store::StoreError::BadRequest("the store answered another number of records".into()))?;
+    let Some(old) = old else { return Ok(0) };
+    let rev = |d: &Doc| d.get("_rev").and_then(Value::as_str).map(str::to_string);
+    let mut queue = LaterQueue::from_record(mine.as_ref());
+    let moved = LaterQueue::from_record(Some(&old));
+    let count = moved.values.values().map(|w| w.list.len()).sum();
+    for (ext, waiting) in moved.values {
+        queue.extend(&ext, waiting.list);
+    }
+    let mut gone = serde_json::Map::new();
+    gone.insert("_id".into(), Value::String(from.to_string()));
+    gone.insert("_rev".into(), old.get("_rev").cloned().unwrap_or(Value::Null));
+    gone.insert("_deleted".into(), Value::Bool(true));
+    let saved = queue.saved().unwrap_or_else(|| "{}".to_string());
+    let records = vec![queue_record(to, mine.as_ref().and_then(rev), &saved), Record::Doc(gone)];
+    let written = store.write(crate::store::WriteBatch { records, ..Default::default() })?;
+    Ok(if written.records.iter().all(|r| matches!(r, crate::store::WriteResult::Ok { .. })) { count } else { 0 })
+}
+
 /// Distinct values per extension above which the queue is run without waiting for the drain.
 const MAX_VALUES: usize = 20_000;
 /// Age of the oldest waiting value after which the queue is run without waiting for the drain,

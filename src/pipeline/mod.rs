@@ -33,6 +33,7 @@ mod follow;
 mod later;
 mod maintenance;
 mod outcome;
+pub mod share;
 mod source;
 mod state;
 mod writer;
@@ -79,11 +80,29 @@ pub struct RunOptions {
     pub stop_on_error: bool,
     /// `(k, n)`: take only sources whose id hashes to slice `k` of `n`.
     pub worker: Option<(u64, u64)>,
+    /// Take only sources in the slices held (`--share`: see `share`); they change as the
+    /// run goes.
+    pub share: Option<Arc<share::Held>>,
+    /// The checkpoint's id, when not the one `worker` implies (a shared worker's own).
+    pub checkpoint: Option<String>,
+    /// Read the feed from here rather than from the checkpoint (a shared worker's catch-up,
+    /// or its first run).
+    pub start: Option<Seq>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { page_size: 2000, continuous: false, until: None, stop: None, stop_on_error: false, worker: None }
+        RunOptions {
+            page_size: 2000,
+            continuous: false,
+            until: None,
+            stop: None,
+            stop_on_error: false,
+            worker: None,
+            share: None,
+            checkpoint: None,
+            start: None,
+        }
     }
 }
 
@@ -187,6 +206,9 @@ impl Pipeline {
 
     /// The id of the checkpoint a run with `options` keeps.
     pub fn checkpoint_id(options: &RunOptions) -> String {
+        if let Some(id) = &options.checkpoint {
+            return id.clone();
+        }
         match options.worker {
             Some((k, n)) => format!("raindrop-pipeline-{k}-of-{n}"),
             None => "raindrop-pipeline".to_string(),
@@ -195,6 +217,12 @@ impl Pipeline {
 
     fn fingerprints(&self) -> Value {
         Value::Object(self.exts.iter().map(|e| (e.id.clone(), Value::String(e.fingerprint.clone()))).collect())
+    }
+
+    /// Moves the later queue of a shared worker that is gone into the queue of the run with
+    /// checkpoint `to` (see `share`); how many values.
+    pub fn adopt_later_queue(&self, gone_worker: &str, to: &str) -> Result<usize, StoreError> {
+        later::adopt(&*self.store, &later::later_id(&share::checkpoint_of(gone_worker)), &later::later_id(to))
     }
 
     /// Forgets the feed position, so the next run reads the feed from the start.
@@ -215,7 +243,10 @@ impl Pipeline {
         for (schema, field) in self.exts.iter().flat_map(|e| &e.indexes) {
             self.store.index_field(schema, field)?;
         }
-        let since = self.resume_point(&checkpoint_id, &fingerprints)?;
+        let since = match &options.start {
+            Some(start) => start.clone(),
+            None => self.resume_point(&checkpoint_id, &fingerprints)?,
+        };
         // The later queue is kept even when the extensions changed: the sources that gave its
         // values are done and an unchanged extension will not be asked again.
         let later_id = later::later_id(&checkpoint_id);
@@ -308,5 +339,6 @@ impl Pipeline {
 /// into another extension's queue) and the server's special documents (`_design/…` would be a
 /// live design document on CouchDB, `_local/…` a checkpoint).
 pub fn is_reserved_id(id: &str) -> bool {
-    id.starts_with('_') || [state::STATE_PREFIX, later::LATER_PREFIX, deps::DEPS_PREFIX].iter().any(|p| id.starts_with(p))
+    id.starts_with('_')
+        || [state::STATE_PREFIX, later::LATER_PREFIX, deps::DEPS_PREFIX, share::SHARE_PREFIX].iter().any(|p| id.starts_with(p))
 }

@@ -98,15 +98,17 @@ impl Source {
     }
 }
 
-/// Whether document `id` belongs to worker slice `k` of `n` (a stable hash of the id).
-pub(super) fn in_slice(id: &str, worker: Option<(u64, u64)>) -> bool {
-    match worker {
+/// Whether document `id` is this run's to take: in its worker slice `k` of `n` (a stable hash
+/// of the id), and in the slices its shared worker holds.
+pub(super) fn in_slice(id: &str, options: &super::RunOptions) -> bool {
+    let static_slice = match options.worker {
         None => true,
         Some((k, n)) => {
             let h = crate::digest::digest(&[id.as_bytes()]);
             u64::from_str_radix(&h[..16], 16).unwrap_or(0) % n == k
         }
-    }
+    };
+    static_slice && options.share.as_ref().is_none_or(|held| held.takes(id))
 }
 
 fn doc_str<'a>(doc: &'a Doc, key: &str) -> &'a str {

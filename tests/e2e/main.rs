@@ -12,6 +12,7 @@ mod js_pool;
 mod mail;
 mod pipeline;
 mod schemas;
+mod share;
 mod store_conformance;
 mod store_faults;
 mod summaries;
