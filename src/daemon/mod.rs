@@ -278,8 +278,11 @@ impl Daemon {
                 Ok(stats) => {
                     total.add(&stats);
                     backoff = Duration::from_secs(1);
-                    // Only the first run starts at a given place; the next ones at the checkpoint.
-                    run.start = None;
+                    // Only the first run starts at a given place; the next ones at the checkpoint,
+                    // once there is one (a run that read no page wrote none).
+                    if self.store.get_local(&Pipeline::checkpoint_id(&run)).ok().flatten().is_some() {
+                        run.start = None;
+                    }
                 }
                 Err(PipelineError::Store(e @ (StoreError::Unavailable { .. } | StoreError::Embedded { .. }))) => {
                     eprintln!("raindrop: the database is unreachable ({e}); trying again in {} s", backoff.as_secs());

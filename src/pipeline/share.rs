@@ -83,6 +83,9 @@ impl Held {
 pub struct CatchUp {
     pub slices: u64,
     pub since: Option<String>,
+    /// Its checkpoint (and later queue), the same for every attempt: a queue adopted into it
+    /// is not left behind by a retry.
+    pub checkpoint: String,
     /// The workers gone whose later queues come with it.
     pub adopt: Vec<String>,
 }
@@ -102,6 +105,8 @@ struct Leases {
     /// The last round whose renewal the database accepted.
     renewed: Option<Instant>,
     pending: Vec<CatchUp>,
+    /// The slices of the catch-ups given out, narrowed as their leases are lost.
+    catch_up_helds: Vec<std::sync::Weak<Held>>,
     rounds: u64,
 }
 
@@ -116,6 +121,7 @@ pub struct Share {
     /// can run.
     claimed: Arc<AtomicBool>,
     stop: AtomicBool,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Share {
@@ -130,9 +136,11 @@ impl Share {
             leases: Mutex::default(),
             claimed,
             stop: AtomicBool::new(false),
+            thread: Mutex::default(),
         });
         let thread = share.clone();
-        std::thread::Builder::new().name("leases".into()).spawn(move || thread.lease_loop())?;
+        let handle = std::thread::Builder::new().name("leases".into()).spawn(move || thread.lease_loop())?;
+        *share.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(share)
     }
 
@@ -148,8 +156,17 @@ impl Share {
 
     /// The catch-ups claimed since the last call, each with a [`Held`] of its slices.
     pub fn take_catch_ups(&self) -> Vec<(CatchUp, Arc<Held>)> {
-        let pending = std::mem::take(&mut self.lock().pending);
-        pending.into_iter().map(|c| (c.clone(), Arc::new(Held::of(c.slices)))).collect()
+        let mut l = self.lock();
+        let pending = std::mem::take(&mut l.pending);
+        let mine = l.mine_mask();
+        pending
+            .into_iter()
+            .map(|c| {
+                let held = Arc::new(Held::of(c.slices & mine));
+                l.catch_up_helds.push(Arc::downgrade(&held));
+                (c, held)
+            })
+            .collect()
     }
 
     /// `catch_up` ran to the end of the feed: its slices' leases now carry this worker's
@@ -188,17 +205,23 @@ impl Share {
             tracing::warn!(worker = %self.id, slices = l.mine.len(), "leases not renewed in time: their slices are left to the others");
             l.mine.clear();
             l.catching_up.clear();
-            self.held.mask.store(0, Ordering::Release);
+            l.pending.clear();
+            l.narrow(&self.held);
         }
+    }
+
+    /// The leases and the roster (the roster last), and this worker's checkpoint position.
+    fn read_leases(&self) -> Result<(Vec<Option<Doc>>, Option<String>), StoreError> {
+        let ids: Vec<String> = (0..SLICES).map(lease_id).chain([ROSTER_ID.to_string()]).collect();
+        let docs = self.store.get_docs(&ids)?;
+        let local = self.store.get_local(&checkpoint_of(&self.id))?;
+        Ok((docs, local.as_ref().and_then(|c| c.get("seq")).and_then(Value::as_str).map(str::to_string)))
     }
 
     /// One round: read the leases and the roster, then write this worker's beat and its
     /// leases — renewed, claimed or given up — in one request.
     fn round(&self) -> Result<(), StoreError> {
-        let ids: Vec<String> = (0..SLICES).map(lease_id).chain([ROSTER_ID.to_string()]).collect();
-        let docs = self.store.get_docs(&ids)?;
-        let local = self.store.get_local(&checkpoint_of(&self.id))?;
-        let checkpoint = local.as_ref().and_then(|c| c.get("seq")).and_then(Value::as_str).map(str::to_string);
+        let (docs, checkpoint) = self.read_leases()?;
         let mut l = self.lock();
         l.rounds += 1;
         let now = Instant::now();
@@ -234,15 +257,22 @@ impl Share {
         };
         let mut writes = vec![self.roster_doc(&mut l, roster.as_ref(), &live, true)];
         for (k, lease) in &renew {
-            writes.push(lease.written(k, Some(&self.id), seq_of(&l, *k)));
+            writes.push(lease.written(k, Some(&self.id), seq_of(&l, *k), None));
         }
         for (k, lease) in &claims {
-            writes.push(lease.written(k, Some(&self.id), lease.seq.clone()));
+            writes.push(lease.written(k, Some(&self.id), lease.seq.clone(), None));
         }
         for (k, lease) in &release {
-            writes.push(lease.written(k, None, seq_of(&l, *k)));
+            writes.push(lease.written(k, None, seq_of(&l, *k), Some(&self.id)));
         }
-        let results = self.store.bulk_write(writes)?;
+        let results = match self.store.bulk_write(writes) {
+            Ok(results) => results,
+            Err(e) => {
+                // Nothing given up after all: what is held is taken again.
+                l.narrow(&self.held);
+                return Err(e);
+            }
+        };
         l.renewed = Some(now);
         self.settle(&mut l, results, &renew, &claims, &release, &live);
         Ok(())
@@ -276,10 +306,16 @@ impl Share {
             if let Some(WriteResult::Ok { rev, .. }) = results.next() {
                 l.mine.insert(*k, rev);
                 l.catching_up.insert(*k, lease.seq.clone());
-                let c =
-                    claimed.entry(lease.seq.clone()).or_insert_with(|| CatchUp { slices: 0, since: lease.seq.clone(), adopt: Vec::new() });
+                let c = claimed.entry(lease.seq.clone()).or_insert_with(|| CatchUp {
+                    slices: 0,
+                    since: lease.seq.clone(),
+                    checkpoint: format!("{}-catch-up-{}", checkpoint_of(&self.id), uuid::Uuid::new_v4().simple()),
+                    adopt: Vec::new(),
+                });
                 c.slices |= 1 << k;
-                if let Some(gone) = lease.owner.as_ref().filter(|o| !live.contains(o) && !c.adopt.contains(o)) {
+                // Its last holder: the owner of a lease abandoned, or who gave it back.
+                let previous = lease.owner.as_ref().or(lease.released_by.as_ref());
+                if let Some(gone) = previous.filter(|o| !live.contains(o) && !c.adopt.contains(o)) {
                     c.adopt.push(gone.clone());
                 }
             }
@@ -288,7 +324,7 @@ impl Share {
             l.mine.remove(k);
             l.catching_up.remove(k);
         }
-        self.held.mask.store(l.mine.keys().fold(0, |m, k| m | 1 << k), Ordering::Release);
+        l.narrow(&self.held);
         if !claimed.is_empty() {
             tracing::info!(worker = %self.id, slices = ?claimed.values().map(|c| c.slices).collect::<Vec<_>>(), "claimed slices");
             l.pending.extend(claimed.into_values());
@@ -340,12 +376,13 @@ impl Share {
     /// goes to whoever claims its slices.
     pub fn leave(&self) {
         self.stop.store(true, Ordering::Release);
+        // A round under way ends first: it could claim back what is given up here.
+        if let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = thread.join();
+        }
         self.held.mask.store(0, Ordering::Release);
         let result = (|| -> Result<(), StoreError> {
-            let ids: Vec<String> = (0..SLICES).map(lease_id).chain([ROSTER_ID.to_string()]).collect();
-            let docs = self.store.get_docs(&ids)?;
-            let local = self.store.get_local(&checkpoint_of(&self.id))?;
-            let checkpoint = local.as_ref().and_then(|c| c.get("seq")).and_then(Value::as_str).map(str::to_string);
+            let (docs, checkpoint) = self.read_leases()?;
             let mut l = self.lock();
             let live = self.observe_roster(&mut l, docs[SLICES as usize].as_ref(), Instant::now());
             let mut writes = vec![self.roster_doc(&mut l, docs[SLICES as usize].as_ref(), &live, false)];
@@ -353,7 +390,7 @@ impl Share {
                 let lease = Lease::of(docs[k as usize].as_ref());
                 if lease.rev.as_ref() == Some(&rev) {
                     let seq = l.catching_up.get(&k).cloned().unwrap_or_else(|| checkpoint.clone());
-                    writes.push(lease.written(&k, None, seq));
+                    writes.push(lease.written(&k, None, seq, Some(&self.id)));
                 }
             }
             self.store.bulk_write(writes)?;
@@ -366,6 +403,23 @@ impl Share {
 }
 
 impl Leases {
+    fn mine_mask(&self) -> u64 {
+        self.mine.keys().fold(0, |m, k| m | 1 << k)
+    }
+
+    /// The main run and the catch-ups take what is held now, and nothing else.
+    fn narrow(&mut self, held: &Held) {
+        let mine = self.mine_mask();
+        held.mask.store(mine, Ordering::Release);
+        self.catch_up_helds.retain(|h| match h.upgrade() {
+            Some(h) => {
+                h.mask.fetch_and(mine, Ordering::AcqRel);
+                true
+            }
+            None => false,
+        });
+    }
+
     /// How long `id` has been at revision `rev` as this worker saw it (zero when it just
     /// changed, or has none).
     fn observe(&mut self, id: &str, rev: Option<&str>, now: Instant) -> Duration {
@@ -386,17 +440,20 @@ struct Lease {
     rev: Option<String>,
     owner: Option<String>,
     seq: Option<String>,
+    /// Who gave it back (a free lease), so that its claimer adopts that worker's queue when
+    /// it is gone.
+    released_by: Option<String>,
 }
 
 impl Lease {
     fn of(doc: Option<&Doc>) -> Lease {
         let text = |name: &str| doc.and_then(|d| d.get(name)).and_then(Value::as_str).map(str::to_string);
-        Lease { rev: text("_rev"), owner: text("owner"), seq: text("seq") }
+        Lease { rev: text("_rev"), owner: text("owner"), seq: text("seq"), released_by: text("released_by") }
     }
 
     /// The lease of slice `k` written over this one: held by `owner` (none: free), its slice
     /// processed up to `seq`.
-    fn written(&self, k: &u64, owner: Option<&str>, seq: Option<String>) -> Doc {
+    fn written(&self, k: &u64, owner: Option<&str>, seq: Option<String>, released_by: Option<&str>) -> Doc {
         let mut doc = Map::new();
         doc.insert("_id".into(), json!(lease_id(*k)));
         if let Some(rev) = &self.rev {
@@ -404,6 +461,9 @@ impl Lease {
         }
         doc.insert("owner".into(), json!(owner));
         doc.insert("seq".into(), json!(seq));
+        if let Some(by) = released_by {
+            doc.insert("released_by".into(), json!(by));
+        }
         doc
     }
 }
@@ -428,7 +488,7 @@ impl super::Pipeline {
         let mut total = Stats::default();
         let mut pending = share.take_catch_ups().into_iter();
         while let Some((catch_up, held)) = pending.next() {
-            let checkpoint = format!("{}-catch-up-{}", checkpoint_of(share.id()), uuid::Uuid::new_v4().simple());
+            let checkpoint = catch_up.checkpoint.clone();
             let options = RunOptions {
                 continuous: false,
                 until: None,
