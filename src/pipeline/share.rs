@@ -483,20 +483,29 @@ impl Share {
 impl super::Pipeline {
     /// Runs the catch-ups of the slices `share` claimed since the last call, each over its
     /// slices from its lease's position to the end of the feed, with the later queues of the
-    /// workers gone adopted into it (`base` gives the page size and such).
+    /// workers gone adopted into it (`base` gives the page size and such). `base.stop` stops
+    /// them at a page boundary, as it stops a main run: a catch-up stopped is taken up again
+    /// from its own checkpoint by the next call.
     pub fn catch_up(&self, share: &Share, base: &RunOptions, progress: &mut (dyn FnMut(&Stats) + Send)) -> Result<Stats, PipelineError> {
         let mut total = Stats::default();
         let mut pending = share.take_catch_ups().into_iter();
         while let Some((catch_up, held)) = pending.next() {
             let checkpoint = catch_up.checkpoint.clone();
+            let resumed = match self.store.get_local(&checkpoint) {
+                Ok(found) => found.is_some(),
+                Err(e) => {
+                    share.retry(catch_up);
+                    pending.for_each(|(c, _)| share.retry(c));
+                    return Err(e.into());
+                }
+            };
             let options = RunOptions {
                 continuous: false,
                 until: None,
-                stop: None,
                 worker: None,
                 share: Some(held),
                 checkpoint: Some(checkpoint.clone()),
-                start: Some(since_of(&catch_up)),
+                start: (!resumed).then(|| since_of(&catch_up)),
                 ..base.clone()
             };
             let result = catch_up.adopt.iter().try_for_each(|gone| {
@@ -505,6 +514,13 @@ impl super::Pipeline {
                 Ok::<_, PipelineError>(())
             });
             match result.and_then(|()| self.run(&options, &mut *progress)) {
+                Ok(stats) if base.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) => {
+                    // Stopped before the feed's end: not caught up yet.
+                    total.add(&stats);
+                    share.retry(catch_up);
+                    pending.for_each(|(c, _)| share.retry(c));
+                    return Ok(total);
+                }
                 Ok(stats) => {
                     total.add(&stats);
                     share.caught_up(&catch_up);
