@@ -280,7 +280,7 @@ impl Daemon {
                     backoff = Duration::from_secs(1);
                     // Only the first run starts at a given place; the next ones at the checkpoint,
                     // once there is one (a run that read no page wrote none).
-                    if self.store.get_local(&Pipeline::checkpoint_id(&run)).ok().flatten().is_some() {
+                    if run.start.is_some() && self.store.get_local(&Pipeline::checkpoint_id(&run)).ok().flatten().is_some() {
                         run.start = None;
                     }
                 }

@@ -51,8 +51,7 @@ fn lease_id(slice: u64) -> String {
 
 /// The slice of source `id`.
 pub(super) fn slice_of(id: &str) -> u64 {
-    let h = crate::digest::digest(&[id.as_bytes()]);
-    u64::from_str_radix(&h[..16], 16).unwrap_or(0) % SLICES
+    super::source::id_hash(id) % SLICES
 }
 
 /// The checkpoint of worker `worker`'s main run.

@@ -103,12 +103,16 @@ impl Source {
 pub(super) fn in_slice(id: &str, options: &super::RunOptions) -> bool {
     let static_slice = match options.worker {
         None => true,
-        Some((k, n)) => {
-            let h = crate::digest::digest(&[id.as_bytes()]);
-            u64::from_str_radix(&h[..16], 16).unwrap_or(0) % n == k
-        }
+        Some((k, n)) => id_hash(id) % n == k,
     };
     static_slice && options.share.as_ref().is_none_or(|held| held.takes(id))
+}
+
+/// The stable hash sources are sliced by (`--worker K/N` and `--share`'s slices): the first 64
+/// bits of the id's digest.
+pub(super) fn id_hash(id: &str) -> u64 {
+    let h = crate::digest::digest(&[id.as_bytes()]);
+    u64::from_str_radix(&h[..16], 16).unwrap_or(0)
 }
 
 fn doc_str<'a>(doc: &'a Doc, key: &str) -> &'a str {
