@@ -672,23 +672,50 @@
     return contact;
   }
 
+  // own_fields(doc): the fields the calling extension gave a document (read with its
+  // rd_schema_items), or undefined when it gave none — its own say, whichever contributor's
+  // won the document. A lone contributor's fields are the document's; of several, each keeps
+  // its own under `schema`.
+  function own_fields(doc) {
+    const mine = declaration !== null ? declaration.id : null;
+    const items = doc && doc.rd_schema_items;
+    if (mine === null || !items || typeof items !== "object") return undefined;
+    const entry = items[mine];
+    if (entry === undefined || entry === null) return undefined;
+    if (!hasOwn(entry, "schema")) return doc;
+    return entry.schema || undefined;
+  }
+
+  // The conversation a message's document gives it, as the calling extension sees it: its own
+  // say. Another extension's choice that won the document (a bounce placed in its message's
+  // conversation, at a higher confidence) is not this one's to merge by: it would join
+  // conversations this one keeps apart, and whether it did would depend on which of the two
+  // extensions ran first. (Outside an extension: the document's.)
+  function ownConversation(doc) {
+    if (!doc) return undefined;
+    if (declaration === null) return doc.conversation_id;
+    const own = own_fields(doc);
+    return own ? own.conversation_id : undefined;
+  }
+
   // find_and_emit_conversation([msg rd_key, …]) puts the messages in one conversation: an
   // existing one if any has one (the smallest id; the others are merged into it), else
-  // ["conv", first key].
+  // ["conv", the smallest key].
   function find_and_emit_conversation(keys) {
     if (!isArray(keys) || keys.length === 0) return null;
     const wanted = [];
     for (let i = 0; i < keys.length; i++) push(wanted, [keys[i], "rd.msg.conversation"]);
-    const current = globalThis.open_schemas(wanted, ["conversation_id"]);
+    const mine = declaration !== null ? declaration.id : null;
+    const current = globalThis.open_schemas(wanted, ["conversation_id", "rd_schema_items"]);
     // Of the conversations the messages are in, the one with the smallest id wins. The choice
     // must not depend on which message asks or on what it has yet to see: two messages handled
     // side by side, each preferring its own conversation, would pull each other back and forth
     // for ever; both choosing the smallest id converge.
     const found = [];
     for (let i = 0; i < current.length; i++) {
-      const c = current[i];
-      if (!c || c.conversation_id === undefined || c.conversation_id === null) continue;
-      if (!found.some((o) => sameJSON(o, c.conversation_id))) push(found, c.conversation_id);
+      const c = ownConversation(current[i]);
+      if (c === undefined || c === null) continue;
+      if (!found.some((o) => sameJSON(o, c))) push(found, c);
     }
     // The messages' own keys are candidates too, so the conversation is named by the smallest
     // message key it holds (or references) whatever order its messages came in: a message
@@ -707,7 +734,6 @@
     // A message is moved with its conversation only when this extension put it there: one
     // that another extension (at a higher confidence) placed in it while this one named
     // another keeps this one's say, as it would had the conversations met in another order.
-    const mine = declaration !== null ? declaration.id : null;
     for (let i = 0; i < others.length; i++) {
       const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, ["rd_schema_items"]);
       for (let j = 0; j < found.length; j++) {
@@ -777,6 +803,7 @@
     defineGlobal("related_identities_reads", related_identities_reads);
     defineGlobal("find_and_emit_conversation", find_and_emit_conversation);
   }
+  defineGlobal("own_fields", own_fields);
 
   function isThenable(v) {
     return v !== null && (typeof v === "object" || typeof v === "function") && typeof v.then === "function";

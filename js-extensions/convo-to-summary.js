@@ -29,10 +29,11 @@ function firstRevisionAbsorbed(schema, doc) {
 }
 
 // Only the fields a summary uses: a body's text stays in the store.
+// (A grouping tag's contributors too: see otherTags.)
 const FIELDS = ["from", "from_display", "to", "to_display", "cc", "subject", "timestamp",
-  "body_preview", "seen", "deleted", "archived", "tag", "attachments"];
+  "body_preview", "seen", "deleted", "archived", "tag", "attachments", "rd_schema_items"];
 const SUMMARY_FIELDS = ["subject", "messages", "message_ids", "unread_ids", "identities", "from_display",
-  "grouping-timestamp", "unread_grouping_tags", "all_grouping_tags", "unread_grouping_timestamp"];
+  "grouping-timestamp", "unread_grouping_tags", "all_grouping_tags", "unread_grouping_timestamp", "other_grouping_tags"];
 
 const keyText = (key) => JSON.stringify(key);
 
@@ -43,13 +44,27 @@ function hashOf(text) {
   return h;
 }
 
+// The tags a message's grouping-tag document was given by the extensions whose tag did not win
+// (a recipient's, where a list's won). A conversation that had one of those as its tag while
+// the winner was yet to come leaves that group when it comes: the summary names them, so that
+// group-summary counts those groups again — whichever order the tags came in.
+function otherTags(doc) {
+  const items = (doc && doc.rd_schema_items) || {};
+  const others = [];
+  for (const ext of Object.keys(items)) {
+    const own = items[ext] && items[ext].schema;
+    if (own && typeof own.tag === "string" && own.tag !== doc.tag) others.push(own.tag);
+  }
+  return others;
+}
+
 // A message as a summary sees it, from its documents (PER_MESSAGE order); null when it has no
 // body or is deleted (it is then left out of the summary).
 function messageOf(key, docs) {
   const [body, seen, deleted, archived, tag, attachments] = docs;
   if (!body || (deleted && deleted.deleted)) return null;
   return { key, body, seen: Boolean(seen && seen.seen), archived: Boolean(archived && archived.archived),
-           tag: tag && tag.tag, attachments: (attachments && attachments.attachments) || [] };
+           tag: tag && tag.tag, otherTags: otherTags(tag), attachments: (attachments && attachments.attachments) || [] };
 }
 
 // A conversation's order: by timestamp, then by key.
@@ -84,6 +99,7 @@ function Tally(from) {
   this.fromDisplay = from ? from.from_display.slice() : [];
   this.groupTimes = new Map(from ? from["grouping-timestamp"] : []);
   this.unreadTags = new Set(from ? from.unread_grouping_tags : []);
+  this.otherTags = new Set(from ? from.other_grouping_tags || [] : []);
 }
 
 // Adds the next message (in conversation order).
@@ -104,6 +120,7 @@ Tally.prototype.add = function (m) {
 
 // Counts a message's grouping tag (again: counting one twice changes nothing).
 Tally.prototype.tag = function (m) {
+  for (const t of m.otherTags) this.otherTags.add(t);
   if (m.tag) {
     this.groupTimes.set(m.tag, Math.max(this.groupTimes.get(m.tag) || 0, m.body.timestamp || 0));
     if (!m.seen) this.unreadTags.add(m.tag);
@@ -124,6 +141,7 @@ Tally.prototype.summary = function () {
     all_grouping_tags: [...this.groupTimes.keys()].sort(),
     // The unread tags with their times, for group-summary's ordered index.
     unread_grouping_timestamp: times.filter((t) => this.unreadTags.has(t[0])),
+    other_grouping_tags: [...this.otherTags].filter((t) => !this.groupTimes.has(t)).sort(),
   };
 };
 

@@ -28,8 +28,8 @@ function latestUnread(tag) {
 
 extension({
   id: "rd.ext.core.group-summary",
-  source_fields: ["all_grouping_tags", "unread_grouping_tags"],
-  indexes: [[SCHEMA, FIELD]],
+  source_fields: ["all_grouping_tags", "unread_grouping_tags", "other_grouping_tags"],
+  indexes: [[SCHEMA, FIELD], [SCHEMA, "all_grouping_tags[]"]],
   // A summary that goes (its conversation merged into another) leaves its groups: which ones
   // is no longer known, so every group is counted again.
   later_deletions: true,
@@ -37,7 +37,8 @@ extension({
     return schema_id === SCHEMA;
   },
   handler(doc) {
-    process_later((doc.all_grouping_tags || []).concat(doc.unread_grouping_tags || []));
+    // other_grouping_tags: groups the conversation may have left (see convo-to-summary).
+    process_later((doc.all_grouping_tags || []).concat(doc.unread_grouping_tags || [], doc.other_grouping_tags || []));
   },
   later_handler(values) {
     const tags = new Set();
@@ -55,7 +56,10 @@ extension({
       // write meanwhile (shared workers), the count may be of an earlier moment than the
       // list. Their write queues this group again, and the next pass counts both as they are.
       const num_unread = Math.max(count_view({ schema: SCHEMA, field: FIELD, prefix: [tag] }), unread.length);
-      emit_schema("rd.grouping.summary", { unread, num_unread }, { rd_key: ["display-group", tag] });
+      // A group no conversation is in (any more) has no summary.
+      const empty = num_unread === 0 && count_view({ schema: SCHEMA, field: "all_grouping_tags[]", value: tag }) === 0;
+      if (empty) withdraw_schema("rd.grouping.summary", { rd_key: ["display-group", tag] });
+      else emit_schema("rd.grouping.summary", { unread, num_unread }, { rd_key: ["display-group", tag] });
     }
   },
 });

@@ -43,9 +43,13 @@ function components(links) {
     }
   }
   const list = [...keys.values()];
-  const current = open_schemas(list.map((key) => [key, "rd.msg.conversation"]), ["conversation_id"]);
+  // This extension's own say on each message's conversation: a bounce that another extension
+  // placed in its message's conversation is not linked to it here (find_and_emit_conversation
+  // reads them the same way).
+  const current = open_schemas(list.map((key) => [key, "rd.msg.conversation"]), ["conversation_id", "rd_schema_items"]);
   list.forEach((key, i) => {
-    const c = current[i] && current[i].conversation_id;
+    const own = own_fields(current[i]);
+    const c = own && own.conversation_id;
     if (c !== undefined && c !== null) union("k" + JSON.stringify(key), "c" + JSON.stringify(c));
   });
   const groups = new Map();

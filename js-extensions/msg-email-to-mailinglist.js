@@ -135,9 +135,11 @@ extension({
     // two threads meet often: a conflict is read again and retried, up to 25 times.
     for (let attempt = 0; attempt < 25; attempt++) {
       const current = open_schemas([[key, "rd.mailing-list"]])[0];
+      // A new list starts subscribed, moved by no message yet (0, no key): the message that
+      // makes it moves it only as it would move one already there, so an administrative
+      // notice read before the list's posts does not stand in for them.
       const next = current ? JSON.parse(JSON.stringify(current)) : {
-        rd_key: key, rd_schema_id: "rd.mailing-list", id: list.id, name: list.name,
-        status: list.kind === "unsubscribed" ? "unsubscribed" : "subscribed", changed_timestamp: ts, changed_key: msgKey,
+        rd_key: key, rd_schema_id: "rd.mailing-list", id: list.id, name: list.name, status: "subscribed", changed_timestamp: 0,
       };
       const newer = !current || after(next.changed_timestamp, next.changed_key);
       const moved = () => {

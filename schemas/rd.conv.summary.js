@@ -18,6 +18,9 @@ schema({
     // The pairs of grouping-timestamp whose tag is unread: group-summary asks them in order
     // (the latest unread conversations of a group) and counts them, without reading documents.
     unread_grouping_timestamp: "[[string|number]]",
+    // Tags its messages were given by extensions whose tag lost to another's (a recipient's, to
+    // a list's): group-summary counts those groups again, which the conversation may have left.
+    other_grouping_tags: "[string]?",
   },
   expandable: ["message_ids", "identities", "unread_grouping_tags", "all_grouping_tags", "unread_grouping_timestamp"],
   validate(doc) {

@@ -10,14 +10,23 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::dispatch::PageWork;
-use super::later::LaterQueue;
+use super::later::{LaterQueue, SharedQueue};
 use super::{Pipeline, PipelineError, RunOptions, Stats};
 use crate::store::{ChangesPage, Seq};
 use crate::timing::span;
 
-/// A page's work for the writer: the work, the feed position after it, and the later queue's
-/// new text if the page changed it.
-pub(super) type ToWrite = (PageWork, Seq, Option<String>);
+/// A page's work for the writer: the work, the feed position after it, and what it changed
+/// of the later queue.
+pub(super) type ToWrite = (PageWork, Seq, LaterWrites);
+
+/// What a page changed of the later queue.
+#[derive(Debug, Default)]
+pub(super) struct LaterWrites {
+    /// The run's own queue's new text (a run without `--share`).
+    pub(super) queue: Option<String>,
+    /// Records of the shared queue written or deleted (`--share`).
+    pub(super) shared: Vec<crate::store::Record>,
+}
 
 /// The reader stage of one run.
 pub(super) struct Follower<'p> {
@@ -27,6 +36,9 @@ pub(super) struct Follower<'p> {
     pub(super) since: Seq,
     pub(super) later: LaterQueue,
     pub(super) later_id: String,
+    /// A shared worker's side of the shared queue (see `later::SHARED_PREFIX`): its values go
+    /// there, and only the runner runs later_handlers.
+    pub(super) shared: Option<SharedQueue>,
     /// Pages handed to the writer and not yet written.
     pub(super) in_flight: usize,
     /// The feed was seen drained, with nothing in flight, since the last page sent: the
@@ -37,7 +49,7 @@ pub(super) struct Follower<'p> {
 /// How the loop goes on after a page was read.
 enum Next {
     /// Work to hand to the writer.
-    Work(Box<PageWork>, Option<String>),
+    Work(Box<PageWork>, LaterWrites),
     /// Nothing to do with this page: read again.
     ReadAgain,
     /// The run is over (or the writer stopped; its error is reported by the caller).
@@ -50,13 +62,13 @@ impl Follower<'_> {
     pub(super) fn run(&mut self, work: &Sender<ToWrite>, done: &Receiver<()>, stats: &Mutex<Stats>) -> Result<(), PipelineError> {
         loop {
             let (next, first_error) = self.step(done, stats)?;
-            let (page_work, waiting) = match next {
-                Next::Work(page_work, waiting) => (page_work, waiting),
+            let (page_work, later) = match next {
+                Next::Work(page_work, later) => (page_work, later),
                 Next::ReadAgain => continue,
                 Next::Stop => return Ok(()),
             };
             let t = span("R:send-wait");
-            if work.send((*page_work, self.since.clone(), waiting)).is_err() {
+            if work.send((*page_work, self.since.clone(), later)).is_err() {
                 return Ok(()); // the writer stopped; its error is reported by the caller
             }
             drop(t);
@@ -91,7 +103,10 @@ impl Follower<'_> {
             // What the writer is writing may cascade: wait for it, then look again.
             return Ok((if self.written(done) { Next::ReadAgain } else { Next::Stop }, None));
         }
-        if drained && self.later.is_empty() {
+        // The leases' rounds move the feed every few seconds: that is not work.
+        let quiet = page.changes.iter().all(|c| c.id.starts_with(super::share::SHARE_PREFIX));
+        let looked = self.look_for_shared_values(quiet)?;
+        if drained && self.later.is_empty() && self.shared.as_ref().is_none_or(|s| !s.holds_taken()) {
             self.quiet = true;
             let go_on = self.options.continuous && !stopping;
             return Ok((if go_on { Next::ReadAgain } else { Next::Stop }, None));
@@ -106,7 +121,12 @@ impl Follower<'_> {
         // The later_handlers run once everything before is written and the feed has nothing
         // new (they then read settled documents), or when the queue is due — but not once a
         // stop is asked for: they may take long, and their values wait in the queue's record.
-        if (drained || self.later.due()) && !self.stopped() {
+        // A shared worker runs them only when it took in the shared queue's values.
+        let due = match &self.shared {
+            None => drained || self.later.due(),
+            Some(_) => looked,
+        };
+        if due && !self.stopped() {
             // Settled means written: a later_handler (the conversations) may build on what the
             // previous run of the queue emitted.
             while self.in_flight > 0 {
@@ -126,7 +146,31 @@ impl Follower<'_> {
         if !drained {
             self.since = page.last_seq;
         }
-        Ok((Next::Work(Box::new(work), self.later.saved()), first_error))
+        let later = match &mut self.shared {
+            None => LaterWrites { queue: self.later.saved(), shared: Vec::new() },
+            Some(shared) => LaterWrites { queue: None, shared: shared.page_records(&mut self.later) },
+        };
+        Ok((Next::Work(Box::new(work), later), first_error))
+    }
+
+    /// A shared worker that runs the later_handlers (see `share::LATER_SLICE`) takes in the
+    /// values waiting in the shared queue, when it is time to look (`quiet`: the page read has
+    /// no change but the leases'); whether it did.
+    fn look_for_shared_values(&mut self, quiet: bool) -> Result<bool, PipelineError> {
+        let runs_later = self.options.share.as_ref().is_some_and(|held| held.runs_later());
+        let Some(shared) = self.shared.as_mut() else { return Ok(false) };
+        if !quiet {
+            shared.moved();
+        }
+        if !runs_later || !shared.look_due(quiet) || self.options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Ok(false);
+        }
+        let _t = span("R:shared-later");
+        let found = shared.take_waiting(&*self.pipeline.store, &mut self.later)?;
+        if found > 0 {
+            tracing::debug!(records = found, "took in the shared later queue");
+        }
+        Ok(true)
     }
 
     fn stopped(&self) -> bool {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::store::{Doc, Record};
+use crate::store::{Doc, Record, Store, StoreError};
 
 /// Prefix of the record holding the values waiting for later_handlers.
 pub(super) const LATER_PREFIX: &str = "rdlater!";
@@ -32,32 +32,6 @@ pub(super) fn later_id(checkpoint_id: &str) -> String {
 /// [`LaterQueue::saved`] gave. Its one text form.
 pub(super) fn queue_record(id: &str, rev: Option<String>, values: &str) -> Record {
     Record::Text { id: id.to_string(), rev, body: format!("{{\"values\":{values}}}") }
-}
-
-/// Moves the values of queue record `from` into queue record `to` (a shared worker's queue,
-/// left when it went, into the run that takes over its slices), in one write: `to` written with
-/// them, `from` deleted, each at the revision read. A write that conflicts (someone adopted it
-/// meanwhile) moves nothing; a crash between the two leaves the values in both, and a value
-/// run twice by a later_handler gives what it gave once. How many values moved.
-pub(super) fn adopt(store: &dyn crate::store::Store, from: &str, to: &str) -> Result<usize, crate::store::StoreError> {
-    let [old, mine] = <[Option<Doc>; 2]>::try_from(store.get_records(&[from.to_string(), to.to_string()])?)
-        .map_err(|_| crate::store::StoreError::BadRequest("the store answered another number of records".into()))?;
-    let Some(old) = old else { return Ok(0) };
-    let rev = |d: &Doc| d.get("_rev").and_then(Value::as_str).map(str::to_string);
-    let mut queue = LaterQueue::from_record(mine.as_ref());
-    let moved = LaterQueue::from_record(Some(&old));
-    let count = moved.values.values().map(|w| w.list.len()).sum();
-    for (ext, waiting) in moved.values {
-        queue.extend(&ext, waiting.list);
-    }
-    let mut gone = serde_json::Map::new();
-    gone.insert("_id".into(), Value::String(from.to_string()));
-    gone.insert("_rev".into(), old.get("_rev").cloned().unwrap_or(Value::Null));
-    gone.insert("_deleted".into(), Value::Bool(true));
-    let saved = queue.saved().unwrap_or_else(|| "{}".to_string());
-    let records = vec![queue_record(to, mine.as_ref().and_then(rev), &saved), Record::Doc(gone)];
-    let written = store.write(crate::store::WriteBatch { records, ..Default::default() })?;
-    Ok(if written.records.iter().all(|r| matches!(r, crate::store::WriteResult::Ok { .. })) { count } else { 0 })
 }
 
 /// Distinct values per extension above which the queue is run without waiting for the drain.
@@ -147,6 +121,138 @@ struct Waiting {
     seen: HashSet<String>,
     /// The values' texts joined by commas: the saved list without its brackets.
     text: String,
+}
+
+/// Prefix of the shared queue's records (`--share`). The later_handlers rebuild what many
+/// sources share (a conversation from its messages, a summary, a group's counts), which two
+/// workers running them at once would each build from what it had seen: so one worker runs
+/// them all — the one holding the lease of [`super::share::LATER_SLICE`] — and the others leave
+/// their values to it. Each page of a shared worker that gave values writes them in a record of
+/// its own, written once and deleted by the runner with the page that ran them: no record is
+/// changed by two workers.
+pub(super) const SHARED_PREFIX: &str = "rdlater!shared!";
+/// The shared queue's record into which `retry-errors` puts back the values of a failed call.
+pub(super) const SHARED_RETRY: &str = "rdlater!shared!retry";
+/// How soon the runner looks again for values after the feed moved, or a look found some.
+/// The others' values come a page after the changes that gave them, so it looks this often
+/// [`QUICK_LOOKS`] times; then each look that finds none doubles the wait, up to [`MAX_AGE`].
+const FIRST_LOOK: Duration = Duration::from_millis(500);
+const QUICK_LOOKS: u32 = 6;
+/// Records read per request when the runner looks.
+const LOOK_PAGE: usize = 500;
+
+/// A shared worker's side of the shared queue: the records its pages write, and — for the
+/// runner — the records it took in, to be deleted with the page that runs their values.
+#[derive(Debug)]
+pub(super) struct SharedQueue {
+    /// This run's records are `<SHARED_PREFIX><run>!<n>`.
+    run: String,
+    written: u64,
+    /// Records whose values are in the queue being run: (id, revision).
+    taken: Vec<(String, String)>,
+    last_look: Instant,
+    wait: Duration,
+    /// Looks that found nothing since the feed last moved or a look found something.
+    empty_looks: u32,
+    /// The queue of a run without `--share` (the default checkpoint's) was looked at.
+    looked_at_unshared: bool,
+}
+
+impl SharedQueue {
+    pub(super) fn new() -> SharedQueue {
+        SharedQueue {
+            run: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            written: 0,
+            taken: Vec::new(),
+            last_look: Instant::now(),
+            wait: FIRST_LOOK,
+            empty_looks: 0,
+            looked_at_unshared: false,
+        }
+    }
+
+    /// Records were taken in whose deletion is not yet in a page.
+    pub(super) fn holds_taken(&self) -> bool {
+        !self.taken.is_empty()
+    }
+
+    /// The feed moved: values may follow soon.
+    pub(super) fn moved(&mut self) {
+        self.wait = FIRST_LOOK;
+        self.empty_looks = 0;
+    }
+
+    /// Whether the runner should look for values now: soon after the feed went quiet, and
+    /// however busy the feed, once [`MAX_AGE`] has passed.
+    pub(super) fn look_due(&self, quiet: bool) -> bool {
+        let since = self.last_look.elapsed();
+        (quiet && since >= self.wait) || since >= MAX_AGE
+    }
+
+    /// Takes every value waiting in the shared queue into `queue`; how many records held them.
+    /// The first look also takes the queue a run without `--share` left.
+    pub(super) fn take_waiting(&mut self, store: &dyn Store, queue: &mut LaterQueue) -> Result<usize, StoreError> {
+        self.last_look = Instant::now();
+        let mut found = Vec::new();
+        if !self.looked_at_unshared {
+            found.extend(store.get_records(&[later_id(super::UNSHARED_CHECKPOINT)])?.into_iter().flatten());
+            self.looked_at_unshared = true;
+        }
+        let mut after: Option<String> = None;
+        loop {
+            let page = store.records_after(SHARED_PREFIX, after.as_deref(), LOOK_PAGE)?;
+            let full = page.len() >= LOOK_PAGE;
+            after = page.last().and_then(|d| d.get("_id")).and_then(Value::as_str).map(str::to_string);
+            found.extend(page);
+            if !full {
+                break;
+            }
+        }
+        for record in &found {
+            let text = |name: &str| record.get(name).and_then(Value::as_str).map(str::to_string);
+            let (Some(id), Some(rev)) = (text("_id"), text("_rev")) else { continue };
+            for (ext, waiting) in LaterQueue::from_record(Some(record)).values {
+                queue.extend(&ext, waiting.list);
+            }
+            self.taken.push((id, rev));
+        }
+        if found.is_empty() {
+            self.empty_looks += 1;
+            if self.empty_looks > QUICK_LOOKS {
+                self.wait = (self.wait * 2).min(MAX_AGE);
+            }
+        } else {
+            self.moved();
+        }
+        Ok(found.len())
+    }
+
+    /// The records a page writes: the values `queue` holds (not run by this page) moved into
+    /// a new record of the shared queue, and the records taken in deleted — their values run
+    /// by this page, or moved with the others.
+    pub(super) fn page_records(&mut self, queue: &mut LaterQueue) -> Vec<Record> {
+        let mut records: Vec<Record> = std::mem::take(&mut self.taken)
+            .into_iter()
+            .map(|(id, rev)| {
+                let mut gone = serde_json::Map::new();
+                gone.insert("_id".into(), Value::String(id));
+                gone.insert("_rev".into(), Value::String(rev));
+                gone.insert("_deleted".into(), Value::Bool(true));
+                Record::Doc(gone)
+            })
+            .collect();
+        if !queue.is_empty() {
+            queue.oldest = None;
+            let values = std::mem::take(&mut queue.values);
+            let mut saved = LaterQueue { values, oldest: None, changed: true };
+            if let Some(text) = saved.saved() {
+                self.written += 1;
+                let id = format!("{SHARED_PREFIX}{}!{:010}", self.run, self.written);
+                records.push(queue_record(&id, None, &text));
+            }
+        }
+        records
+    }
 }
 
 #[cfg(test)]

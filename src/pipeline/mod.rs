@@ -51,6 +51,8 @@ pub use source::project;
 
 /// The schema of the documents that record failures.
 const ERROR_SCHEMA: &str = "rd.core.error";
+/// The checkpoint of a run that takes every source (no `--worker`, no `--share`).
+const UNSHARED_CHECKPOINT: &str = "raindrop-pipeline";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -211,18 +213,12 @@ impl Pipeline {
         }
         match options.worker {
             Some((k, n)) => format!("raindrop-pipeline-{k}-of-{n}"),
-            None => "raindrop-pipeline".to_string(),
+            None => UNSHARED_CHECKPOINT.to_string(),
         }
     }
 
     fn fingerprints(&self) -> Value {
         Value::Object(self.exts.iter().map(|e| (e.id.clone(), Value::String(e.fingerprint.clone()))).collect())
-    }
-
-    /// Moves the later queue of a shared worker that is gone into the queue of the run with
-    /// checkpoint `to` (see `share`); how many values.
-    pub fn adopt_later_queue(&self, gone_worker: &str, to: &str) -> Result<usize, StoreError> {
-        later::adopt(&*self.store, &later::later_id(&share::checkpoint_of(gone_worker)), &later::later_id(to))
     }
 
     /// Forgets the feed position, so the next run reads the feed from the start.
@@ -249,9 +245,17 @@ impl Pipeline {
         };
         // The later queue is kept even when the extensions changed: the sources that gave its
         // values are done and an unchanged extension will not be asked again.
-        let later_id = later::later_id(&checkpoint_id);
+        // A shared worker's values go to the shared queue instead (its failed calls' values
+        // too, put back there by retry-errors); it has no queue of its own.
+        let (later_id, shared) = match options.share {
+            None => (later::later_id(&checkpoint_id), None),
+            Some(_) => (later::SHARED_RETRY.to_string(), Some(later::SharedQueue::new())),
+        };
         maintenance::bookkeeping_to_records(&*self.store)?;
-        let stored = self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten();
+        let stored = match shared {
+            None => self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten(),
+            Some(_) => None,
+        };
         let queue = later::LaterQueue::from_record(stored.as_ref());
         let later_rev = stored.as_ref().and_then(|d| d.get("_rev")).and_then(Value::as_str).map(str::to_string);
         let stats = Mutex::new(Stats::default());
@@ -274,7 +278,8 @@ impl Pipeline {
                     Ok(())
                 });
             let writing = writing.map_err(|e| PipelineError::Thread("writer", e.to_string()))?;
-            let mut follower = follow::Follower { pipeline: self, options, since, later: queue, later_id, in_flight: 0, quiet: false };
+            let mut follower =
+                follow::Follower { pipeline: self, options, since, later: queue, later_id, shared, in_flight: 0, quiet: false };
             let read_result = follower.run(&work_tx, &done_rx, &stats);
             drop(work_tx);
             let write_result = writing.join().unwrap_or_else(|_| Err(PipelineError::Thread("writer", "it panicked".into())));

@@ -26,8 +26,12 @@
 //! from the lease's `seq` to the end of the feed, beside its main run from its own checkpoint;
 //! between them every change of the slice is read, and the state records skip what another
 //! worker already did. Until its catch-up ends, a slice's lease keeps the `seq` it was claimed
-//! with. A worker that is gone (killed, or stopped and left the roster) leaves its later queue:
-//! whoever claims its slices adopts it into the catch-up, whose later_handlers run it.
+//! with.
+//!
+//! The later_handlers run on one worker only: the holder of slice [`LATER_SLICE`] (its main
+//! run). The others leave their `process_later` values in the shared queue (see
+//! `later::SHARED_PREFIX`), so a worker that goes leaves none behind, and whoever takes that
+//! slice next runs what is waiting.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +45,8 @@ use crate::store::{Doc, Seq, Store, StoreError, WriteResult};
 
 /// How many slices the sources are cut into (each a bit of [`Held`]).
 pub const SLICES: u64 = 16;
+/// The slice whose holder runs the later_handlers of all the workers.
+pub const LATER_SLICE: u64 = 0;
 /// Prefix of the lease and roster documents.
 pub(super) const SHARE_PREFIX: &str = "rdshare!";
 const ROSTER_ID: &str = "rdshare!workers";
@@ -63,11 +69,19 @@ pub fn checkpoint_of(worker: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Held {
     mask: AtomicU64,
+    /// A worker's main run, which runs the later_handlers while it holds [`LATER_SLICE`]
+    /// (a catch-up never does).
+    main: bool,
 }
 
 impl Held {
     fn of(mask: u64) -> Held {
-        Held { mask: AtomicU64::new(mask) }
+        Held { mask: AtomicU64::new(mask), main: false }
+    }
+
+    /// Whether the run runs the later_handlers of all the workers now.
+    pub(super) fn runs_later(&self) -> bool {
+        self.main && self.mask.load(Ordering::Acquire) & (1 << LATER_SLICE) != 0
     }
 
     /// Whether source `id` is in one of the held slices.
@@ -76,17 +90,13 @@ impl Held {
     }
 }
 
-/// A slice claimed from someone else, to be read from `since` (`None`: the feed's start), with
-/// the later queue of its last holder if that one is gone.
+/// A slice claimed from someone else, to be read from `since` (`None`: the feed's start).
 #[derive(Debug, Clone)]
 pub struct CatchUp {
     pub slices: u64,
     pub since: Option<String>,
-    /// Its checkpoint (and later queue), the same for every attempt: a queue adopted into it
-    /// is not left behind by a retry.
+    /// Its checkpoint, the same for every attempt: a retry resumes where the last one stopped.
     pub checkpoint: String,
-    /// The workers gone whose later queues come with it.
-    pub adopt: Vec<String>,
 }
 
 /// What the lease thread keeps between rounds.
@@ -131,7 +141,7 @@ impl Share {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             store,
             timeout,
-            held: Arc::default(),
+            held: Arc::new(Held { mask: AtomicU64::new(0), main: true }),
             leases: Mutex::default(),
             claimed,
             stop: AtomicBool::new(false),
@@ -256,13 +266,13 @@ impl Share {
         };
         let mut writes = vec![self.roster_doc(&mut l, roster.as_ref(), &live, true)];
         for (k, lease) in &renew {
-            writes.push(lease.written(k, Some(&self.id), seq_of(&l, *k), None));
+            writes.push(lease.written(k, Some(&self.id), seq_of(&l, *k)));
         }
         for (k, lease) in &claims {
-            writes.push(lease.written(k, Some(&self.id), lease.seq.clone(), None));
+            writes.push(lease.written(k, Some(&self.id), lease.seq.clone()));
         }
         for (k, lease) in &release {
-            writes.push(lease.written(k, None, seq_of(&l, *k), Some(&self.id)));
+            writes.push(lease.written(k, None, seq_of(&l, *k)));
         }
         let results = match self.store.bulk_write(writes) {
             Ok(results) => results,
@@ -273,21 +283,13 @@ impl Share {
             }
         };
         l.renewed = Some(now);
-        self.settle(&mut l, results, &renew, &claims, &release, &live);
+        self.settle(&mut l, results, &renew, &claims, &release);
         Ok(())
     }
 
     /// Takes in the answers to a round's write (the roster's first, then `renew`, `claims`
     /// and `release`, in order): what is held now, and the catch-ups of what was claimed.
-    fn settle(
-        &self,
-        l: &mut Leases,
-        results: Vec<WriteResult>,
-        renew: &[(u64, Lease)],
-        claims: &[(u64, Lease)],
-        release: &[(u64, Lease)],
-        live: &[String],
-    ) {
+    fn settle(&self, l: &mut Leases, results: Vec<WriteResult>, renew: &[(u64, Lease)], claims: &[(u64, Lease)], release: &[(u64, Lease)]) {
         let mut results = results.into_iter().skip(1);
         for (k, _) in renew {
             match results.next() {
@@ -309,14 +311,8 @@ impl Share {
                     slices: 0,
                     since: lease.seq.clone(),
                     checkpoint: format!("{}-catch-up-{}", checkpoint_of(&self.id), uuid::Uuid::new_v4().simple()),
-                    adopt: Vec::new(),
                 });
                 c.slices |= 1 << k;
-                // Its last holder: the owner of a lease abandoned, or who gave it back.
-                let previous = lease.owner.as_ref().or(lease.released_by.as_ref());
-                if let Some(gone) = previous.filter(|o| !live.contains(o) && !c.adopt.contains(o)) {
-                    c.adopt.push(gone.clone());
-                }
             }
         }
         for (k, _) in release {
@@ -371,8 +367,8 @@ impl Share {
     }
 
     /// Gives up every lease (with the position its slice is processed to) and leaves the
-    /// roster, so the others take over at once instead of after the timeout. Its later queue
-    /// goes to whoever claims its slices.
+    /// roster, so the others take over at once instead of after the timeout. The values it
+    /// left in the shared queue are run by whoever holds [`LATER_SLICE`] next.
     pub fn leave(&self) {
         self.stop.store(true, Ordering::Release);
         // A round under way ends first: it could claim back what is given up here.
@@ -389,7 +385,7 @@ impl Share {
                 let lease = Lease::of(docs[k as usize].as_ref());
                 if lease.rev.as_ref() == Some(&rev) {
                     let seq = l.catching_up.get(&k).cloned().unwrap_or_else(|| checkpoint.clone());
-                    writes.push(lease.written(&k, None, seq, Some(&self.id)));
+                    writes.push(lease.written(&k, None, seq));
                 }
             }
             self.store.bulk_write(writes)?;
@@ -439,20 +435,17 @@ struct Lease {
     rev: Option<String>,
     owner: Option<String>,
     seq: Option<String>,
-    /// Who gave it back (a free lease), so that its claimer adopts that worker's queue when
-    /// it is gone.
-    released_by: Option<String>,
 }
 
 impl Lease {
     fn of(doc: Option<&Doc>) -> Lease {
         let text = |name: &str| doc.and_then(|d| d.get(name)).and_then(Value::as_str).map(str::to_string);
-        Lease { rev: text("_rev"), owner: text("owner"), seq: text("seq"), released_by: text("released_by") }
+        Lease { rev: text("_rev"), owner: text("owner"), seq: text("seq") }
     }
 
     /// The lease of slice `k` written over this one: held by `owner` (none: free), its slice
     /// processed up to `seq`.
-    fn written(&self, k: &u64, owner: Option<&str>, seq: Option<String>, released_by: Option<&str>) -> Doc {
+    fn written(&self, k: &u64, owner: Option<&str>, seq: Option<String>) -> Doc {
         let mut doc = Map::new();
         doc.insert("_id".into(), json!(lease_id(*k)));
         if let Some(rev) = &self.rev {
@@ -460,9 +453,6 @@ impl Lease {
         }
         doc.insert("owner".into(), json!(owner));
         doc.insert("seq".into(), json!(seq));
-        if let Some(by) = released_by {
-            doc.insert("released_by".into(), json!(by));
-        }
         doc
     }
 }
@@ -481,8 +471,8 @@ impl Share {
 
 impl super::Pipeline {
     /// Runs the catch-ups of the slices `share` claimed since the last call, each over its
-    /// slices from its lease's position to the end of the feed, with the later queues of the
-    /// workers gone adopted into it (`base` gives the page size and such). `base.stop` stops
+    /// slices from its lease's position to the end of the feed (`base` gives the page size and
+    /// such). `base.stop` stops
     /// them at a page boundary, as it stops a main run: a catch-up stopped is taken up again
     /// from its own checkpoint by the next call.
     pub fn catch_up(&self, share: &Share, base: &RunOptions, progress: &mut (dyn FnMut(&Stats) + Send)) -> Result<Stats, PipelineError> {
@@ -507,12 +497,7 @@ impl super::Pipeline {
                 start: (!resumed).then(|| since_of(&catch_up)),
                 ..base.clone()
             };
-            let result = catch_up.adopt.iter().try_for_each(|gone| {
-                let moved = self.adopt_later_queue(gone, &checkpoint)?;
-                tracing::info!(worker = %share.id(), gone = %gone, moved, "adopted the later queue of a worker that is gone");
-                Ok::<_, PipelineError>(())
-            });
-            match result.and_then(|()| self.run(&options, &mut *progress)) {
+            match self.run(&options, &mut *progress) {
                 Ok(stats) if base.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) => {
                     // Stopped before the feed's end: not caught up yet.
                     total.add(&stats);

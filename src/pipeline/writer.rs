@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::deps::DepsIndex;
 use super::dispatch::PageWork;
+use super::follow::LaterWrites;
 use super::later::queue_record;
 use super::outcome::{error_item, refused_later_output_item};
 use super::state::{state_id, StateRecord};
@@ -90,19 +91,20 @@ impl<'p> Writer<'p> {
         }
     }
 
-    /// Writes one page: its work, the later queue's new text if the page changed it
-    /// (`waiting`), and the checkpoint at `seq`. Returns what it wrote, as counts.
-    pub(super) fn write_page(&mut self, work: PageWork, seq: &Seq, waiting: Option<String>) -> Result<Stats, PipelineError> {
+    /// Writes one page: its work, what it changed of the later queue, and the checkpoint at
+    /// `seq`. Returns what it wrote, as counts.
+    pub(super) fn write_page(&mut self, work: PageWork, seq: &Seq, later: LaterWrites) -> Result<Stats, PipelineError> {
         let _t = span("W:write");
         let mut stats = Stats::default();
         // The queue is written before the states of the sources that fed it, and the
         // dependency index too: if a crash comes between (a store whose write is not one
         // transaction), it names outputs not yet written, which costs a re-run.
-        let queue = self.later_record(waiting)?;
+        let queue = self.later_record(later.queue)?;
         let t = span("W:deps");
         let mut bookkeeping = self.deps.updates(&*self.pipeline.store, work.dependencies)?;
         drop(t);
         bookkeeping.extend(queue);
+        bookkeeping.extend(later.shared);
         let checkpoint = json!({ "seq": seq.as_str(), "fingerprints": self.fingerprints });
         // A new stretch: the feed settled, or the count grew too big or too old to be about
         // a loop (two extensions feeding each other rewrite within seconds).
