@@ -282,6 +282,55 @@ mod tests {
     }
 
     #[test]
+    fn shared_values_are_written_once_taken_in_together_and_deleted_with_the_page_that_ran_them() {
+        use crate::store::embedded::EmbeddedStore;
+        use crate::store::WriteBatch;
+        let dir = std::env::temp_dir().join(format!("rd-shared-later-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(&dir.join("db")).unwrap();
+        let write = |records: Vec<Record>| {
+            let written = store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+            assert!(written.records.iter().all(|r| matches!(r, crate::store::WriteResult::Ok { .. })), "{written:?}");
+        };
+        // Two workers' pages, and a queue a run without --share left.
+        let (mut a, mut b) = (SharedQueue::new(), SharedQueue::new());
+        let mut page = LaterQueue::default();
+        page.extend("ext", vec![json!(1), json!(2)]);
+        write(a.page_records(&mut page));
+        assert!(page.is_empty(), "the values went to the record");
+        page.extend("ext", vec![json!(2), json!(3)]);
+        write(b.page_records(&mut page));
+        page.extend("other", vec![json!("x")]);
+        write(a.page_records(&mut page));
+        write(vec![queue_record(&later_id(crate::pipeline::UNSHARED_CHECKPOINT), None, r#"{"ext":[4]}"#)]);
+        // The runner takes them all in, each value once, and deletes the records with its page.
+        let mut runner = SharedQueue::new();
+        let mut queue = LaterQueue::default();
+        assert_eq!(runner.take_waiting(&store, &mut queue).unwrap(), 4);
+        let taken = queue.take();
+        // The unshared queue first; the workers' records in the order of their runs' ids.
+        let mut ext: Vec<i64> = taken["ext"].iter().map(|v| v.as_i64().unwrap()).collect();
+        assert_eq!(ext[0], 4);
+        ext.sort();
+        assert_eq!(ext, vec![1, 2, 3, 4]);
+        assert_eq!(taken["other"], vec![json!("x")]);
+        write(runner.page_records(&mut queue));
+        assert_eq!(store.records_after(SHARED_PREFIX, None, 10).unwrap().len(), 0);
+        assert!(store.get_records(&[later_id(crate::pipeline::UNSHARED_CHECKPOINT)]).unwrap()[0].is_none());
+        // Values taken in but not run (a stop came) move to a new record as the old ones go.
+        page.extend("ext", vec![json!(5)]);
+        write(a.page_records(&mut page));
+        runner.take_waiting(&store, &mut queue).unwrap();
+        let records = runner.page_records(&mut queue);
+        assert_eq!(records.len(), 2, "one deleted, one written");
+        write(records);
+        let left = store.records_after(SHARED_PREFIX, None, 10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0]["values"], json!({"ext": [5]}));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn is_due_when_large() {
         let mut q = LaterQueue::default();
         q.extend("a", (0..MAX_VALUES).map(|i| json!(i)).collect());

@@ -52,7 +52,7 @@ pub use source::project;
 /// The schema of the documents that record failures.
 const ERROR_SCHEMA: &str = "rd.core.error";
 /// The checkpoint of a run that takes every source (no `--worker`, no `--share`).
-const UNSHARED_CHECKPOINT: &str = "raindrop-pipeline";
+pub(crate) const UNSHARED_CHECKPOINT: &str = "raindrop-pipeline";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
