@@ -705,7 +705,6 @@
     if (!isArray(keys) || keys.length === 0) return null;
     const wanted = [];
     for (let i = 0; i < keys.length; i++) push(wanted, [keys[i], "rd.msg.conversation"]);
-    const mine = declaration !== null ? declaration.id : null;
     const current = globalThis.open_schemas(wanted, ["conversation_id", "rd_schema_items"]);
     // Of the conversations the messages are in, the one with the smallest id wins. The choice
     // must not depend on which message asks or on what it has yet to see: two messages handled
@@ -732,14 +731,14 @@
     const others = found.filter((o) => !sameJSON(o, chosen));
     const members = slice(keys);
     // A message is moved with its conversation only when this extension put it there: one
-    // that another extension (at a higher confidence) placed in it while this one named
-    // another keeps this one's say, as it would had the conversations met in another order.
+    // that another extension placed in it (at a higher confidence, or before this one said
+    // anything of it) keeps this one's say, as it would had the conversations met in another
+    // order — moved, a bounce would carry its own key into the conversation's naming.
     for (let i = 0; i < others.length; i++) {
-      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, ["rd_schema_items"]);
+      const found = globalThis.find_schemas("rd.msg.conversation", "conversation_id", others[i], 1000000, ["conversation_id", "rd_schema_items"]);
       for (let j = 0; j < found.length; j++) {
-        const items = found[j].rd_schema_items;
-        const own = mine !== null && items && items[mine] && items[mine].schema ? items[mine].schema.conversation_id : undefined;
-        if (own !== undefined && !sameJSON(own, others[i])) continue;
+        const own = ownConversation(found[j]);
+        if (own === undefined || own === null || !sameJSON(own, others[i])) continue;
         push(members, found[j].rd_key);
       }
     }

@@ -73,6 +73,7 @@ fn until_equal(db: &str, expected: &[Value], secs: u64, what: &str) {
             let show = |ids: &[String]| {
                 ids.iter().take(3).map(|id| format!("{id}: {} (one worker: {})", text(&got, id), text(expected, id))).collect::<Vec<_>>()
             };
+            eprintln!("lacking or different: {lacking:?}\nbeyond: {beyond:?}");
             panic!("{what}: {} lacking or different {:?}, {} beyond {:?}", lacking.len(), show(&lacking), beyond.len(), show(&beyond));
         }
         std::thread::sleep(Duration::from_millis(500));
