@@ -105,7 +105,7 @@ impl Follower<'_> {
         }
         // The leases' rounds move the feed every few seconds: that is not work.
         let quiet = page.changes.iter().all(|c| c.id.starts_with(super::share::SHARE_PREFIX));
-        let looked = self.look_for_shared_values(quiet)?;
+        let looked = self.look_for_shared_values(quiet, done)?;
         if drained && self.later.is_empty() && self.shared.as_ref().is_none_or(|s| !s.holds_taken()) {
             self.quiet = true;
             let go_on = self.options.continuous && !stopping;
@@ -156,16 +156,23 @@ impl Follower<'_> {
     /// A shared worker that runs the later_handlers (see `share::LATER_SLICE`) takes in the
     /// values waiting in the shared queue, when it is time to look (`quiet`: the page read has
     /// no change but the leases'); whether it did.
-    fn look_for_shared_values(&mut self, quiet: bool) -> Result<bool, PipelineError> {
+    fn look_for_shared_values(&mut self, quiet: bool, done: &Receiver<()>) -> Result<bool, PipelineError> {
         let runs_later = self.options.share.as_ref().is_some_and(|held| held.runs_later());
         let Some(shared) = self.shared.as_mut() else { return Ok(false) };
         if !quiet {
             shared.moved();
         }
-        if !runs_later || !shared.look_due(quiet) || self.options.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+        if !runs_later || !shared.look_due(quiet) || self.stopped() {
             return Ok(false);
         }
+        // The pages in flight first: one may delete records taken in by the last look.
+        while self.in_flight > 0 {
+            if !self.written(done) {
+                return Ok(false);
+            }
+        }
         let _t = span("R:shared-later");
+        let Some(shared) = self.shared.as_mut() else { return Ok(false) };
         let found = shared.take_waiting(&*self.pipeline.store, &mut self.later)?;
         if found > 0 {
             tracing::debug!(records = found, "took in the shared later queue");
