@@ -39,6 +39,9 @@ pub(super) struct Follower<'p> {
     /// A shared worker's side of the shared queue (see `later::SHARED_PREFIX`): its values go
     /// there, and only the runner runs later_handlers.
     pub(super) shared: Option<SharedQueue>,
+    /// A run without `--share`: the shared queue's records whose values it took up, deleted
+    /// with the first page (which writes them in its own queue).
+    pub(super) shared_left: Vec<crate::store::Record>,
     /// Pages handed to the writer and not yet written.
     pub(super) in_flight: usize,
     /// The feed was seen drained, with nothing in flight, since the last page sent: the
@@ -115,8 +118,15 @@ impl Follower<'_> {
         let t = span("R:prepare");
         let (mut work, mut first_error) = self.pipeline.prepare_page(&page.changes, self.options, &mut local)?;
         drop(t);
+        // A shared worker keeps the page's own values apart from the shared queue's it took in:
+        // if they do not run now, only the page's are written (the records taken stay).
+        let mut fresh = LaterQueue::default();
         for (ext, values) in std::mem::take(&mut work.later) {
-            self.later.extend(&ext, values);
+            if self.shared.is_some() {
+                fresh.extend(&ext, values)
+            } else {
+                self.later.extend(&ext, values)
+            }
         }
         // The later_handlers run once everything before is written and the feed has nothing
         // new (they then read settled documents), or when the queue is due — but not once a
@@ -126,38 +136,83 @@ impl Follower<'_> {
             None => drained || self.later.due(),
             Some(_) => looked,
         };
+        let mut ran = false;
         if due && !self.stopped() {
-            // Settled means written: a later_handler (the conversations) may build on what the
-            // previous run of the queue emitted.
-            while self.in_flight > 0 {
-                if !self.written(done) {
-                    return Ok((Next::Stop, None));
+            match self.run_queue(&mut fresh, &mut work, &mut local, done) {
+                None => return Ok((Next::Stop, None)),
+                Some((r, error)) => {
+                    ran = r;
+                    first_error = first_error.or(error);
                 }
             }
-            let t = span("R:later");
-            let (items, removals, error) = self.pipeline.run_later(self.later.take(), &self.later_id, &mut local);
-            drop(t);
-            work.items.extend(items);
-            work.removals.extend(removals);
-            first_error = first_error.or(error);
         }
         stats.lock().unwrap_or_else(|p| p.into_inner()).add(&local);
         work.settled = drained || std::mem::take(&mut self.quiet);
         if !drained {
             self.since = page.last_seq;
         }
-        let later = match &mut self.shared {
-            None => LaterWrites { queue: self.later.saved(), shared: Vec::new() },
-            Some(shared) => LaterWrites { queue: None, shared: shared.page_records(&mut self.later) },
-        };
+        let later = self.later_writes(ran, fresh);
         Ok((Next::Work(Box::new(work), later), first_error))
+    }
+
+    /// Runs the later_handlers over the queue (and a shared worker's page's own values,
+    /// `fresh`), their outputs added to `work`: whether they ran (a shared worker that lost
+    /// slice 0 meanwhile drops them), with the first error; `None` when the writer stopped.
+    fn run_queue(
+        &mut self,
+        fresh: &mut LaterQueue,
+        work: &mut PageWork,
+        local: &mut Stats,
+        done: &Receiver<()>,
+    ) -> Option<(bool, Option<String>)> {
+        // Settled means written: a later_handler (the conversations) may build on what the
+        // previous run of the queue emitted.
+        while self.in_flight > 0 {
+            if !self.written(done) {
+                return None;
+            }
+        }
+        for (ext, values) in fresh.take() {
+            self.later.extend(&ext, values);
+        }
+        let t = span("R:later");
+        let (items, removals, error) = self.pipeline.run_later(self.later.take(), &self.later_id, local);
+        drop(t);
+        if self.shared.is_some() && !self.runs_later() {
+            // Slice 0 was lost while they ran (fenced, or taken): another worker runs them
+            // now, and only one writes what they give.
+            tracing::warn!("lost the later_handlers' slice while they ran: their outputs are left to the next holder");
+            return Some((false, None));
+        }
+        work.items.extend(items);
+        work.removals.extend(removals);
+        Some((true, error))
+    }
+
+    /// What the page writes of the later queue: the run's own queue, or a shared worker's
+    /// page's values (`fresh`, when they did not run) and the records taken in that ran.
+    fn later_writes(&mut self, ran: bool, mut fresh: LaterQueue) -> LaterWrites {
+        let Some(shared) = self.shared.as_mut() else {
+            return LaterWrites { queue: self.later.saved(), shared: std::mem::take(&mut self.shared_left) };
+        };
+        if !ran {
+            // What was taken in stays in its records for the next look.
+            self.later = LaterQueue::default();
+            shared.forget_taken();
+        }
+        LaterWrites { queue: None, shared: shared.page_records(&mut fresh) }
+    }
+
+    /// Whether this run runs the later_handlers of every shared worker now.
+    fn runs_later(&self) -> bool {
+        self.options.share.as_ref().is_some_and(|held| held.runs_later())
     }
 
     /// A shared worker that runs the later_handlers (see `share::LATER_SLICE`) takes in the
     /// values waiting in the shared queue, when it is time to look (`quiet`: the page read has
     /// no change but the leases'); whether it did.
     fn look_for_shared_values(&mut self, quiet: bool, done: &Receiver<()>) -> Result<bool, PipelineError> {
-        let runs_later = self.options.share.as_ref().is_some_and(|held| held.runs_later());
+        let runs_later = self.runs_later();
         let Some(shared) = self.shared.as_mut() else { return Ok(false) };
         if !quiet {
             shared.moved();

@@ -141,6 +141,21 @@ const QUICK_LOOKS: u32 = 6;
 /// Records read per request when the runner looks.
 const LOOK_PAGE: usize = 500;
 
+/// Every record whose id starts with `prefix`, a page at a time.
+fn all_records(store: &dyn Store, prefix: &str) -> Result<Vec<Doc>, StoreError> {
+    let mut found = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.records_after(prefix, after.as_deref(), LOOK_PAGE)?;
+        let full = page.len() >= LOOK_PAGE;
+        after = page.last().and_then(|d| d.get("_id")).and_then(Value::as_str).map(str::to_string);
+        found.extend(page);
+        if !full {
+            return Ok(found);
+        }
+    }
+}
+
 /// A shared worker's side of the shared queue: the records its pages write, and — for the
 /// runner — the records it took in, to be deleted with the page that runs their values.
 #[derive(Debug)]
@@ -171,9 +186,36 @@ impl SharedQueue {
         }
     }
 
+    /// Takes in the values of the queue's records `found`.
+    fn take_in(&mut self, found: &[Doc], queue: &mut LaterQueue) {
+        for record in found {
+            let text = |name: &str| record.get(name).and_then(Value::as_str).map(str::to_string);
+            let (Some(id), Some(rev)) = (text("_id"), text("_rev")) else { continue };
+            for (ext, waiting) in LaterQueue::from_record(Some(record)).values {
+                queue.extend(&ext, waiting.list);
+            }
+            self.taken.push((id, rev));
+        }
+    }
+
+    /// For a run without `--share`: takes in every value the shared queue holds (left when the
+    /// daemons stopped sharing the work), to be deleted with the page that first writes `queue`.
+    pub(super) fn adopt_all(store: &dyn Store, queue: &mut LaterQueue) -> Result<Vec<Record>, StoreError> {
+        let mut shared = SharedQueue::new();
+        let found = all_records(store, SHARED_PREFIX)?;
+        shared.take_in(&found, queue);
+        Ok(shared.page_records(&mut LaterQueue::default()))
+    }
+
     /// Records were taken in whose deletion is not yet in a page.
     pub(super) fn holds_taken(&self) -> bool {
         !self.taken.is_empty()
+    }
+
+    /// Leaves the records taken in where they are (their values did not run): the next look
+    /// takes them again.
+    pub(super) fn forget_taken(&mut self) {
+        self.taken.clear();
     }
 
     /// The feed moved: values may follow soon.
@@ -195,27 +237,13 @@ impl SharedQueue {
         self.last_look = Instant::now();
         let mut found = Vec::new();
         if !self.looked_at_unshared {
+            // And the queues of shared workers of builds that kept one each (before 2026-12-02).
             found.extend(store.get_records(&[later_id(super::UNSHARED_CHECKPOINT)])?.into_iter().flatten());
+            found.extend(all_records(store, &later_id(&super::share::checkpoint_of("")))?);
             self.looked_at_unshared = true;
         }
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.records_after(SHARED_PREFIX, after.as_deref(), LOOK_PAGE)?;
-            let full = page.len() >= LOOK_PAGE;
-            after = page.last().and_then(|d| d.get("_id")).and_then(Value::as_str).map(str::to_string);
-            found.extend(page);
-            if !full {
-                break;
-            }
-        }
-        for record in &found {
-            let text = |name: &str| record.get(name).and_then(Value::as_str).map(str::to_string);
-            let (Some(id), Some(rev)) = (text("_id"), text("_rev")) else { continue };
-            for (ext, waiting) in LaterQueue::from_record(Some(record)).values {
-                queue.extend(&ext, waiting.list);
-            }
-            self.taken.push((id, rev));
-        }
+        found.extend(all_records(store, SHARED_PREFIX)?);
+        self.take_in(&found, queue);
         if found.is_empty() {
             self.empty_looks += 1;
             if self.empty_looks > QUICK_LOOKS {
@@ -227,9 +255,9 @@ impl SharedQueue {
         Ok(found.len())
     }
 
-    /// The records a page writes: the values `queue` holds (not run by this page) moved into
-    /// a new record of the shared queue, and the records taken in deleted — their values run
-    /// by this page, or moved with the others.
+    /// The records a page writes: the values `queue` holds (the page's own, not run) in a new
+    /// record of the shared queue, and the records taken in deleted — their values run by this
+    /// page.
     pub(super) fn page_records(&mut self, queue: &mut LaterQueue) -> Vec<Record> {
         let mut records: Vec<Record> = std::mem::take(&mut self.taken)
             .into_iter()
@@ -317,16 +345,29 @@ mod tests {
         write(runner.page_records(&mut queue));
         assert_eq!(store.records_after(SHARED_PREFIX, None, 10).unwrap().len(), 0);
         assert!(store.get_records(&[later_id(crate::pipeline::UNSHARED_CHECKPOINT)]).unwrap()[0].is_none());
-        // Values taken in but not run (a stop came) move to a new record as the old ones go.
+        // Values taken in but not run (a stop came) stay in their records: the page writes only
+        // its own values.
         page.extend("ext", vec![json!(5)]);
         write(a.page_records(&mut page));
         runner.take_waiting(&store, &mut queue).unwrap();
-        let records = runner.page_records(&mut queue);
-        assert_eq!(records.len(), 2, "one deleted, one written");
+        runner.forget_taken();
+        let mut own = LaterQueue::default();
+        own.extend("ext", vec![json!(6)]);
+        let records = runner.page_records(&mut own);
+        assert_eq!(records.len(), 1, "the page's own values, nothing deleted");
         write(records);
-        let left = store.records_after(SHARED_PREFIX, None, 10).unwrap();
-        assert_eq!(left.len(), 1);
-        assert_eq!(left[0]["values"], json!({"ext": [5]}));
+        let mut left: Vec<Value> = store.records_after(SHARED_PREFIX, None, 10).unwrap().iter().map(|r| r["values"].clone()).collect();
+        left.sort_by_key(|v| v.to_string());
+        assert_eq!(left, vec![json!({"ext": [5]}), json!({"ext": [6]})]);
+        // A run without --share takes them up, to delete them with its first page.
+        let mut unshared = LaterQueue::default();
+        let deletions = SharedQueue::adopt_all(&store, &mut unshared).unwrap();
+        assert_eq!(deletions.len(), 2);
+        let mut values: Vec<i64> = unshared.take()["ext"].iter().map(|v| v.as_i64().unwrap()).collect();
+        values.sort();
+        assert_eq!(values, vec![5, 6]);
+        write(deletions);
+        assert!(store.records_after(SHARED_PREFIX, None, 10).unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -9,7 +9,8 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::deps::DEPS_PREFIX;
-use super::later::{queue_record, LaterQueue, LATER_PREFIX};
+use super::later::{later_id, queue_record, LaterQueue, LATER_PREFIX, SHARED_RETRY};
+use super::share;
 use super::state::{StateRecord, STATE_PREFIX};
 use super::{PipelineError, ERROR_SCHEMA};
 use crate::model;
@@ -142,7 +143,10 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
             continue;
         }
         let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
-        by_queue.entry(queue.clone()).or_default().push((id, ext_id.clone(), values.clone()));
+        // A shared worker's own queue (before one worker ran every later_handler) is read by
+        // no run any more: its values go to the shared queue.
+        let queue = if queue.starts_with(&later_id(&share::checkpoint_of(""))) { SHARED_RETRY.to_string() } else { queue.clone() };
+        by_queue.entry(queue).or_default().push((id, ext_id.clone(), values.clone()));
     }
     let mut requeued = 0;
     bookkeeping_to_records(store)?;

@@ -256,7 +256,12 @@ impl Pipeline {
             None => self.store.get_records(std::slice::from_ref(&later_id))?.pop().flatten(),
             Some(_) => None,
         };
-        let queue = later::LaterQueue::from_record(stored.as_ref());
+        let mut queue = later::LaterQueue::from_record(stored.as_ref());
+        // A run over every source takes up what shared workers left in the shared queue.
+        let shared_left = match (&options.share, options.worker, &options.checkpoint) {
+            (None, None, None) => later::SharedQueue::adopt_all(&*self.store, &mut queue)?,
+            _ => Vec::new(),
+        };
         let later_rev = stored.as_ref().and_then(|d| d.get("_rev")).and_then(Value::as_str).map(str::to_string);
         let stats = Mutex::new(Stats::default());
         let (work_tx, work_rx) = crossbeam_channel::bounded::<follow::ToWrite>(1);
@@ -278,8 +283,17 @@ impl Pipeline {
                     Ok(())
                 });
             let writing = writing.map_err(|e| PipelineError::Thread("writer", e.to_string()))?;
-            let mut follower =
-                follow::Follower { pipeline: self, options, since, later: queue, later_id, shared, in_flight: 0, quiet: false };
+            let mut follower = follow::Follower {
+                pipeline: self,
+                options,
+                since,
+                later: queue,
+                later_id,
+                shared,
+                shared_left,
+                in_flight: 0,
+                quiet: false,
+            };
             let read_result = follower.run(&work_tx, &done_rx, &stats);
             drop(work_tx);
             let write_result = writing.join().unwrap_or_else(|_| Err(PipelineError::Thread("writer", "it panicked".into())));
