@@ -283,6 +283,49 @@ fn process_later_values_survive_sigkill() {
 }
 
 #[test]
+fn a_run_without_share_takes_up_what_shared_workers_left_in_their_queue() {
+    // Shared workers leave their process_later values in the shared queue's records for the
+    // one of them that runs the later_handlers; when the daemons stop sharing, a plain run
+    // runs them and deletes the records.
+    use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
+    let dir = TempDir::new("shared-left");
+    let exts = exts_after_a(
+        dir.path(),
+        &[(
+            "tally.js",
+            r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#,
+        )],
+    );
+    let db = dir.path().join("db");
+    {
+        let store = EmbeddedStore::open(&db).unwrap();
+        let records = (0..2)
+            .map(|i| Record::Text {
+                id: format!("rdlater!shared!gone{i}!0000000001"),
+                rev: None,
+                body: json!({"values": {"test.tally": [i * 10, i * 10 + 1]}}).to_string(),
+            })
+            .collect();
+        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+    }
+    let db = db.to_string_lossy().into_owned();
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("process");
+        c
+    });
+    let tallied: Vec<Value> = of_schema(&dump(&db, &exts), "rd.test.tallied").into_iter().map(|d| d["v"].clone()).collect();
+    assert_eq!(tallied.len(), 4, "{tallied:?}");
+    for v in [0, 1, 10, 11] {
+        assert!(tallied.contains(&json!(v)), "{v} in {tallied:?}");
+    }
+    let store = EmbeddedStore::open(Path::new(&db)).unwrap();
+    assert!(store.records_after("rdlater!shared!", None, 10).unwrap().is_empty(), "the records went with the page that ran them");
+}
+
+#[test]
 fn two_workers_on_one_pouchdb_database_equal_one_worker() {
     let dir = TempDir::new("workers");
     let server = PouchServer::start();
