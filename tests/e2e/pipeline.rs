@@ -263,20 +263,18 @@ fn a_later_handler_gets_time_by_its_values_and_one_that_never_ends_is_stopped() 
     assert_eq!(details["later_values"].as_array().map(Vec::len), Some(4001));
 }
 
+/// An extension that gives each `rd.test.b`'s `v` to `process_later` and writes one
+/// `rd.test.tallied` per value its later_handler gets.
+const TALLY: &str = r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
+      handler(doc) { process_later(doc.v); },
+      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#;
+
 #[test]
 fn process_later_values_survive_sigkill() {
     // The later_handler runs when the feed is drained; until then its values wait in the
     // store. Kill runs before the drain: no value may be lost behind the checkpoint.
     let dir = TempDir::new("kill-later");
-    let exts = exts_after_a(
-        dir.path(),
-        &[(
-            "tally.js",
-            r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
-      handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#,
-        )],
-    );
+    let exts = exts_after_a(dir.path(), &[("tally.js", TALLY)]);
     let seed = seed_file(dir.path(), 3000);
     let expected = kill_rounds_of(&dir, &exts, &seed, &[&[60, 150], &[100, 40], &[130, 50]]);
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
@@ -289,15 +287,7 @@ fn a_run_without_share_takes_up_what_shared_workers_left_in_their_queue() {
     // runs them and deletes the records.
     use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
     let dir = TempDir::new("shared-left");
-    let exts = exts_after_a(
-        dir.path(),
-        &[(
-            "tally.js",
-            r#"extension({ id: "test.tally", source_schemas: ["rd.test.b"],
-      handler(doc) { process_later(doc.v); },
-      later_handler(values) { for (const v of values) emit_schema("rd.test.tallied", { v }, { rd_key: ["tally", v] }); } });"#,
-        )],
-    );
+    let exts = exts_after_a(dir.path(), &[("tally.js", TALLY)]);
     let db = dir.path().join("db");
     {
         let store = EmbeddedStore::open(&db).unwrap();
