@@ -366,6 +366,7 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
     let by_kind = couch.requests_by_kind();
     let stored = stored_by_prefix(&format!("http://127.0.0.1:{port}/mail"));
     let failures = (&*couch as &dyn Store).find_docs("rd.core.error", None, 3).unwrap_or_default();
+    let floor = super::couch_floor::server_floor(&format!("http://127.0.0.1:{port}"), "mail", child.id(), process_cpu_seconds);
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
@@ -393,6 +394,19 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
     );
     println!("documents written {written}, rd.msg.body {bodies}; one worker");
     println!("stored (documents by id prefix, and revisions written to each kind): {stored}");
+    // The floor: what the server spends on these documents with no pipeline asking anything.
+    match floor {
+        Ok(figures) => {
+            let per_1000 = |cpu: f64| cpu * 1000.0 / n as f64;
+            let parts: Vec<String> = figures.iter().map(|(name, cpu)| format!("{name} {:.2}", per_1000(*cpu))).collect();
+            println!(
+                "the same documents again, no pipeline (server CPU s per 1,000 messages): {}; the run {:.2}",
+                parts.join(", "),
+                per_1000(cpu)
+            );
+        }
+        Err(e) => println!("(the floor was not measured: {e})"),
+    }
     // Every request of the store's life, the import's included, by endpoint.
     for (kind, count, time) in &by_kind {
         println!("  {kind:<24} {count:>7} requests {:>9.2} s", time.as_secs_f64());

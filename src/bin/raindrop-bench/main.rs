@@ -9,6 +9,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod api;
+mod couch_floor;
 mod mail;
 
 use std::io::{BufRead, BufReader, Write};
