@@ -399,8 +399,20 @@ impl Pipeline {
         let mut items = Vec::new();
         let mut removals = Vec::new();
         let mut first_error = None;
-        let pending: Vec<_> = self
-            .later_calls(values)
+        let (calls, unloaded) = self.later_calls(values);
+        // Values of an extension not loaded here (removed, or under `--share` not in this
+        // runner's folder) wait in an error document for `retry-errors`, as a failed call's do.
+        for (ext_id, values) in unloaded {
+            let message = format!(
+                "{} process_later value(s) of {ext_id}, which is not loaded here: kept in this document; load the extension and run `raindrop retry-errors`",
+                values.len()
+            );
+            tracing::warn!(ext = %ext_id, values = values.len(), "process_later values of an extension that is not loaded are kept in an error document");
+            stats.errors += 1;
+            first_error.get_or_insert_with(|| message.clone());
+            items.push(outcome::unloaded_later_error_item(&ext_id, &HandlerError::new(FailureKind::NotLoaded, message), values, later_id));
+        }
+        let pending: Vec<_> = calls
             .into_iter()
             .map(|LaterCall { ext: ei, share, values }| {
                 // A shared call's values go to the driver after its part marker; an error
@@ -443,11 +455,13 @@ impl Pipeline {
     /// a call of its own), or for `later_in_parts: "shared"` one per thread with every value
     /// after a `{"rd_part": [index, count]}` the driver takes off. Whole calls first: the parts
     /// then fill in around them.
-    fn later_calls(&self, values: BTreeMap<String, Vec<Value>>) -> Vec<LaterCall> {
+    /// Values of an extension not loaded here come back apart, with its id.
+    fn later_calls(&self, values: BTreeMap<String, Vec<Value>>) -> (Vec<LaterCall>, Vec<(String, Vec<Value>)>) {
         let mut calls: Vec<LaterCall> = Vec::new();
+        let mut unloaded = Vec::new();
         for (ext_id, mut values) in values {
             let Some(ei) = self.exts.iter().position(|e| e.id == ext_id) else {
-                tracing::warn!(ext = %ext_id, "process_later values of an extension that is no longer loaded are dropped");
+                unloaded.push((ext_id, values));
                 continue;
             };
             let ext: &Ext = &self.exts[ei];
@@ -468,6 +482,6 @@ impl Pipeline {
             }
         }
         calls.sort_by_key(|c| c.share.is_some() || self.exts[c.ext].later_in_parts);
-        calls
+        (calls, unloaded)
     }
 }

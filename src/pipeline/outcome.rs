@@ -163,13 +163,15 @@ fn schema_item(ext: &Ext, rd_key: Value, rd_source: Option<(String, String)>, e:
 
 /// The `rd.core.error` item recording a failed handler against its source.
 pub(super) fn error_item(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError) -> SchemaItem {
-    error_item_with(rd_key, source, ext, e, Map::new())
+    error_item_with(rd_key, source, (&ext.id, &ext.fingerprint), e, Map::new())
 }
 
-/// [`error_item`] with more members in its `error_details`.
-fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerError, more: Map<String, Value>) -> SchemaItem {
+/// [`error_item`] with more members in its `error_details`; `ext` is the extension's id and
+/// fingerprint.
+fn error_item_with(rd_key: &Value, source: (&str, &str), ext: (&str, &str), e: &HandlerError, more: Map<String, Value>) -> SchemaItem {
+    let (ext_id, fingerprint) = ext;
     let mut details = json!({
-        "ext_id": ext.id,
+        "ext_id": ext_id,
         "kind": e.kind,
         "message": e.message,
         "file": e.file,
@@ -185,14 +187,14 @@ fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerE
     SchemaItem {
         rd_key: rd_key.clone(),
         schema_id: ERROR_SCHEMA.into(),
-        ext_id: ext.id.clone(),
+        ext_id: ext_id.to_string(),
         rd_source: Some((source.0.to_string(), source.1.to_string())),
         items: Some(model::Fields::from_map(&fields)),
         deps: Vec::new(),
         attachments: None,
         provider: true,
         confidence: 0.0,
-        fingerprint: ext.fingerprint.clone(),
+        fingerprint: fingerprint.to_string(),
         version: None,
     }
 }
@@ -201,12 +203,21 @@ fn error_item_with(rd_key: &Value, source: (&str, &str), ext: &Ext, e: &HandlerE
 /// (its key names the extension and a digest of the values), holding the values and the queue
 /// record they were taken from.
 pub(super) fn later_error_item(ext: &Ext, e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
+    later_values_error_item((&ext.id, &ext.fingerprint), e, values, later_id)
+}
+
+/// [`later_error_item`] for values whose extension is not loaded (no fingerprint known).
+pub(super) fn unloaded_later_error_item(ext_id: &str, e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
+    later_values_error_item((ext_id, ""), e, values, later_id)
+}
+
+fn later_values_error_item(ext: (&str, &str), e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
     let digest = crate::digest::digest(&[Value::Array(values.clone()).to_string().as_bytes()]);
-    let rd_key = json!(["ext", format!("{}#later-{}", ext.id, &digest[..16])]);
+    let rd_key = json!(["ext", format!("{}#later-{}", ext.0, &digest[..16])]);
     let mut more = Map::new();
     more.insert("later_values".into(), Value::Array(values));
     more.insert("later_queue".into(), Value::String(later_id.to_string()));
-    error_item_with(&rd_key, (&format!("ext!{}", ext.id), ""), ext, e, more)
+    error_item_with(&rd_key, (&format!("ext!{}", ext.0), ""), ext, e, more)
 }
 
 /// The `rd.core.error` item of a later_handler's output the store refused: its own document,

@@ -316,6 +316,55 @@ fn a_run_without_share_takes_up_what_shared_workers_left_in_their_queue() {
 }
 
 #[test]
+fn later_values_of_an_extension_not_loaded_wait_in_an_error_document_for_retry_errors() {
+    // A queue can hold values of an extension the run has not loaded (removed meanwhile, or
+    // under --share missing from the runner's folder): they are kept in an error document, and
+    // once the extension is back, retry-errors queues them again and the next run runs them.
+    use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
+    let dir = TempDir::new("later-unloaded");
+    let exts = exts_after_a(dir.path(), &[("tally.js", TALLY)]);
+    let db = dir.path().join("db");
+    {
+        let store = EmbeddedStore::open(&db).unwrap();
+        let body = json!({"values": {"test.tally": [1], "test.gone": [7, 8]}}).to_string();
+        let records = vec![Record::Text { id: "rdlater!shared!w1!0000000001".into(), rev: None, body }];
+        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+    }
+    let db = db.to_string_lossy().into_owned();
+    let process = |exts: &Path| {
+        let mut c = rd(&db, exts);
+        c.arg("process");
+        c
+    };
+    let out = process(&exts).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("test.gone"), "the run names the extension");
+    let docs = dump(&db, &exts);
+    assert_eq!(of_schema(&docs, "rd.test.tallied").len(), 1, "the loaded extension's value ran");
+    let errors = of_schema(&docs, "rd.core.error");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let details = &errors[0]["error_details"];
+    assert_eq!((details["ext_id"].as_str(), details["kind"].as_str()), (Some("test.gone"), Some("not-loaded")), "{details}");
+    assert_eq!(details["later_values"], json!([7, 8]));
+    let store = EmbeddedStore::open(Path::new(&db)).unwrap();
+    assert!(store.records_after("rdlater!shared!", None, 10).unwrap().is_empty(), "the values are in the error document now");
+    drop(store);
+    // The extension comes back.
+    let gone = TALLY.replace("test.tally", "test.gone").replace("[\"tally\", v]", "[\"gone\", v]");
+    std::fs::write(exts.join("gone.js"), gone).unwrap();
+    ok({
+        let mut c = rd(&db, &exts);
+        c.arg("retry-errors");
+        c
+    });
+    ok(process(&exts));
+    let docs = dump(&db, &exts);
+    let mut tallied: Vec<Value> = of_schema(&docs, "rd.test.tallied").into_iter().map(|d| d["v"].clone()).collect();
+    tallied.sort_by_key(|v| v.as_i64());
+    assert_eq!(tallied, vec![json!(1), json!(7), json!(8)]);
+    assert!(of_schema(&docs, "rd.core.error").is_empty(), "retry-errors took the error document");
+}
+
+#[test]
 fn two_workers_on_one_pouchdb_database_equal_one_worker() {
     let dir = TempDir::new("workers");
     let server = PouchServer::start();
