@@ -65,6 +65,12 @@ pub fn checkpoint_of(worker: &str) -> String {
     format!("raindrop-share-{worker}")
 }
 
+/// The checkpoint of worker `worker`'s `n`th catch-up (from 1): a worker's id is new at each
+/// start, so no two catch-ups share one.
+pub fn catch_up_checkpoint(worker: &str, n: u64) -> String {
+    format!("{}-catch-up-{n}", checkpoint_of(worker))
+}
+
 /// The slices a run takes: one bit each, changed by the lease thread while the run goes on.
 #[derive(Debug, Default)]
 pub struct Held {
@@ -114,6 +120,8 @@ struct Leases {
     /// The last round whose renewal the database accepted.
     renewed: Option<Instant>,
     pending: Vec<CatchUp>,
+    /// Catch-ups made so far: the number in the next one's checkpoint.
+    catch_ups: u64,
     /// The slices of the catch-ups given out, narrowed as their leases are lost.
     catch_up_helds: Vec<std::sync::Weak<Held>>,
     rounds: u64,
@@ -307,10 +315,9 @@ impl Share {
             if let Some(WriteResult::Ok { rev, .. }) = results.next() {
                 l.mine.insert(*k, rev);
                 l.catching_up.insert(*k, lease.seq.clone());
-                let c = claimed.entry(lease.seq.clone()).or_insert_with(|| CatchUp {
-                    slices: 0,
-                    since: lease.seq.clone(),
-                    checkpoint: format!("{}-catch-up-{}", checkpoint_of(&self.id), uuid::Uuid::new_v4().simple()),
+                let c = claimed.entry(lease.seq.clone()).or_insert_with(|| {
+                    l.catch_ups += 1;
+                    CatchUp { slices: 0, since: lease.seq.clone(), checkpoint: catch_up_checkpoint(&self.id, l.catch_ups) }
                 });
                 c.slices |= 1 << k;
             }
@@ -393,6 +400,11 @@ impl Share {
         })();
         if let Err(e) = result {
             tracing::warn!(worker = %self.id, "could not give up the leases ({e}): the others take them after the timeout");
+        }
+        // The next start is a new worker with a checkpoint of its own, and whoever takes these
+        // slices goes on from their leases' positions: this one is read no more.
+        if let Err(e) = self.store.delete_local(&checkpoint_of(&self.id)) {
+            tracing::warn!(worker = %self.id, "could not delete this worker's checkpoint: {e}");
         }
     }
 }
@@ -508,6 +520,10 @@ impl super::Pipeline {
                 Ok(stats) => {
                     total.add(&stats);
                     share.caught_up(&catch_up);
+                    // Its slices go on from the main run's checkpoint: its own is read no more.
+                    if let Err(e) = self.store.delete_local(&catch_up.checkpoint) {
+                        tracing::warn!(checkpoint = %catch_up.checkpoint, "could not delete a finished catch-up's checkpoint: {e}");
+                    }
                 }
                 Err(e) => {
                     share.retry(catch_up);

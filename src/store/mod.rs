@@ -331,6 +331,9 @@ pub trait Store: Send + Sync {
     /// Writes a checkpoint document (last write wins).
     fn put_local(&self, id: &str, body: &Value) -> Result<(), StoreError>;
 
+    /// Deletes a checkpoint document no run will read again (none there: nothing to do).
+    fn delete_local(&self, id: &str) -> Result<(), StoreError>;
+
     /// The rows of one megaview key (see [`MegaKey`]).
     fn megaview(&self, query: &ViewQuery) -> Result<Vec<ViewRow>, StoreError>;
     /// How many rows the megaview has for `key`, without reading them (a group's unread

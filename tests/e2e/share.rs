@@ -94,6 +94,21 @@ fn leases(db: &str) -> BTreeMap<String, usize> {
     held
 }
 
+/// Whether `_local` checkpoint `id` is in the database.
+fn has_checkpoint(db: &str, id: &str) -> bool {
+    reqwest::blocking::get(format!("{db}/_local/{id}")).unwrap().status().is_success()
+}
+
+/// Whether any checkpoint of worker `worker` is left: its main run's, or one of its first
+/// catch-ups'.
+fn checkpoints_left(db: &str, worker: &str) -> Vec<String> {
+    use raindrop::pipeline::share::{catch_up_checkpoint, checkpoint_of};
+    std::iter::once(checkpoint_of(worker))
+        .chain((1..=8).map(|n| catch_up_checkpoint(worker, n)))
+        .filter(|id| has_checkpoint(db, id))
+        .collect()
+}
+
 /// The records of the shared later queue: the values left for the worker that runs the
 /// later_handlers, not yet run.
 fn shared_later_records(db: &str) -> usize {
@@ -142,6 +157,10 @@ fn three_shared_workers_split_the_mail_and_end_with_one_workers_database() {
     until_equal(&db, &expected, 120, "three shared workers");
     // One of them ran every worker's later_handler values, and took them out of the queue.
     eventually(30, "the shared later queue emptied", || shared_later_records(&db) == 0);
+    let ids: Vec<String> = leases(&db).into_keys().collect();
+    for id in &ids {
+        assert!(has_checkpoint(&db, &raindrop::pipeline::share::checkpoint_of(id)), "worker {id} keeps its main run's checkpoint");
+    }
     let runs = stop(&mut workers);
     let total: u64 = runs.iter().sum();
     for r in &runs {
@@ -149,6 +168,10 @@ fn three_shared_workers_split_the_mail_and_end_with_one_workers_database() {
     }
     // Every lease given back on the way out: a worker that stops leaves no one waiting.
     assert!(leases(&db).is_empty(), "{:?}", leases(&db));
+    // Nor checkpoints no run will read again (the next start is a new worker).
+    for id in &ids {
+        assert_eq!(checkpoints_left(&db, id), Vec::<String>::new(), "worker {id}");
+    }
 }
 
 #[test]
@@ -190,8 +213,13 @@ fn a_worker_joining_in_the_middle_gets_a_share() {
         import(&db, &repo().join("fixtures/mail").join(part));
     }
     until_equal(&db, &expected, 120, "a worker joined in the middle");
+    let ids: Vec<String> = leases(&db).into_keys().collect();
     let runs = stop(&mut workers);
     assert!(runs[2] > 0, "the joiner did none of the work: {runs:?}");
+    // Each claimed slices and caught them up: no catch-up's checkpoint is left, nor a main one.
+    for id in &ids {
+        assert_eq!(checkpoints_left(&db, id), Vec::<String>::new(), "worker {id}");
+    }
 }
 
 /// Shown here because the tests compare it: the slice of a source under `--worker K/N` is its

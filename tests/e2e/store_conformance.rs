@@ -262,6 +262,12 @@ fn checkpoint_documents(s: &dyn Store) {
     // Checkpoints never show in the feed or the counts.
     assert!(all_changes(s, 100).is_empty());
     assert_eq!(s.info().unwrap().doc_count, 0);
+    // Deleted, it is gone; deleting one that is not there is no error; written again, it is back.
+    s.delete_local("ckpt").unwrap();
+    assert!(s.get_local("ckpt").unwrap().is_none());
+    s.delete_local("ckpt").unwrap();
+    s.put_local("ckpt", &json!({"seq": "10"})).unwrap();
+    assert_eq!(s.get_local("ckpt").unwrap().unwrap(), json!({"seq": "10"}));
 }
 
 /// The documents of `schema` (with `field`, those where it has the value), parsed.

@@ -540,6 +540,10 @@ impl Store for CouchStore {
         self.write_checkpoint(id, body)
     }
 
+    fn delete_local(&self, id: &str) -> Result<(), StoreError> {
+        self.delete_checkpoint(id)
+    }
+
     /// Both databases.
     fn destroy(&self) -> Result<(), StoreError> {
         for db in [Db::Records, Db::Main] {

@@ -158,4 +158,27 @@ impl CouchStore {
         }
         Err(StoreError::Conflict { id: format!("_local/{id}") })
     }
+
+    /// Deletes checkpoint `id` with the revision last seen (read first when none was; PouchDB
+    /// Server checks it, CouchDB 3 does not); one already gone is fine.
+    pub(super) fn delete_checkpoint(&self, id: &str) -> Result<(), StoreError> {
+        let path = format!("_local/{}", encode_component(id));
+        for _ in 0..5 {
+            let known = self.local_revs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned();
+            let rev = match known {
+                Some(rev) => rev,
+                None if self.read_checkpoint(id)?.is_none() => return Ok(()),
+                None => self.local_revs.lock().unwrap_or_else(|e| e.into_inner()).get(id).cloned().unwrap_or_default(),
+            };
+            let resp = self.send(|| self.request(reqwest::Method::DELETE, &path).query(&[("rev", &rev)]))?;
+            if resp.status() == StatusCode::CONFLICT {
+                self.local_revs.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+                continue;
+            }
+            self.local_revs.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            self.expect_status(resp, &[StatusCode::OK, StatusCode::ACCEPTED, StatusCode::NOT_FOUND])?;
+            return Ok(());
+        }
+        Err(StoreError::Conflict { id: format!("_local/{id}") })
+    }
 }

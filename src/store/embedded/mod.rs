@@ -350,6 +350,12 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    fn delete_local(&self, id: &str) -> Result<(), StoreError> {
+        let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached("DELETE FROM local WHERE id = ?1").and_then(|mut s| s.execute([id])).map_err(|e| self.e(e))?;
+        Ok(())
+    }
+
     fn destroy(&self) -> Result<(), StoreError> {
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
         let conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
