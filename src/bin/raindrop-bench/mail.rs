@@ -435,7 +435,16 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
             cpu * 1000.0 / n as f64
         );
     }
-    println!("target (issue 21): <= 1 HTTP request per message; the server's CPU per message 3x lower");
+    // The session-12 build's figures on this benchmark (BENCHMARKS.md), which the targets are
+    // set against.
+    const BASELINE_CPU_PER_1000: f64 = 92.0;
+    let per_message = requests as f64 / n as f64;
+    let cpu_ratio = BASELINE_CPU_PER_1000 / (cpu * 1000.0 / n as f64);
+    println!(
+        "target (issue 21): <= 1 HTTP request per message, one worker: {per_message:.2} ({}); the server's CPU per message 3x lower than the baseline's {BASELINE_CPU_PER_1000}: {cpu_ratio:.2}x ({})",
+        if per_message <= 1.0 { "met" } else { "NOT met" },
+        if cpu_ratio >= 3.0 { "met" } else { "not met" }
+    );
 }
 
 /// The mailbox imported into `url`, then processed by `workers` shared workers (leases timing
