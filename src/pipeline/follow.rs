@@ -172,7 +172,9 @@ impl Follower<'_> {
                 return None;
             }
         }
-        for (ext, values) in fresh.take() {
+        // The page's own values stay in `fresh` until they have run: if they do not, the page
+        // writes them as its record.
+        for (ext, values) in fresh.clone().take() {
             self.later.extend(&ext, values);
         }
         let t = span("R:later");
@@ -184,6 +186,7 @@ impl Follower<'_> {
             tracing::warn!("lost the later_handlers' slice while they ran: their outputs are left to the next holder");
             return Some((false, None));
         }
+        *fresh = LaterQueue::default();
         work.items.extend(items);
         work.removals.extend(removals);
         Some((true, error))
