@@ -404,7 +404,7 @@ impl Pipeline {
         // runner's folder) wait in an error document for `retry-errors`, as a failed call's do.
         for (ext_id, values) in unloaded {
             let message = format!(
-                "{} process_later value(s) of {ext_id}, which is not loaded here: kept in this document; load the extension and run `raindrop retry-errors`",
+                "{} process_later value(s) of {ext_id}, which is not loaded here: kept in this document; load the extension and run `raindrop retry-errors`, or discard them with `raindrop unprocess --ext {ext_id}`",
                 values.len()
             );
             tracing::warn!(ext = %ext_id, values = values.len(), "process_later values of an extension that is not loaded are kept in an error document");

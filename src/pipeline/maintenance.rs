@@ -108,6 +108,8 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
     })?;
     if only_errors {
         changed += requeue_later_failures(store, ext)?;
+    } else if remove {
+        changed += discard_later_failures(store, ext)?;
     }
     tracing::info!(changed, elapsed = ?started.elapsed(), "forgot processing state");
     Ok(changed)
@@ -129,9 +131,18 @@ pub(super) fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError
 
 /// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
 /// in the queues they came from, then withdraws those documents. Returns how many calls.
-fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
-    // queue id → (error document id, extension id, values)
-    let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
+/// One error document holding later_handler values (a failed call's, or those of an
+/// extension that was not loaded).
+struct LaterFailure {
+    id: String,
+    ext_id: String,
+    queue: String,
+    values: Vec<Value>,
+}
+
+/// The error documents holding later_handler values, of `ext` (or every extension).
+fn later_failures(store: &dyn Store, ext: Option<&str>) -> Result<Vec<LaterFailure>, StoreError> {
+    let mut found = Vec::new();
     for doc in store.find_docs(ERROR_SCHEMA, None, usize::MAX)? {
         let Some(details) = doc.get("error_details") else { continue };
         let (Some(Value::Array(values)), Some(Value::String(queue)), Some(Value::String(ext_id))) =
@@ -143,10 +154,30 @@ fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, P
             continue;
         }
         let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default().to_string();
+        found.push(LaterFailure { id, ext_id: ext_id.clone(), queue: queue.clone(), values: values.clone() });
+    }
+    Ok(found)
+}
+
+/// `unprocess`: the later_handler values kept in error documents go with the rest of what the
+/// extension did (the way to be rid of the values of an extension removed for good).
+fn discard_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
+    let removals: Vec<(String, String)> = later_failures(store, ext)?.into_iter().map(|f| (f.id, f.ext_id)).collect();
+    let discarded = removals.len() as u64;
+    if !removals.is_empty() {
+        withdraw(store, removals, Vec::new())?;
+    }
+    Ok(discarded)
+}
+
+fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
+    // queue id → (error document id, extension id, values)
+    let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();
+    for LaterFailure { id, ext_id, queue, values } in later_failures(store, ext)? {
         // A shared worker's own queue (before one worker ran every later_handler) is read by
         // no run any more: its values go to the shared queue.
-        let queue = if queue.starts_with(&later_id(&share::checkpoint_of(""))) { SHARED_RETRY.to_string() } else { queue.clone() };
-        by_queue.entry(queue).or_default().push((id, ext_id.clone(), values.clone()));
+        let queue = if queue.starts_with(&later_id(&share::checkpoint_of(""))) { SHARED_RETRY.to_string() } else { queue };
+        by_queue.entry(queue).or_default().push((id, ext_id, values));
     }
     let mut requeued = 0;
     bookkeeping_to_records(store)?;

@@ -362,6 +362,22 @@ fn later_values_of_an_extension_not_loaded_wait_in_an_error_document_for_retry_e
     tallied.sort_by_key(|v| v.as_i64());
     assert_eq!(tallied, vec![json!(1), json!(7), json!(8)]);
     assert!(of_schema(&docs, "rd.core.error").is_empty(), "retry-errors took the error document");
+    // Removed for good: unprocess discards values kept for it.
+    std::fs::remove_file(exts.join("gone.js")).unwrap();
+    {
+        let store = EmbeddedStore::open(Path::new(&db)).unwrap();
+        let body = json!({"values": {"test.gone": [9]}}).to_string();
+        let records = vec![Record::Text { id: "rdlater!shared!w1!0000000002".into(), rev: None, body }];
+        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+    }
+    process(&exts).output().unwrap();
+    assert_eq!(of_schema(&dump(&db, &exts), "rd.core.error").len(), 1);
+    ok({
+        let mut c = rd(&db, &exts);
+        c.args(["unprocess", "--ext", "test.gone"]);
+        c
+    });
+    assert!(of_schema(&dump(&db, &exts), "rd.core.error").is_empty(), "unprocess discarded the kept values");
 }
 
 #[test]
