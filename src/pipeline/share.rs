@@ -122,6 +122,8 @@ struct Leases {
     pending: Vec<CatchUp>,
     /// Catch-ups made so far: the number in the next one's checkpoint.
     catch_ups: u64,
+    /// Checkpoints of catch-ups given up unfinished (their slices lost): deleted on leaving.
+    abandoned: Vec<String>,
     /// The slices of the catch-ups given out, narrowed as their leases are lost.
     catch_up_helds: Vec<std::sync::Weak<Held>>,
     rounds: u64,
@@ -222,7 +224,8 @@ impl Share {
             tracing::warn!(worker = %self.id, slices = l.mine.len(), "leases not renewed in time: their slices are left to the others");
             l.mine.clear();
             l.catching_up.clear();
-            l.pending.clear();
+            let dropped: Vec<String> = l.pending.drain(..).map(|c| c.checkpoint).collect();
+            l.abandoned.extend(dropped);
             l.narrow(&self.held);
         }
     }
@@ -402,9 +405,18 @@ impl Share {
             tracing::warn!(worker = %self.id, "could not give up the leases ({e}): the others take them after the timeout");
         }
         // The next start is a new worker with a checkpoint of its own, and whoever takes these
-        // slices goes on from their leases' positions: this one is read no more.
-        if let Err(e) = self.store.delete_local(&checkpoint_of(&self.id)) {
-            tracing::warn!(worker = %self.id, "could not delete this worker's checkpoint: {e}");
+        // slices goes on from their leases' positions: this worker's checkpoints are read no
+        // more — its main run's, and those of catch-ups stopped or given up before their end.
+        let unfinished: Vec<String> = {
+            let mut l = self.lock();
+            let mut ids: Vec<String> = l.pending.drain(..).map(|c| c.checkpoint).collect();
+            ids.append(&mut l.abandoned);
+            ids
+        };
+        for id in std::iter::once(checkpoint_of(&self.id)).chain(unfinished) {
+            if let Err(e) = self.store.delete_local(&id) {
+                tracing::warn!(worker = %self.id, checkpoint = %id, "could not delete a checkpoint no run will read: {e}");
+            }
         }
     }
 }
