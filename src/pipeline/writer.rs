@@ -301,7 +301,12 @@ impl<'p> Writer<'p> {
         let mut by_source: BTreeMap<String, BTreeMap<String, Vec<(String, String)>>> = BTreeMap::new();
         for (id, made_by, message) in refused {
             for item in made_by {
-                let Some(ext) = self.pipeline.exts.iter().find(|e| e.id == item.ext_id) else { continue };
+                let Some(ext) = self.pipeline.exts.iter().find(|e| e.id == item.ext_id) else {
+                    // Only the error document of values kept for an extension not loaded here.
+                    stats.errors += 1;
+                    tracing::error!(%id, ext = %item.ext_id, "the database refused a document made for an extension not loaded here, and it is not written: {message}");
+                    continue;
+                };
                 stats.errors += 1;
                 let e = HandlerError::new(FailureKind::BadOutput, message.clone());
                 if let Some(metrics) = &self.pipeline.metrics {
