@@ -25,14 +25,9 @@ enum MapOf {
 pub(crate) fn server_floor(base: &str, db: &str, server: u32, cpu: fn(u32) -> f64) -> Result<Vec<(&'static str, f64)>, String> {
     // Indexing a big run's documents at once takes longer than the default 30 s.
     let client = Client::builder().timeout(std::time::Duration::from_secs(1800)).build().map_err(|e| e.to_string())?;
-    let all: Value = client
-        .get(format!("{base}/{db}/_all_docs?include_docs=true&attachments=true"))
-        .send()
-        .and_then(|r| r.json())
-        .map_err(|e| format!("reading the run's documents: {e}"))?;
     let mut design = None;
     let mut docs = Vec::new();
-    for row in all["rows"].as_array().into_iter().flatten() {
+    for row in all_rows(&client, &format!("{base}/{db}"))? {
         let mut doc = row["doc"].clone();
         let Some(fields) = doc.as_object_mut() else { continue };
         fields.remove("_rev");
@@ -51,7 +46,9 @@ pub(crate) fn server_floor(base: &str, db: &str, server: u32, cpu: fn(u32) -> f6
     let mut figures = Vec::new();
     for (k, (name, map)) in VARIANTS.into_iter().enumerate() {
         let target = format!("{base}/{db}-floor-{k}");
-        let put = |url: String, body: &Value| client.put(url).json(body).send().map_err(|e| e.to_string());
+        let put = |url: String, body: &Value| {
+            client.put(&url).json(body).send().and_then(|r| r.error_for_status()).map(drop).map_err(|e| format!("PUT {url}: {e}"))
+        };
         put(target.clone(), &json!({}))?;
         if let Some(map) = map {
             let mut ddoc = design.clone();
@@ -74,4 +71,37 @@ pub(crate) fn server_floor(base: &str, db: &str, server: u32, cpu: fn(u32) -> f6
         figures.push((name, cpu(server) - before));
     }
     Ok(figures)
+}
+
+/// Every row of `_all_docs` of the database at `db`, with its document and attachments, read a
+/// page at a time (a big run's documents do not fit one answer comfortably).
+fn all_rows(client: &Client, db: &str) -> Result<Vec<Value>, String> {
+    const PAGE: usize = 1000;
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{db}/_all_docs?include_docs=true&attachments=true&limit={PAGE}");
+        if let Some(last) = &after {
+            url.push_str(&format!("&skip=1&startkey={}", urlencode(&Value::String(last.clone()).to_string())));
+        }
+        let page: Value =
+            client.get(&url).send().and_then(|r| r.error_for_status()).and_then(|r| r.json()).map_err(|e| format!("GET {url}: {e}"))?;
+        let got: Vec<Value> = page["rows"].as_array().cloned().unwrap_or_default();
+        let n = got.len();
+        after = got.last().and_then(|r| r["id"].as_str()).map(str::to_string);
+        rows.extend(got);
+        if n < PAGE {
+            return Ok(rows);
+        }
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn urlencode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
