@@ -280,25 +280,27 @@ fn process_later_values_survive_sigkill() {
     assert_eq!(of_schema(&expected, "rd.test.tallied").len(), 3000);
 }
 
+/// Writes into the embedded database at `db` the record a shared worker (`worker`) leaves for
+/// the one that runs the later_handlers: its `n`th page's `process_later` values, by extension.
+fn leave_shared_values(db: &Path, worker: &str, n: u32, values: Value) {
+    use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
+    let store = EmbeddedStore::open(db).unwrap();
+    let body = json!({ "values": values }).to_string();
+    let records = vec![Record::Text { id: format!("rdlater!shared!{worker}!{n:010}"), rev: None, body }];
+    store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+}
+
 #[test]
 fn a_run_without_share_takes_up_what_shared_workers_left_in_their_queue() {
     // Shared workers leave their process_later values in the shared queue's records for the
     // one of them that runs the later_handlers; when the daemons stop sharing, a plain run
     // runs them and deletes the records.
-    use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
+    use raindrop::store::{embedded::EmbeddedStore, Store};
     let dir = TempDir::new("shared-left");
     let exts = exts_after_a(dir.path(), &[("tally.js", TALLY)]);
     let db = dir.path().join("db");
-    {
-        let store = EmbeddedStore::open(&db).unwrap();
-        let records = (0..2)
-            .map(|i| Record::Text {
-                id: format!("rdlater!shared!gone{i}!0000000001"),
-                rev: None,
-                body: json!({"values": {"test.tally": [i * 10, i * 10 + 1]}}).to_string(),
-            })
-            .collect();
-        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
+    for i in 0..2 {
+        leave_shared_values(&db, &format!("gone{i}"), 1, json!({"test.tally": [i * 10, i * 10 + 1]}));
     }
     let db = db.to_string_lossy().into_owned();
     ok({
@@ -320,17 +322,12 @@ fn later_values_of_an_extension_not_loaded_wait_in_an_error_document_for_retry_e
     // A queue can hold values of an extension the run has not loaded (removed meanwhile, or
     // under --share missing from the runner's folder): they are kept in an error document, and
     // once the extension is back, retry-errors queues them again and the next run runs them.
-    use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
+    use raindrop::store::{embedded::EmbeddedStore, Store};
     let dir = TempDir::new("later-unloaded");
     let exts = exts_after_a(dir.path(), &[("tally.js", TALLY)]);
-    let db = dir.path().join("db");
-    {
-        let store = EmbeddedStore::open(&db).unwrap();
-        let body = json!({"values": {"test.tally": [1], "test.gone": [7, 8]}}).to_string();
-        let records = vec![Record::Text { id: "rdlater!shared!w1!0000000001".into(), rev: None, body }];
-        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
-    }
-    let db = db.to_string_lossy().into_owned();
+    let db_path = dir.path().join("db");
+    leave_shared_values(&db_path, "w1", 1, json!({"test.tally": [1], "test.gone": [7, 8]}));
+    let db = db_path.to_string_lossy().into_owned();
     let process = |exts: &Path| {
         let mut c = rd(&db, exts);
         c.arg("process");
@@ -364,12 +361,7 @@ fn later_values_of_an_extension_not_loaded_wait_in_an_error_document_for_retry_e
     assert!(of_schema(&docs, "rd.core.error").is_empty(), "retry-errors took the error document");
     // Removed for good: unprocess discards values kept for it.
     std::fs::remove_file(exts.join("gone.js")).unwrap();
-    {
-        let store = EmbeddedStore::open(Path::new(&db)).unwrap();
-        let body = json!({"values": {"test.gone": [9]}}).to_string();
-        let records = vec![Record::Text { id: "rdlater!shared!w1!0000000002".into(), rev: None, body }];
-        store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
-    }
+    leave_shared_values(&db_path, "w1", 2, json!({"test.gone": [9]}));
     process(&exts).output().unwrap();
     assert_eq!(of_schema(&dump(&db, &exts), "rd.core.error").len(), 1);
     ok({
