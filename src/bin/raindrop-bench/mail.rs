@@ -393,7 +393,7 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
         cpu * 1000.0 / n as f64
     );
     println!("documents written {written}, rd.msg.body {bodies}; one worker");
-    println!("stored (documents by id prefix, and revisions written to each kind): {stored}");
+    println!("stored (documents by schema, and revisions written to each): {stored}");
     // The floor: what the server spends on these documents with no pipeline asking anything.
     match floor {
         Ok(figures) => {
@@ -523,17 +523,21 @@ fn shared_run(url: &str, server: u32, messages: &[Vec<u8>], workers: usize, thre
     (total - 4.0, requests, cpu, last)
 }
 
-/// The database's documents counted by the prefix of their id (up to the first `!`), each with
-/// the revisions written to them: what the server was asked to store.
+/// The database's documents counted by schema (the end of a schema document's id; other
+/// documents by their id's prefix, up to the first `!`), each with the revisions written to
+/// them: what the server was asked to store, and what it stored more than once.
 fn stored_by_prefix(url: &str) -> String {
     let Ok(resp) = reqwest::blocking::get(format!("{url}/_all_docs")) else { return String::new() };
     let Ok(all) = resp.json::<serde_json::Value>() else { return String::new() };
     let mut counts: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
     for row in all["rows"].as_array().into_iter().flatten() {
         let id = row["id"].as_str().unwrap_or_default();
-        let prefix = id.split_once('!').map_or(id, |(p, _)| p);
+        let prefix = match id.strip_prefix("rc!") {
+            Some(rest) => rest.rsplit_once('!').map_or(rest, |(_, schema)| schema),
+            None => id.split_once('!').map_or(id, |(p, _)| p),
+        };
         let revs = row["value"]["rev"].as_str().and_then(|r| r.split_once('-')).and_then(|(n, _)| n.parse::<u64>().ok()).unwrap_or(0);
-        let entry = counts.entry(prefix.chars().take(12).collect()).or_default();
+        let entry = counts.entry(prefix.chars().take(40).collect()).or_default();
         entry.0 += 1;
         entry.1 += revs;
     }
