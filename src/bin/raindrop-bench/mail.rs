@@ -435,22 +435,28 @@ pub(crate) fn bench_mail_couch(pouchdb_bin: Option<String>) {
             cpu * 1000.0 / n as f64
         );
     }
-    // The session-12 build's figures on this benchmark (BENCHMARKS.md), which the targets are
-    // set against.
-    const BASELINE_CPU_PER_1000: f64 = 92.0;
+    // The session-12 build's server CPU on this benchmark at 300 messages (BENCHMARKS.md),
+    // which the target is set against; the CPU per message grows with the mailbox, so only a
+    // run of that size compares.
+    const BASELINE: (usize, f64) = (300, 92.0);
     let per_message = requests as f64 / n as f64;
-    let cpu_ratio = BASELINE_CPU_PER_1000 / (cpu * 1000.0 / n as f64);
+    let met = |yes: bool| if yes { "met" } else { "not met" };
+    let cpu_target = if n == BASELINE.0 {
+        let ratio = BASELINE.1 / (cpu * 1000.0 / n as f64);
+        format!("{ratio:.2}x below the baseline's {} ({})", BASELINE.1, met(ratio >= 3.0))
+    } else {
+        format!("compared at BENCH_MESSAGES={} only", BASELINE.0)
+    };
     println!(
-        "target (issue 21): <= 1 HTTP request per message, one worker: {per_message:.2} ({}); the server's CPU per message 3x lower than the baseline's {BASELINE_CPU_PER_1000}: {cpu_ratio:.2}x ({})",
-        if per_message <= 1.0 { "met" } else { "not met" },
-        if cpu_ratio >= 3.0 { "met" } else { "not met" }
+        "target (issue 21): <= 1 HTTP request per message, one worker: {per_message:.2} ({}); the server's CPU per message 3x lower: {cpu_target}",
+        met(per_message <= 1.0)
     );
 }
 
 /// The mailbox imported into `url`, then processed by `workers` shared workers (leases timing
 /// out after 5 s) until the database stops changing: seconds from the import's start to the
-/// last change, HTTP requests of every worker (leases included), the server's CPU seconds and
-/// the documents there at the end.
+/// last change, HTTP requests of every worker (leases included) and the server's CPU seconds
+/// up to it, and the documents there at the end.
 fn shared_run(url: &str, server: u32, messages: &[Vec<u8>], workers: usize, threads: usize) -> (f64, u64, f64, u64) {
     use raindrop::pipeline::share::{checkpoint_of, Share};
     use raindrop::pipeline::{Pipeline, RunOptions};
@@ -504,22 +510,25 @@ fn shared_run(url: &str, server: u32, messages: &[Vec<u8>], workers: usize, thre
         raindrop::ingest::add_schemas(&*store, items, Durability::Deferred).unwrap();
     }
     // Done when nothing but the leases has changed for 15 s (the later queues wait up to 10).
+    // Requests and the server's CPU are taken at the last change: the lease rounds of the
+    // quiet wait after it are no message's cost.
     let derived = |s: &dyn Store| s.info().map(|i| i.doc_count).unwrap_or(0);
+    let sent = || stores.iter().map(|s| s.requests()).sum::<u64>();
     let (mut last, mut last_change) = (derived(&*store), Instant::now());
+    let (mut requests, mut cpu) = (sent(), process_cpu_seconds(server) - cpu_before);
     while last_change.elapsed() < Duration::from_secs(15) {
         std::thread::sleep(Duration::from_millis(200));
         let now = derived(&*store);
         if now != last {
             (last, last_change) = (now, Instant::now());
+            (requests, cpu) = (sent(), process_cpu_seconds(server) - cpu_before);
         }
     }
     let total = (last_change - start).as_secs_f64();
-    let cpu = process_cpu_seconds(server) - cpu_before;
     until.store(true, Ordering::SeqCst);
     for t in threads_of {
         t.join().unwrap();
     }
-    let requests = stores.iter().map(|s| s.requests()).sum();
     (total - 4.0, requests, cpu, last)
 }
 
