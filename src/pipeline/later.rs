@@ -105,6 +105,14 @@ impl LaterQueue {
         self.values.values().any(|w| w.list.len() >= MAX_VALUES) || self.oldest.is_some_and(|t| t.elapsed() >= MAX_AGE)
     }
 
+    /// Drops the values of `ext` (every extension's with `None`); whether there were any.
+    pub(super) fn remove(&mut self, ext: Option<&str>) -> bool {
+        let before = self.values.len();
+        self.values.retain(|id, _| ext.is_some_and(|e| e != id));
+        self.changed |= self.values.len() != before;
+        self.values.len() != before
+    }
+
     /// Empties the queue, giving each extension's values.
     pub(super) fn take(&mut self) -> BTreeMap<String, Vec<Value>> {
         self.oldest = None;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::deps::DEPS_PREFIX;
-use super::later::{later_id, queue_record, LaterQueue, LATER_PREFIX, SHARED_RETRY};
+use super::later::{later_id, queue_record, LaterQueue, LATER_PREFIX, SHARED_PREFIX, SHARED_RETRY};
 use super::share;
 use super::state::{StateRecord, STATE_PREFIX};
 use super::{PipelineError, ERROR_SCHEMA};
@@ -109,7 +109,7 @@ pub fn forget(store: &dyn Store, ext: Option<&str>, remove: bool, only_errors: b
     if only_errors {
         changed += requeue_later_failures(store, ext)?;
     } else if remove {
-        changed += discard_later_failures(store, ext)?;
+        changed += discard_later_values(store, ext)?;
     }
     tracing::info!(changed, elapsed = ?started.elapsed(), "forgot processing state");
     Ok(changed)
@@ -159,15 +159,45 @@ fn later_failures(store: &dyn Store, ext: Option<&str>) -> Result<Vec<LaterFailu
     Ok(found)
 }
 
-/// `unprocess`: the later_handler values kept in error documents go with the rest of what the
-/// extension did (the way to be rid of the values of an extension removed for good).
-fn discard_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
+/// `unprocess` (and a daemon withdrawing an extension gone from its folder): the values the
+/// extension gave to `process_later` go with the rest of what it did — those kept in error
+/// documents, and those waiting in a run's queue (its own, or the shared queue's retries).
+/// The shared queue's page records are left: each is written once by one worker and deleted
+/// by the runner that took it, and a value there whose extension is gone waits in an error
+/// document when it comes to run.
+fn discard_later_values(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
     let removals: Vec<(String, String)> = later_failures(store, ext)?.into_iter().map(|f| (f.id, f.ext_id)).collect();
-    let discarded = removals.len() as u64;
+    let mut discarded = removals.len() as u64;
     if !removals.is_empty() {
         withdraw(store, removals, Vec::new())?;
     }
-    Ok(discarded)
+    let mut after: Option<String> = None;
+    loop {
+        let queues = store.records_after(LATER_PREFIX, after.as_deref(), 100)?;
+        let Some(last) = queues.last() else { return Ok(discarded) };
+        after = last.get("_id").and_then(Value::as_str).map(str::to_string);
+        let mut records = Vec::new();
+        for doc in &queues {
+            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
+            if id.starts_with(SHARED_PREFIX) && id != SHARED_RETRY {
+                continue;
+            }
+            let mut queue = LaterQueue::from_record(Some(doc));
+            if let (true, Some(values)) = (queue.remove(ext), queue.saved()) {
+                let rev = doc.get("_rev").and_then(Value::as_str).map(str::to_string);
+                records.push(queue_record(id, rev, &values));
+            }
+        }
+        if records.is_empty() {
+            continue;
+        }
+        discarded += records.len() as u64;
+        for result in store.write(WriteBatch { records, ..WriteBatch::default() })?.records {
+            if !matches!(result, WriteResult::Ok { .. }) {
+                tracing::warn!("a later queue changed meanwhile ({result:?}); its values of the extension stay: run the command again");
+            }
+        }
+    }
 }
 
 fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {

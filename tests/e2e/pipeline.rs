@@ -283,10 +283,21 @@ fn process_later_values_survive_sigkill() {
 /// Writes into the embedded database at `db` the record a shared worker (`worker`) leaves for
 /// the one that runs the later_handlers: its `n`th page's `process_later` values, by extension.
 fn leave_shared_values(db: &Path, worker: &str, n: u32, values: Value) {
+    write_later_record(db, &format!("rdlater!shared!{worker}!{n:010}"), values);
+}
+
+/// Writes a record of `process_later` values waiting for their later_handlers (by extension).
+fn write_later_record(db: &Path, id: &str, values: Value) {
     use raindrop::store::{embedded::EmbeddedStore, Record, Store, WriteBatch};
     let store = EmbeddedStore::open(db).unwrap();
     let body = json!({ "values": values }).to_string();
-    let records = vec![Record::Text { id: format!("rdlater!shared!{worker}!{n:010}"), rev: None, body }];
+    let rev = store
+        .get_records(&[id.to_string()])
+        .unwrap()
+        .pop()
+        .flatten()
+        .and_then(|d| d.get("_rev").and_then(Value::as_str).map(str::to_string));
+    let records = vec![Record::Text { id: id.to_string(), rev, body }];
     store.write(WriteBatch { records, ..WriteBatch::default() }).unwrap();
 }
 
@@ -364,12 +375,18 @@ fn later_values_of_an_extension_not_loaded_wait_in_an_error_document_for_retry_e
     leave_shared_values(&db_path, "w1", 2, json!({"test.gone": [9]}));
     process(&exts).output().unwrap();
     assert_eq!(of_schema(&dump(&db, &exts), "rd.core.error").len(), 1);
+    // Values of it still waiting in the run's own queue go too; another extension's stay.
+    write_later_record(&db_path, "rdlater!raindrop-pipeline", json!({"test.gone": [10], "test.tally": [20]}));
     ok({
         let mut c = rd(&db, &exts);
         c.args(["unprocess", "--ext", "test.gone"]);
         c
     });
     assert!(of_schema(&dump(&db, &exts), "rd.core.error").is_empty(), "unprocess discarded the kept values");
+    ok(process(&exts));
+    let docs = dump(&db, &exts);
+    assert!(of_schema(&docs, "rd.core.error").is_empty(), "no value of the extension was left to wait");
+    assert!(of_schema(&docs, "rd.test.tallied").iter().any(|d| d["v"] == json!(20)), "the other extension's value ran");
 }
 
 #[test]
