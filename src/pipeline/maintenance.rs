@@ -129,8 +129,6 @@ pub(super) fn bookkeeping_to_records(store: &dyn Store) -> Result<(), StoreError
     Ok(())
 }
 
-/// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
-/// in the queues they came from, then withdraws those documents. Returns how many calls.
 /// One error document holding later_handler values (a failed call's, or those of an
 /// extension that was not loaded).
 struct LaterFailure {
@@ -200,6 +198,8 @@ fn discard_later_values(store: &dyn Store, ext: Option<&str>) -> Result<u64, Pip
     }
 }
 
+/// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
+/// in the queues they came from, then withdraws those documents. Returns how many calls.
 fn requeue_later_failures(store: &dyn Store, ext: Option<&str>) -> Result<u64, PipelineError> {
     // queue id → (error document id, extension id, values)
     let mut by_queue: BTreeMap<String, Vec<(String, String, Vec<Value>)>> = BTreeMap::new();

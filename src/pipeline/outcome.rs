@@ -211,6 +211,8 @@ pub(super) fn unloaded_later_error_item(ext_id: &str, e: &HandlerError, values: 
     later_values_error_item((ext_id, ""), e, values, later_id)
 }
 
+/// The error item holding `values` for `retry-errors`; `ext` is the extension's id and
+/// fingerprint.
 fn later_values_error_item(ext: (&str, &str), e: &HandlerError, values: Vec<Value>, later_id: &str) -> SchemaItem {
     let digest = crate::digest::digest(&[Value::Array(values.clone()).to_string().as_bytes()]);
     let rd_key = json!(["ext", format!("{}#later-{}", ext.0, &digest[..16])]);

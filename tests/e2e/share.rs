@@ -99,7 +99,7 @@ fn has_checkpoint(db: &str, id: &str) -> bool {
     reqwest::blocking::get(format!("{db}/_local/{id}")).unwrap().status().is_success()
 }
 
-/// Whether any checkpoint of worker `worker` is left: its main run's, or one of its first
+/// The checkpoints of worker `worker` still in the database, of its main run's and its first
 /// catch-ups'.
 fn checkpoints_left(db: &str, worker: &str) -> Vec<String> {
     use raindrop::pipeline::share::{catch_up_checkpoint, checkpoint_of};
