@@ -150,7 +150,7 @@ const QUICK_LOOKS: u32 = 6;
 const LOOK_PAGE: usize = 500;
 
 /// Every record whose id starts with `prefix`, a page at a time.
-fn all_records(store: &dyn Store, prefix: &str) -> Result<Vec<Doc>, StoreError> {
+pub(super) fn all_records(store: &dyn Store, prefix: &str) -> Result<Vec<Doc>, StoreError> {
     let mut found = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -269,13 +269,7 @@ impl SharedQueue {
     pub(super) fn page_records(&mut self, queue: &mut LaterQueue) -> Vec<Record> {
         let mut records: Vec<Record> = std::mem::take(&mut self.taken)
             .into_iter()
-            .map(|(id, rev)| {
-                let mut gone = serde_json::Map::new();
-                gone.insert("_id".into(), Value::String(id));
-                gone.insert("_rev".into(), Value::String(rev));
-                gone.insert("_deleted".into(), Value::Bool(true));
-                Record::Doc(gone)
-            })
+            .map(|(id, rev)| Record::Doc(crate::model::tombstone(&id, Some(Value::String(rev)))))
             .collect();
         if !queue.is_empty() {
             queue.oldest = None;

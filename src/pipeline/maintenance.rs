@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::Value;
 
 use super::deps::DEPS_PREFIX;
-use super::later::{later_id, queue_record, LaterQueue, LATER_PREFIX, SHARED_PREFIX, SHARED_RETRY};
+use super::later::{all_records, later_id, queue_record, LaterQueue, LATER_PREFIX, SHARED_PREFIX, SHARED_RETRY};
 use super::share;
 use super::state::{StateRecord, STATE_PREFIX};
 use super::{PipelineError, ERROR_SCHEMA};
@@ -169,33 +169,28 @@ fn discard_later_values(store: &dyn Store, ext: Option<&str>) -> Result<u64, Pip
     if !removals.is_empty() {
         withdraw(store, removals, Vec::new())?;
     }
-    let mut after: Option<String> = None;
-    loop {
-        let queues = store.records_after(LATER_PREFIX, after.as_deref(), 100)?;
-        let Some(last) = queues.last() else { return Ok(discarded) };
-        after = last.get("_id").and_then(Value::as_str).map(str::to_string);
-        let mut records = Vec::new();
-        for doc in &queues {
-            let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
-            if id.starts_with(SHARED_PREFIX) && id != SHARED_RETRY {
-                continue;
-            }
-            let mut queue = LaterQueue::from_record(Some(doc));
-            if let (true, Some(values)) = (queue.remove(ext), queue.saved()) {
-                let rev = doc.get("_rev").and_then(Value::as_str).map(str::to_string);
-                records.push(queue_record(id, rev, &values));
-            }
-        }
-        if records.is_empty() {
+    let mut records = Vec::new();
+    for doc in all_records(store, LATER_PREFIX)? {
+        let id = doc.get("_id").and_then(Value::as_str).unwrap_or_default();
+        if id.starts_with(SHARED_PREFIX) && id != SHARED_RETRY {
             continue;
         }
-        discarded += records.len() as u64;
-        for result in store.write(WriteBatch { records, ..WriteBatch::default() })?.records {
-            if !matches!(result, WriteResult::Ok { .. }) {
-                tracing::warn!("a later queue changed meanwhile ({result:?}); its values of the extension stay: run the command again");
-            }
+        let mut queue = LaterQueue::from_record(Some(&doc));
+        if let (true, Some(values)) = (queue.remove(ext), queue.saved()) {
+            let rev = doc.get("_rev").and_then(Value::as_str).map(str::to_string);
+            records.push(queue_record(id, rev, &values));
         }
     }
+    if records.is_empty() {
+        return Ok(discarded);
+    }
+    discarded += records.len() as u64;
+    for result in store.write(WriteBatch { records, ..WriteBatch::default() })?.records {
+        if !matches!(result, WriteResult::Ok { .. }) {
+            tracing::warn!("a later queue changed meanwhile ({result:?}); its values of the extension stay: run the command again");
+        }
+    }
+    Ok(discarded)
 }
 
 /// Puts the values of failed later_handler calls (kept in their `rd.core.error` documents) back
